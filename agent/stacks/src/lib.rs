@@ -1,0 +1,8 @@
+//! Stack text in, sample classes out. `threaddump` parses HotSpot thread dumps (the text of the
+//! attach `threaddump` command, `jcmd Thread.print` and `jstack`); `classify` decides whether one
+//! stack of a Flink task thread is blocked on an output buffer, parked in the mailbox, or busy.
+//! Nothing here does I/O, so the attach backend, the jcmd backend and the in-process sampler share
+//! one implementation.
+
+pub mod classify;
+pub mod threaddump;

@@ -1,0 +1,144 @@
+//! The agent's sample report: what `bpmon-agent sample --output json` prints and what the daemon
+//! ships to the collector. Field names are the contract; new fields may be added, never renamed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::TaskIdentity;
+
+/// One sampling run over one JVM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleReport {
+    /// Host pid of the TaskManager JVM.
+    pub pid: u32,
+    /// `attach` (native HotSpot attach) or `jcmd`.
+    pub backend: String,
+    pub jvm: JvmInfo,
+    /// Samples asked for.
+    pub samples: u32,
+    pub delay_ms: u64,
+    /// Wall-clock start, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    pub elapsed_ms: u64,
+    /// One entry per task thread (a task whose legacy source thread was seen counts once).
+    pub tasks: Vec<TaskSamples>,
+    /// What it cost to take the samples, agent side and JVM side.
+    pub cost: SampleCost,
+    /// Samples that failed, with the reason (a JVM that exits mid-run ends the run here).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct JvmInfo {
+    /// `java.version` of the target, when known.
+    pub version: Option<String>,
+    pub main_class: String,
+    /// Flink version, read from the `flink-dist` jar on the class path when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flink_version: Option<String>,
+}
+
+/// Sample counts of one task thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSamples {
+    /// The main thread's name, as the JVM printed it.
+    pub thread: String,
+    /// JVM thread id (`#id` in the dump; `Thread.getId()`), which keeps two same-named tasks apart.
+    pub thread_id: Option<u64>,
+    /// Native thread id (`nid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_thread_id: Option<u64>,
+    /// Seconds the main thread had been alive at the last sample (`elapsed=` in the dump).
+    pub elapsed_s: Option<f64>,
+    #[serde(flatten)]
+    pub identity: TaskIdentity,
+    /// Whether a `Legacy Source Thread` was sampled for this task.
+    #[serde(default)]
+    pub legacy_source_thread: bool,
+    /// Samples in which the thread was seen.
+    pub samples: u32,
+    /// Hard back-pressure: blocked requesting an output buffer.
+    pub blocked: u32,
+    /// Parked in the mailbox: idle or soft back-pressure (the collector splits the two).
+    pub waiting: u32,
+    /// Anything else.
+    pub busy: u32,
+    /// What the busy samples were doing: the top user frame and how many samples showed it.
+    pub top_frames: Vec<FrameCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameCount {
+    pub frame: String,
+    pub samples: u32,
+}
+
+/// What sampling cost, measured while doing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SampleCost {
+    /// Dumps taken successfully.
+    pub dumps: u32,
+    /// Median and worst wall time of one dump (request + reply), µs.
+    pub dump_us_p50: u64,
+    pub dump_us_max: u64,
+    /// Median time to parse and classify one dump, µs.
+    pub parse_us_p50: u64,
+    /// Safepoints and safepoint time the JVM recorded while our dumps ran (hsperfdata
+    /// `sun.rt.safepoints` / `sun.rt.safepointTime`), when its perf data is readable.
+    pub safepoints: Option<u64>,
+    pub safepoint_ms_total: Option<f64>,
+    /// Lines of the dumps the parser did not understand.
+    pub skipped_lines: u64,
+}
+
+impl TaskSamples {
+    /// Hard back-pressure ratio of this thread alone.
+    pub fn blocked_ratio(&self) -> f64 {
+        if self.samples == 0 {
+            f64::NAN
+        } else {
+            f64::from(self.blocked) / f64::from(self.samples)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_json_has_the_contract_fields_flat() {
+        let t = TaskSamples {
+            thread: "Source: numbers -> explode (1/2)#0".into(),
+            thread_id: Some(64),
+            os_thread_id: None,
+            elapsed_s: Some(12.5),
+            identity: TaskIdentity {
+                task: "Source: numbers -> explode".into(),
+                subtask: 0,
+                parallelism: 2,
+                attempt: Some(0),
+            },
+            legacy_source_thread: false,
+            samples: 100,
+            blocked: 97,
+            waiting: 1,
+            busy: 2,
+            top_frames: vec![FrameCount {
+                frame: "com.example.Slow.map(Slow.java:17)".into(),
+                samples: 2,
+            }],
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        for key in [
+            "thread", "task", "subtask", "parallelism", "attempt", "samples", "blocked", "waiting",
+            "busy", "top_frames", "thread_id", "elapsed_s",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["subtask"], 0);
+        assert_eq!(v["top_frames"][0]["samples"], 2);
+        let back: TaskSamples = serde_json::from_value(v).unwrap();
+        assert_eq!(back, t);
+        assert!((back.blocked_ratio() - 0.97).abs() < 1e-9);
+    }
+}
