@@ -118,18 +118,27 @@ mod tests {
     fn modern_main_thread() {
         assert_eq!(
             parse_task_thread_name("Source: numbers -> explode (1/2)#0"),
-            Some((id("Source: numbers -> explode", 0, 2, Some(0)), ThreadRole::Main))
+            Some((
+                id("Source: numbers -> explode", 0, 2, Some(0)),
+                ThreadRole::Main
+            ))
         );
     }
 
     #[test]
     fn names_with_parentheses_slashes_and_hashes() {
-        let (ident, _) =
-            parse_task_thread_name("Window(TumblingEventTimeWindows(5000), a/b #x) -> Map (12/16)#3")
-                .unwrap();
+        let (ident, _) = parse_task_thread_name(
+            "Window(TumblingEventTimeWindows(5000), a/b #x) -> Map (12/16)#3",
+        )
+        .unwrap();
         assert_eq!(
             ident,
-            id("Window(TumblingEventTimeWindows(5000), a/b #x) -> Map", 11, 16, Some(3))
+            id(
+                "Window(TumblingEventTimeWindows(5000), a/b #x) -> Map",
+                11,
+                16,
+                Some(3)
+            )
         );
     }
 
@@ -137,7 +146,10 @@ mod tests {
     fn pre_1_12_names_have_no_attempt() {
         assert_eq!(
             parse_task_thread_name("Source: Custom Source -> Map (3/4)"),
-            Some((id("Source: Custom Source -> Map", 2, 4, None), ThreadRole::Main))
+            Some((
+                id("Source: Custom Source -> Map", 2, 4, None),
+                ThreadRole::Main
+            ))
         );
     }
 
@@ -145,7 +157,10 @@ mod tests {
     fn legacy_source_thread_counts_for_its_task() {
         assert_eq!(
             parse_task_thread_name("Legacy Source Thread - Source: legacy (2/2)#1"),
-            Some((id("Source: legacy", 1, 2, Some(1)), ThreadRole::LegacySource))
+            Some((
+                id("Source: legacy", 1, 2, Some(1)),
+                ThreadRole::LegacySource
+            ))
         );
     }
 

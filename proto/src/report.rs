@@ -130,8 +130,18 @@ mod tests {
         };
         let v = serde_json::to_value(&t).unwrap();
         for key in [
-            "thread", "task", "subtask", "parallelism", "attempt", "samples", "blocked", "waiting",
-            "busy", "top_frames", "thread_id", "elapsed_s",
+            "thread",
+            "task",
+            "subtask",
+            "parallelism",
+            "attempt",
+            "samples",
+            "blocked",
+            "waiting",
+            "busy",
+            "top_frames",
+            "thread_id",
+            "elapsed_s",
         ] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");
         }

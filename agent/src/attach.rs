@@ -1,0 +1,638 @@
+//! A native client of HotSpot's dynamic attach mechanism (Linux), so the agent needs no JDK tools.
+//!
+//! The conversation: if the JVM's `/tmp/.java_pid<nspid>` socket is missing, create the trigger file
+//! `.attach_pid<nspid>` in its working directory (or its `/tmp`) and send SIGQUIT; the JVM's signal
+//! thread sees the trigger and starts the Attach Listener, which binds the socket. Each command is
+//! one connection: a request, then a decimal status line and the output until EOF. JDK 24+ also
+//! speaks protocol v2, which carries options; bpmon uses it to ask for `streaming=0`, because a
+//! streamed thread dump writes to the socket while the whole JVM waits at the safepoint.
+//!
+//! Everything is reached through `/proc/<pid>/root` and `/proc/<pid>/cwd`, so JVMs in containers
+//! need no `setns`. Paths inside are checked before use: no symlinked `/tmp`, a real socket, owned by
+//! the JVM's user.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::credentials;
+use crate::discovery::{JvmProcess, ProcFs};
+use crate::hsperf::PerfData;
+
+/// Why an attach failed. Each case says what an operator can do about it.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("JVM pid {pid} is gone (it exited, or the pid now belongs to another process)")]
+    Gone { pid: u32 },
+    #[error("pid {pid} is not a Java process")]
+    NotAJvm { pid: u32 },
+    #[error(
+        "JVM pid {pid} is not a HotSpot JVM ({vm}); bpmon speaks HotSpot's attach protocol only"
+    )]
+    NotHotSpot { pid: u32, vm: String },
+    #[error("no permission to attach to JVM pid {pid}: it runs as uid {jvm_uid}, bpmon-agent as uid {our_uid}; run the agent as root or as that user ({detail})")]
+    PermissionDenied {
+        pid: u32,
+        jvm_uid: u32,
+        our_uid: u32,
+        detail: String,
+    },
+    #[error("JVM pid {pid} has attach disabled (-XX:+DisableAttachMechanism)")]
+    AttachDisabled { pid: u32 },
+    #[error("refusing to signal JVM pid {pid}: it has no SIGQUIT handler yet (still starting, or run with -Xrs), and SIGQUIT would terminate it")]
+    NoSignalHandler { pid: u32 },
+    #[error("JVM pid {pid} did not start its attach listener within {waited:?} (not answering: busy at a safepoint, stopped, or not a HotSpot JVM)")]
+    ListenerTimeout { pid: u32, waited: Duration },
+    #[error("JVM pid {pid} did not answer `{command}` within {waited:?} (stuck in GC or unable to reach a safepoint, or stopped)")]
+    Timeout {
+        pid: u32,
+        command: String,
+        waited: Duration,
+    },
+    #[error("refusing attach socket {path}: {reason}")]
+    UntrustedSocket { path: PathBuf, reason: String },
+    #[error("JVM pid {pid} rejected `{command}` with status {status}: {message}")]
+    Command {
+        pid: u32,
+        command: String,
+        status: i32,
+        message: String,
+    },
+    #[error("JVM pid {pid}: attach protocol error: {detail}")]
+    Protocol { pid: u32, detail: String },
+    #[error("JVM pid {pid}: {context}: {source}")]
+    Io {
+        pid: u32,
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl AttachError {
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AttachError::Gone { .. } => "gone",
+            AttachError::NotAJvm { .. } => "not_a_jvm",
+            AttachError::NotHotSpot { .. } => "not_hotspot",
+            AttachError::PermissionDenied { .. } => "permission",
+            AttachError::AttachDisabled { .. } => "disabled",
+            AttachError::NoSignalHandler { .. } => "no_signal_handler",
+            AttachError::ListenerTimeout { .. } | AttachError::Timeout { .. } => "timeout",
+            AttachError::UntrustedSocket { .. } => "untrusted_socket",
+            AttachError::Command { .. } => "command",
+            AttachError::Protocol { .. } => "protocol",
+            AttachError::Io { .. } => "io",
+        }
+    }
+
+    /// Whether trying again later cannot help (the sampling loop stops on these).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            AttachError::Gone { .. }
+                | AttachError::NotAJvm { .. }
+                | AttachError::NotHotSpot { .. }
+                | AttachError::PermissionDenied { .. }
+                | AttachError::AttachDisabled { .. }
+                | AttachError::NoSignalHandler { .. }
+                | AttachError::UntrustedSocket { .. }
+        )
+    }
+}
+
+/// Timeouts of the attach conversation.
+#[derive(Debug, Clone, Copy)]
+pub struct AttachOptions {
+    /// How long to wait for the listener to come up after SIGQUIT (the JDK's own client: 10 s).
+    pub listener_timeout: Duration,
+    /// How long one command may take, connect to EOF.
+    pub io_timeout: Duration,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            listener_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which request format the JVM understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `1\0cmd\0arg\0arg\0arg\0`: every HotSpot since JDK 6.
+    V1,
+    /// `2\0size\0cmd opts\0args…`: JDK 24+; `streaming` tells whether the streaming option exists.
+    V2 { streaming: bool },
+}
+
+/// A reply: the status line and the output.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: i32,
+    pub body: Vec<u8>,
+}
+
+/// The attach client for one JVM. Requests are serialized (the listener is single-threaded anyway).
+#[derive(Debug)]
+pub struct Attacher {
+    pid: u32,
+    nspid: u32,
+    uid: u32,
+    gid: u32,
+    proc: ProcFs,
+    /// Start time of the process (`/proc/PID/stat` field 22): detects pid reuse.
+    start_ticks: u64,
+    protocol: Option<Protocol>,
+    options: AttachOptions,
+}
+
+/// Bytes a thread dump reply is expected to start from; grows as needed.
+const INITIAL_REPLY_CAPACITY: usize = 256 * 1024;
+
+impl Attacher {
+    pub fn new(
+        jvm: &JvmProcess,
+        proc: ProcFs,
+        options: AttachOptions,
+    ) -> Result<Self, AttachError> {
+        let pid = jvm.pid;
+        let start_ticks = start_ticks(&proc, pid).ok_or(AttachError::Gone { pid })?;
+        if let Some(pd) = jvm
+            .perf_file
+            .as_deref()
+            .and_then(|f| PerfData::read(f).ok())
+        {
+            if let Some(vm) = pd.text("java.property.java.vm.name") {
+                if !vm.contains("HotSpot") && !vm.contains("OpenJDK") {
+                    return Err(AttachError::NotHotSpot {
+                        pid,
+                        vm: vm.to_string(),
+                    });
+                }
+            }
+            if pd.attach_enabled() == Some(false) {
+                return Err(AttachError::AttachDisabled { pid });
+            }
+        }
+        let our_uid = nix::unistd::geteuid().as_raw();
+        if our_uid != 0 && our_uid != jvm.uid {
+            return Err(AttachError::PermissionDenied {
+                pid,
+                jvm_uid: jvm.uid,
+                our_uid,
+                detail: "a non-root agent can attach only to its own user's JVMs".into(),
+            });
+        }
+        Ok(Attacher {
+            pid,
+            nspid: jvm.nspid,
+            uid: jvm.uid,
+            gid: jvm.gid,
+            proc,
+            start_ticks,
+            protocol: None,
+            options,
+        })
+    }
+
+    /// Convenience: find the JVM behind `pid` and build its client.
+    pub fn for_pid(pid: u32, options: AttachOptions) -> Result<Self, AttachError> {
+        let proc = ProcFs::default();
+        if !proc.pid_dir(pid).exists() {
+            return Err(AttachError::Gone { pid });
+        }
+        let jvm = proc.jvm(pid).ok_or(AttachError::NotAJvm { pid })?;
+        Attacher::new(&jvm, proc, options)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The protocol in use, once known.
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+
+    /// One thread dump (`jstack`'s text), without lock details (they walk the heap in the pause),
+    /// and not streamed (a streamed dump holds the safepoint while it writes to us).
+    pub fn thread_dump(&mut self) -> Result<Vec<u8>, AttachError> {
+        let reply = match self.detect_protocol()? {
+            Protocol::V2 { streaming: true } => self.request_v2("threaddump streaming=0", &[])?,
+            Protocol::V2 { streaming: false } => self.request_v2("threaddump", &[])?,
+            Protocol::V1 => self.request_v1("threaddump", &[])?,
+        };
+        self.expect_ok("threaddump", reply)
+    }
+
+    /// Runs a diagnostic command (what `jcmd <pid> <line>` sends), e.g. `VM.version`.
+    pub fn jcmd(&mut self, line: &str) -> Result<Vec<u8>, AttachError> {
+        let reply = self.request_v1("jcmd", &[line])?;
+        self.expect_ok("jcmd", reply)
+    }
+
+    /// Learns once whether the JVM speaks v2 (`getversion options`, which JDK ≤ 23 does not know).
+    pub fn detect_protocol(&mut self) -> Result<Protocol, AttachError> {
+        if let Some(p) = self.protocol {
+            return Ok(p);
+        }
+        let reply = self.request_v1("getversion", &["options"])?;
+        let body = String::from_utf8_lossy(&reply.body);
+        let mut words = body.split_whitespace();
+        let protocol = match (reply.status, words.next()) {
+            (0, Some(v)) if v.parse::<u32>().is_ok_and(|v| v >= 2) => Protocol::V2 {
+                streaming: words.any(|w| w == "streaming"),
+            },
+            _ => Protocol::V1,
+        };
+        self.protocol = Some(protocol);
+        Ok(protocol)
+    }
+
+    fn expect_ok(&self, command: &str, reply: Reply) -> Result<Vec<u8>, AttachError> {
+        if reply.status == 0 {
+            Ok(reply.body)
+        } else {
+            Err(AttachError::Command {
+                pid: self.pid,
+                command: command.into(),
+                status: reply.status,
+                message: String::from_utf8_lossy(&reply.body).trim().to_string(),
+            })
+        }
+    }
+
+    /// A v1 request: the command and exactly three arguments.
+    pub fn request_v1(&mut self, command: &str, args: &[&str]) -> Result<Reply, AttachError> {
+        let mut req = Vec::with_capacity(64);
+        req.extend_from_slice(b"1\0");
+        push_cstr(&mut req, command);
+        for i in 0..3 {
+            push_cstr(&mut req, args.get(i).copied().unwrap_or(""));
+        }
+        self.round_trip(command, &req)
+    }
+
+    /// A v2 request: `size` counts every byte after its own field.
+    pub fn request_v2(&mut self, command: &str, args: &[&str]) -> Result<Reply, AttachError> {
+        let mut body = Vec::with_capacity(64);
+        push_cstr(&mut body, command);
+        for a in args {
+            push_cstr(&mut body, a);
+        }
+        let mut req = Vec::with_capacity(body.len() + 16);
+        req.extend_from_slice(b"2\0");
+        push_cstr(&mut req, &body.len().to_string());
+        req.extend_from_slice(&body);
+        self.round_trip(command, &req)
+    }
+
+    fn round_trip(&mut self, command: &str, request: &[u8]) -> Result<Reply, AttachError> {
+        let mut stream = self.connect()?;
+        let pid = self.pid;
+        let io_err = |context: &'static str| {
+            move |source: io::Error| AttachError::Io {
+                pid,
+                context,
+                source,
+            }
+        };
+        let timeout_err = || AttachError::Timeout {
+            pid,
+            command: command.to_string(),
+            waited: self.options.io_timeout,
+        };
+        let deadline = Instant::now() + self.options.io_timeout;
+        stream
+            .set_write_timeout(Some(self.options.io_timeout))
+            .map_err(io_err("setting the write timeout"))?;
+        stream.write_all(request).map_err(|e| {
+            if is_timeout(&e) {
+                timeout_err()
+            } else {
+                io_err("sending the request")(e)
+            }
+        })?;
+        // Drain as fast as the JVM writes: a slow reader lengthens a streamed dump's pause.
+        let mut buf = Vec::with_capacity(INITIAL_REPLY_CAPACITY);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timeout_err());
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(io_err("setting the read timeout"))?;
+            match stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => return Err(timeout_err()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(io_err("reading the reply")(e)),
+            }
+        }
+        parse_reply(pid, &buf)
+    }
+
+    /// Connects to the listener, starting it first if needed.
+    fn connect(&mut self) -> Result<UnixStream, AttachError> {
+        self.check_same_process()?;
+        let socket = self.socket_path();
+        if !self.socket_present(&socket)? {
+            self.start_listener(&socket)?;
+        }
+        self.check_socket(&socket)?;
+        let (pid, uid, gid) = (self.pid, self.uid, self.gid);
+        credentials::as_user(uid, gid, || UnixStream::connect(&socket)).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => {
+                    if self.check_same_process().is_err() {
+                        AttachError::Gone { pid }
+                    } else {
+                        AttachError::Protocol {
+                            pid,
+                            detail: format!(
+                                "{} refuses connections (a stale socket of a dead listener?)",
+                                socket.display()
+                            ),
+                        }
+                    }
+                }
+                Some(libc::EACCES) | Some(libc::EPERM) => AttachError::PermissionDenied {
+                    pid,
+                    jvm_uid: uid,
+                    our_uid: nix::unistd::geteuid().as_raw(),
+                    detail: format!("connecting {}: {e}", socket.display()),
+                },
+                _ => AttachError::Io {
+                    pid,
+                    context: "connecting to the attach socket",
+                    source: e,
+                },
+            }
+        })
+    }
+
+    /// `/proc/<pid>/root/tmp/.java_pid<nspid>`: the socket in the JVM's own mount namespace.
+    fn socket_path(&self) -> PathBuf {
+        self.jvm_tmp().join(format!(".java_pid{}", self.nspid))
+    }
+
+    fn jvm_tmp(&self) -> PathBuf {
+        self.proc.pid_dir(self.pid).join("root/tmp")
+    }
+
+    fn socket_present(&self, socket: &Path) -> Result<bool, AttachError> {
+        match std::fs::symlink_metadata(socket) {
+            Ok(m) => Ok(m.file_type().is_socket()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                Err(self.permission_denied(format!("reading {}: {e}", socket.display())))
+            }
+            Err(e) => Err(AttachError::Io {
+                pid: self.pid,
+                context: "looking for the attach socket",
+                source: e,
+            }),
+        }
+    }
+
+    /// A socket is trusted only if the JVM's user owns it and nothing on the way is a symlink
+    /// (a shared or hostile `/tmp` could otherwise point us at somebody else's socket).
+    fn check_socket(&self, socket: &Path) -> Result<(), AttachError> {
+        let untrusted = |reason: String| AttachError::UntrustedSocket {
+            path: socket.to_path_buf(),
+            reason,
+        };
+        let tmp = self.jvm_tmp();
+        let tmp_meta = std::fs::symlink_metadata(&tmp)
+            .map_err(|e| untrusted(format!("{}: {e}", tmp.display())))?;
+        if tmp_meta.file_type().is_symlink() {
+            return Err(untrusted("the JVM's /tmp is a symlink".into()));
+        }
+        let meta = std::fs::symlink_metadata(socket).map_err(|e| untrusted(e.to_string()))?;
+        if !meta.file_type().is_socket() {
+            return Err(untrusted("not a socket".into()));
+        }
+        if meta.uid() != self.uid {
+            return Err(untrusted(format!(
+                "owned by uid {}, but the JVM runs as uid {}",
+                meta.uid(),
+                self.uid
+            )));
+        }
+        Ok(())
+    }
+
+    fn start_listener(&mut self, socket: &Path) -> Result<(), AttachError> {
+        let pid = self.pid;
+        // Re-read now: a JVM that has not installed its handler yet would die of SIGQUIT.
+        let status = self
+            .proc
+            .status(pid)
+            .map_err(|_| AttachError::Gone { pid })?
+            .ok_or(AttachError::Gone { pid })?;
+        if !status.catches_sigquit() {
+            return Err(AttachError::NoSignalHandler { pid });
+        }
+        let trigger = self.create_trigger()?;
+        let result = self.signal_and_wait(socket);
+        let _ = credentials::as_user(self.uid, self.gid, || std::fs::remove_file(&trigger));
+        result
+    }
+
+    /// Creates `.attach_pid<nspid>` as the JVM's user, in its working directory, else its `/tmp`.
+    fn create_trigger(&self) -> Result<PathBuf, AttachError> {
+        let name = format!(".attach_pid{}", self.nspid);
+        let candidates = [
+            self.proc.pid_dir(self.pid).join("cwd").join(&name),
+            self.jvm_tmp().join(&name),
+        ];
+        let mut last_err = None;
+        for path in candidates {
+            let created = credentials::as_user(self.uid, self.gid, || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o660)
+                    // Never follow a planted symlink.
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)?;
+                // The JVM ignores a trigger owned by anyone but itself or root (some mounts remap).
+                let owner = std::fs::symlink_metadata(&path)?.uid();
+                if owner != self.uid && owner != 0 {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(io::Error::other(format!("created as uid {owner}")));
+                }
+                Ok(())
+            });
+            match created {
+                Ok(()) => return Ok(path),
+                Err(e) => last_err = Some((path, e)),
+            }
+        }
+        let (path, e) = last_err.expect("two candidates were tried");
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            Err(self.permission_denied(format!("creating {}: {e}", path.display())))
+        } else {
+            Err(AttachError::Io {
+                pid: self.pid,
+                context: "creating the attach trigger file",
+                source: e,
+            })
+        }
+    }
+
+    fn signal_and_wait(&self, socket: &Path) -> Result<(), AttachError> {
+        let pid = self.pid;
+        self.sigquit()?;
+        let start = Instant::now();
+        let timeout = self.options.listener_timeout;
+        let mut resent = false;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if self.socket_present(socket)? {
+                return Ok(());
+            }
+            self.check_same_process()?;
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(AttachError::ListenerTimeout { pid, waited });
+            }
+            // Like the JDK's client, signal once more halfway: the first may have raced start-up.
+            if !resent && waited >= timeout / 2 {
+                self.sigquit()?;
+                resent = true;
+            }
+            std::thread::sleep(pause.min(timeout - waited));
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    fn sigquit(&self) -> Result<(), AttachError> {
+        self.check_same_process()?;
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(self.pid as i32), Signal::SIGQUIT).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => AttachError::Gone { pid: self.pid },
+            nix::errno::Errno::EPERM => self.permission_denied(format!("sending SIGQUIT: {e}")),
+            e => AttachError::Io {
+                pid: self.pid,
+                context: "sending SIGQUIT",
+                source: e.into(),
+            },
+        })
+    }
+
+    fn check_same_process(&self) -> Result<(), AttachError> {
+        match start_ticks(&self.proc, self.pid) {
+            Some(t) if t == self.start_ticks => Ok(()),
+            _ => Err(AttachError::Gone { pid: self.pid }),
+        }
+    }
+
+    fn permission_denied(&self, detail: String) -> AttachError {
+        AttachError::PermissionDenied {
+            pid: self.pid,
+            jvm_uid: self.uid,
+            our_uid: nix::unistd::geteuid().as_raw(),
+            detail,
+        }
+    }
+}
+
+fn push_cstr(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Splits `<status>\n<output>`.
+pub fn parse_reply(pid: u32, buf: &[u8]) -> Result<Reply, AttachError> {
+    if buf.is_empty() {
+        return Err(AttachError::Protocol {
+            pid,
+            detail: "the JVM closed the connection without a reply (request not understood)".into(),
+        });
+    }
+    let nl = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = std::str::from_utf8(&buf[..nl]).unwrap_or("").trim();
+    let status = line.parse::<i32>().map_err(|_| AttachError::Protocol {
+        pid,
+        detail: format!(
+            "reply does not start with a status code: {:?}",
+            String::from_utf8_lossy(&buf[..nl.min(80)])
+        ),
+    })?;
+    let body = buf.get(nl + 1..).unwrap_or(&[]).to_vec();
+    Ok(Reply { status, body })
+}
+
+/// Process start time in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_ticks(proc: &ProcFs, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc.pid_dir(pid).join("stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count from its closing ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_status_and_body() {
+        let r = parse_reply(1, b"0\nFull thread dump\n").unwrap();
+        assert_eq!(r.status, 0);
+        assert_eq!(r.body, b"Full thread dump\n");
+        let r = parse_reply(1, b"-1\nOperation getversion not recognized!").unwrap();
+        assert_eq!(r.status, -1);
+        let r = parse_reply(1, b"101\n").unwrap();
+        assert_eq!(r.status, 101);
+        assert!(r.body.is_empty());
+    }
+
+    #[test]
+    fn reply_errors_are_protocol_errors() {
+        assert!(matches!(
+            parse_reply(1, b""),
+            Err(AttachError::Protocol { .. })
+        ));
+        assert!(matches!(
+            parse_reply(1, b"garbage\n"),
+            Err(AttachError::Protocol { .. })
+        ));
+    }
+
+    #[test]
+    fn start_ticks_of_this_process() {
+        let proc = ProcFs::default();
+        let t = start_ticks(&proc, std::process::id());
+        assert!(t.is_some());
+        assert_eq!(t, start_ticks(&proc, std::process::id()));
+    }
+
+    #[test]
+    fn a_non_java_process_is_refused_without_a_signal() {
+        let err = Attacher::for_pid(std::process::id(), AttachOptions::default()).unwrap_err();
+        assert!(matches!(err, AttachError::NotAJvm { .. }), "{err}");
+        let err = Attacher::for_pid(u32::MAX - 1, AttachOptions::default()).unwrap_err();
+        assert!(matches!(err, AttachError::Gone { .. }), "{err}");
+    }
+}

@@ -1,0 +1,293 @@
+//! HotSpot performance data (`/tmp/hsperfdata_<user>/<nspid>`): the 32 KiB memory-mapped file every
+//! HotSpot JVM publishes unless `-XX:-UsePerfData`. bpmon reads it for the JVM's version, whether
+//! attach is enabled, and the safepoint counters that tell what our own sampling costs the JVM.
+//!
+//! The file is read, never locked: the JVM holds an `flock` on it, and taking one ourselves would
+//! starve a new JVM that reuses the pid.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PerfDataError {
+    #[error("cannot read perf data {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not HotSpot perf data: {0}")]
+    Format(&'static str),
+}
+
+/// A value in the perf data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PerfValue {
+    Long(i64),
+    Text(String),
+}
+
+/// The counters of one JVM, by name.
+#[derive(Debug, Clone, Default)]
+pub struct PerfData {
+    entries: HashMap<String, PerfValue>,
+}
+
+const MAGIC: [u8; 4] = [0xca, 0xfe, 0xc0, 0xc0];
+const PROLOGUE_LEN: usize = 32;
+const ENTRY_HEADER_LEN: usize = 20;
+
+impl PerfData {
+    /// Reads and parses a perf-data file.
+    pub fn read(path: &Path) -> Result<PerfData, PerfDataError> {
+        let bytes = std::fs::read(path).map_err(|source| PerfDataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        PerfData::parse(&bytes)
+    }
+
+    /// Parses the binary format (`perfMemory.hpp`): a 32-byte prologue, then entries of
+    /// `{length, name_offset, vector_length, type, flags, units, variability, data_offset}`.
+    pub fn parse(bytes: &[u8]) -> Result<PerfData, PerfDataError> {
+        if bytes.len() < PROLOGUE_LEN {
+            return Err(PerfDataError::Format("shorter than its prologue"));
+        }
+        if bytes[..4] != MAGIC {
+            return Err(PerfDataError::Format("bad magic"));
+        }
+        let little = match bytes[4] {
+            0 => false,
+            1 => true,
+            _ => return Err(PerfDataError::Format("bad byte order")),
+        };
+        let rd_i32 = |at: usize| -> Option<i32> {
+            let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            Some(if little {
+                i32::from_le_bytes(b)
+            } else {
+                i32::from_be_bytes(b)
+            })
+        };
+        let rd_i64 = |at: usize| -> Option<i64> {
+            let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+            Some(if little {
+                i64::from_le_bytes(b)
+            } else {
+                i64::from_be_bytes(b)
+            })
+        };
+        let entry_offset = rd_i32(24).ok_or(PerfDataError::Format("truncated prologue"))?;
+        let num_entries = rd_i32(28).ok_or(PerfDataError::Format("truncated prologue"))?;
+        let mut entries = HashMap::new();
+        let mut at =
+            usize::try_from(entry_offset).map_err(|_| PerfDataError::Format("bad entry offset"))?;
+        for _ in 0..num_entries.max(0) {
+            if at + ENTRY_HEADER_LEN > bytes.len() {
+                break;
+            }
+            let (Some(len), Some(name_off), Some(vec_len), Some(data_off)) =
+                (rd_i32(at), rd_i32(at + 4), rd_i32(at + 8), rd_i32(at + 16))
+            else {
+                break;
+            };
+            let ty = bytes[at + 12];
+            if len <= 0 || name_off < 0 || data_off < 0 {
+                break;
+            }
+            let (len, name_off, data_off) = (len as usize, name_off as usize, data_off as usize);
+            let entry = bytes.get(at..at + len).unwrap_or(&[]);
+            let name = entry
+                .get(name_off..)
+                .and_then(|s| s.split(|&b| b == 0).next())
+                .map(|s| String::from_utf8_lossy(s).into_owned());
+            if let Some(name) = name {
+                let value = match (ty, vec_len) {
+                    (b'J', 0) => rd_i64(at + data_off).map(PerfValue::Long),
+                    (b'B', n) if n > 0 => entry
+                        .get(data_off..(data_off + n as usize).min(entry.len()))
+                        .map(|s| {
+                            let s = s.split(|&b| b == 0).next().unwrap_or(&[]);
+                            PerfValue::Text(String::from_utf8_lossy(s).into_owned())
+                        }),
+                    _ => None,
+                };
+                if let Some(value) = value {
+                    entries.insert(name, value);
+                }
+            }
+            at += len;
+        }
+        if entries.is_empty() {
+            return Err(PerfDataError::Format("no entries"));
+        }
+        Ok(PerfData { entries })
+    }
+
+    pub fn long(&self, name: &str) -> Option<i64> {
+        match self.entries.get(name) {
+            Some(PerfValue::Long(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        match self.entries.get(name) {
+            Some(PerfValue::Text(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// `java.version` of the JVM, e.g. `17.0.15`.
+    pub fn java_version(&self) -> Option<&str> {
+        self.text("java.property.java.version")
+    }
+
+    /// Whether the JVM accepts dynamic attach (`sun.rt.jvmCapabilities`, first flag).
+    pub fn attach_enabled(&self) -> Option<bool> {
+        self.text("sun.rt.jvmCapabilities")
+            .and_then(|c| c.chars().next())
+            .map(|c| c == '1')
+    }
+
+    /// The safepoint counters, in a form that subtracts.
+    pub fn safepoints(&self) -> Option<SafepointCounters> {
+        let freq = self.long("sun.os.hrt.frequency").filter(|&f| f > 0)?;
+        Some(SafepointCounters {
+            count: self.long("sun.rt.safepoints")?,
+            time_ticks: self.long("sun.rt.safepointTime")?,
+            sync_ticks: self.long("sun.rt.safepointSyncTime").unwrap_or(0),
+            ticks_per_second: freq,
+        })
+    }
+}
+
+/// A reading of the JVM's cumulative safepoint counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SafepointCounters {
+    pub count: i64,
+    /// Time spent at safepoints (the pause), in ticks.
+    pub time_ticks: i64,
+    /// Time spent reaching safepoints, in ticks.
+    pub sync_ticks: i64,
+    pub ticks_per_second: i64,
+}
+
+impl SafepointCounters {
+    /// Safepoints and pause milliseconds between `self` (before) and `after`.
+    pub fn delta(&self, after: &SafepointCounters) -> (u64, f64) {
+        let count = (after.count - self.count).max(0) as u64;
+        let ticks = (after.time_ticks - self.time_ticks).max(0) as f64;
+        (count, ticks * 1000.0 / self.ticks_per_second as f64)
+    }
+}
+
+/// Where a JVM's perf data lives, seen from the host: `/proc/<pid>/root/tmp/hsperfdata_*/<nspid>`.
+/// The directory is named after the user *inside* the JVM's mount namespace, so it is searched.
+pub fn find_perf_file(proc_root: &Path, pid: u32, nspid: u32) -> Option<PathBuf> {
+    let tmp = proc_root.join(pid.to_string()).join("root/tmp");
+    let dirs = std::fs::read_dir(&tmp).ok()?;
+    for dir in dirs.flatten() {
+        if dir.file_name().to_string_lossy().starts_with("hsperfdata_") {
+            let file = dir.path().join(nspid.to_string());
+            if file.is_file() {
+                return Some(file);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a perf-data image the way HotSpot lays it out.
+    pub(crate) fn image(longs: &[(&str, i64)], texts: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        let mut n: i32 = 0;
+        let mut push = |name: &str, ty: u8, vec_len: i32, data: Vec<u8>| {
+            let name_off = ENTRY_HEADER_LEN;
+            let mut name_bytes = name.as_bytes().to_vec();
+            name_bytes.push(0);
+            let mut data_off = name_off + name_bytes.len();
+            data_off = data_off.div_ceil(8) * 8;
+            let len = (data_off + data.len()).div_ceil(8) * 8;
+            let mut e = vec![0u8; len];
+            e[0..4].copy_from_slice(&(len as i32).to_le_bytes());
+            e[4..8].copy_from_slice(&(name_off as i32).to_le_bytes());
+            e[8..12].copy_from_slice(&vec_len.to_le_bytes());
+            e[12] = ty;
+            e[16..20].copy_from_slice(&(data_off as i32).to_le_bytes());
+            e[name_off..name_off + name_bytes.len()].copy_from_slice(&name_bytes);
+            e[data_off..data_off + data.len()].copy_from_slice(&data);
+            body.extend(e);
+            n += 1;
+        };
+        for (k, v) in longs {
+            push(k, b'J', 0, v.to_le_bytes().to_vec());
+        }
+        for (k, v) in texts {
+            let mut d = v.as_bytes().to_vec();
+            d.resize(v.len() + 16, 0);
+            push(k, b'B', d.len() as i32, d);
+        }
+        let mut out = vec![0u8; PROLOGUE_LEN];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4] = 1;
+        out[5] = 2;
+        out[24..28].copy_from_slice(&(PROLOGUE_LEN as i32).to_le_bytes());
+        out[28..32].copy_from_slice(&n.to_le_bytes());
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn parses_longs_and_strings() {
+        let img = image(
+            &[
+                ("sun.rt.safepoints", 12),
+                ("sun.rt.safepointTime", 3_000_000),
+                ("sun.os.hrt.frequency", 1_000_000_000),
+            ],
+            &[
+                ("java.property.java.version", "17.0.15"),
+                ("sun.rt.jvmCapabilities", "1100000000"),
+            ],
+        );
+        let pd = PerfData::parse(&img).unwrap();
+        assert_eq!(pd.java_version(), Some("17.0.15"));
+        assert_eq!(pd.attach_enabled(), Some(true));
+        let sp = pd.safepoints().unwrap();
+        assert_eq!(sp.count, 12);
+        let later = SafepointCounters {
+            count: 15,
+            time_ticks: 4_500_000,
+            ..sp
+        };
+        let (n, ms) = sp.delta(&later);
+        assert_eq!(n, 3);
+        assert!((ms - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert!(PerfData::parse(b"").is_err());
+        assert!(PerfData::parse(&[0u8; 64]).is_err());
+        let mut img = image(&[("a", 1)], &[]);
+        img.truncate(40);
+        assert!(PerfData::parse(&img).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let mut img = image(&[("x", 1)], &[("y", "z")]);
+            img.truncate(PROLOGUE_LEN);
+            img.extend(tail);
+            let _ = PerfData::parse(&img);
+        }
+    }
+}

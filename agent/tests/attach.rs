@@ -1,0 +1,295 @@
+//! The native attach client against real JVMs (JDK 17 and Temurin 25): dumps, protocol versions,
+//! credentials, and each failure mode an operator can meet.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bpmon_agent::attach::{AttachError, AttachOptions, Attacher, Protocol};
+
+const JDK17: &str = "/usr/lib/jvm/java-17-openjdk-amd64";
+const JDK25: &str = "/usr/lib/jvm/temurin-25-jdk-amd64";
+
+/// Compiles FakeTaskManager.java once per test binary, into a directory anyone can read.
+fn classes() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-taskmanager");
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/FakeTaskManager.java");
+        let status = Command::new(format!("{JDK17}/bin/javac"))
+            .args(["--release", "17", "-d"])
+            .arg(&dir)
+            .arg(&src)
+            .status()
+            .expect("javac runs");
+        assert!(status.success(), "javac failed");
+        // The JVM-as-nobody test needs to read the classes.
+        for p in [dir.as_path(), dir.parent().unwrap()] {
+            let _ = Command::new("chmod").arg("a+rx").arg(p).status();
+        }
+        let _ = Command::new("chmod")
+            .arg("a+r")
+            .arg(dir.join("FakeTaskManager.class"))
+            .status();
+        dir
+    })
+}
+
+/// A running JVM, killed by pid when dropped.
+struct Jvm {
+    child: Child,
+}
+
+impl Jvm {
+    fn start(jdk: &str, java_args: &[&str], run_as: Option<u32>) -> Jvm {
+        let java = format!("{jdk}/bin/java");
+        let mut cmd = match run_as {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    &java,
+                ]);
+                c
+            }
+            None => Command::new(&java),
+        };
+        cmd.args(java_args)
+            .arg("-cp")
+            .arg(classes())
+            .arg("FakeTaskManager")
+            .current_dir("/tmp")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("java starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "READY", "FakeTaskManager did not start");
+        // Keep draining stdout: a SIGQUIT that reaches the JVM without a trigger prints a dump
+        // there, and a full pipe would block the JVM.
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Jvm { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Jvm {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn short() -> AttachOptions {
+    AttachOptions {
+        listener_timeout: Duration::from_secs(2),
+        io_timeout: Duration::from_secs(2),
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn dump_text(a: &mut Attacher) -> String {
+    String::from_utf8(a.thread_dump().expect("thread dump")).unwrap()
+}
+
+#[test]
+fn jdk17_dump_over_protocol_v1() {
+    let jvm = Jvm::start(JDK17, &[], None);
+    let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
+    let text = dump_text(&mut a);
+    assert_eq!(a.protocol(), Some(Protocol::V1));
+    assert!(text.contains("Full thread dump OpenJDK"), "{text}");
+    assert!(text.contains("\"Source: numbers -> explode (1/2)#0\""));
+    assert!(text.contains("\"Map \"quoted\" (x) -> Sink: out (2/2)#1\""));
+    // The listener now exists: a second dump needs no signal and says the same.
+    let again = dump_text(&mut a);
+    assert!(again.contains("Source: numbers -> explode (1/2)#0"));
+    // No lock details were asked for (they cost a heap walk at the safepoint).
+    assert!(!text.contains("Locked ownable synchronizers"));
+}
+
+#[test]
+fn jdk25_dump_over_protocol_v2_without_streaming() {
+    let mut jvm = Jvm::start(JDK25, &[], None);
+    let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
+    let text = dump_text(&mut a);
+    assert_eq!(a.protocol(), Some(Protocol::V2 { streaming: true }));
+    assert!(text.contains("Full thread dump OpenJDK"), "{text}");
+    assert!(text.contains("\"Source: numbers -> explode (1/2)#0\""));
+    assert!(jvm.alive());
+}
+
+#[test]
+fn jcmd_command_over_attach() {
+    let jvm = Jvm::start(JDK17, &[], None);
+    let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
+    let v = String::from_utf8(a.jcmd("VM.version").unwrap()).unwrap();
+    assert!(v.contains("17.0"), "{v}");
+    let err = a.jcmd("No.such.command").unwrap_err();
+    assert!(
+        err.to_string().contains("No.such.command") || matches!(err, AttachError::Command { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn root_attaches_as_the_jvms_own_user() {
+    if !is_root() {
+        eprintln!("not root: the credential switch is exercised only when the agent runs as root");
+        return;
+    }
+    let mut jvm = Jvm::start(JDK17, &[], Some(65534));
+    let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
+    let text = dump_text(&mut a);
+    assert!(text.contains("Source: numbers -> explode (1/2)#0"));
+    // The socket the JVM created belongs to its user, not to us.
+    let sock = format!("/proc/{}/root/tmp/.java_pid{}", jvm.pid(), jvm.pid());
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), 65534);
+    assert!(jvm.alive());
+}
+
+#[test]
+fn another_users_jvm_is_refused_with_a_clear_error() {
+    if !is_root() {
+        eprintln!("not root: cannot start a JVM as another user");
+        return;
+    }
+    // A root-owned JVM, and the agent binary run as `nobody`.
+    let mut jvm = Jvm::start(JDK17, &[], None);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_bpmon-agent"))
+        .args(["dump", "--pid", &jvm.pid().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no permission to attach")
+            && stderr.contains("uid 0")
+            && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    assert!(jvm.alive(), "a refused attach must not harm the JVM");
+}
+
+#[test]
+fn a_stopped_jvm_times_out() {
+    let mut jvm = Jvm::start(JDK17, &[], None);
+    let pid = nix::unistd::Pid::from_raw(jvm.pid() as i32);
+    let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
+    // Listener up first, then freeze the JVM: the command gets no answer.
+    dump_text(&mut a);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let err = a.thread_dump().unwrap_err();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(matches!(err, AttachError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    assert!(jvm.alive());
+    // And it recovers once the JVM runs again.
+    assert!(dump_text(&mut a).contains("Source: numbers"));
+}
+
+#[test]
+fn a_frozen_jvm_without_listener_times_out_starting_it() {
+    let mut jvm = Jvm::start(JDK17, &[], None);
+    let pid = nix::unistd::Pid::from_raw(jvm.pid() as i32);
+    let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let err = a.thread_dump().unwrap_err();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(matches!(err, AttachError::ListenerTimeout { .. }), "{err}");
+    // Our trigger file was cleaned up, so the pending SIGQUIT only prints a dump to stdout.
+    assert!(!Path::new(&format!("/proc/{}/cwd/.attach_pid{}", jvm.pid(), jvm.pid())).exists());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(jvm.alive());
+}
+
+#[test]
+fn a_jvm_that_exits_is_gone() {
+    let mut jvm = Jvm::start(JDK17, &[], None);
+    let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
+    dump_text(&mut a);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(jvm.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    jvm.child.wait().unwrap();
+    let err = a.thread_dump().unwrap_err();
+    assert!(matches!(err, AttachError::Gone { .. }), "{err}");
+    assert!(err.is_permanent());
+}
+
+#[test]
+fn a_process_without_a_sigquit_handler_is_never_signalled() {
+    // A process named `java` that is not a JVM: SIGQUIT would kill it.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-java");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("java");
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut child = Command::new(&fake).arg("30").spawn().unwrap();
+    // spawn() returns as soon as exec begins; wait until the new image's argv is visible.
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    for _ in 0..100 {
+        if std::fs::read(&cmdline).is_ok_and(|c| c.ends_with(b"30\0")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let result = Attacher::for_pid(child.id(), short()).and_then(|mut a| a.thread_dump());
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = result.unwrap_err();
+    assert!(matches!(err, AttachError::NoSignalHandler { .. }), "{err}");
+    assert!(alive, "the process must survive");
+}
+
+#[test]
+fn reduced_signal_usage_jvm_is_attached_without_a_signal() {
+    // With -Xrs HotSpot installs no SIGQUIT handler but starts its listener at boot.
+    let mut jvm = Jvm::start(JDK17, &["-Xrs"], None);
+    let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
+    // The listener may take a moment after READY.
+    let mut text = None;
+    for _ in 0..20 {
+        match a.thread_dump() {
+            Ok(t) => {
+                text = Some(String::from_utf8(t).unwrap());
+                break;
+            }
+            Err(AttachError::NoSignalHandler { .. }) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let text = text.expect("the boot-time listener answered");
+    assert!(text.contains("Source: numbers -> explode"));
+    assert!(jvm.alive());
+}
