@@ -483,6 +483,7 @@ impl Attacher {
             }
         }
         let (path, e) = last_err.expect("two candidates were tried");
+        self.check_same_process()?;
         if e.kind() == io::ErrorKind::PermissionDenied {
             Err(self.permission_denied(format!("creating {}: {e}", path.display())))
         } else {
@@ -584,12 +585,17 @@ pub fn parse_reply(pid: u32, buf: &[u8]) -> Result<Reply, AttachError> {
     Ok(Reply { status, body })
 }
 
-/// Process start time in clock ticks since boot (`/proc/PID/stat` field 22).
+/// Process start time in clock ticks since boot (`/proc/PID/stat` field 22), or `None` when the
+/// process is gone or a zombie (dead, not yet reaped: nothing there will ever answer).
 fn start_ticks(proc: &ProcFs, pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(proc.pid_dir(pid).join("stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: count from its closing ')'.
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -293,3 +293,154 @@ fn reduced_signal_usage_jvm_is_attached_without_a_signal() {
     assert!(text.contains("Source: numbers -> explode"));
     assert!(jvm.alive());
 }
+
+fn run_agent(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bpmon-agent"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sample --output json` keeps its contract, on both backends, and the two agree.
+#[test]
+fn sample_cli_json_contract_on_both_backends() {
+    let jvm = Jvm::start(JDK17, &[], None);
+    let pid = jvm.pid().to_string();
+    let mut by_backend = Vec::new();
+    for backend in ["attach", "jcmd"] {
+        let (ok, stdout, stderr) = run_agent(&[
+            "sample",
+            "--pid",
+            &pid,
+            "--samples",
+            "4",
+            "--delay",
+            "20ms",
+            "--backend",
+            backend,
+            "--output",
+            "json",
+        ]);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for key in [
+            "pid",
+            "backend",
+            "jvm",
+            "samples",
+            "delay_ms",
+            "started_at_ms",
+            "elapsed_ms",
+            "tasks",
+            "errors",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["backend"], backend);
+        assert_eq!(v["pid"], jvm.pid());
+        assert_eq!(v["samples"], 4);
+        assert_eq!(v["delay_ms"], 20);
+        assert_eq!(v["jvm"]["main_class"], "FakeTaskManager");
+        assert!(v["jvm"]["version"].as_str().unwrap().starts_with("17."));
+        assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{v}");
+        let tasks = v["tasks"].as_array().unwrap();
+        let explode = tasks
+            .iter()
+            .find(|t| t["thread"] == "Source: numbers -> explode (1/2)#0")
+            .expect("the parked task thread");
+        assert_eq!(explode["task"], "Source: numbers -> explode");
+        assert_eq!(
+            (explode["subtask"].as_u64(), explode["parallelism"].as_u64()),
+            (Some(0), Some(2))
+        );
+        assert_eq!(explode["attempt"], 0);
+        assert_eq!(explode["samples"], 4);
+        // Parked in user code, not in a Flink wait: busy, and the frame says where.
+        assert_eq!(explode["busy"], 4);
+        assert!(explode["top_frames"][0]["frame"]
+            .as_str()
+            .unwrap()
+            .starts_with("FakeTaskManager.lambda$main$"));
+        let quoted = tasks
+            .iter()
+            .find(|t| t["task"] == "Map \"quoted\" (x) -> Sink: out")
+            .expect("the quoted task thread");
+        assert_eq!(
+            (quoted["subtask"].as_u64(), quoted["attempt"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let mut names: Vec<String> = tasks.iter().map(|t| t["thread"].to_string()).collect();
+        names.sort();
+        by_backend.push(names);
+    }
+    assert_eq!(
+        by_backend[0], by_backend[1],
+        "both backends see the same tasks"
+    );
+}
+
+/// A JVM that dies mid-run: the samples taken so far are reported, with the reason.
+#[test]
+fn jvm_exiting_mid_run_keeps_the_samples_taken() {
+    let mut jvm = Jvm::start(JDK17, &[], None);
+    let pid = jvm.pid();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let (ok, stdout, stderr) = run_agent(&[
+        "sample",
+        "--pid",
+        &pid.to_string(),
+        "--samples",
+        "100",
+        "--delay",
+        "50ms",
+        "--output",
+        "json",
+    ]);
+    killer.join().unwrap();
+    jvm.child.wait().unwrap();
+    assert!(ok, "a partial run still succeeds: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let dumps = v["cost"]["dumps"].as_u64().unwrap();
+    assert!(
+        (3..100).contains(&dumps),
+        "dumps taken before the kill: {dumps}"
+    );
+    let errors = v["errors"].to_string();
+    assert!(errors.contains("is gone"), "{errors}");
+    assert!(errors.contains("stopped after"), "{errors}");
+    let t = &v["tasks"][0];
+    assert_eq!(t["samples"].as_u64(), Some(dumps));
+}
+
+#[test]
+fn list_shows_the_jvm() {
+    let jvm = Jvm::start(JDK25, &[], None);
+    let (ok, stdout, stderr) = run_agent(&["list", "--all", "--output", "json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let me = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["pid"] == jvm.pid())
+        .expect("the JVM is listed");
+    assert_eq!(me["main_class"], "FakeTaskManager");
+    assert!(
+        me["java_version"].as_str().unwrap().starts_with("25"),
+        "{me}"
+    );
+    // Not a TaskManager: the default listing leaves it out.
+    let (_, stdout, _) = run_agent(&["list", "--output", "json"]);
+    assert!(!stdout.contains(&format!("\"pid\": {},", jvm.pid())));
+}
