@@ -1,1 +1,29 @@
-//! End-to-end harness (in progress).
+//! End-to-end harness for bpmon: real Flink session clusters and Java test jobs whose
+//! back-pressure behaviour is known in advance and proven by Flink's own metrics.
+//!
+//! * [`flink_dist`]: installs a Flink distribution from PyPI (`scripts/setup-flink`) and
+//!   locates the repository and the harness's work directory.
+//! * [`conf`]: reads the distribution's `config.yaml` / `flink-conf.yaml` and writes a flat
+//!   private copy (both formats accept flat `key: value` lines).
+//! * [`cluster`]: starts a private session cluster (ports, conf, log and pid dirs of its own,
+//!   bound to localhost), proves it is ours, and stops it by PID (also on drop).
+//! * [`process`]: PID-level helpers (liveness, ownership check, SIGTERM-then-SIGKILL).
+//! * [`rest`]: a small blocking client for the Flink REST endpoints bpmon cares about.
+//! * [`readings`]: Flink's own per-subtask view (time metrics, pool usages, `/backpressure`).
+//! * [`jobs`]: compiles and packages the Java test jobs (`tests/flink-jobs`) and describes
+//!   their vertices and expected behaviour.
+
+pub mod cluster;
+pub mod conf;
+pub mod flink_dist;
+pub mod jobs;
+pub mod process;
+pub mod readings;
+pub mod rest;
+
+pub use cluster::{
+    verify_cluster_identity, ClusterIdentity, ClusterOptions, FlinkCluster, TaskManagerProc,
+};
+pub use flink_dist::{repo_root, work_dir, FlinkDist, DEFAULT_FLINK_VERSION};
+pub use jobs::{Behaviour, ExpectedVertex, JobMode, TestJobs};
+pub use rest::FlinkRest;

@@ -1,0 +1,127 @@
+package bpmon.testjobs;
+
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
+
+/**
+ * Streaming jobs whose back-pressure behaviour is known in advance, for bpmon's end-to-end tests.
+ *
+ * <p>Usage: {@code TestJobs <mode> <job name>} with mode one of {@code hard}, {@code soft},
+ * {@code idle}, {@code busy}. Vertex names do not contain the job name, so submitting the same
+ * mode twice yields two jobs with identical vertex names.
+ *
+ * <p>Only APIs present in both Flink 1.20 and 2.x are used: the FLIP-27 {@code fromSequence}
+ * source (the legacy {@code SourceFunction} moved packages in 2.0) and the Sink V2
+ * {@code DiscardingSink}. Every vertex boundary is placed explicitly with {@code rebalance()} or
+ * {@code startNewChain()} so the vertex names are predictable.
+ */
+public final class TestJobs {
+    private TestJobs() {}
+
+    public static void main(String[] args) throws Exception {
+        if (args.length < 2) {
+            throw new IllegalArgumentException("usage: TestJobs <hard|soft|idle|busy> <job name>");
+        }
+        String mode = args[0];
+        String jobName = args[1];
+        StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment();
+        switch (mode) {
+            case "hard":
+                hard(env);
+                break;
+            case "soft":
+                soft(env);
+                break;
+            case "idle":
+                idle(env);
+                break;
+            case "busy":
+                busy(env);
+                break;
+            default:
+                throw new IllegalArgumentException("unknown mode: " + mode);
+        }
+        env.execute(jobName);
+    }
+
+    /**
+     * "Source: numbers -> explode" is HARD back-pressured: each input becomes 10000 records of 1 KiB
+     * (~10 MiB, far more than the output buffer pool), so the task thread blocks inside
+     * LocalBufferPool.requestBufferBuilderBlocking while still inside Explode.flatMap. Between two
+     * inputs it is soft back-pressured until the queues drain below the per-channel limit; the
+     * large fan-out keeps that gap small (with 1000 records per input it was ~35% of the time).
+     * "slow consumer" (sleeps 1 ms per record) is busy and exerts the back-pressure.
+     */
+    static void hard(StreamExecutionEnvironment env) {
+        DataStream<byte[]> exploded =
+                env.fromSequence(0, Long.MAX_VALUE)
+                        .name("numbers")
+                        .setParallelism(2)
+                        .flatMap(new Explode(10000, 1024))
+                        .name("explode")
+                        .setParallelism(2);
+        exploded.rebalance()
+                .map(new Slow<byte[]>(1))
+                .name("slow consumer")
+                .setParallelism(2)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(2);
+    }
+
+    /**
+     * "Source: numbers" is SOFT back-pressured: small records, so the output is checked for
+     * availability before every record and the task waits in the mailbox instead of blocking.
+     * "slow consumer" (sleeps 1 ms per record) is busy.
+     */
+    static void soft(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(2)
+                .rebalance()
+                .map(new Slow<Long>(1))
+                .name("slow consumer")
+                .setParallelism(2)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(2);
+    }
+
+    /**
+     * "idle sink" is IDLE: "Source: numbers -> throttle" sleeps 100 ms per record, so the sink
+     * vertex receives ~10 records/s per subtask and waits for input almost all the time.
+     */
+    static void idle(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(2)
+                .map(new Throttle(100))
+                .name("throttle")
+                .setParallelism(2)
+                .rebalance()
+                .map(new Slow<Long>(0))
+                .name("idle sink")
+                .setParallelism(2)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(2);
+    }
+
+    /**
+     * "spin" is BUSY on CPU: it hashes in a loop for ~1 ms per record. Parallelism 1 everywhere so
+     * only one core burns. "Source: numbers" is soft back-pressured by it.
+     */
+    static void busy(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .map(new Spin(1))
+                .name("spin")
+                .setParallelism(1)
+                .startNewChain()
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(1);
+    }
+}
