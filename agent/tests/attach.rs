@@ -91,12 +91,28 @@ impl Jvm {
 
 impl Drop for Jvm {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        stop_pid(self.pid());
         let _ = self.child.wait();
+        // Tests that SIGKILL their JVM on purpose leave its socket behind.
+        let _ = std::fs::remove_file(format!("/tmp/.java_pid{}", self.pid()));
     }
+}
+
+/// SIGTERM first, so the JVM removes its attach socket on the way out; SIGKILL if it lingers.
+fn stop_pid(pid: u32) {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..50 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z ") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 fn short() -> AttachOptions {
@@ -443,4 +459,68 @@ fn list_shows_the_jvm() {
     // Not a TaskManager: the default listing leaves it out.
     let (_, stdout, _) = run_agent(&["list", "--output", "json"]);
     assert!(!stdout.contains(&format!("\"pid\": {},", jvm.pid())));
+}
+
+/// A JVM in a pid and mount namespace of its own, with a private /tmp, as in a container: the
+/// agent must use its namespaced pid for the attach files and reach them through /proc/PID/root.
+#[test]
+fn a_containerized_jvm_is_attached_through_its_namespaces() {
+    if !is_root() {
+        eprintln!("not root: cannot create namespaces");
+        return;
+    }
+    let marker = format!("-Dbpmon.test.marker={}", std::process::id());
+    let script = format!(
+        "mount -t tmpfs bpmon-test /tmp && exec {JDK17}/bin/java {marker} -cp {} FakeTaskManager",
+        classes().display()
+    );
+    let mut unshare = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare runs");
+    let mut line = String::new();
+    BufReader::new(unshare.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READY");
+    // The JVM's host pid: the java process carrying our marker.
+    let proc = bpmon_agent::discovery::ProcFs::default();
+    let jvm = proc
+        .jvms()
+        .into_iter()
+        .find(|j| {
+            std::fs::read(format!("/proc/{}/cmdline", j.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .expect("the namespaced JVM is discovered");
+    let host_pid = jvm.pid;
+    let result = std::panic::catch_unwind(|| {
+        assert!(jvm.containerized, "{jvm:?}");
+        assert_eq!(jvm.nspid, 1, "the JVM is pid 1 of its namespace");
+        assert_ne!(jvm.pid, 1);
+        let mut a = Attacher::new(&jvm, proc.clone(), AttachOptions::default()).unwrap();
+        let text = dump_text(&mut a);
+        assert!(text.contains("Source: numbers -> explode (1/2)#0"));
+        // The socket lives in the JVM's private /tmp only.
+        assert!(Path::new(&format!("/proc/{host_pid}/root/tmp/.java_pid1")).exists());
+        assert!(!Path::new("/tmp/.java_pid1").exists());
+        // Its perf data was found through the same root, so the pause is measured too.
+        assert!(jvm.perf_file.is_some(), "{jvm:?}");
+    });
+    stop_pid(host_pid);
+    let _ = unshare.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
