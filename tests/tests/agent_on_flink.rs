@@ -1,6 +1,6 @@
 //! bpmon-agent against a real Flink session cluster: two TaskManagers running jobs of known
 //! behaviour (hard and soft back-pressure, idle, busy on CPU and busy sleeping, plus a second job
-//! with identical vertex names). The agent samples each TaskManager through the native attach
+//! with identical vertex names). The agent samples each TaskManager (100 × 50 ms) through the native attach
 //! backend; its per-subtask classes must agree with Flink's own time metrics for the same
 //! subtasks. The agreement is printed: it is bpmon's accuracy figure.
 
@@ -155,8 +155,9 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
 
     // Sample both TaskManagers at once, as the agent daemon would.
     let tms = cluster.taskmanagers();
+    // Flink's own monitor: 100 samples, 50 ms apart.
     let settings = SampleSettings {
-        samples: 60,
+        samples: 100,
         delay: Duration::from_millis(50),
         top_frames: 3,
     };

@@ -1,0 +1,1 @@
+//! The Flink REST client (in progress).

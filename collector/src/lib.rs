@@ -1,0 +1,7 @@
+//! bpmon's collector: reads job topology and network metrics from the Flink REST API
+//! ([`flink_rest`], into the [`model`]), merges them with the agents' sample counts, computes
+//! levels and names the bottleneck.
+
+pub mod flink_rest;
+pub mod merge;
+pub mod model;

@@ -1,0 +1,288 @@
+//! The heart of bpmon: one subtask's stack samples merged with its network metrics.
+//!
+//! A stack sample says *blocked* (hard back-pressure), *waiting* (parked in the mailbox) or *busy*.
+//! Since Flink 1.10 an idle task and a softly back-pressured one wait in the same frames, so the
+//! samples alone cannot tell them apart. The metrics can, and this module applies them to split
+//! the waiting samples into *soft* and *idle*:
+//!
+//! 1. Flink 1.15+ measures both: the back-pressured share of waiting is
+//!    `softBackPressuredTimeMsPerSecond / (soft + idleTimeMsPerSecond)`.
+//! 2. Flink 1.13–1.14 has one `backPressuredTimeMsPerSecond` (soft and hard together). Its soft
+//!    part is what remains after the hard share the samples saw, and the share is
+//!    `soft / (soft + idle)`.
+//! 3. Otherwise (1.10–1.12, or time metrics missing): the output tells. The subtask is
+//!    back-pressured when `isBackPressured` is true or its `outPoolUsage` is at least 0.99 (output
+//!    pool exhausted); then all of its waiting counts as soft, else all of it counts as idle.
+//!
+//! The result is `ratio = (blocked + soft) / samples`, with Flink's levels: OK ≤ 0.10 < LOW ≤ 0.5 <
+//! HIGH.
+
+use bpmon_proto::Level;
+use serde::{Deserialize, Serialize};
+
+use crate::model::SubtaskMetrics;
+
+/// `outPoolUsage` at or above which a subtask's output counts as exhausted.
+pub const OUT_POOL_EXHAUSTED: f64 = 0.99;
+
+/// What the agent counted for one subtask in one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SampleCounts {
+    pub samples: u32,
+    pub blocked: u32,
+    pub waiting: u32,
+    pub busy: u32,
+}
+
+/// Which rule split the waiting samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitRule {
+    /// Rule 1: soft / (soft + idle) time metrics.
+    SoftIdleTime,
+    /// Rule 2: (backPressured − hard share) / (that + idle).
+    BackPressuredIdleTime,
+    /// Rule 3: `isBackPressured` or an exhausted output pool: all waiting is soft.
+    OutputExhausted,
+    /// Rule 3: output available: all waiting is idle.
+    OutputAvailable,
+    /// No metric to split by: waiting is reported as idle, and the level says so.
+    NoMetrics,
+    /// Nothing waited: nothing to split.
+    NothingWaiting,
+}
+
+/// One subtask, merged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MergedSubtask {
+    pub samples: u32,
+    pub blocked: u32,
+    pub soft: u32,
+    pub idle: u32,
+    pub busy: u32,
+    /// `(blocked + soft) / samples`; NaN without samples.
+    pub ratio: f64,
+    /// `None` without samples.
+    pub level: Option<Level>,
+    pub split: SplitRule,
+}
+
+/// The back-pressured share of the waiting samples, and the rule that gave it.
+pub fn waiting_back_pressured_share(counts: &SampleCounts, m: &SubtaskMetrics) -> (f64, SplitRule) {
+    if counts.waiting == 0 {
+        return (0.0, SplitRule::NothingWaiting);
+    }
+    if let (Some(soft), Some(idle)) = (m.soft_back_pressured_ms, m.idle_ms) {
+        if soft + idle > 0.0 {
+            return (
+                (soft / (soft + idle)).clamp(0.0, 1.0),
+                SplitRule::SoftIdleTime,
+            );
+        }
+    }
+    if let (Some(bp), Some(idle), None) = (m.back_pressured_ms, m.idle_ms, m.soft_back_pressured_ms)
+    {
+        // The samples measured hard back-pressure directly; what remains of Flink's figure is soft.
+        let hard_ms = if counts.samples > 0 {
+            1000.0 * f64::from(counts.blocked) / f64::from(counts.samples)
+        } else {
+            0.0
+        };
+        let soft = (bp - hard_ms).max(0.0);
+        if soft + idle > 0.0 {
+            return (
+                (soft / (soft + idle)).clamp(0.0, 1.0),
+                SplitRule::BackPressuredIdleTime,
+            );
+        }
+    }
+    let exhausted = m.is_back_pressured == Some(true)
+        || m.out_pool_usage.is_some_and(|u| u >= OUT_POOL_EXHAUSTED);
+    if exhausted {
+        (1.0, SplitRule::OutputExhausted)
+    } else if m.is_back_pressured.is_some() || m.out_pool_usage.is_some() {
+        (0.0, SplitRule::OutputAvailable)
+    } else {
+        (0.0, SplitRule::NoMetrics)
+    }
+}
+
+/// Merges one subtask's samples with its metrics.
+pub fn merge_subtask(counts: &SampleCounts, metrics: &SubtaskMetrics) -> MergedSubtask {
+    let (share, split) = waiting_back_pressured_share(counts, metrics);
+    let soft = (f64::from(counts.waiting) * share).round() as u32;
+    let soft = soft.min(counts.waiting);
+    let idle = counts.waiting - soft;
+    let ratio = if counts.samples == 0 {
+        f64::NAN
+    } else {
+        f64::from(counts.blocked + soft) / f64::from(counts.samples)
+    };
+    MergedSubtask {
+        samples: counts.samples,
+        blocked: counts.blocked,
+        soft,
+        idle,
+        busy: counts.busy,
+        ratio,
+        level: Level::from_ratio(ratio),
+        split,
+    }
+}
+
+/// A vertex takes its worst subtask's level and ratio, as Flink's own monitor does.
+pub fn vertex_level(subtasks: &[MergedSubtask]) -> (Option<Level>, f64) {
+    let worst = subtasks
+        .iter()
+        .filter(|s| !s.ratio.is_nan())
+        .max_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    match worst {
+        Some(s) => (s.level, s.ratio),
+        None => (None, f64::NAN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(blocked: u32, waiting: u32, busy: u32) -> SampleCounts {
+        SampleCounts {
+            samples: blocked + waiting + busy,
+            blocked,
+            waiting,
+            busy,
+        }
+    }
+
+    #[test]
+    fn hard_back_pressure_needs_no_metrics() {
+        let m = merge_subtask(&counts(97, 1, 2), &SubtaskMetrics::default());
+        assert_eq!((m.blocked, m.soft, m.idle), (97, 0, 1));
+        assert!((m.ratio - 0.97).abs() < 1e-9);
+        assert_eq!(m.level, Some(Level::High));
+        assert_eq!(m.split, SplitRule::NoMetrics);
+    }
+
+    #[test]
+    fn soft_and_idle_time_split_waiting() {
+        // A softly back-pressured source: Flink says 990 ms/s soft, 10 ms/s idle.
+        let metrics = SubtaskMetrics {
+            soft_back_pressured_ms: Some(990.0),
+            idle_ms: Some(10.0),
+            ..Default::default()
+        };
+        let m = merge_subtask(&counts(0, 100, 0), &metrics);
+        assert_eq!((m.soft, m.idle), (99, 1));
+        assert_eq!(m.level, Some(Level::High));
+        assert_eq!(m.split, SplitRule::SoftIdleTime);
+
+        // An idle sink waits in the very same frames, and stays OK.
+        let metrics = SubtaskMetrics {
+            soft_back_pressured_ms: Some(0.0),
+            idle_ms: Some(1000.0),
+            ..Default::default()
+        };
+        let m = merge_subtask(&counts(0, 100, 0), &metrics);
+        assert_eq!((m.soft, m.idle), (0, 100));
+        assert_eq!(m.level, Some(Level::Ok));
+    }
+
+    #[test]
+    fn flink_1_13_back_pressured_time_excludes_what_the_samples_saw_blocked() {
+        // 600 ms/s back-pressured overall, of which the samples saw 40% (400 ms/s) hard.
+        let metrics = SubtaskMetrics {
+            back_pressured_ms: Some(600.0),
+            idle_ms: Some(200.0),
+            ..Default::default()
+        };
+        let m = merge_subtask(&counts(40, 40, 20), &metrics);
+        // Soft 200 vs idle 200: half of the 40 waiting samples.
+        assert_eq!((m.soft, m.idle), (20, 20));
+        assert!((m.ratio - 0.6).abs() < 1e-9);
+        assert_eq!(m.level, Some(Level::High));
+        assert_eq!(m.split, SplitRule::BackPressuredIdleTime);
+    }
+
+    #[test]
+    fn exhausted_output_pool_means_back_pressured() {
+        let full = SubtaskMetrics {
+            out_pool_usage: Some(1.0),
+            ..Default::default()
+        };
+        let m = merge_subtask(&counts(0, 30, 70), &full);
+        assert_eq!((m.soft, m.idle), (30, 0));
+        assert_eq!(m.level, Some(Level::Low));
+        assert_eq!(m.split, SplitRule::OutputExhausted);
+
+        let flag = SubtaskMetrics {
+            is_back_pressured: Some(true),
+            out_pool_usage: Some(0.4),
+            ..Default::default()
+        };
+        assert_eq!(merge_subtask(&counts(0, 30, 70), &flag).soft, 30);
+
+        let free = SubtaskMetrics {
+            out_pool_usage: Some(0.2),
+            is_back_pressured: Some(false),
+            ..Default::default()
+        };
+        let m = merge_subtask(&counts(0, 30, 70), &free);
+        assert_eq!((m.soft, m.idle), (0, 30));
+        assert_eq!(m.split, SplitRule::OutputAvailable);
+    }
+
+    #[test]
+    fn no_samples_has_no_level() {
+        let m = merge_subtask(&SampleCounts::default(), &SubtaskMetrics::default());
+        assert!(m.ratio.is_nan());
+        assert_eq!(m.level, None);
+        assert_eq!(m.split, SplitRule::NothingWaiting);
+    }
+
+    #[test]
+    fn vertex_takes_its_worst_subtask() {
+        let ok = merge_subtask(&counts(0, 0, 100), &SubtaskMetrics::default());
+        let high = merge_subtask(&counts(80, 0, 20), &SubtaskMetrics::default());
+        let none = merge_subtask(&SampleCounts::default(), &SubtaskMetrics::default());
+        let (level, ratio) = vertex_level(&[ok, high, none]);
+        assert_eq!(level, Some(Level::High));
+        assert!((ratio - 0.8).abs() < 1e-9);
+        assert_eq!(vertex_level(&[none]).0, None);
+    }
+
+    #[test]
+    fn counts_are_conserved_and_ratios_bounded() {
+        let metric_choices = [None, Some(0.0), Some(10.0), Some(500.0), Some(1000.0)];
+        for (b, w, u) in [
+            (0, 0, 0),
+            (0, 7, 0),
+            (3, 5, 11),
+            (100, 0, 0),
+            (1, 99, 1),
+            (33, 33, 34),
+        ] {
+            for soft in metric_choices {
+                for idle in metric_choices {
+                    for out in [None, Some(0.5), Some(1.0), Some(2.7)] {
+                        let c = counts(b, w, u);
+                        let m = merge_subtask(
+                            &c,
+                            &SubtaskMetrics {
+                                soft_back_pressured_ms: soft,
+                                idle_ms: idle,
+                                out_pool_usage: out,
+                                ..Default::default()
+                            },
+                        );
+                        assert_eq!(m.blocked + m.soft + m.idle + m.busy, c.samples);
+                        if c.samples > 0 {
+                            assert!((0.0..=1.0).contains(&m.ratio), "{m:?}");
+                            assert!(m.level.is_some());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
