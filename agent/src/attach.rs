@@ -445,6 +445,14 @@ impl Attacher {
         if !status.catches_sigquit() {
             return Err(AttachError::NoSignalHandler { pid });
         }
+        // OpenJ9 attaches through files under /tmp/.com_ibm_tools_attach, and answers SIGQUIT
+        // with a javacore file: say what it is instead of signalling it.
+        if self.jvm_tmp().join(".com_ibm_tools_attach").is_dir() && self.no_hotspot_perf_data() {
+            return Err(AttachError::NotHotSpot {
+                pid,
+                vm: "OpenJ9 (it publishes /tmp/.com_ibm_tools_attach)".into(),
+            });
+        }
         let trigger = self.create_trigger()?;
         let result = self.signal_and_wait(socket);
         let _ = credentials::as_user(self.uid, self.gid, || std::fs::remove_file(&trigger));
@@ -533,6 +541,11 @@ impl Attacher {
                 source: e.into(),
             },
         })
+    }
+
+    /// Whether the JVM publishes no HotSpot perf data (OpenJ9 never does).
+    fn no_hotspot_perf_data(&self) -> bool {
+        crate::hsperf::find_perf_file(self.proc.root(), self.pid, self.nspid).is_none()
     }
 
     fn check_same_process(&self) -> Result<(), AttachError> {

@@ -524,3 +524,41 @@ fn a_containerized_jvm_is_attached_through_its_namespaces() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// An OpenJ9 JVM (HotSpot's attach protocol does not apply) is named, not signalled. Stood in for
+/// by a `java`-named shell that catches SIGQUIT, in a private /tmp holding OpenJ9's attach folder.
+#[test]
+fn an_openj9_jvm_is_recognised_and_left_alone() {
+    if !is_root() {
+        eprintln!("not root: cannot create a mount namespace");
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-openj9");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("java");
+    std::fs::copy("/bin/bash", &fake).unwrap();
+    let script = format!(
+        "mount -t tmpfs bpmon-test /tmp && mkdir /tmp/.com_ibm_tools_attach && exec {} -c 'trap \"echo quit\" QUIT; echo READY; while :; do sleep 0.1; done'",
+        fake.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READY");
+    let result = Attacher::for_pid(child.id(), short()).and_then(|mut a| a.thread_dump());
+    let alive = child.try_wait().unwrap().is_none();
+    stop_pid(child.id());
+    let _ = child.wait();
+    let err = result.unwrap_err();
+    assert!(matches!(err, AttachError::NotHotSpot { .. }), "{err}");
+    assert!(err.to_string().contains("OpenJ9"), "{err}");
+    assert!(alive);
+}
