@@ -2,6 +2,7 @@
 //! ([`flink_rest`], into the [`model`]), merges them with the agents' sample counts, computes
 //! levels and names the bottleneck.
 
+pub mod diagnosis;
 pub mod flink_rest;
 pub mod merge;
 pub mod model;
