@@ -37,6 +37,12 @@ pub struct JvmProcess {
     pub flink_version: Option<String>,
     /// Whether the JVM runs in another pid namespace (a container).
     pub containerized: bool,
+    /// `taskmanager.resource-id` when the command line sets it (`-D…` / `-D …`): the id Flink's
+    /// REST API uses for this TaskManager.
+    pub resource_id: Option<String>,
+    /// TCP ports the JVM listens on (its RPC and data ports among them): how the collector finds
+    /// this TaskManager in `GET /taskmanagers` when no resource id is set.
+    pub listen_ports: Vec<u16>,
     /// Whether the JVM has a SIGQUIT handler installed (sending SIGQUIT otherwise kills it).
     #[serde(skip)]
     pub sigquit_caught: bool,
@@ -176,6 +182,45 @@ pub fn flink_version_from_argv(argv: &[String]) -> Option<String> {
     })
 }
 
+/// `taskmanager.resource-id` from a command line: `-Dtaskmanager.resource-id=X` (JVM property)
+/// or `-D taskmanager.resource-id=X` (Flink dynamic property); the last one wins, as in Flink.
+pub fn resource_id_from_argv(argv: &[String]) -> Option<String> {
+    const KEY: &str = "taskmanager.resource-id=";
+    let mut found = None;
+    let mut prev_was_d = false;
+    for arg in argv {
+        let value = if prev_was_d {
+            arg.strip_prefix(KEY)
+        } else {
+            arg.strip_prefix("-D").and_then(|a| a.strip_prefix(KEY))
+        };
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            found = Some(v.to_string());
+        }
+        prev_was_d = arg == "-D";
+    }
+    found
+}
+
+/// Listening sockets in a `/proc/PID/net/tcp` or `tcp6` table: (socket inode, local port).
+pub fn parse_listening_sockets(table: &str) -> Vec<(u64, u16)> {
+    const TCP_LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != TCP_LISTEN {
+                return None;
+            }
+            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let inode = f[9].parse().ok()?;
+            Some((inode, port))
+        })
+        .collect()
+}
+
 /// `JAVA_VERSION="17.0.15"` from a Java home's `release` file.
 pub fn java_version_from_release(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
@@ -275,9 +320,45 @@ impl ProcFs {
             main_class,
             java_version,
             containerized: status.nested_pid_ns,
+            resource_id: resource_id_from_argv(&argv),
+            listen_ports: self.listening_ports(pid),
             sigquit_caught: status.catches_sigquit(),
             perf_file,
         })
+    }
+
+    /// TCP ports `pid` listens on: the listening sockets of its network namespace whose inodes
+    /// are among its open file descriptors. Empty when its fds are not readable.
+    pub fn listening_ports(&self, pid: u32) -> Vec<u16> {
+        let dir = self.pid_dir(pid);
+        let mut listening = Vec::new();
+        for table in ["net/tcp", "net/tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(table)) {
+                listening.extend(parse_listening_sockets(&text));
+            }
+        }
+        if listening.is_empty() {
+            return Vec::new();
+        }
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+            return Vec::new();
+        };
+        let inodes: std::collections::HashSet<u64> = fds
+            .flatten()
+            .filter_map(|fd| {
+                let target = std::fs::read_link(fd.path()).ok()?;
+                let t = target.to_str()?;
+                t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .collect();
+        let mut ports: Vec<u16> = listening
+            .into_iter()
+            .filter(|(inode, _)| inodes.contains(inode))
+            .map(|(_, port)| port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// `<java.home>/release`, found from `/proc/PID/exe` (`…/bin/java`), read inside the JVM's
@@ -356,6 +437,43 @@ mod tests {
         assert!(!s.nested_pid_ns);
         assert_eq!(s.nspid, Some(77));
         assert!(!s.catches_sigquit());
+    }
+
+    #[test]
+    fn resource_id_in_both_spellings() {
+        assert_eq!(
+            resource_id_from_argv(&argv("java -Dtaskmanager.resource-id=a X")).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            resource_id_from_argv(&argv(
+                "java X --configDir c -D taskmanager.resource-id=tm-1 -D other=2"
+            ))
+            .as_deref(),
+            Some("tm-1")
+        );
+        assert_eq!(
+            resource_id_from_argv(&argv("java X -D taskmanager.numberOfTaskSlots=2")),
+            None
+        );
+    }
+
+    #[test]
+    fn listening_sockets_of_a_tcp_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:A3B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(parse_listening_sockets(table), vec![(4242, 8080)]);
+        assert!(parse_listening_sockets("garbage\nmore garbage").is_empty());
+    }
+
+    #[test]
+    fn this_process_listening_port_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ports = ProcFs::default().listening_ports(std::process::id());
+        assert!(ports.contains(&port), "{port} not in {ports:?}");
     }
 
     #[test]

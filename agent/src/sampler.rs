@@ -236,6 +236,8 @@ pub fn sample(
             version: jvm.java_version.clone(),
             main_class: jvm.main_class.clone(),
             flink_version: jvm.flink_version.clone(),
+            resource_id: jvm.resource_id.clone(),
+            listen_ports: jvm.listen_ports.clone(),
         },
         samples: settings.samples,
         delay_ms: settings.delay.as_millis() as u64,

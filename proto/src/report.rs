@@ -35,6 +35,12 @@ pub struct JvmInfo {
     /// Flink version, read from the `flink-dist` jar on the class path when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flink_version: Option<String>,
+    /// `taskmanager.resource-id` when its command line sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// TCP ports the JVM listens on (RPC and data ports): finds the TaskManager in Flink's REST API.
+    #[serde(default)]
+    pub listen_ports: Vec<u16>,
 }
 
 /// Sample counts of one task thread.

@@ -189,7 +189,17 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
     }
     log(t0, "sampled both TaskManagers");
 
+    let registered = rest.taskmanagers()?;
     for (tm, r) in &reports {
+        // What lets the collector find this JVM in Flink's REST API.
+        ensure!(r.jvm.resource_id.as_deref() == Some(tm.as_str()), "{tm}: {:?}", r.jvm);
+        let info = registered.iter().find(|t| &t.id == tm).context("TM registered")?;
+        ensure!(
+            r.jvm.listen_ports.contains(&(info.data_port as u16)),
+            "{tm}: data port {} not among the JVM's listening ports {:?}",
+            info.data_port,
+            r.jvm.listen_ports
+        );
         ensure!(r.errors.is_empty(), "{tm}: sampling errors {:?}", r.errors);
         ensure!(
             r.cost.dumps == settings.samples,
