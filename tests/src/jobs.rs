@@ -57,6 +57,9 @@ pub enum JobMode {
     Idle,
     /// `spin -> discard: Writer` busy on CPU (one subtask); `Source: numbers` soft back-pressured.
     Busy,
+    /// `Source: legacy numbers`, a legacy `SourceFunction` whose Legacy Source Thread is hard
+    /// back-pressured by `slow consumer -> discard: Writer`. Not in [`JobMode::ALL`].
+    Legacy,
 }
 
 pub const EXPLODE_FLATMAP: &str = "bpmon.testjobs.Explode.flatMap";
@@ -125,6 +128,21 @@ const BUSY_VERTICES: &[ExpectedVertex] = &[
     },
 ];
 
+const LEGACY_VERTICES: &[ExpectedVertex] = &[
+    ExpectedVertex {
+        name: "Source: legacy numbers",
+        parallelism: 1,
+        behaviour: Behaviour::HardBackPressured,
+        user_frames: &[],
+    },
+    ExpectedVertex {
+        name: "slow consumer -> discard: Writer",
+        parallelism: 1,
+        behaviour: Behaviour::BusySleeping,
+        user_frames: &[SLOW_MAP],
+    },
+];
+
 impl JobMode {
     pub const ALL: [JobMode; 4] = [JobMode::Hard, JobMode::Soft, JobMode::Idle, JobMode::Busy];
 
@@ -134,6 +152,7 @@ impl JobMode {
             JobMode::Soft => "soft",
             JobMode::Idle => "idle",
             JobMode::Busy => "busy",
+            JobMode::Legacy => "legacy",
         }
     }
 
@@ -143,7 +162,8 @@ impl JobMode {
             "soft" => JobMode::Soft,
             "idle" => JobMode::Idle,
             "busy" => JobMode::Busy,
-            other => bail!("unknown job mode {other:?} (expected hard, soft, idle or busy)"),
+            "legacy" => JobMode::Legacy,
+            other => bail!("unknown job mode {other:?} (expected hard, soft, idle, busy or legacy)"),
         })
     }
 
@@ -154,6 +174,7 @@ impl JobMode {
             JobMode::Soft => SOFT_VERTICES,
             JobMode::Idle => IDLE_VERTICES,
             JobMode::Busy => BUSY_VERTICES,
+            JobMode::Legacy => LEGACY_VERTICES,
         }
     }
 
@@ -164,6 +185,7 @@ impl JobMode {
             JobMode::Soft => Behaviour::SoftBackPressured,
             JobMode::Idle => Behaviour::Idle,
             JobMode::Busy => Behaviour::BusyCpu,
+            JobMode::Legacy => Behaviour::HardBackPressured,
         };
         self.vertices()
             .iter()
@@ -211,6 +233,11 @@ impl TestJobs {
         let src_root = Self::source_dir();
         let mut sources = Vec::new();
         collect_java(&src_root, &mut sources)?;
+        // Classes whose Flink API differs by major version (the legacy SourceFunction).
+        let version_root = src_root.with_file_name(format!("src-flink{}", dist.major()));
+        if version_root.is_dir() {
+            collect_java(&version_root, &mut sources)?;
+        }
         sources.sort();
         ensure!(
             !sources.is_empty(),
@@ -221,7 +248,7 @@ impl TestJobs {
         hash.write(dist.version().as_bytes());
         for s in &sources {
             hash.write(
-                s.strip_prefix(&src_root)
+                s.strip_prefix(src_root.parent().unwrap_or(&src_root))
                     .unwrap_or(s)
                     .to_string_lossy()
                     .as_bytes(),

@@ -11,9 +11,10 @@ import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
  * {@code idle}, {@code busy}. Vertex names do not contain the job name, so submitting the same
  * mode twice yields two jobs with identical vertex names.
  *
- * <p>Only APIs present in both Flink 1.20 and 2.x are used: the FLIP-27 {@code fromSequence}
- * source (the legacy {@code SourceFunction} moved packages in 2.0) and the Sink V2
- * {@code DiscardingSink}. Every vertex boundary is placed explicitly with {@code rebalance()} or
+ * <p>Only APIs present in both Flink 1.20 and 2.x are used here: the FLIP-27 {@code fromSequence}
+ * source and the Sink V2 {@code DiscardingSink}. The legacy {@code SourceFunction} moved packages
+ * in 2.0, so {@link LegacyNumbers} has one copy per major version ({@code src-flink1},
+ * {@code src-flink2}). Every vertex boundary is placed explicitly with {@code rebalance()} or
  * {@code startNewChain()} so the vertex names are predictable.
  */
 public final class TestJobs {
@@ -38,6 +39,9 @@ public final class TestJobs {
                 break;
             case "busy":
                 busy(env);
+                break;
+            case "legacy":
+                legacy(env);
                 break;
             default:
                 throw new IllegalArgumentException("unknown mode: " + mode);
@@ -120,6 +124,23 @@ public final class TestJobs {
                 .name("spin")
                 .setParallelism(1)
                 .startNewChain()
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(1);
+    }
+
+    /**
+     * "Source: legacy numbers" is a legacy SourceFunction: its Legacy Source Thread is HARD
+     * back-pressured by "slow consumer" (sleeps 1 ms per record), and Flink reports its busy time
+     * as NaN.
+     */
+    static void legacy(StreamExecutionEnvironment env) {
+        env.addSource(new LegacyNumbers(), "legacy numbers")
+                .setParallelism(1)
+                .rebalance()
+                .map(new Slow<Long>(1))
+                .name("slow consumer")
+                .setParallelism(1)
                 .sinkTo(new DiscardingSink<>())
                 .name("discard")
                 .setParallelism(1);
