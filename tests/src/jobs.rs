@@ -60,6 +60,9 @@ pub enum JobMode {
     /// `Source: legacy numbers`, a legacy `SourceFunction` whose Legacy Source Thread is hard
     /// back-pressured by `slow consumer -> discard: Writer`. Not in [`JobMode::ALL`].
     Legacy,
+    /// `async lookup -> discard: Writer` waiting for async capacity in `MailboxExecutorImpl.yield`
+    /// (busy for Flink); `Source: numbers` soft back-pressured. Not in [`JobMode::ALL`].
+    Async,
 }
 
 pub const EXPLODE_FLATMAP: &str = "bpmon.testjobs.Explode.flatMap";
@@ -143,6 +146,21 @@ const LEGACY_VERTICES: &[ExpectedVertex] = &[
     },
 ];
 
+const ASYNC_VERTICES: &[ExpectedVertex] = &[
+    ExpectedVertex {
+        name: "Source: numbers",
+        parallelism: 1,
+        behaviour: Behaviour::SoftBackPressured,
+        user_frames: &[],
+    },
+    ExpectedVertex {
+        name: "async lookup -> discard: Writer",
+        parallelism: 1,
+        behaviour: Behaviour::BusySleeping,
+        user_frames: &[],
+    },
+];
+
 impl JobMode {
     pub const ALL: [JobMode; 4] = [JobMode::Hard, JobMode::Soft, JobMode::Idle, JobMode::Busy];
 
@@ -153,6 +171,7 @@ impl JobMode {
             JobMode::Idle => "idle",
             JobMode::Busy => "busy",
             JobMode::Legacy => "legacy",
+            JobMode::Async => "async",
         }
     }
 
@@ -163,7 +182,10 @@ impl JobMode {
             "idle" => JobMode::Idle,
             "busy" => JobMode::Busy,
             "legacy" => JobMode::Legacy,
-            other => bail!("unknown job mode {other:?} (expected hard, soft, idle, busy or legacy)"),
+            "async" => JobMode::Async,
+            other => bail!(
+                "unknown job mode {other:?} (expected hard, soft, idle, busy, legacy or async)"
+            ),
         })
     }
 
@@ -175,6 +197,7 @@ impl JobMode {
             JobMode::Idle => IDLE_VERTICES,
             JobMode::Busy => BUSY_VERTICES,
             JobMode::Legacy => LEGACY_VERTICES,
+            JobMode::Async => ASYNC_VERTICES,
         }
     }
 
@@ -186,6 +209,7 @@ impl JobMode {
             JobMode::Idle => Behaviour::Idle,
             JobMode::Busy => Behaviour::BusyCpu,
             JobMode::Legacy => Behaviour::HardBackPressured,
+            JobMode::Async => Behaviour::BusySleeping,
         };
         self.vertices()
             .iter()

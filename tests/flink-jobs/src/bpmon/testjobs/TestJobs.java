@@ -1,5 +1,7 @@
 package bpmon.testjobs;
 
+import java.util.concurrent.TimeUnit;
+import org.apache.flink.streaming.api.datastream.AsyncDataStream;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
@@ -42,6 +44,9 @@ public final class TestJobs {
                 break;
             case "legacy":
                 legacy(env);
+                break;
+            case "async":
+                async(env);
                 break;
             default:
                 throw new IllegalArgumentException("unknown mode: " + mode);
@@ -140,6 +145,22 @@ public final class TestJobs {
                 .rebalance()
                 .map(new Slow<Long>(1))
                 .name("slow consumer")
+                .setParallelism(1)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(1);
+    }
+
+    /**
+     * "async lookup" waits for a 5 ms asynchronous lookup with room for one request in flight, so
+     * its task thread parks in MailboxExecutorImpl.yield: busy for Flink, and for bpmon. "Source:
+     * numbers" is soft back-pressured by it.
+     */
+    static void async(StreamExecutionEnvironment env) {
+        DataStream<Long> numbers =
+                env.fromSequence(0, Long.MAX_VALUE).name("numbers").setParallelism(1).rebalance();
+        AsyncDataStream.unorderedWait(numbers, new SlowLookup(5), 10, TimeUnit.SECONDS, 1)
+                .name("async lookup")
                 .setParallelism(1)
                 .sinkTo(new DiscardingSink<>())
                 .name("discard")
