@@ -470,8 +470,11 @@ fn a_containerized_jvm_is_attached_through_its_namespaces() {
         return;
     }
     let marker = format!("-Dbpmon.test.marker={}", std::process::id());
+    // The classes may live under /tmp themselves (a checkout there): copy them to a private
+    // mount first, then hide the host's /tmp behind the JVM's own.
     let script = format!(
-        "mount -t tmpfs bpmon-test /tmp && exec {JDK17}/bin/java {marker} -cp {} FakeTaskManager",
+        "mount -t tmpfs bpmon-test /mnt && cp {}/FakeTaskManager.class /mnt/ && \
+         mount -t tmpfs bpmon-test /tmp && exec {JDK17}/bin/java {marker} -cp /mnt FakeTaskManager",
         classes().display()
     );
     let mut unshare = Command::new("unshare")
@@ -537,8 +540,10 @@ fn an_openj9_jvm_is_recognised_and_left_alone() {
     std::fs::create_dir_all(&dir).unwrap();
     let fake = dir.join("java");
     std::fs::copy("/bin/bash", &fake).unwrap();
+    // As above: the fake may live under /tmp, so it is copied out before /tmp is replaced.
     let script = format!(
-        "mount -t tmpfs bpmon-test /tmp && mkdir /tmp/.com_ibm_tools_attach && exec {} -c 'trap \"echo quit\" QUIT; echo READY; while :; do sleep 0.1; done'",
+        "mount -t tmpfs bpmon-test /mnt && cp {} /mnt/java && mount -t tmpfs bpmon-test /tmp && \
+         mkdir /tmp/.com_ibm_tools_attach && exec /mnt/java -c 'trap \"echo quit\" QUIT; echo READY; while :; do sleep 0.1; done'",
         fake.display()
     );
     let mut child = Command::new("unshare")
