@@ -4,5 +4,6 @@
 
 pub mod diagnosis;
 pub mod flink_rest;
+pub mod mapping;
 pub mod merge;
 pub mod model;

@@ -1,0 +1,379 @@
+//! Which Flink subtask an agent's task thread is.
+//!
+//! Thread names carry no job id, and two jobs can run identically named vertices on one
+//! TaskManager (even their vertex ids can be equal: Flink derives them from the topology's shape).
+//! A thread is resolved in three steps:
+//!
+//! 1. its TaskManager: the report's `taskmanager.resource-id`, or the one TaskManager on the
+//!    agent's host whose port is among the JVM's listening ports;
+//! 2. the candidates: subtasks placed on that TaskManager whose vertex name, index, parallelism and
+//!    attempt are the thread's;
+//! 3. among several candidates, the thread's age: a task thread starts when its subtask is
+//!    deployed, so its start (report time − `elapsed_s`) must lie close to the subtask's
+//!    `start-time`. Same-named threads and candidates are paired closest first.
+//!
+//! What stays undecided is reported as ambiguous, with the candidates, never guessed.
+
+use serde::{Deserialize, Serialize};
+
+use bpmon_proto::{JvmInfo, SampleReport, TaskSamples};
+
+use crate::model::JobSnapshot;
+
+/// How far a thread's start may lie from its subtask's `start-time` and still identify it.
+pub const START_TOLERANCE_MS: f64 = 5_000.0;
+/// How much closer the best subtask must be than the next: `start-time` comes from the
+/// JobManager's clock and the thread's age from the TaskManager's, and deployment takes a while,
+/// so differences below a second decide nothing.
+pub const MIN_SEPARATION_MS: f64 = 1_000.0;
+
+/// A TaskManager as `GET /taskmanagers` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskManagerRef {
+    pub id: String,
+    /// Host of its RPC address (from `path`) or of its resource id.
+    pub host: Option<String>,
+    /// Its RPC port and `dataPort`, as far as known.
+    pub ports: Vec<u16>,
+}
+
+/// Where a task thread belongs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskRef {
+    pub job_id: String,
+    pub vertex_id: String,
+    pub subtask: u32,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Resolution {
+    Resolved(SubtaskRef),
+    Ambiguous {
+        candidates: Vec<SubtaskRef>,
+        why: String,
+    },
+    Unknown {
+        why: String,
+    },
+}
+
+/// Step 1: the TaskManager a report's JVM is. `agent_hosts` are the names and addresses the
+/// agent's host is known by.
+pub fn resolve_taskmanager(
+    jvm: &JvmInfo,
+    agent_hosts: &[String],
+    tms: &[TaskManagerRef],
+) -> Result<String, String> {
+    if let Some(rid) = &jvm.resource_id {
+        if tms.iter().any(|t| &t.id == rid) {
+            return Ok(rid.clone());
+        }
+    }
+    let on_host: Vec<&TaskManagerRef> = tms
+        .iter()
+        .filter(|t| t.host.as_ref().is_some_and(|h| agent_hosts.contains(h)))
+        .filter(|t| t.ports.iter().any(|p| jvm.listen_ports.contains(p)))
+        .collect();
+    match on_host.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(format!(
+            "no TaskManager of this cluster on {agent_hosts:?} listens on {:?}",
+            jvm.listen_ports
+        )),
+        many => Err(format!(
+            "several TaskManagers match this JVM: {}",
+            many.iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Steps 2 and 3 for every task of one report, whose JVM is TaskManager `tm_id`.
+pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -> Vec<Resolution> {
+    let report_end_ms = (report.started_at_ms + report.elapsed_ms) as f64;
+    let candidates_of =
+        |t: &TaskSamples| -> Vec<(SubtaskRef, Option<i64>)> {
+            let mut out = Vec::new();
+            for job in jobs {
+                for v in job.vertices.iter().filter(|v| {
+                    v.name == t.identity.task && v.parallelism == t.identity.parallelism
+                }) {
+                    for s in v.subtasks.iter().filter(|s| {
+                        s.subtask == t.identity.subtask
+                            && s.taskmanager_id.as_deref() == Some(tm_id)
+                            && t.identity.attempt.is_none_or(|a| a == s.attempt)
+                    }) {
+                        out.push((
+                            SubtaskRef {
+                                job_id: job.job_id.clone(),
+                                vertex_id: v.vertex_id.clone(),
+                                subtask: s.subtask,
+                                attempt: s.attempt,
+                            },
+                            s.start_time_ms,
+                        ));
+                    }
+                }
+            }
+            out
+        };
+    let mut out: Vec<Option<Resolution>> = vec![None; report.tasks.len()];
+    // Group the threads that compete for the same candidates (same name on this TaskManager).
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, t) in report.tasks.iter().enumerate() {
+        match groups.iter_mut().find(|(name, _)| *name == t.thread) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((t.thread.clone(), vec![i])),
+        }
+    }
+    for (_, members) in groups {
+        let candidates = candidates_of(&report.tasks[members[0]]);
+        if candidates.is_empty() {
+            for &i in &members {
+                out[i] = Some(Resolution::Unknown {
+                    why: format!(
+                        "no running subtask '{}' #{} on TaskManager {tm_id}",
+                        report.tasks[i].identity.task, report.tasks[i].identity.subtask
+                    ),
+                });
+            }
+            continue;
+        }
+        if members.len() == 1 && candidates.len() == 1 {
+            out[members[0]] = Some(Resolution::Resolved(candidates[0].0.clone()));
+            continue;
+        }
+        // Pair threads and subtasks by how close the thread's start is to the subtask's.
+        let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+        for &i in &members {
+            let Some(age) = report.tasks[i].elapsed_s else {
+                continue;
+            };
+            let thread_start = report_end_ms - age * 1000.0;
+            for (c, (_, start)) in candidates.iter().enumerate() {
+                if let Some(start) = start {
+                    pairs.push(((thread_start - *start as f64).abs(), i, c));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut used_threads = Vec::new();
+        let mut used_candidates = Vec::new();
+        for (distance, i, c) in &pairs {
+            if used_threads.contains(i) || used_candidates.contains(c) {
+                continue;
+            }
+            // The match must be close, and clearly closer than this thread's next best.
+            let runner_up = pairs
+                .iter()
+                .filter(|(_, i2, c2)| i2 == i && c2 != c && !used_candidates.contains(c2))
+                .map(|(d, _, _)| *d)
+                .next();
+            let decisive = *distance <= START_TOLERANCE_MS
+                && runner_up.is_none_or(|r| r - distance >= MIN_SEPARATION_MS);
+            if decisive {
+                out[*i] = Some(Resolution::Resolved(candidates[*c].0.clone()));
+                used_threads.push(*i);
+                used_candidates.push(*c);
+            }
+        }
+        for &i in &members {
+            if out[i].is_none() {
+                out[i] = Some(Resolution::Ambiguous {
+                    candidates: candidates.iter().map(|(r, _)| r.clone()).collect(),
+                    why: format!(
+                        "{} threads named '{}' and {} matching subtasks; their start times do not tell them apart",
+                        members.len(),
+                        report.tasks[i].thread,
+                        candidates.len()
+                    ),
+                });
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or(Resolution::Unknown {
+                why: "unresolved".into(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SubtaskMetrics, SubtaskSnapshot, VertexSnapshot};
+    use bpmon_proto::{SampleCost, TaskIdentity};
+
+    fn task(name: &str, subtask: u32, id: u64, elapsed_s: f64) -> TaskSamples {
+        TaskSamples {
+            thread: format!("{name} ({}/2)#0", subtask + 1),
+            thread_id: Some(id),
+            os_thread_id: None,
+            elapsed_s: Some(elapsed_s),
+            identity: TaskIdentity {
+                task: name.into(),
+                subtask,
+                parallelism: 2,
+                attempt: Some(0),
+            },
+            legacy_source_thread: false,
+            samples: 10,
+            blocked: 10,
+            waiting: 0,
+            busy: 0,
+            top_frames: vec![],
+        }
+    }
+
+    fn report(tasks: Vec<TaskSamples>) -> SampleReport {
+        SampleReport {
+            pid: 1,
+            backend: "attach".into(),
+            jvm: JvmInfo::default(),
+            samples: 10,
+            delay_ms: 50,
+            started_at_ms: 1_000_000,
+            elapsed_ms: 500,
+            tasks,
+            cost: SampleCost::default(),
+            errors: vec![],
+        }
+    }
+
+    /// A job whose vertex `name` runs its two subtasks on tm0, started at `start_ms`.
+    fn job(id: &str, name: &str, start_ms: i64) -> JobSnapshot {
+        JobSnapshot {
+            job_id: id.into(),
+            name: id.into(),
+            state: "RUNNING".into(),
+            start_time_ms: Some(start_ms),
+            vertices: vec![VertexSnapshot {
+                vertex_id: "v".into(),
+                name: name.into(),
+                parallelism: 2,
+                subtasks: (0..2)
+                    .map(|i| SubtaskSnapshot {
+                        subtask: i,
+                        attempt: 0,
+                        status: "RUNNING".into(),
+                        taskmanager_id: Some("tm0".into()),
+                        host: None,
+                        start_time_ms: Some(start_ms),
+                        metrics: SubtaskMetrics::default(),
+                    })
+                    .collect(),
+            }],
+            edges: vec![],
+        }
+    }
+
+    fn resolved(r: &Resolution) -> &SubtaskRef {
+        match r {
+            Resolution::Resolved(s) => s,
+            other => panic!("not resolved: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_unique_name_resolves_directly() {
+        let r = resolve_tasks(
+            &report(vec![task("Map", 1, 70, 30.0)]),
+            "tm0",
+            &[job("j1", "Map", 0)],
+        );
+        assert_eq!(
+            resolved(&r[0]),
+            &SubtaskRef {
+                job_id: "j1".into(),
+                vertex_id: "v".into(),
+                subtask: 1,
+                attempt: 0
+            }
+        );
+    }
+
+    #[test]
+    fn same_named_tasks_of_two_jobs_are_told_apart_by_age() {
+        // Report ends at 1_000_500 ms. Job j1 started at 900_000 (thread age ~100.5 s), j2 at
+        // 990_000 (age ~10.5 s).
+        let jobs = [job("j1", "Map", 900_000), job("j2", "Map", 990_000)];
+        let r = resolve_tasks(
+            &report(vec![task("Map", 0, 90, 10.3), task("Map", 0, 70, 100.4)]),
+            "tm0",
+            &jobs,
+        );
+        assert_eq!(resolved(&r[0]).job_id, "j2");
+        assert_eq!(resolved(&r[1]).job_id, "j1");
+    }
+
+    #[test]
+    fn jobs_started_together_stay_ambiguous() {
+        let jobs = [job("j1", "Map", 990_000), job("j2", "Map", 990_400)];
+        let r = resolve_tasks(
+            &report(vec![task("Map", 0, 90, 10.3), task("Map", 0, 70, 10.2)]),
+            "tm0",
+            &jobs,
+        );
+        for x in &r {
+            match x {
+                Resolution::Ambiguous { candidates, why } => {
+                    assert_eq!(candidates.len(), 2);
+                    assert!(why.contains("do not tell them apart"), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_on_another_taskmanager_or_attempt_is_unknown() {
+        let r = resolve_tasks(
+            &report(vec![task("Map", 0, 1, 5.0)]),
+            "tm9",
+            &[job("j1", "Map", 0)],
+        );
+        assert!(matches!(&r[0], Resolution::Unknown { why } if why.contains("tm9")));
+        let mut t = task("Map", 0, 1, 5.0);
+        t.identity.attempt = Some(3);
+        let r = resolve_tasks(&report(vec![t]), "tm0", &[job("j1", "Map", 0)]);
+        assert!(matches!(&r[0], Resolution::Unknown { .. }));
+    }
+
+    #[test]
+    fn taskmanager_by_resource_id_then_by_host_and_port() {
+        let tms = [
+            TaskManagerRef {
+                id: "tm-a".into(),
+                host: Some("10.0.0.1".into()),
+                ports: vec![6121, 40001],
+            },
+            TaskManagerRef {
+                id: "tm-b".into(),
+                host: Some("10.0.0.2".into()),
+                ports: vec![6121, 40002],
+            },
+        ];
+        let jvm = JvmInfo {
+            resource_id: Some("tm-b".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve_taskmanager(&jvm, &[], &tms).unwrap(), "tm-b");
+        // Same data port on every host: the host decides.
+        let jvm = JvmInfo {
+            listen_ports: vec![6121, 40001],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_taskmanager(&jvm, &["10.0.0.1".into()], &tms).unwrap(),
+            "tm-a"
+        );
+        let e = resolve_taskmanager(&jvm, &["10.0.0.9".into()], &tms).unwrap_err();
+        assert!(e.contains("no TaskManager"), "{e}");
+    }
+}
