@@ -12,4 +12,5 @@ pub mod hsperf;
 pub mod jcmd;
 pub mod render;
 pub mod sampler;
+pub mod spool;
 pub mod tally;

@@ -1,11 +1,13 @@
 //! Types shared by `bpmon-agent` and `bpmon-collector`: the back-pressure [`Level`], the identity a
-//! Flink task thread carries in its name ([`identity`]), and the JSON report the agent emits
-//! ([`report`]). Pure data and pure functions only: no I/O lives here.
+//! Flink task thread carries in its name ([`identity`]), the JSON report the agent emits
+//! ([`report`]) and what agents and the collector exchange ([`ingest`]). Pure data and pure functions only: no I/O lives here.
 
 pub mod identity;
+pub mod ingest;
 pub mod level;
 pub mod report;
 
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
+pub use ingest::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
 pub use level::Level;
 pub use report::{FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};
