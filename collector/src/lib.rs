@@ -7,3 +7,4 @@ pub mod flink_rest;
 pub mod mapping;
 pub mod merge;
 pub mod model;
+pub mod server;

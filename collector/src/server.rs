@@ -1,0 +1,220 @@
+//! The collector's HTTP API, agent-facing part: `POST /api/v1/reports` takes a report batch
+//! (JSON, optionally gzip-encoded), validates it and hands it to the ingest side, which answers
+//! only once the batch is stored, so an acknowledged batch is never lost. `GET /api/v1/settings`
+//! tells agents how to sample each job.
+//!
+//! Bad input gets a 4xx with a message that says what is wrong; nothing here panics on input.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bpmon_proto::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// Limits on what agents may send.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// Largest request body as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Largest body after decompression: a small gzip body may not inflate without bound.
+    pub max_decoded_bytes: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_body_bytes: 4 << 20,
+            max_decoded_bytes: 32 << 20,
+        }
+    }
+}
+
+/// What became of an accepted batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestOutcome {
+    /// The batch had already been stored (a retry): nothing was stored twice.
+    pub duplicate: bool,
+}
+
+/// Where validated batches go, and where settings come from. The service implements it with the
+/// store; tests with memory.
+pub trait Ingest: Send + Sync + 'static {
+    /// Stores a batch; returns once it is durable.
+    fn ingest(
+        &self,
+        batch: ReportBatch,
+    ) -> impl std::future::Future<Output = Result<IngestOutcome, String>> + Send;
+    /// The default settings and every per-job override.
+    fn settings(&self) -> impl std::future::Future<Output = Result<SettingsView, String>> + Send;
+}
+
+/// What `GET /api/v1/settings` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsView {
+    pub default: SamplingSettings,
+    /// Per-job overrides, by job id.
+    pub jobs: std::collections::BTreeMap<String, SamplingSettings>,
+}
+
+/// The reply to a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestReply {
+    pub accepted: bool,
+    pub duplicate: bool,
+    pub seq: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+struct AppState<I> {
+    ingest: I,
+    limits: IngestLimits,
+}
+
+/// The agent-facing routes.
+pub fn router<I: Ingest>(ingest: I, limits: IngestLimits) -> Router {
+    let state = Arc::new(AppState { ingest, limits });
+    Router::new()
+        .route("/api/v1/reports", post(post_reports::<I>))
+        .route("/api/v1/settings", get(get_settings::<I>))
+        // Past this, axum answers 413 before our handler runs.
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(state)
+}
+
+async fn post_reports<I: Ingest>(
+    State(state): State<Arc<AppState<I>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let decoded = match decode_body(&headers, &body, state.limits.max_decoded_bytes) {
+        Ok(d) => d,
+        Err((status, message)) => return error(status, message),
+    };
+    let batch = match parse_batch(&decoded) {
+        Ok(b) => b,
+        Err((status, message)) => return error(status, message),
+    };
+    let seq = batch.seq;
+    match state.ingest.ingest(batch).await {
+        Ok(outcome) => Json(IngestReply {
+            accepted: true,
+            duplicate: outcome.duplicate,
+            seq,
+        })
+        .into_response(),
+        // Not the agent's fault: it keeps the batch and retries.
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("batch {seq} not stored, retry later: {e}"),
+        ),
+    }
+}
+
+async fn get_settings<I: Ingest>(State(state): State<Arc<AppState<I>>>) -> Response {
+    match state.ingest.settings().await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The body as JSON bytes: inflated if gzip-encoded, within `max_decoded` bytes.
+pub fn decode_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_decoded: usize,
+) -> Result<Vec<u8>, (StatusCode, String)> {
+    let encoding = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => {
+            if body.len() > max_decoded {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body of {} bytes exceeds {max_decoded}", body.len()),
+                ));
+            }
+            Ok(body.to_vec())
+        }
+        "gzip" => {
+            let mut out = Vec::new();
+            let mut reader = flate2::read::GzDecoder::new(body).take(max_decoded as u64 + 1);
+            reader.read_to_end(&mut out).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not valid gzip: {e}"),
+                )
+            })?;
+            if out.len() > max_decoded {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("gzip body inflates past {max_decoded} bytes"),
+                ));
+            }
+            Ok(out)
+        }
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported Content-Encoding {other:?}; send identity or gzip"),
+        )),
+    }
+}
+
+/// A batch from JSON bytes, with its schema version checked first, so a newer agent gets told
+/// about the version rather than about some field.
+pub fn parse_batch(json: &[u8]) -> Result<ReportBatch, (StatusCode, String)> {
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "malformed JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    match value.get("schema_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+        Some(v) => {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("unknown schema version {v}; this collector speaks {SCHEMA_VERSION}"),
+            ))
+        }
+        None => {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing schema_version: not a bpmon report batch".to_string(),
+            ))
+        }
+    }
+    serde_json::from_value(value).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not a valid report batch: {e}"),
+        )
+    })
+}
