@@ -12,5 +12,6 @@ pub mod hsperf;
 pub mod jcmd;
 pub mod render;
 pub mod sampler;
+pub mod shipper;
 pub mod spool;
 pub mod tally;

@@ -1,0 +1,202 @@
+//! Shipping report batches to the collector through the spool: every batch is written to disk
+//! first, sent oldest first, and removed only once the collector acknowledged it. A collector that
+//! is down or failing gets retries with exponential backoff; a batch it refuses as invalid (a 4xx)
+//! is moved aside to `rejected/` and logged, never silently lost.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bpmon_proto::ReportBatch;
+use thiserror::Error;
+
+use crate::spool::{Spool, SpoolError};
+
+#[derive(Debug, Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("encoding batch {seq}: {source}")]
+    Encode {
+        seq: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// What one attempt did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShipOutcome {
+    /// Nothing to send.
+    Empty,
+    /// The collector stored it (or already had it).
+    Sent { seq: u64, duplicate: bool },
+    /// The collector refused it for good; it was moved to `rejected/`.
+    Rejected { seq: u64, reason: String },
+    /// Try again after `after`.
+    Retry {
+        seq: u64,
+        after: Duration,
+        reason: String,
+    },
+}
+
+/// Exponential backoff: base, 2×base, 4×base … up to max.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// The wait after one more failure.
+    pub fn fail(&mut self) -> Duration {
+        let wait = self
+            .base
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+pub struct Shipper {
+    client: reqwest::Client,
+    reports_url: String,
+    spool: Spool,
+    rejected_dir: PathBuf,
+    backoff: Backoff,
+}
+
+impl Shipper {
+    pub fn new(
+        collector_url: &str,
+        spool: Spool,
+        spool_dir: PathBuf,
+        timeout: Duration,
+        backoff: Backoff,
+    ) -> Result<Shipper, ShipError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(ShipError::Client)?;
+        Ok(Shipper {
+            client,
+            reports_url: format!("{}/api/v1/reports", collector_url.trim_end_matches('/')),
+            spool,
+            rejected_dir: spool_dir.join("rejected"),
+            backoff,
+        })
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Writes a batch to the spool, gzip-compressed JSON, ready to send.
+    pub fn enqueue(&mut self, batch: &ReportBatch) -> Result<(), ShipError> {
+        let seq = batch.seq;
+        let json = serde_json::to_vec(batch).map_err(|e| ShipError::Encode {
+            seq,
+            source: e.into(),
+        })?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&json)
+            .and_then(|_| gz.finish())
+            .map_err(|source| ShipError::Encode { seq, source })
+            .and_then(|body| Ok(self.spool.push(seq, &body)?))
+    }
+
+    /// Sends the oldest spooled batch once.
+    pub async fn ship_one(&mut self) -> Result<ShipOutcome, ShipError> {
+        let Some((seq, body)) = self.spool.oldest()? else {
+            return Ok(ShipOutcome::Empty);
+        };
+        let sent = self
+            .client
+            .post(&self.reports_url)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(body.clone())
+            .send()
+            .await;
+        let retry = |me: &mut Shipper, reason: String| {
+            let after = me.backoff.fail();
+            tracing::warn!(seq, ?after, %reason, "collector did not take the batch; will retry");
+            Ok(ShipOutcome::Retry { seq, after, reason })
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = if e.is_timeout() {
+                    format!("POST {}: timed out", self.reports_url)
+                } else if e.is_connect() {
+                    format!(
+                        "POST {}: cannot connect (collector down?)",
+                        self.reports_url
+                    )
+                } else {
+                    format!("POST {}: {e}", self.reports_url)
+                };
+                return retry(self, reason);
+            }
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            self.backoff.reset();
+            self.spool.remove(seq)?;
+            let duplicate = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("duplicate").and_then(|d| d.as_bool()))
+                .unwrap_or(false);
+            return Ok(ShipOutcome::Sent { seq, duplicate });
+        }
+        let reason = format!("HTTP {status}: {}", text.trim());
+        // 408 and 429 are "later", like 5xx; any other 4xx says the batch itself is wrong.
+        if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+            std::fs::create_dir_all(&self.rejected_dir).map_err(|source| SpoolError::Io {
+                path: self.rejected_dir.clone(),
+                source,
+            })?;
+            let path = self.rejected_dir.join(format!("{seq:020}.batch"));
+            std::fs::write(&path, &body).map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            self.spool.remove(seq)?;
+            tracing::error!(seq, %reason, kept = %path.display(), "collector rejected a report batch");
+            return Ok(ShipOutcome::Rejected { seq, reason });
+        }
+        retry(self, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let waits: Vec<u128> = (0..6).map(|_| b.fail().as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.fail(), Duration::from_millis(100));
+    }
+}
