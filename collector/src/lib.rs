@@ -8,3 +8,4 @@ pub mod mapping;
 pub mod merge;
 pub mod model;
 pub mod server;
+pub mod store;

@@ -1,0 +1,179 @@
+//! How fast the store takes merged windows, and how much disk they need.
+//!
+//! Stores `WINDOWS` windows of a job with `SUBTASKS` subtasks (default 50 × 1,000) into a fresh
+//! store in a temp dir, `ROWS_PER_TX` rows per transaction (default: a whole window, as when the
+//! collector stores one merge round; an agent's batch covers fewer subtasks), then times the
+//! queries `status` and `history` make and a retention prune of the older half.
+//!
+//! ```text
+//! cargo run --release -p bpmon-collector --example store_insert [WINDOWS] [SUBTASKS] [ROWS_PER_TX]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bpmon_collector::mapping::SubtaskRef;
+use bpmon_collector::merge::{merge_subtask, SampleCounts};
+use bpmon_collector::model::SubtaskMetrics;
+use bpmon_collector::store::{Store, VertexRow, WindowRow, DB_FILE};
+use bpmon_proto::FrameCount;
+
+const VERTICES: u32 = 5;
+const INTERVAL_MS: u64 = 60_000;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let windows: u64 = args.next().map_or(Ok(50), |a| a.parse())?;
+    let subtasks: u32 = args.next().map_or(Ok(1_000), |a| a.parse())?;
+    let per_tx: usize = args.next().map_or(Ok(subtasks as usize), |a| a.parse())?;
+    let parallelism = subtasks.div_ceil(VERTICES);
+
+    let dir = std::env::temp_dir().join(format!("bpmon-store-bench-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let mut store = Store::open(&dir)?;
+    let job = "5b8b7a3e2c1d4f6a9e0b1c2d3e4f5a6b";
+    store.upsert_job(job, "bench", "http://localhost:8081", 0)?;
+    let vertices: Vec<VertexRow> = (0..VERTICES)
+        .map(|v| VertexRow {
+            vertex_id: format!("{v:032x}"),
+            name: format!("Vertex {v}"),
+            parallelism,
+        })
+        .collect();
+    store.upsert_vertices(job, &vertices)?;
+
+    // Made up front: the benchmark times the store, not the row building.
+    let t0 = 1_700_000_000_000;
+    let all: Vec<WindowRow> = (0..windows)
+        .flat_map(|w| (0..subtasks).map(move |i| (w, i)))
+        .map(|(w, i)| row(job, &vertices, parallelism, i, t0 + w * INTERVAL_MS))
+        .collect();
+    let batches: Vec<&[WindowRow]> = all.chunks(per_tx.max(1)).collect();
+    let rows = all.len();
+
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for batch in &batches {
+        let t = Instant::now();
+        store.insert_windows(batch)?;
+        slowest = slowest.max(t.elapsed());
+    }
+    let took = start.elapsed();
+    println!(
+        "inserted {rows} windows ({windows} × {subtasks} subtasks, {} rows per transaction) in \
+         {:.2} s: {:.0} rows/s; slowest transaction {:.1} ms",
+        per_tx.max(1),
+        took.as_secs_f64(),
+        rows as f64 / took.as_secs_f64(),
+        slowest.as_secs_f64() * 1e3
+    );
+    let (db, wal) = sizes(&dir);
+    println!(
+        "on disk: {} (database {db} + WAL {wal}), {:.0} bytes/row",
+        mib(db + wal),
+        (db + wal) as f64 / rows as f64
+    );
+
+    let t = Instant::now();
+    let latest = store.latest_windows(job)?;
+    println!(
+        "latest_windows: {} rows in {:.1} ms",
+        latest.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let since = t0 + windows.saturating_sub(10) * INTERVAL_MS;
+    let t = Instant::now();
+    let history = store.history(job, Some("Vertex 2"), since)?;
+    println!(
+        "history of one vertex, last 10 windows: {} rows in {:.1} ms",
+        history.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let history = store.history(job, Some("Vertex 2"), 0)?;
+    println!(
+        "history of one vertex, all windows: {} rows in {:.1} ms",
+        history.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let pruned = store.prune(t0 + windows / 2 * INTERVAL_MS)?;
+    println!(
+        "prune of the older half: {pruned} rows in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    drop(store);
+    let (db, wal) = sizes(&dir);
+    println!("after close: database {}, WAL {wal} bytes", mib(db));
+    Ok(())
+}
+
+/// A subtask's window: mostly realistic Flink 1.15+ metrics, a few busy frames.
+fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) -> WindowRow {
+    let v = &vertices[(i / parallelism) as usize];
+    let subtask = i % parallelism;
+    let x = f64::from((i * 7 + (start / INTERVAL_MS) as u32) % 100) / 100.0;
+    let blocked = (x * 60.0) as u32;
+    let waiting = ((1.0 - x) * 30.0) as u32;
+    let counts = SampleCounts {
+        samples: 100,
+        blocked,
+        waiting,
+        busy: 100 - blocked - waiting,
+    };
+    let metrics = SubtaskMetrics {
+        out_pool_usage: Some(x),
+        in_pool_usage: Some(1.0 - x),
+        input_floating_buffers_usage: Some(0.5 * x),
+        input_exclusive_buffers_usage: Some(0.25),
+        num_records_in: Some(1.234e9 + f64::from(i)),
+        num_records_out: Some(1.234e9 + f64::from(i)),
+        num_bytes_in: Some(9.87e11),
+        num_bytes_out: Some(9.87e11),
+        num_buffers_out: Some(3.2e7),
+        soft_back_pressured_ms: Some(300.0 * x),
+        hard_back_pressured_ms: Some(600.0 * x),
+        idle_ms: Some(100.0 * (1.0 - x)),
+        busy_ms: Some(1000.0 - 1000.0 * x),
+        is_back_pressured: Some(x > 0.5),
+        ..Default::default()
+    };
+    let merged = merge_subtask(&counts, &metrics);
+    let top_frames = (0..(i % 3))
+        .map(|k| FrameCount {
+            frame: format!(
+                "com.example.pipeline.Enricher.lookup{k}(Enricher.java:{})",
+                40 + k
+            ),
+            samples: counts.busy / (k + 1),
+        })
+        .collect();
+    let at = SubtaskRef {
+        job_id: job.into(),
+        vertex_id: v.vertex_id.clone(),
+        subtask,
+        attempt: 0,
+    };
+    let mut r = WindowRow::new(&at, start, start + 4_950, &merged, metrics, top_frames);
+    r.taskmanager_id = Some(format!("10.0.{}.{}:6122-{:06x}", i / 250, i % 250, i));
+    r.host = Some(format!("10.0.{}.{}", i / 250, i % 250));
+    r
+}
+
+fn sizes(dir: &Path) -> (u64, u64) {
+    let len = |name: String| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    (len(DB_FILE.to_owned()), len(format!("{DB_FILE}-wal")))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
