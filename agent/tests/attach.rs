@@ -9,8 +9,24 @@ use std::time::Duration;
 
 use bpmon_agent::attach::{AttachError, AttachOptions, Attacher, Protocol};
 
-const JDK17: &str = "/usr/lib/jvm/java-17-openjdk-amd64";
-const JDK25: &str = "/usr/lib/jvm/temurin-25-jdk-amd64";
+/// The two JDKs the attach client is tested on: the machine's JDK 17 and a JDK 25 (attach protocol
+/// v2). `BPMON_JDK17` / `BPMON_JDK25` point elsewhere; a missing JDK fails the test, loudly.
+fn jdk17() -> String {
+    jdk("BPMON_JDK17", "/usr/lib/jvm/java-17-openjdk-amd64")
+}
+
+fn jdk25() -> String {
+    jdk("BPMON_JDK25", "/usr/lib/jvm/temurin-25-jdk-amd64")
+}
+
+fn jdk(var: &str, default: &str) -> String {
+    let home = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    assert!(
+        Path::new(&home).join("bin/java").is_file(),
+        "no JDK at {home}: install it or set {var} to a JDK home"
+    );
+    home
+}
 
 /// Compiles FakeTaskManager.java once per test binary, into a directory anyone can read.
 fn classes() -> &'static Path {
@@ -19,7 +35,7 @@ fn classes() -> &'static Path {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-taskmanager");
         std::fs::create_dir_all(&dir).unwrap();
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/FakeTaskManager.java");
-        let status = Command::new(format!("{JDK17}/bin/javac"))
+        let status = Command::new(format!("{}/bin/javac", jdk17()))
             .args(["--release", "17", "-d"])
             .arg(&dir)
             .arg(&src)
@@ -132,7 +148,7 @@ fn dump_text(a: &mut Attacher) -> String {
 
 #[test]
 fn jdk17_dump_over_protocol_v1() {
-    let jvm = Jvm::start(JDK17, &[], None);
+    let jvm = Jvm::start(&jdk17(), &[], None);
     let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
     let text = dump_text(&mut a);
     assert_eq!(a.protocol(), Some(Protocol::V1));
@@ -148,7 +164,7 @@ fn jdk17_dump_over_protocol_v1() {
 
 #[test]
 fn jdk25_dump_over_protocol_v2_without_streaming() {
-    let mut jvm = Jvm::start(JDK25, &[], None);
+    let mut jvm = Jvm::start(&jdk25(), &[], None);
     let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
     let text = dump_text(&mut a);
     assert_eq!(a.protocol(), Some(Protocol::V2 { streaming: true }));
@@ -159,7 +175,7 @@ fn jdk25_dump_over_protocol_v2_without_streaming() {
 
 #[test]
 fn jcmd_command_over_attach() {
-    let jvm = Jvm::start(JDK17, &[], None);
+    let jvm = Jvm::start(&jdk17(), &[], None);
     let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
     let v = String::from_utf8(a.jcmd("VM.version").unwrap()).unwrap();
     assert!(v.contains("17.0"), "{v}");
@@ -176,7 +192,7 @@ fn root_attaches_as_the_jvms_own_user() {
         eprintln!("not root: the credential switch is exercised only when the agent runs as root");
         return;
     }
-    let mut jvm = Jvm::start(JDK17, &[], Some(65534));
+    let mut jvm = Jvm::start(&jdk17(), &[], Some(65534));
     let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
     let text = dump_text(&mut a);
     assert!(text.contains("Source: numbers -> explode (1/2)#0"));
@@ -195,7 +211,7 @@ fn another_users_jvm_is_refused_with_a_clear_error() {
         return;
     }
     // A root-owned JVM, and the agent binary run as `nobody`.
-    let mut jvm = Jvm::start(JDK17, &[], None);
+    let mut jvm = Jvm::start(&jdk17(), &[], None);
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_bpmon-agent"))
@@ -215,7 +231,7 @@ fn another_users_jvm_is_refused_with_a_clear_error() {
 
 #[test]
 fn a_stopped_jvm_times_out() {
-    let mut jvm = Jvm::start(JDK17, &[], None);
+    let mut jvm = Jvm::start(&jdk17(), &[], None);
     let pid = nix::unistd::Pid::from_raw(jvm.pid() as i32);
     let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
     // Listener up first, then freeze the JVM: the command gets no answer.
@@ -232,7 +248,7 @@ fn a_stopped_jvm_times_out() {
 
 #[test]
 fn a_frozen_jvm_without_listener_times_out_starting_it() {
-    let mut jvm = Jvm::start(JDK17, &[], None);
+    let mut jvm = Jvm::start(&jdk17(), &[], None);
     let pid = nix::unistd::Pid::from_raw(jvm.pid() as i32);
     let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -247,7 +263,7 @@ fn a_frozen_jvm_without_listener_times_out_starting_it() {
 
 #[test]
 fn a_jvm_that_exits_is_gone() {
-    let mut jvm = Jvm::start(JDK17, &[], None);
+    let mut jvm = Jvm::start(&jdk17(), &[], None);
     let mut a = Attacher::for_pid(jvm.pid(), AttachOptions::default()).unwrap();
     dump_text(&mut a);
     nix::sys::signal::kill(
@@ -289,7 +305,7 @@ fn a_process_without_a_sigquit_handler_is_never_signalled() {
 #[test]
 fn reduced_signal_usage_jvm_is_attached_without_a_signal() {
     // With -Xrs HotSpot installs no SIGQUIT handler but starts its listener at boot.
-    let mut jvm = Jvm::start(JDK17, &["-Xrs"], None);
+    let mut jvm = Jvm::start(&jdk17(), &["-Xrs"], None);
     let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
     // The listener may take a moment after READY.
     let mut text = None;
@@ -325,7 +341,7 @@ fn run_agent(args: &[&str]) -> (bool, String, String) {
 /// `sample --output json` keeps its contract, on both backends, and the two agree.
 #[test]
 fn sample_cli_json_contract_on_both_backends() {
-    let jvm = Jvm::start(JDK17, &[], None);
+    let jvm = Jvm::start(&jdk17(), &[], None);
     let pid = jvm.pid().to_string();
     let mut by_backend = Vec::new();
     for backend in ["attach", "jcmd"] {
@@ -403,7 +419,7 @@ fn sample_cli_json_contract_on_both_backends() {
 /// A JVM that dies mid-run: the samples taken so far are reported, with the reason.
 #[test]
 fn jvm_exiting_mid_run_keeps_the_samples_taken() {
-    let mut jvm = Jvm::start(JDK17, &[], None);
+    let mut jvm = Jvm::start(&jdk17(), &[], None);
     let pid = jvm.pid();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
@@ -441,7 +457,7 @@ fn jvm_exiting_mid_run_keeps_the_samples_taken() {
 
 #[test]
 fn list_shows_the_jvm() {
-    let jvm = Jvm::start(JDK25, &[], None);
+    let jvm = Jvm::start(&jdk25(), &[], None);
     let (ok, stdout, stderr) = run_agent(&["list", "--all", "--output", "json"]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -472,9 +488,10 @@ fn a_containerized_jvm_is_attached_through_its_namespaces() {
     let marker = format!("-Dbpmon.test.marker={}", std::process::id());
     // The classes may live under /tmp themselves (a checkout there): copy them to a private
     // mount first, then hide the host's /tmp behind the JVM's own.
+    let jdk17 = jdk17();
     let script = format!(
         "mount -t tmpfs bpmon-test /mnt && cp {}/FakeTaskManager.class /mnt/ && \
-         mount -t tmpfs bpmon-test /tmp && exec {JDK17}/bin/java {marker} -cp /mnt FakeTaskManager",
+         mount -t tmpfs bpmon-test /tmp && exec {jdk17}/bin/java {marker} -cp /mnt FakeTaskManager",
         classes().display()
     );
     let mut unshare = Command::new("unshare")

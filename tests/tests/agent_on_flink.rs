@@ -374,7 +374,9 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
 fn agent_samples_a_taskmanager_on_jdk25() -> Result<()> {
     let _one = one_cluster_at_a_time();
     let t0 = Instant::now();
-    let jdk = std::path::Path::new("/usr/lib/jvm/temurin-25-jdk-amd64");
+    let jdk = std::env::var("BPMON_JDK25")
+        .unwrap_or_else(|_| "/usr/lib/jvm/temurin-25-jdk-amd64".to_string());
+    let jdk = std::path::Path::new(&jdk);
     ensure!(
         jdk.join("bin/java").is_file(),
         "no Temurin 25 at {}",
