@@ -719,6 +719,15 @@ impl<F: FnMut(&ThreadHeader) -> bool> Parser<F> {
             self.section = Section::Smr;
             return done;
         }
+        // More of the SMR block after its first list closed: a `_to_delete_list=… elements={`
+        // (a thread list still in use while threads come and go, which can last a whole sampling
+        // run) or `-XX:+EnableThreadSMRStatistics` counters. They all come before any thread.
+        if line.starts_with('_') && self.summary.threads == 0 && self.current.is_none() {
+            if line.trim_end().ends_with('{') {
+                self.section = Section::Smr;
+            }
+            return None;
+        }
         // `JNI global refs: 12, weak refs: 0` (JDK 11+), `JNI global references: 6` (JDK 8).
         if line.starts_with("JNI global ref") {
             let done = self.complete();
@@ -1331,6 +1340,40 @@ mod tests {
         ]));
         assert_eq!(d.summary.skipped_lines, 3);
         assert!(d.threads[0].locks.is_empty());
+    }
+
+    #[test]
+    fn a_second_smr_list_is_not_skipped() {
+        // Seen on a Flink 2.3 TaskManager on JDK 25 while threads came and went.
+        let text = "2026-11-24 13:52:52
+Full thread dump OpenJDK 64-Bit Server VM (25.0.3+9-LTS mixed mode, sharing):
+
+Threads class SMR info:
+_java_thread_list=0x00007f3318007b70, length=3, elements={
+0x00007f33b0018440, 0x00007f33b00f8930,
+0x00007f33b00f9a10
+}
+_to_delete_list=0x00007f3318001230, length=2, elements={
+0x00007f33b0018440, 0x00007f33b00f8930
+}
+_java_thread_list_alloc_cnt=2, _java_thread_list_free_cnt=1, _java_thread_list_max=3, _nested_thread_list_max=0
+
+\"main\" #3 [21583] prio=5 os_prio=0 cpu=63.02ms elapsed=5.11s tid=0x00007f264c02ad20 nid=21583 waiting on condition  [0x00007f2651f1e000]
+   java.lang.Thread.State: TIMED_WAITING (sleeping)
+\tat java.lang.Thread.sleep0(java.base@25.0.3/Native Method)
+\tat Main.main(Main.java:170)
+
+JNI global refs: 4, weak refs: 0
+";
+        let dump = parse(text);
+        assert_eq!(
+            dump.summary.skipped_lines, 0,
+            "{:?}",
+            dump.summary.skipped_examples
+        );
+        assert_eq!(dump.summary.threads, 1);
+        assert_eq!(dump.threads[0].frames.len(), 2);
+        assert!(dump.summary.complete);
     }
 
     /// A JDK 17 `jcmd Thread.print` dump with every top-level section.
