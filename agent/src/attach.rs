@@ -21,7 +21,6 @@ use thiserror::Error;
 
 use crate::credentials;
 use crate::discovery::{JvmProcess, ProcFs};
-use crate::hsperf::PerfData;
 
 /// Why an attach failed. Each case says what an operator can do about it.
 #[derive(Debug, Error)]
@@ -150,6 +149,8 @@ pub struct Attacher {
     proc: ProcFs,
     /// Start time of the process (`/proc/PID/stat` field 22): detects pid reuse.
     start_ticks: u64,
+    /// Whether discovery found HotSpot perf data for it (OpenJ9 never publishes any).
+    has_perf_data: bool,
     protocol: Option<Protocol>,
     options: AttachOptions,
 }
@@ -165,22 +166,16 @@ impl Attacher {
     ) -> Result<Self, AttachError> {
         let pid = jvm.pid;
         let start_ticks = start_ticks(&proc, pid).ok_or(AttachError::Gone { pid })?;
-        if let Some(pd) = jvm
-            .perf_file
-            .as_deref()
-            .and_then(|f| PerfData::read(f).ok())
-        {
-            if let Some(vm) = pd.text("java.property.java.vm.name") {
-                if !vm.contains("HotSpot") && !vm.contains("OpenJDK") {
-                    return Err(AttachError::NotHotSpot {
-                        pid,
-                        vm: vm.to_string(),
-                    });
-                }
+        if let Some(vm) = &jvm.vm_name {
+            if !vm.contains("HotSpot") && !vm.contains("OpenJDK") {
+                return Err(AttachError::NotHotSpot {
+                    pid,
+                    vm: vm.clone(),
+                });
             }
-            if pd.attach_enabled() == Some(false) {
-                return Err(AttachError::AttachDisabled { pid });
-            }
+        }
+        if jvm.attach_enabled == Some(false) {
+            return Err(AttachError::AttachDisabled { pid });
         }
         let our_uid = nix::unistd::geteuid().as_raw();
         if our_uid != 0 && our_uid != jvm.uid {
@@ -198,6 +193,7 @@ impl Attacher {
             gid: jvm.gid,
             proc,
             start_ticks,
+            has_perf_data: jvm.perf_file.is_some(),
             protocol: None,
             options,
         })
@@ -447,7 +443,7 @@ impl Attacher {
         }
         // OpenJ9 attaches through files under /tmp/.com_ibm_tools_attach, and answers SIGQUIT
         // with a javacore file: say what it is instead of signalling it.
-        if self.jvm_tmp().join(".com_ibm_tools_attach").is_dir() && self.no_hotspot_perf_data() {
+        if self.jvm_tmp().join(".com_ibm_tools_attach").is_dir() && !self.has_perf_data {
             return Err(AttachError::NotHotSpot {
                 pid,
                 vm: "OpenJ9 (it publishes /tmp/.com_ibm_tools_attach)".into(),
@@ -541,11 +537,6 @@ impl Attacher {
                 source: e.into(),
             },
         })
-    }
-
-    /// Whether the JVM publishes no HotSpot perf data (OpenJ9 never does).
-    fn no_hotspot_perf_data(&self) -> bool {
-        crate::hsperf::find_perf_file(self.proc.root(), self.pid, self.nspid).is_none()
     }
 
     fn check_same_process(&self) -> Result<(), AttachError> {

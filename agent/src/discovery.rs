@@ -49,6 +49,12 @@ pub struct JvmProcess {
     /// Where its perf data lives, if it publishes any.
     #[serde(skip)]
     pub perf_file: Option<PathBuf>,
+    /// `java.vm.name` from its perf data (`OpenJDK 64-Bit Server VM`, …).
+    #[serde(skip)]
+    pub vm_name: Option<String>,
+    /// Whether its perf data says dynamic attach is enabled.
+    #[serde(skip)]
+    pub attach_enabled: Option<bool>,
 }
 
 impl JvmProcess {
@@ -302,9 +308,10 @@ impl ProcFs {
         let nspid = status.nspid.unwrap_or(pid);
         let main_class = main_class(&argv).unwrap_or_default();
         let perf_file = hsperf::find_perf_file(&self.root, pid, nspid);
-        let java_version = perf_file
-            .as_deref()
-            .and_then(|f| PerfData::read(f).ok())
+        // Read once: the version, and what the attach client checks before it signals the JVM.
+        let perf = perf_file.as_deref().and_then(|f| PerfData::read(f).ok());
+        let java_version = perf
+            .as_ref()
             .and_then(|pd| pd.java_version().map(str::to_string))
             .or_else(|| self.java_version_from_home(pid));
         Some(JvmProcess {
@@ -324,6 +331,10 @@ impl ProcFs {
             listen_ports: self.listening_ports(pid),
             sigquit_caught: status.catches_sigquit(),
             perf_file,
+            vm_name: perf
+                .as_ref()
+                .and_then(|pd| pd.text("java.property.java.vm.name").map(str::to_string)),
+            attach_enabled: perf.as_ref().and_then(PerfData::attach_enabled),
         })
     }
 

@@ -127,7 +127,9 @@ pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> Du
     let samples: Vec<ThreadSample> = dump
         .threads
         .iter()
-        .filter(|t| Tally::wants(&t.header.name))
+        // The parser already asked `wants` once per thread; skip the threads it dropped frames
+        // of rather than parsing every name again (the tally ignores any non-task left over).
+        .filter(|t| t.frames_kept)
         .map(|t| {
             let c = classifier.classify(&t.frames);
             ThreadSample {

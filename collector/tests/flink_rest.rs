@@ -17,9 +17,6 @@ use bpmon_collector::model::{ClusterSnapshot, JobSnapshot, VertexSnapshot};
 use bpmon_e2e::readings::read_job;
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, JobMode, TestJobs};
 
-/// One real cluster at a time: the machine is small and the clusters are big.
-static CLUSTER: Mutex<()> = Mutex::new(());
-
 /// How long the time metrics may take to show the jobs' behaviour once they run. A fresh task
 /// reports 0 for its timers until the TaskManager first updates its metric views.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(90);
@@ -49,7 +46,7 @@ fn snapshot_of_flink_1_20_3() -> Result<()> {
 }
 
 fn real_cluster_snapshot(version: &str) -> Result<()> {
-    let _one_at_a_time = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = bpmon_e2e::one_cluster_at_a_time();
     let t0 = Instant::now();
     let dist = FlinkDist::install(version)?;
     let jar = TestJobs::build(&dist)?;

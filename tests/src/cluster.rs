@@ -755,6 +755,13 @@ fn daemon_logs(log_dir: &Path, ident: &str, daemon: &str) -> (PathBuf, PathBuf) 
     )
 }
 
+/// Serialises the clusters of one test binary: two at once would fight over the machine's two
+/// cores and skew both Flink's metrics and whatever samples them. Hold the guard for the test.
+pub fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@ pub mod readings;
 pub mod rest;
 
 pub use cluster::{
-    verify_cluster_identity, ClusterIdentity, ClusterOptions, FlinkCluster, TaskManagerProc,
+    one_cluster_at_a_time, verify_cluster_identity, ClusterIdentity, ClusterOptions, FlinkCluster,
+    TaskManagerProc,
 };
 pub use flink_dist::{repo_root, work_dir, FlinkDist, DEFAULT_FLINK_VERSION};
 pub use jobs::{Behaviour, ExpectedVertex, JobMode, TestJobs};

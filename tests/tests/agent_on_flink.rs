@@ -5,7 +5,6 @@
 //! subtasks. The agreement is printed: it is bpmon's accuracy figure.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,9 @@ use bpmon_agent::attach::AttachOptions;
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
 use bpmon_e2e::readings::{self, SubtaskReading};
-use bpmon_e2e::{Behaviour, ClusterOptions, FlinkCluster, FlinkDist, JobMode, TestJobs};
+use bpmon_e2e::{
+    one_cluster_at_a_time, Behaviour, ClusterOptions, FlinkCluster, FlinkDist, JobMode, TestJobs,
+};
 use bpmon_proto::{SampleReport, TaskSamples};
 use bpmon_stacks::classify::Classifier;
 
@@ -58,15 +59,6 @@ fn agent_classes(t: &TaskSamples) -> [f64; 3] {
 
 fn dominant(c: &[f64; 3]) -> usize {
     (0..3).max_by(|&a, &b| c[a].total_cmp(&c[b])).unwrap_or(0)
-}
-
-/// One cluster at a time: two would fight over the 2 cores and skew both Flink and the agent.
-static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_cluster_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
