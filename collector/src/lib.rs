@@ -2,10 +2,12 @@
 //! ([`flink_rest`], into the [`model`]), merges them with the agents' sample counts, computes
 //! levels and names the bottleneck.
 
+pub mod api;
 pub mod diagnosis;
 pub mod flink_rest;
 pub mod mapping;
 pub mod merge;
 pub mod model;
 pub mod server;
+pub mod service;
 pub mod store;

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bpmon_proto::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
+use bpmon_proto::{AgentPlan, JvmPlan, PlanRequest, ReportBatch, SamplingSettings, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
 /// Limits on what agents may send.
@@ -52,6 +52,29 @@ pub trait Ingest: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<IngestOutcome, String>> + Send;
     /// The default settings and every per-job override.
     fn settings(&self) -> impl std::future::Future<Output = Result<SettingsView, String>> + Send;
+    /// Which settings apply to which task threads of the agent's JVMs. The default answer puts
+    /// every thread on the default settings.
+    fn plan(
+        &self,
+        request: PlanRequest,
+    ) -> impl std::future::Future<Output = Result<AgentPlan, String>> + Send {
+        async move {
+            let view = self.settings().await?;
+            Ok(AgentPlan {
+                default: view.default,
+                jvms: request
+                    .jvms
+                    .iter()
+                    .map(|j| JvmPlan {
+                        pid: j.pid,
+                        taskmanager_id: None,
+                        why: Some("this collector does not place JVMs".into()),
+                        tasks: Vec::new(),
+                    })
+                    .collect(),
+            })
+        }
+    }
 }
 
 /// What `GET /api/v1/settings` answers.
@@ -96,6 +119,7 @@ pub fn router<I: Ingest>(ingest: I, limits: IngestLimits) -> Router {
     Router::new()
         .route("/api/v1/reports", post(post_reports::<I>))
         .route("/api/v1/settings", get(get_settings::<I>))
+        .route("/api/v1/plan", post(post_plan::<I>))
         // Past this, axum answers 413 before our handler runs.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
@@ -138,6 +162,22 @@ async fn get_settings<I: Ingest>(State(state): State<Arc<AppState<I>>>) -> Respo
 }
 
 /// The body as JSON bytes: inflated if gzip-encoded, within `max_decoded` bytes.
+async fn post_plan<I: Ingest>(State(state): State<Arc<AppState<I>>>, body: Bytes) -> Response {
+    let request: PlanRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a plan request (line {} column {}): {e}", e.line(), e.column()),
+            )
+        }
+    };
+    match state.ingest.plan(request).await {
+        Ok(plan) => Json(plan).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
 pub fn decode_body(
     headers: &HeaderMap,
     body: &[u8],

@@ -5,9 +5,11 @@
 pub mod identity;
 pub mod ingest;
 pub mod level;
+pub mod plan;
 pub mod report;
 
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
 pub use level::Level;
+pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
 pub use report::{FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};

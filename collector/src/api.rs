@@ -1,0 +1,255 @@
+//! The collector's query API: what `GET /api/v1/…` answers and the CLI reads. Field names are
+//! the contract (`status --output json` prints [`StatusView`] as is); new fields may be added,
+//! never renamed.
+//!
+//! | endpoint | answer |
+//! | --- | --- |
+//! | `GET /api/v1/jobs` | [`JobsView`] |
+//! | `GET /api/v1/jobs/{job}/status` | [`StatusView`] (`job`: id or name) |
+//! | `GET /api/v1/jobs/{job}/history?since_ms=…&vertex=…` | [`HistoryView`] |
+//! | `GET /api/v1/config/{job}` | [`ConfigView`] (`job`: id, name, or `*` for the default) |
+//! | `PUT /api/v1/config/{job}` | body [`ConfigUpdate`], answers [`ConfigView`] |
+//! | `DELETE /api/v1/config/{job}` | the job falls back to the default; answers [`ConfigView`] |
+//! | `GET /api/v1/agents` | [`AgentsView`] |
+//!
+//! Errors are `{"error": "…"}` with a 4xx/5xx status.
+
+use std::collections::BTreeMap;
+
+use bpmon_proto::{FrameCount, Level, SamplingSettings};
+use serde::{Deserialize, Serialize};
+
+use crate::diagnosis::Finding;
+use crate::merge::SplitRule;
+use crate::model::SubtaskMetrics;
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobsView {
+    pub jobs: Vec<JobSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub job_name: String,
+    pub flink_url: String,
+    /// Flink's job state at the last poll (`RUNNING`, …); `None` once the job is gone.
+    pub state: Option<String>,
+    /// The worst vertex's level; `None` before any samples.
+    pub level: Option<Level>,
+    pub ratio: Option<f64>,
+    /// End of the newest merged window, ms since the Unix epoch.
+    pub updated_at_ms: Option<u64>,
+    pub stale: bool,
+    /// The bottleneck vertex's name, when the diagnosis found one.
+    pub bottleneck: Option<String>,
+}
+
+/// `GET /api/v1/jobs/{job}/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub job_id: String,
+    pub job_name: String,
+    pub flink_url: String,
+    pub state: Option<String>,
+    pub level: Option<Level>,
+    /// End of the newest merged window (0 before any).
+    pub updated_at_ms: u64,
+    /// True when what is shown may no longer hold: see `stale_reasons`.
+    pub stale: bool,
+    #[serde(default)]
+    pub stale_reasons: Vec<String>,
+    /// When the metrics shown were read from Flink (ms since the Unix epoch).
+    pub metrics_fetched_at_ms: Option<u64>,
+    /// The sampling settings agents use for this job.
+    pub settings: SamplingSettings,
+    /// In topological order (sources first).
+    pub vertices: Vec<VertexStatus>,
+    pub diagnosis: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VertexStatus {
+    pub vertex_id: String,
+    pub name: String,
+    pub parallelism: u32,
+    /// The worst subtask's level; `None` while no subtask has samples.
+    pub level: Option<Level>,
+    pub ratio: Option<f64>,
+    pub subtasks: Vec<SubtaskStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskStatus {
+    /// 0-based.
+    pub subtask: u32,
+    /// `None` without samples; `why` says why.
+    pub level: Option<Level>,
+    pub ratio: Option<f64>,
+    pub samples: u32,
+    pub blocked: u32,
+    pub soft: u32,
+    pub idle: u32,
+    pub busy: u32,
+    /// How the waiting samples were split into soft and idle.
+    pub split: Option<SplitRule>,
+    pub taskmanager_id: Option<String>,
+    pub host: Option<String>,
+    pub attempt: Option<u32>,
+    pub window_start_ms: Option<u64>,
+    pub window_end_ms: Option<u64>,
+    /// Flink's metric names (`outPoolUsage`, `inPoolUsage`, …) to values; only those Flink
+    /// reported.
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_frames: Vec<FrameCount>,
+    /// Why there is no level (no samples yet, ambiguous thread, no agent on the host…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// `GET /api/v1/jobs/{job}/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub job_id: String,
+    pub job_name: String,
+    pub since_ms: u64,
+    /// Oldest first.
+    pub windows: Vec<HistoryWindow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryWindow {
+    pub vertex_id: String,
+    pub vertex_name: String,
+    pub subtask: u32,
+    pub attempt: u32,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    pub samples: u32,
+    pub blocked: u32,
+    pub soft: u32,
+    pub idle: u32,
+    pub busy: u32,
+    pub ratio: Option<f64>,
+    pub level: Option<Level>,
+    pub taskmanager_id: Option<String>,
+}
+
+/// `GET /api/v1/config/{job}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// A job id, or `*` for the default.
+    pub scope: String,
+    pub job_name: Option<String>,
+    pub settings: SamplingSettings,
+    /// True when the job has no settings of its own and follows the default.
+    pub inherited: bool,
+}
+
+/// `PUT /api/v1/config/{job}`: fields left out keep their current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigUpdate {
+    pub samples: Option<u32>,
+    pub delay_ms: Option<u64>,
+    pub interval_ms: Option<u64>,
+}
+
+impl ConfigUpdate {
+    pub fn apply(&self, to: SamplingSettings) -> SamplingSettings {
+        SamplingSettings {
+            samples: self.samples.unwrap_or(to.samples),
+            delay_ms: self.delay_ms.unwrap_or(to.delay_ms),
+            interval_ms: self.interval_ms.unwrap_or(to.interval_ms),
+        }
+    }
+}
+
+/// `GET /api/v1/agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentsView {
+    pub agents: Vec<AgentStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub agent_id: String,
+    pub highest_seq: u64,
+    pub last_batch_ms: u64,
+    /// Batches the agent said it had to drop (its spool was full), as of its last batch.
+    pub dropped_batches: u64,
+    /// Task threads of its last batches that could not be placed, with the reason.
+    #[serde(default)]
+    pub unresolved: Vec<String>,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A subtask's metrics under Flink's own names, leaving out what Flink did not report.
+pub fn flink_metric_names(m: &SubtaskMetrics) -> BTreeMap<String, f64> {
+    let pairs: [(&str, Option<f64>); 16] = [
+        ("outPoolUsage", m.out_pool_usage),
+        ("inPoolUsage", m.in_pool_usage),
+        ("inputFloatingBuffersUsage", m.input_floating_buffers_usage),
+        ("inputExclusiveBuffersUsage", m.input_exclusive_buffers_usage),
+        ("numRecordsIn", m.num_records_in),
+        ("numRecordsOut", m.num_records_out),
+        ("numBytesIn", m.num_bytes_in),
+        ("numBytesOut", m.num_bytes_out),
+        ("numBytesInLocal", m.num_bytes_in_local),
+        ("numBytesInRemote", m.num_bytes_in_remote),
+        ("numBuffersOut", m.num_buffers_out),
+        ("softBackPressuredTimeMsPerSecond", m.soft_back_pressured_ms),
+        ("hardBackPressuredTimeMsPerSecond", m.hard_back_pressured_ms),
+        ("backPressuredTimeMsPerSecond", m.back_pressured_ms),
+        ("idleTimeMsPerSecond", m.idle_ms),
+        ("busyTimeMsPerSecond", m.busy_ms),
+    ];
+    let mut out: BTreeMap<String, f64> = pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (k.to_string(), v)))
+        .collect();
+    if let Some(b) = m.is_back_pressured {
+        out.insert("isBackPressured".into(), if b { 1.0 } else { 0.0 });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_use_flinks_names_and_leave_out_the_missing() {
+        let m = SubtaskMetrics {
+            out_pool_usage: Some(1.0),
+            in_pool_usage: Some(0.0),
+            is_back_pressured: Some(true),
+            idle_ms: Some(f64::NAN),
+            ..Default::default()
+        };
+        let names = flink_metric_names(&m);
+        assert_eq!(names.get("outPoolUsage"), Some(&1.0));
+        assert_eq!(names.get("inPoolUsage"), Some(&0.0));
+        assert_eq!(names.get("isBackPressured"), Some(&1.0));
+        assert!(!names.contains_key("idleTimeMsPerSecond"));
+        assert_eq!(names.len(), 3);
+    }
+
+    #[test]
+    fn a_config_update_keeps_what_it_leaves_out() {
+        let u = ConfigUpdate {
+            samples: Some(20),
+            ..Default::default()
+        };
+        let s = u.apply(SamplingSettings::default());
+        assert_eq!(s.samples, 20);
+        assert_eq!(s.delay_ms, 50);
+        assert_eq!(s.interval_ms, 60_000);
+    }
+}
