@@ -196,7 +196,10 @@ pub fn flink_metric_names(m: &SubtaskMetrics) -> BTreeMap<String, f64> {
         ("outPoolUsage", m.out_pool_usage),
         ("inPoolUsage", m.in_pool_usage),
         ("inputFloatingBuffersUsage", m.input_floating_buffers_usage),
-        ("inputExclusiveBuffersUsage", m.input_exclusive_buffers_usage),
+        (
+            "inputExclusiveBuffersUsage",
+            m.input_exclusive_buffers_usage,
+        ),
         ("numRecordsIn", m.num_records_in),
         ("numRecordsOut", m.num_records_out),
         ("numBytesIn", m.num_bytes_in),

@@ -36,7 +36,8 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::model::{
-    ClusterSnapshot, Edge, JobSnapshot, SubtaskMetrics, SubtaskSnapshot, VertexSnapshot,
+    ClusterSnapshot, Edge, JobSnapshot, SubtaskMetrics, SubtaskSnapshot, TaskManagerRef,
+    VertexSnapshot,
 };
 
 /// Requests in flight at once per client (Flink's REST server has a small thread pool).
@@ -211,10 +212,25 @@ impl FlinkRestClient {
             }
         };
 
-        let listed = match self.list_jobs().await {
+        let (listed, taskmanagers) = futures_util::join!(
+            self.list_jobs(),
+            self.get::<TaskManagersWire>("/taskmanagers")
+        );
+        let listed = match listed {
             Ok(jobs) => jobs,
             Err(errs) => {
                 errors.extend(errs);
+                Vec::new()
+            }
+        };
+        let taskmanagers = match taskmanagers {
+            Ok(list) => list
+                .taskmanagers
+                .into_iter()
+                .map(|t| taskmanager_ref(&t.id, t.path.as_deref(), t.data_port))
+                .collect(),
+            Err(e) => {
+                errors.push(e.to_string());
                 Vec::new()
             }
         };
@@ -239,7 +255,9 @@ impl FlinkRestClient {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Flink REST snapshot"
         );
-        self.finish(flink_version, jobs, errors)
+        let mut snapshot = self.finish(flink_version, jobs, errors);
+        snapshot.taskmanagers = taskmanagers;
+        snapshot
     }
 
     fn finish(
@@ -253,6 +271,7 @@ impl FlinkRestClient {
             flink_version,
             fetched_at_ms: now_ms(),
             jobs,
+            taskmanagers: Vec::new(),
             errors,
         }
     }
@@ -623,6 +642,49 @@ const METRICS: &[(Slot, &[&str])] = &[
 ];
 
 /// Every subtask-scope metric id the client asks for (all aliases), in a fixed order.
+/// A TaskManager from its `GET /taskmanagers` entry. The host and RPC port come from `path`
+/// (`pekko.tcp://flink@HOST:PORT/user/rpc/taskmanager_0`, `akka.tcp://…` before 1.18), else from
+/// a default resource id (`HOST:PORT-xxxxxx`).
+pub fn taskmanager_ref(id: &str, path: Option<&str>, data_port: Option<u32>) -> TaskManagerRef {
+    fn host_port(s: &str) -> Option<(String, Option<u16>)> {
+        let (host, port) = match s.strip_prefix('[') {
+            // [v6::addr]:port
+            Some(rest) => {
+                let (h, after) = rest.split_once(']')?;
+                (h, after.strip_prefix(':'))
+            }
+            None => match s.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            },
+        };
+        (!host.is_empty()).then(|| (host.to_string(), port.and_then(|p| p.parse().ok())))
+    }
+    let from_path = path
+        .and_then(|p| p.split_once('@'))
+        .and_then(|(_, rest)| host_port(rest.split('/').next().unwrap_or("")));
+    let from_id = id
+        .rsplit_once('-')
+        .and_then(|(hp, _)| hp.contains(':').then_some(hp))
+        .and_then(host_port);
+    let (host, rpc_port) = match from_path.or(from_id) {
+        Some((h, p)) => (Some(h), p),
+        None => (None, None),
+    };
+    let mut ports: Vec<u16> = rpc_port.into_iter().collect();
+    if let Some(p) = data_port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+    {
+        ports.push(p);
+    }
+    TaskManagerRef {
+        id: id.to_string(),
+        host,
+        ports,
+    }
+}
+
 pub fn requested_metric_ids() -> Vec<&'static str> {
     METRICS
         .iter()
@@ -784,6 +846,21 @@ pub fn topological(
 
 // ---------------------------------------------------------------------------------------------
 // Wire types: only the fields used; unknown fields are ignored everywhere.
+
+#[derive(Deserialize)]
+struct TaskManagersWire {
+    #[serde(default)]
+    taskmanagers: Vec<TaskManagerWire>,
+}
+
+#[derive(Deserialize)]
+struct TaskManagerWire {
+    id: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(rename = "dataPort", default)]
+    data_port: Option<u32>,
+}
 
 #[derive(Debug, Deserialize)]
 struct ConfigWire {
@@ -957,6 +1034,29 @@ impl MetricWire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taskmanager_host_and_ports_come_from_path_or_id() {
+        let t = taskmanager_ref(
+            "bpmon-1-tm0",
+            Some("pekko.tcp://flink@127.0.0.1:36265/user/rpc/taskmanager_0"),
+            Some(40001),
+        );
+        assert_eq!(t.host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(t.ports, vec![36265, 40001]);
+        let t = taskmanager_ref("10.0.0.7:41233-6e0c2a", None, Some(0));
+        assert_eq!(t.host.as_deref(), Some("10.0.0.7"));
+        assert_eq!(t.ports, vec![41233]);
+        let t = taskmanager_ref(
+            "x",
+            Some("akka.tcp://flink@[::1]:6122/user/rpc/taskmanager_0"),
+            None,
+        );
+        assert_eq!(t.host.as_deref(), Some("::1"));
+        assert_eq!(t.ports, vec![6122]);
+        let t = taskmanager_ref("my-tm", Some("pekko://flink/user/rpc/tm"), None);
+        assert_eq!((t.host, t.ports), (None, vec![]));
+    }
 
     #[test]
     fn metrics_prefer_first_alias_and_parse_values() {

@@ -3,11 +3,13 @@
 //! levels and names the bottleneck.
 
 pub mod api;
+pub mod client;
 pub mod diagnosis;
 pub mod flink_rest;
 pub mod mapping;
 pub mod merge;
 pub mod model;
+pub mod render;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use bpmon_proto::{JvmInfo, SampleReport, TaskSamples};
 
 use crate::model::JobSnapshot;
+pub use crate::model::TaskManagerRef;
 
 /// How far a thread's start may lie from its subtask's `start-time` and still identify it.
 pub const START_TOLERANCE_MS: f64 = 5_000.0;
@@ -26,16 +27,6 @@ pub const START_TOLERANCE_MS: f64 = 5_000.0;
 /// JobManager's clock and the thread's age from the TaskManager's, and deployment takes a while,
 /// so differences below a second decide nothing.
 pub const MIN_SEPARATION_MS: f64 = 1_000.0;
-
-/// A TaskManager as `GET /taskmanagers` describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskManagerRef {
-    pub id: String,
-    /// Host of its RPC address (from `path`) or of its resource id.
-    pub host: Option<String>,
-    /// Its RPC port and `dataPort`, as far as known.
-    pub ports: Vec<u16>,
-}
 
 /// Where a task thread belongs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,9 @@ pub struct ClusterSnapshot {
     pub fetched_at_ms: u64,
     /// Running jobs.
     pub jobs: Vec<JobSnapshot>,
+    /// The cluster's TaskManagers (`GET /taskmanagers`): agents' JVMs are matched to these.
+    #[serde(default)]
+    pub taskmanagers: Vec<TaskManagerRef>,
     /// What could not be read (timeouts, HTTP errors), with the endpoint: reported, never hidden.
     pub errors: Vec<String>,
 }
@@ -88,4 +91,14 @@ pub struct SubtaskMetrics {
     pub idle_ms: Option<f64>,
     pub busy_ms: Option<f64>,
     pub is_back_pressured: Option<bool>,
+}
+
+/// A TaskManager as `GET /taskmanagers` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskManagerRef {
+    pub id: String,
+    /// Host of its RPC address (from `path`) or of its resource id.
+    pub host: Option<String>,
+    /// Its RPC port and `dataPort`, as far as known.
+    pub ports: Vec<u16>,
 }

@@ -168,7 +168,11 @@ async fn post_plan<I: Ingest>(State(state): State<Arc<AppState<I>>>, body: Bytes
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("not a plan request (line {} column {}): {e}", e.line(), e.column()),
+                format!(
+                    "not a plan request (line {} column {}): {e}",
+                    e.line(),
+                    e.column()
+                ),
             )
         }
     };

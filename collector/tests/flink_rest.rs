@@ -192,9 +192,25 @@ fn real_cluster_snapshot(version: &str) -> Result<()> {
         "more than one metrics request per vertex: {}",
         metric_requests.len()
     );
-    // /config + /jobs/overview + per job (details + per vertex (placement + metrics)).
+    // The TaskManagers, found by resource id, each with its host and RPC + data ports.
+    let tm_ids: BTreeSet<String> = snap.taskmanagers.iter().map(|t| t.id.clone()).collect();
+    let started: BTreeSet<String> = cluster
+        .taskmanagers()
+        .iter()
+        .map(|t| t.resource_id.clone())
+        .collect();
+    ensure!(tm_ids == started, "taskmanagers {tm_ids:?} vs {started:?}");
+    for t in &snap.taskmanagers {
+        ensure!(
+            t.host.as_deref() == Some("127.0.0.1") || t.host.as_deref() == Some("localhost"),
+            "{t:?}"
+        );
+        ensure!(t.ports.len() == 2, "rpc and data port: {t:?}");
+    }
+    // /config + /jobs/overview + /taskmanagers + per job (details + per vertex (placement +
+    // metrics)).
     ensure!(
-        requests.len() == 2 + snap.jobs.len() + 2 * vertices,
+        requests.len() == 3 + snap.jobs.len() + 2 * vertices,
         "{} requests",
         requests.len()
     );
@@ -563,6 +579,7 @@ fn http_404_is_reported_and_the_rest_is_returned() -> Result<()> {
     let server =
         CannedServer::start(vec![
         ("/config".into(), 200, r#"{"flink-version":"2.3.0","features":{}}"#.into()),
+        ("/taskmanagers".into(), 200, r#"{"taskmanagers":[]}"#.into()),
         (
             "/jobs/overview".into(),
             200,
@@ -589,7 +606,7 @@ fn http_404_is_reported_and_the_rest_is_returned() -> Result<()> {
     ensure!(j.job_id == "j1" && j.name == "gone" && j.state == "RUNNING" && j.vertices.is_empty());
     ensure!(j.start_time_ms == Some(1_700_000_000_000));
     ensure!(
-        server.paths() == vec!["/config", "/jobs/overview", "/jobs/j1"],
+        sorted(server.paths()) == ["/config", "/jobs/j1", "/jobs/overview", "/taskmanagers"],
         "{:?}",
         server.paths()
     );
@@ -629,6 +646,11 @@ fn malformed_json_is_reported_and_the_rest_is_returned() -> Result<()> {
         ),
         ("/jobs/j1".into(), 200, details),
         ("/jobs/j1/plan".into(), 200, plan),
+        (
+            "/taskmanagers".into(),
+            200,
+            r#"{"taskmanagers":[{"id":"tm0","path":"akka.tcp://flink@h1:6122/user/rpc/taskmanager_0","dataPort":1,"slotsNumber":2}]}"#.into(),
+        ),
         (format!("/jobs/j1/vertices/{a}"), 200, src.into()),
         (format!("/jobs/j1/vertices/{b}"), 200, sink.into()),
         (
@@ -696,7 +718,17 @@ fn malformed_json_is_reported_and_the_rest_is_returned() -> Result<()> {
             "{id}"
         );
     }
-    ensure!(paths.len() == 8, "{paths:?}");
+    ensure!(paths.len() == 9, "{paths:?}");
+    ensure!(
+        snap.taskmanagers
+            == vec![bpmon_collector::model::TaskManagerRef {
+                id: "tm0".into(),
+                host: Some("h1".into()),
+                ports: vec![6122, 1],
+            }],
+        "{:?}",
+        snap.taskmanagers
+    );
     Ok(())
 }
 
@@ -704,6 +736,7 @@ fn malformed_json_is_reported_and_the_rest_is_returned() -> Result<()> {
 fn jobs_list_falls_back_to_jobs() -> Result<()> {
     let server = CannedServer::start(vec![
         ("/config".into(), 200, "{}".into()),
+        ("/taskmanagers".into(), 200, r#"{"taskmanagers":[]}"#.into()),
         (
             "/jobs".into(),
             200,
@@ -715,7 +748,7 @@ fn jobs_list_falls_back_to_jobs() -> Result<()> {
     ensure!(snap.errors.is_empty(), "{:?}", snap.errors);
     ensure!(snap.flink_version.is_none() && snap.jobs.is_empty());
     ensure!(
-        server.paths() == vec!["/config", "/jobs/overview", "/jobs"],
+        sorted(server.paths()) == ["/config", "/jobs", "/jobs/overview", "/taskmanagers"],
         "{:?}",
         server.paths()
     );
@@ -741,6 +774,7 @@ fn requests_run_concurrently_within_the_bound() -> Result<()> {
             200,
             r#"{"jobs":[{"jid":"j","state":"RUNNING"}]}"#.into(),
         ),
+        ("/taskmanagers".into(), 200, r#"{"taskmanagers":[]}"#.into()),
         (
             "/jobs/j".into(),
             200,
@@ -763,13 +797,18 @@ fn requests_run_concurrently_within_the_bound() -> Result<()> {
     let snap = runtime()?.block_on(client.snapshot());
     ensure!(snap.errors.is_empty(), "{:?}", snap.errors);
     ensure!(snap.jobs[0].vertices.len() == 6);
-    ensure!(server.requests().len() == 3 + 12, "{:?}", server.paths());
+    ensure!(server.requests().len() == 4 + 12, "{:?}", server.paths());
     ensure!(
         server.max_in_flight() == 3,
         "max in flight {}",
         server.max_in_flight()
     );
     Ok(())
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
 }
 
 /// A tiny HTTP/1.1 server answering canned bodies by path (query ignored), 404 with Flink's

@@ -66,7 +66,11 @@ impl JvmPlan {
     /// The settings for a thread of this JVM: its task's job's, or `default`. When two jobs'
     /// tasks share the thread's name (same-named vertices), the more frequent sampling wins,
     /// so neither job is sampled less often than it asked.
-    pub fn settings_for(&self, thread: &TaskIdentity, default: SamplingSettings) -> SamplingSettings {
+    pub fn settings_for(
+        &self,
+        thread: &TaskIdentity,
+        default: SamplingSettings,
+    ) -> SamplingSettings {
         self.tasks
             .iter()
             .filter(|t| {
@@ -118,12 +122,18 @@ mod tests {
             }],
         };
         let d = SamplingSettings::default();
-        assert_eq!(plan.settings_for(&ident("Map", 1, Some(0)), d), settings(5_000));
+        assert_eq!(
+            plan.settings_for(&ident("Map", 1, Some(0)), d),
+            settings(5_000)
+        );
         // Another attempt is another deployment: not this plan entry.
         assert_eq!(plan.settings_for(&ident("Map", 1, Some(1)), d), d);
         assert_eq!(plan.settings_for(&ident("Map", 0, Some(0)), d), d);
         // 1.x thread names carry no attempt: the name decides.
-        assert_eq!(plan.settings_for(&ident("Map", 1, None), d), settings(5_000));
+        assert_eq!(
+            plan.settings_for(&ident("Map", 1, None), d),
+            settings(5_000)
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::conf::{conf_file_name, FlinkConf};
@@ -130,8 +132,56 @@ pub struct FlinkCluster {
     tms: Vec<TaskManagerProc>,
     rest: FlinkRest,
     watchdog: Option<Child>,
+    /// How daemons are started (to restart a TaskManager).
+    launch: Launch,
+    /// Watchdogs of TaskManagers restarted after the start.
+    more_watchdogs: Vec<Child>,
     identity: ClusterIdentity,
     stopped: bool,
+}
+
+/// What starting a Flink daemon script needs.
+#[derive(Debug, Clone)]
+struct Launch {
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    log_dir: PathBuf,
+    pid_dir: PathBuf,
+    java_home: Option<PathBuf>,
+    java_opts_override: Option<String>,
+}
+
+impl Launch {
+    fn command(&self, script: &str, ident: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(script));
+        cmd.arg("start")
+            .env("FLINK_CONF_DIR", &self.conf_dir)
+            .env("FLINK_LOG_DIR", &self.log_dir)
+            .env("FLINK_PID_DIR", &self.pid_dir)
+            .env("FLINK_IDENT_STRING", ident)
+            // Settings from the caller's environment would leak into our cluster.
+            .env_remove("FLINK_ENV_JAVA_OPTS")
+            .env_remove("FLINK_ENV_JAVA_OPTS_JM")
+            .env_remove("FLINK_ENV_JAVA_OPTS_TM")
+            .env_remove("JVM_ARGS")
+            .env_remove("FLINK_LIB_DIR")
+            .env_remove("FLINK_PLUGINS_DIR")
+            .env_remove("FLINK_OPT_DIR")
+            .env_remove("_FLINK_HOME_DETERMINED")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(jh) = &self.java_home {
+            cmd.env("JAVA_HOME", jh);
+        }
+        if let Some(jopts) = &self.java_opts_override {
+            cmd.env("FLINK_ENV_JAVA_OPTS", jopts);
+        }
+        // Own process group: a terminal Ctrl-C must not hit the JVMs behind our back;
+        // we stop them ourselves (by PID).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd
+    }
 }
 
 impl fmt::Debug for FlinkCluster {
@@ -221,36 +271,15 @@ impl FlinkCluster {
         let resource_ids: Vec<String> = (0..opts.taskmanagers)
             .map(|i| format!("bpmon-{tag}-tm{i}"))
             .collect();
-        let daemon_cmd = |script: &str, ident: &str| {
-            let mut cmd = Command::new(dist.bin_dir().join(script));
-            cmd.arg("start")
-                .env("FLINK_CONF_DIR", &conf_dir)
-                .env("FLINK_LOG_DIR", &log_dir)
-                .env("FLINK_PID_DIR", &pid_dir)
-                .env("FLINK_IDENT_STRING", ident)
-                // Settings from the caller's environment would leak into our cluster.
-                .env_remove("FLINK_ENV_JAVA_OPTS")
-                .env_remove("FLINK_ENV_JAVA_OPTS_JM")
-                .env_remove("FLINK_ENV_JAVA_OPTS_TM")
-                .env_remove("JVM_ARGS")
-                .env_remove("FLINK_LIB_DIR")
-                .env_remove("FLINK_PLUGINS_DIR")
-                .env_remove("FLINK_OPT_DIR")
-                .env_remove("_FLINK_HOME_DETERMINED")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            if let Some(jh) = &opts.java_home {
-                cmd.env("JAVA_HOME", jh);
-            }
-            if let Some(jopts) = &java_opts_override {
-                cmd.env("FLINK_ENV_JAVA_OPTS", jopts);
-            }
-            // Own process group: a terminal Ctrl-C must not hit the JVMs behind our back;
-            // we stop them ourselves (by PID).
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            cmd
+        let launch = Launch {
+            bin_dir: dist.bin_dir(),
+            conf_dir: conf_dir.clone(),
+            log_dir: log_dir.clone(),
+            pid_dir: pid_dir.clone(),
+            java_home: opts.java_home.clone(),
+            java_opts_override: java_opts_override.clone(),
         };
+        let daemon_cmd = |script: &str, ident: &str| launch.command(script, ident);
 
         // Start all daemons at once; the scripts serialise on a lock of the pid dir themselves.
         // A spawn failure is only recorded, so that the daemons already started are still
@@ -317,6 +346,8 @@ impl FlinkCluster {
             tms,
             rest: FlinkRest::new(&format!("http://127.0.0.1:{rest_port}"))?,
             watchdog: None,
+            launch,
+            more_watchdogs: Vec::new(),
             identity: ClusterIdentity {
                 flink_version: dist.version().to_string(),
                 resource_ids: resource_ids.clone(),
@@ -407,6 +438,10 @@ impl FlinkCluster {
 
     /// A detached shell that stops our JVMs (by PID, ownership-checked) once this process is gone.
     fn spawn_watchdog(&self) -> Result<Child> {
+        self.spawn_watchdog_for(&self.pids())
+    }
+
+    fn spawn_watchdog_for(&self, pids: &[u32]) -> Result<Child> {
         const SCRIPT: &str = r#"
 parent=$1; marker=$2; shift 2
 mine() { grep -qaF -- "$marker" "/proc/$1/cmdline" 2>/dev/null; }
@@ -426,7 +461,7 @@ exit 0
             .arg("bpmon-e2e-watchdog")
             .arg(std::process::id().to_string())
             .arg(&self.marker)
-            .args(self.pids().iter().map(u32::to_string))
+            .args(pids.iter().map(u32::to_string))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -540,7 +575,12 @@ exit 0
             return Ok(());
         }
         self.stopped = true;
-        if let Some(mut w) = self.watchdog.take() {
+        for mut w in self
+            .watchdog
+            .take()
+            .into_iter()
+            .chain(self.more_watchdogs.drain(..))
+        {
             // Our own child: kill and reap it first so it cannot act on recycled PIDs later.
             let _ = w.kill();
             let _ = w.wait();
@@ -551,6 +591,49 @@ exit 0
         // The tmp dir holds uploaded jars and blobs; logs stay for post-mortems.
         let _ = std::fs::remove_dir_all(self.dir.join("tmp"));
         Ok(())
+    }
+
+    /// Restarts TaskManager `i`: SIGKILL by PID (a crash), then the same `taskmanager.sh` with the
+    /// same resource id, and waits until it is registered again. Running jobs fail over, so
+    /// their subtasks get a new attempt number.
+    pub fn restart_taskmanager(&mut self, i: usize) -> Result<TaskManagerProc> {
+        let old = self.tms.get(i).context("no such TaskManager")?.clone();
+        if is_ours(old.pid, &self.marker) {
+            kill(Pid::from_raw(old.pid as i32), Signal::SIGKILL)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_alive(old.pid) {
+            ensure!(
+                Instant::now() < deadline,
+                "TaskManager {} survived SIGKILL",
+                old.pid
+            );
+            sleep(Duration::from_millis(50));
+        }
+        // flink-daemon.sh appends to the pid file; the dead PID must not be read back.
+        let _ = std::fs::remove_file(
+            self.launch
+                .pid_dir
+                .join(format!("flink-{}-{TM_DAEMON}.pid", old.ident)),
+        );
+        let mut cmd = self.launch.command("taskmanager.sh", &old.ident);
+        cmd.arg("-D")
+            .arg(format!("taskmanager.resource-id={}", old.resource_id));
+        let out = cmd.output().context("running taskmanager.sh")?;
+        ensure!(
+            out.status.success(),
+            "taskmanager.sh exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = read_pid_file(&self.launch.pid_dir, &old.ident, TM_DAEMON)
+            .context("no pid file for the restarted TaskManager")?;
+        let new = TaskManagerProc { pid, ..old };
+        self.tms[i] = new.clone();
+        let watchdog = self.spawn_watchdog_for(&[pid])?;
+        self.more_watchdogs.push(watchdog);
+        self.wait_registered(startup_timeout())?;
+        Ok(new)
     }
 
     /// Whether any of our JVMs is still running.

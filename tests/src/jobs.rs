@@ -63,6 +63,9 @@ pub enum JobMode {
     /// `async lookup -> discard: Writer` waiting for async capacity in `MailboxExecutorImpl.yield`
     /// (busy for Flink); `Source: numbers` soft back-pressured. Not in [`JobMode::ALL`].
     Async,
+    /// `skewed consumer -> discard: Writer` slow in subtask 0 only (busy there, idle in
+    /// subtask 1); `Source: numbers` soft back-pressured. Not in [`JobMode::ALL`].
+    Skew,
 }
 
 pub const EXPLODE_FLATMAP: &str = "bpmon.testjobs.Explode.flatMap";
@@ -70,6 +73,23 @@ pub const SLOW_MAP: &str = "bpmon.testjobs.Slow.map";
 pub const THROTTLE_MAP: &str = "bpmon.testjobs.Throttle.map";
 pub const SPIN_MAP: &str = "bpmon.testjobs.Spin.map";
 pub const SPIN_BURN: &str = "bpmon.testjobs.Spin.burn";
+pub const SKEWED_SLOW_MAP: &str = "bpmon.testjobs.SkewedSlow.map";
+
+const SKEW_VERTICES: &[ExpectedVertex] = &[
+    ExpectedVertex {
+        name: "Source: numbers",
+        parallelism: 2,
+        behaviour: Behaviour::SoftBackPressured,
+        user_frames: &[],
+    },
+    ExpectedVertex {
+        // Subtask 0 busy (sleeping), subtask 1 idle.
+        name: "skewed consumer -> discard: Writer",
+        parallelism: 2,
+        behaviour: Behaviour::BusySleeping,
+        user_frames: &[SKEWED_SLOW_MAP],
+    },
+];
 
 const HARD_VERTICES: &[ExpectedVertex] = &[
     ExpectedVertex {
@@ -172,6 +192,7 @@ impl JobMode {
             JobMode::Busy => "busy",
             JobMode::Legacy => "legacy",
             JobMode::Async => "async",
+            JobMode::Skew => "skew",
         }
     }
 
@@ -183,8 +204,9 @@ impl JobMode {
             "busy" => JobMode::Busy,
             "legacy" => JobMode::Legacy,
             "async" => JobMode::Async,
+            "skew" => JobMode::Skew,
             other => bail!(
-                "unknown job mode {other:?} (expected hard, soft, idle, busy, legacy or async)"
+                "unknown job mode {other:?} (expected hard, soft, idle, busy, legacy, async or skew)"
             ),
         })
     }
@@ -198,6 +220,7 @@ impl JobMode {
             JobMode::Busy => BUSY_VERTICES,
             JobMode::Legacy => LEGACY_VERTICES,
             JobMode::Async => ASYNC_VERTICES,
+            JobMode::Skew => SKEW_VERTICES,
         }
     }
 
@@ -210,6 +233,7 @@ impl JobMode {
             JobMode::Busy => Behaviour::BusyCpu,
             JobMode::Legacy => Behaviour::HardBackPressured,
             JobMode::Async => Behaviour::BusySleeping,
+            JobMode::Skew => Behaviour::BusySleeping,
         };
         self.vertices()
             .iter()

@@ -7,9 +7,12 @@
 //!   private copy (both formats accept flat `key: value` lines).
 //! * [`cluster`]: starts a private session cluster (ports, conf, log and pid dirs of its own,
 //!   bound to localhost), proves it is ours, and stops it by PID (also on drop).
+//! * [`proxy`]: a TCP proxy a test can take down, to play an unreachable Flink REST.
 //! * [`process`]: PID-level helpers (liveness, ownership check, SIGTERM-then-SIGKILL).
 //! * [`rest`]: a small blocking client for the Flink REST endpoints bpmon cares about.
 //! * [`readings`]: Flink's own per-subtask view (time metrics, pool usages, `/backpressure`).
+//! * [`services`]: bpmon's own daemons (`bpmon-collector serve`, `bpmon-agent run`) as child
+//!   processes, and the collector's CLI.
 //! * [`jobs`]: compiles and packages the Java test jobs (`tests/flink-jobs`) and describes
 //!   their vertices and expected behaviour.
 
@@ -18,8 +21,10 @@ pub mod conf;
 pub mod flink_dist;
 pub mod jobs;
 pub mod process;
+pub mod proxy;
 pub mod readings;
 pub mod rest;
+pub mod services;
 
 pub use cluster::{
     one_cluster_at_a_time, verify_cluster_identity, ClusterIdentity, ClusterOptions, FlinkCluster,

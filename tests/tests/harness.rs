@@ -235,7 +235,7 @@ fn flink_metrics_prove_each_test_job_behaviour() -> Result<()> {
                     r.bp_level,
                     r.bp_idle_ratio
                 ),
-                JobMode::Busy | JobMode::Async => ensure!(
+                JobMode::Busy | JobMode::Async | JobMode::Skew => ensure!(
                     r.bp_level.as_deref() == Some("ok")
                         && r.bp_busy_ratio.is_some_and(|x| x >= 0.7),
                     "{name} {} #{}: /backpressure {:?} busyRatio {:?}",

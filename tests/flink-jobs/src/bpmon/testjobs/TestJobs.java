@@ -48,6 +48,9 @@ public final class TestJobs {
             case "async":
                 async(env);
                 break;
+            case "skew":
+                skew(env);
+                break;
             default:
                 throw new IllegalArgumentException("unknown mode: " + mode);
         }
@@ -165,5 +168,23 @@ public final class TestJobs {
                 .sinkTo(new DiscardingSink<>())
                 .name("discard")
                 .setParallelism(1);
+    }
+
+    /**
+     * "skewed consumer" is slow in subtask 0 only (sleeps 1 ms per record there): subtask 0 is
+     * busy, subtask 1 mostly idle, and "Source: numbers", which rebalances over both, is soft
+     * back-pressured by the slow one. The bottleneck with skew.
+     */
+    static void skew(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(2)
+                .rebalance()
+                .map(new SkewedSlow<Long>(1))
+                .name("skewed consumer")
+                .setParallelism(2)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(2);
     }
 }

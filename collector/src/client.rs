@@ -1,0 +1,392 @@
+//! A client of the collector's query API (see [`crate::api`]), as the CLI uses it.
+//!
+//! Every failure says what was asked of whom and what went wrong: the collector could not be
+//! reached, did not answer in time, answered an error (with its `{"error": …}` message), or
+//! answered something that is not the expected JSON.
+
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{
+    AgentsView, ConfigUpdate, ConfigView, ErrorBody, HistoryView, JobsView, StatusView,
+};
+
+/// What stays literal in a path segment: RFC 3986's unreserved characters. Everything else
+/// (spaces, `->`, `:`, `/`, `*`, non-ASCII…) is percent-encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// How much of a non-JSON error body is quoted in a message.
+const QUOTED_BODY_CHARS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid collector URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("collector at {url} is not reachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "collector at {url} did not answer {method} {path} within {}",
+        humantime::format_duration(*.timeout)
+    )]
+    Timeout {
+        url: String,
+        method: Method,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("{method} {path} failed with {status}: {message}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("{method} {path}: the collector's answer is not a valid {what}: {reason}")]
+    BadJson {
+        method: Method,
+        path: String,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("refusing the new settings for {job}: {reason}; nothing was changed")]
+    InvalidSettings { job: String, reason: String },
+    #[error("{method} {path}: {reason}")]
+    Other {
+        method: Method,
+        path: String,
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status the collector answered, for an error answer.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Talks to one collector.
+#[derive(Debug, Clone)]
+pub struct CollectorClient {
+    base: String,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl CollectorClient {
+    /// `base_url` is the collector's root (`http://host:7070`, optionally with a path prefix);
+    /// `timeout` bounds each request, connecting included.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: base_url.to_string(),
+            reason: reason.to_string(),
+        };
+        let url = reqwest::Url::parse(base_url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(
+                "it must start with http:// or https://, e.g. http://127.0.0.1:7070",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("it may not have a query or fragment"));
+        }
+        if timeout.is_zero() {
+            return Err(bad("the timeout must be more than zero"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("bpmon-collector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| bad(&error_chain(&e)))?;
+        Ok(CollectorClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            timeout,
+            http,
+        })
+    }
+
+    /// The collector's root URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /api/v1/jobs`.
+    pub async fn jobs(&self) -> Result<JobsView, ClientError> {
+        self.call(
+            Method::GET,
+            "/api/v1/jobs".into(),
+            &[],
+            None::<&()>,
+            "jobs view",
+        )
+        .await
+    }
+
+    /// `GET /api/v1/jobs/{job}/status`; `job` is an id or a name.
+    pub async fn status(&self, job: &str) -> Result<StatusView, ClientError> {
+        let path = format!("/api/v1/jobs/{}/status", segment(job));
+        self.call(Method::GET, path, &[], None::<&()>, "status view")
+            .await
+    }
+
+    /// `GET /api/v1/jobs/{job}/history`: windows since `since_ms` (ms since the Unix epoch),
+    /// of one vertex (id or name) or of all.
+    pub async fn history(
+        &self,
+        job: &str,
+        vertex: Option<&str>,
+        since_ms: u64,
+    ) -> Result<HistoryView, ClientError> {
+        let path = format!("/api/v1/jobs/{}/history", segment(job));
+        let mut query = vec![("since_ms", since_ms.to_string())];
+        if let Some(v) = vertex {
+            query.push(("vertex", v.to_string()));
+        }
+        self.call(Method::GET, path, &query, None::<&()>, "history view")
+            .await
+    }
+
+    /// `GET /api/v1/config/{job}`; `job` is an id, a name, or `*` for the default.
+    pub async fn config_get(&self, job: &str) -> Result<ConfigView, ClientError> {
+        self.call(
+            Method::GET,
+            config_path(job),
+            &[],
+            None::<&()>,
+            "config view",
+        )
+        .await
+    }
+
+    /// `PUT /api/v1/config/{job}`.
+    pub async fn config_set(
+        &self,
+        job: &str,
+        update: &ConfigUpdate,
+    ) -> Result<ConfigView, ClientError> {
+        self.call(
+            Method::PUT,
+            config_path(job),
+            &[],
+            Some(update),
+            "config view",
+        )
+        .await
+    }
+
+    /// Reads the job's settings, applies `update` and checks the result with
+    /// [`bpmon_proto::SamplingSettings::validate`] before `PUT`ting it: a combination that
+    /// cannot work is refused here, and nothing is sent.
+    pub async fn config_set_checked(
+        &self,
+        job: &str,
+        update: &ConfigUpdate,
+    ) -> Result<ConfigView, ClientError> {
+        let current = self.config_get(job).await?;
+        update
+            .apply(current.settings)
+            .validate()
+            .map_err(|reason| ClientError::InvalidSettings {
+                job: match (&current.job_name, current.scope.as_str()) {
+                    (_, "*") => "the default".to_string(),
+                    (Some(name), id) => format!("job {name:?} ({id})"),
+                    (None, id) => format!("job {id}"),
+                },
+                reason,
+            })?;
+        self.config_set(job, update).await
+    }
+
+    /// `DELETE /api/v1/config/{job}`: the job falls back to the default.
+    pub async fn config_reset(&self, job: &str) -> Result<ConfigView, ClientError> {
+        self.call(
+            Method::DELETE,
+            config_path(job),
+            &[],
+            None::<&()>,
+            "config view",
+        )
+        .await
+    }
+
+    /// `GET /api/v1/agents`.
+    pub async fn agents(&self) -> Result<AgentsView, ClientError> {
+        self.call(
+            Method::GET,
+            "/api/v1/agents".into(),
+            &[],
+            None::<&()>,
+            "agents view",
+        )
+        .await
+    }
+
+    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: String,
+        query: &[(&str, String)],
+        body: Option<&B>,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        tracing::debug!(%method, %path, ?query, "collector request");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&method, &path, &e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&method, &path, &e))?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                method,
+                path,
+                status,
+                message: error_message(&bytes),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadJson {
+            method,
+            path,
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    fn transport_error(&self, method: &Method, path: &str, e: &reqwest::Error) -> ClientError {
+        if e.is_timeout() {
+            ClientError::Timeout {
+                url: self.base.clone(),
+                method: method.clone(),
+                path: path.to_string(),
+                timeout: self.timeout,
+            }
+        } else if e.is_connect() {
+            ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: root_cause(e),
+            }
+        } else {
+            ClientError::Other {
+                method: method.clone(),
+                path: path.to_string(),
+                reason: error_chain(e),
+            }
+        }
+    }
+}
+
+/// One path segment, percent-encoded.
+pub fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+fn config_path(job: &str) -> String {
+    format!("/api/v1/config/{}", segment(job))
+}
+
+/// The server's `{"error": …}` message, or else what the body says, or else that it is empty.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+        return e.error;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(no message)".into();
+    }
+    let mut quoted: String = text.chars().take(QUOTED_BODY_CHARS).collect();
+    if text.chars().count() > QUOTED_BODY_CHARS {
+        quoted.push('…');
+    }
+    quoted
+}
+
+/// The innermost cause, which says what actually failed ("Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last: &dyn std::error::Error = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// Every cause, outermost first, without repeats.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = next {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_encode_everything_but_unreserved() {
+        assert_eq!(
+            segment("Source: Kafka -> Map"),
+            "Source%3A%20Kafka%20-%3E%20Map"
+        );
+        assert_eq!(segment("*"), "%2A");
+        assert_eq!(segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+        assert_eq!(segment("abc-1.2_x~"), "abc-1.2_x~");
+        assert_eq!(segment("zählen"), "z%C3%A4hlen");
+    }
+
+    #[test]
+    fn error_messages_prefer_the_error_body() {
+        assert_eq!(
+            error_message(br#"{"error":"no job named x"}"#),
+            "no job named x"
+        );
+        assert_eq!(error_message(b"  Bad Gateway\n"), "Bad Gateway");
+        assert_eq!(error_message(b""), "(no message)");
+        let long = "x".repeat(500);
+        assert_eq!(
+            error_message(long.as_bytes()).chars().count(),
+            QUOTED_BODY_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        let t = Duration::from_secs(1);
+        assert!(CollectorClient::new("127.0.0.1:7070", t).is_err());
+        assert!(CollectorClient::new("ftp://host", t).is_err());
+        assert!(CollectorClient::new("http://host/?a=b", t).is_err());
+        assert!(CollectorClient::new("http://host", Duration::ZERO).is_err());
+        let c = CollectorClient::new("http://host:7070/prefix/", t).unwrap();
+        assert_eq!(c.base_url(), "http://host:7070/prefix");
+    }
+}

@@ -1,0 +1,286 @@
+//! From an agent's batch to merged windows: each report's JVM is matched to a TaskManager of one
+//! of the watched clusters, each task thread to its subtask (`mapping`), and each thread's counts
+//! are merged with that subtask's metrics (`merge`). Pure: the caller brings the snapshots.
+
+use bpmon_proto::{ReportBatch, SampleReport};
+
+use crate::mapping::{resolve_taskmanager, resolve_tasks, Resolution, SubtaskRef};
+use crate::merge::{merge_subtask, SampleCounts};
+use crate::model::{ClusterSnapshot, SubtaskSnapshot};
+use crate::store::WindowRow;
+
+/// A task thread that got no window, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unplaced {
+    pub pid: u32,
+    pub thread: String,
+    pub why: String,
+    /// For an ambiguous thread: the subtasks it could be (each should say so in `status`).
+    pub candidates: Vec<SubtaskRef>,
+    /// The report's JVM was found in no cluster: a cluster that could not be polled may be the
+    /// reason, so the batch is worth retrying later.
+    pub no_taskmanager: bool,
+}
+
+/// What a batch became.
+#[derive(Debug, Default)]
+pub struct Placement {
+    pub windows: Vec<WindowRow>,
+    pub unplaced: Vec<Unplaced>,
+}
+
+/// Places every task of every report of `batch` in `clusters`.
+pub fn place_batch(batch: &ReportBatch, clusters: &[&ClusterSnapshot]) -> Placement {
+    let mut out = Placement::default();
+    for report in &batch.reports {
+        place_report(report, &batch.host_names, clusters, &mut out);
+    }
+    out
+}
+
+fn place_report(
+    report: &SampleReport,
+    host_names: &[String],
+    clusters: &[&ClusterSnapshot],
+    out: &mut Placement,
+) {
+    let mut reasons = Vec::new();
+    let found = clusters.iter().find_map(|c| {
+        match resolve_taskmanager(&report.jvm, host_names, &c.taskmanagers) {
+            Ok(tm) => Some((*c, tm)),
+            Err(why) => {
+                reasons.push(format!("{}: {why}", c.flink_url));
+                None
+            }
+        }
+    });
+    let Some((cluster, tm_id)) = found else {
+        let why = if clusters.is_empty() {
+            "no Flink cluster has been read yet".to_string()
+        } else {
+            format!(
+                "JVM {} is no TaskManager of the watched clusters ({})",
+                report.pid,
+                reasons.join("; ")
+            )
+        };
+        for t in &report.tasks {
+            out.unplaced.push(Unplaced {
+                pid: report.pid,
+                thread: t.thread.clone(),
+                why: why.clone(),
+                candidates: Vec::new(),
+                no_taskmanager: true,
+            });
+        }
+        return;
+    };
+    let start = report.started_at_ms;
+    let end = report.started_at_ms + report.elapsed_ms;
+    for (task, resolution) in report
+        .tasks
+        .iter()
+        .zip(resolve_tasks(report, &tm_id, &cluster.jobs))
+    {
+        match resolution {
+            Resolution::Resolved(at) => {
+                let Some(subtask) = find_subtask(cluster, &at) else {
+                    continue;
+                };
+                let counts = SampleCounts {
+                    samples: task.samples,
+                    blocked: task.blocked,
+                    waiting: task.waiting,
+                    busy: task.busy,
+                };
+                let merged = merge_subtask(&counts, &subtask.metrics);
+                let mut row = WindowRow::new(
+                    &at,
+                    start,
+                    end,
+                    &merged,
+                    subtask.metrics.clone(),
+                    task.top_frames.clone(),
+                );
+                row.taskmanager_id = Some(tm_id.clone());
+                row.host = subtask.host.clone();
+                out.windows.push(row);
+            }
+            Resolution::Ambiguous { candidates, why } => out.unplaced.push(Unplaced {
+                pid: report.pid,
+                thread: task.thread.clone(),
+                why: format!("ambiguous on TaskManager {tm_id}: {why}"),
+                candidates,
+                no_taskmanager: false,
+            }),
+            Resolution::Unknown { why } => out.unplaced.push(Unplaced {
+                pid: report.pid,
+                thread: task.thread.clone(),
+                why,
+                candidates: Vec::new(),
+                no_taskmanager: false,
+            }),
+        }
+    }
+}
+
+fn find_subtask<'a>(cluster: &'a ClusterSnapshot, at: &SubtaskRef) -> Option<&'a SubtaskSnapshot> {
+    cluster
+        .jobs
+        .iter()
+        .find(|j| j.job_id == at.job_id)?
+        .vertices
+        .iter()
+        .find(|v| v.vertex_id == at.vertex_id)?
+        .subtasks
+        .iter()
+        .find(|s| s.subtask == at.subtask && s.attempt == at.attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobSnapshot, SubtaskMetrics, TaskManagerRef, VertexSnapshot};
+    use bpmon_proto::{JvmInfo, Level, SampleCost, TaskIdentity, TaskSamples};
+
+    fn cluster() -> ClusterSnapshot {
+        let subtask = |i: u32, start: i64, out_pool: f64| SubtaskSnapshot {
+            subtask: i,
+            attempt: 0,
+            status: "RUNNING".into(),
+            taskmanager_id: Some("tm-a".into()),
+            host: Some("10.0.0.1".into()),
+            start_time_ms: Some(start),
+            metrics: SubtaskMetrics {
+                out_pool_usage: Some(out_pool),
+                is_back_pressured: Some(out_pool >= 1.0),
+                ..Default::default()
+            },
+        };
+        let job = |id: &str, start: i64, out_pool: f64| JobSnapshot {
+            job_id: id.into(),
+            name: "twin".into(),
+            state: "RUNNING".into(),
+            start_time_ms: Some(start),
+            vertices: vec![VertexSnapshot {
+                vertex_id: "v".repeat(32),
+                name: "Map".into(),
+                parallelism: 2,
+                subtasks: vec![subtask(0, start, out_pool), subtask(1, start, out_pool)],
+            }],
+            edges: vec![],
+        };
+        ClusterSnapshot {
+            flink_url: "http://flink".into(),
+            flink_version: Some("1.11.0".into()),
+            fetched_at_ms: 0,
+            jobs: vec![job("a", 1_000_000, 1.0), job("b", 1_030_000, 0.1)],
+            taskmanagers: vec![TaskManagerRef {
+                id: "tm-a".into(),
+                host: Some("10.0.0.1".into()),
+                ports: vec![6122],
+            }],
+            errors: vec![],
+        }
+    }
+
+    fn task(subtask: u32, age_s: f64) -> TaskSamples {
+        TaskSamples {
+            thread: format!("Map ({}/2)#0", subtask + 1),
+            thread_id: Some(u64::from(subtask)),
+            os_thread_id: None,
+            elapsed_s: Some(age_s),
+            identity: TaskIdentity {
+                task: "Map".into(),
+                subtask,
+                parallelism: 2,
+                attempt: Some(0),
+            },
+            legacy_source_thread: false,
+            samples: 10,
+            blocked: 2,
+            waiting: 8,
+            busy: 0,
+            top_frames: vec![],
+        }
+    }
+
+    fn batch(tasks: Vec<TaskSamples>, ports: Vec<u16>) -> ReportBatch {
+        ReportBatch {
+            schema_version: 1,
+            agent_id: "agent".into(),
+            seq: 1,
+            host_names: vec!["10.0.0.1".into()],
+            created_at_ms: 0,
+            dropped_before: 0,
+            reports: vec![SampleReport {
+                pid: 42,
+                backend: "attach".into(),
+                jvm: JvmInfo {
+                    listen_ports: ports,
+                    ..Default::default()
+                },
+                samples: 10,
+                delay_ms: 50,
+                // The window ends at 1_100_000 ms.
+                started_at_ms: 1_099_500,
+                elapsed_ms: 500,
+                tasks,
+                cost: SampleCost::default(),
+                errors: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn threads_are_placed_by_age_and_merged_with_their_subtasks_metrics() {
+        let c = cluster();
+        // Started 100 s and 70 s before the window's end: jobs a and b.
+        let p = place_batch(
+            &batch(vec![task(0, 100.0), task(0, 70.0)], vec![6122]),
+            &[&c],
+        );
+        assert!(p.unplaced.is_empty(), "{:?}", p.unplaced);
+        assert_eq!(p.windows.len(), 2);
+        let a = p.windows.iter().find(|w| w.job_id == "a").unwrap();
+        let b = p.windows.iter().find(|w| w.job_id == "b").unwrap();
+        // Job a's output is exhausted: all waiting is soft. Job b's is not: idle.
+        assert_eq!((a.soft, a.idle, a.level), (8, 0, Some(Level::High)));
+        assert_eq!((b.soft, b.idle, b.level), (0, 8, Some(Level::Low)));
+        assert_eq!(a.taskmanager_id.as_deref(), Some("tm-a"));
+        assert_eq!((a.window_start_ms, a.window_end_ms), (1_099_500, 1_100_000));
+    }
+
+    #[test]
+    fn twins_of_the_same_age_stay_unplaced_and_name_their_candidates() {
+        let c = cluster();
+        let p = place_batch(
+            &batch(vec![task(1, 85.0), task(1, 85.0)], vec![6122]),
+            &[&c],
+        );
+        assert!(p.windows.is_empty());
+        assert_eq!(p.unplaced.len(), 2);
+        assert!(
+            p.unplaced[0].why.contains("ambiguous"),
+            "{}",
+            p.unplaced[0].why
+        );
+        assert_eq!(p.unplaced[0].candidates.len(), 2);
+        assert!(!p.unplaced[0].no_taskmanager);
+    }
+
+    #[test]
+    fn a_jvm_of_no_watched_cluster_says_so() {
+        let c = cluster();
+        let p = place_batch(&batch(vec![task(0, 100.0)], vec![9999]), &[&c]);
+        assert!(p.windows.is_empty());
+        assert!(p.unplaced[0].no_taskmanager);
+        assert!(
+            p.unplaced[0].why.contains("no TaskManager"),
+            "{}",
+            p.unplaced[0].why
+        );
+        let p = place_batch(&batch(vec![task(0, 100.0)], vec![6122]), &[]);
+        assert!(p.unplaced[0].why.contains("no Flink cluster"));
+    }
+}

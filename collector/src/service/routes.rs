@@ -1,0 +1,94 @@
+//! The query API's routes (see `crate::api` for the contract), on top of [`Collector`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::api::{ConfigUpdate, ErrorBody};
+
+use super::state::{Collector, QueryError};
+
+pub fn router(collector: Arc<Collector>) -> Router {
+    Router::new()
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{job}/status", get(status))
+        .route("/api/v1/jobs/{job}/history", get(history))
+        .route(
+            "/api/v1/config/{job}",
+            get(config_get).put(config_set).delete(config_reset),
+        )
+        .route("/api/v1/agents", get(agents))
+        .with_state(collector)
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::Conflict(_) => StatusCode::CONFLICT,
+            QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "query failed");
+        }
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type C = State<Arc<Collector>>;
+
+async fn jobs(State(c): C) -> Response {
+    c.jobs().await.map(Json).into_response()
+}
+
+async fn status(State(c): C, Path(job): Path<String>) -> Response {
+    c.status(job).await.map(Json).into_response()
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    since_ms: u64,
+    vertex: Option<String>,
+}
+
+async fn history(State(c): C, Path(job): Path<String>, Query(q): Query<HistoryQuery>) -> Response {
+    c.history(job, q.vertex, q.since_ms)
+        .await
+        .map(Json)
+        .into_response()
+}
+
+async fn config_get(State(c): C, Path(job): Path<String>) -> Response {
+    c.config_get(job).await.map(Json).into_response()
+}
+
+async fn config_set(State(c): C, Path(job): Path<String>, body: axum::body::Bytes) -> Response {
+    let update: ConfigUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return QueryError::Invalid(format!("not a settings update: {e}")).into_response()
+        }
+    };
+    c.config_set(job, update).await.map(Json).into_response()
+}
+
+async fn config_reset(State(c): C, Path(job): Path<String>) -> Response {
+    c.config_reset(job).await.map(Json).into_response()
+}
+
+async fn agents(State(c): C) -> Response {
+    c.agents().await.map(Json).into_response()
+}

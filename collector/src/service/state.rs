@@ -1,0 +1,588 @@
+//! The running collector: the store, what the pollers last read from each Flink cluster, and
+//! what could not be placed. Agents' batches come in through [`Ingest`], queries through the
+//! methods the routes call. The store is synchronous (SQLite), so it is used on blocking threads,
+//! with one connection for writes and one for reads (WAL lets them run side by side).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bpmon_proto::{AgentPlan, PlanRequest, ReportBatch, SamplingSettings};
+
+use crate::api::{
+    AgentStatus, AgentsView, ConfigUpdate, ConfigView, HistoryView, HistoryWindow, JobsView,
+    StatusView,
+};
+use crate::flink_rest::FlinkRestClient;
+use crate::model::ClusterSnapshot;
+use crate::server::{Ingest, IngestOutcome, SettingsView};
+use crate::store::{Store, StoreError, VertexRow, DEFAULT_SCOPE};
+
+use super::placement::{place_batch, Unplaced};
+use super::plan::plan_for;
+use super::status::{status_view, summary, ClusterHealth, StatusInputs};
+
+/// Why a query failed; the routes turn it into an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for QueryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AmbiguousJob { .. } => QueryError::Conflict(e.to_string()),
+            StoreError::UnknownVertex { .. } | StoreError::UnknownJob { .. } => {
+                QueryError::NotFound(e.to_string())
+            }
+            StoreError::InvalidSettings { .. } => QueryError::Invalid(e.to_string()),
+            other => QueryError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// One watched Flink cluster.
+struct ClusterState {
+    client: Arc<FlinkRestClient>,
+    last_good: Option<Arc<ClusterSnapshot>>,
+    health: ClusterHealth,
+}
+
+/// Placement failures kept for `status` and `agents`.
+#[derive(Default)]
+struct Misplaced {
+    /// job id → (vertex id, subtask) → reason.
+    by_job: HashMap<String, HashMap<(String, u32), String>>,
+    /// agent id → its last batch's unplaced threads.
+    by_agent: HashMap<String, Vec<String>>,
+    /// agent id → batches it reported dropped.
+    dropped: HashMap<String, u64>,
+}
+
+pub struct Collector {
+    writer: Mutex<Store>,
+    reader: Mutex<Store>,
+    clusters: Vec<RwLock<ClusterState>>,
+    /// Serialises on-demand polls of a cluster, so that a burst of batches causes one.
+    refresh: Vec<tokio::sync::Mutex<()>>,
+    misplaced: Mutex<Misplaced>,
+    settings: RwLock<SettingsView>,
+    poll_interval: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding it cannot leave these structures half-updated in a way that
+    // matters more than stopping the service would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Collector {
+    pub fn new(
+        writer: Store,
+        reader: Store,
+        clients: Vec<FlinkRestClient>,
+        poll_interval: Duration,
+    ) -> Result<Collector, StoreError> {
+        let settings = settings_view(&reader)?;
+        Ok(Collector {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            refresh: clients
+                .iter()
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            clusters: clients
+                .into_iter()
+                .map(|client| {
+                    RwLock::new(ClusterState {
+                        client: Arc::new(client),
+                        last_good: None,
+                        health: ClusterHealth::default(),
+                    })
+                })
+                .collect(),
+            misplaced: Mutex::new(Misplaced::default()),
+            settings: RwLock::new(settings),
+            poll_interval,
+        })
+    }
+
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Collector) -> T + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| QueryError::Internal(format!("store task failed: {e}")))
+    }
+
+    /// Polls cluster `i` once and takes in the result.
+    pub async fn poll(self: &Arc<Self>, i: usize) {
+        let client = Arc::clone(&read(&self.clusters[i]).client);
+        let snap = client.snapshot().await;
+        let url = snap.flink_url.clone();
+        let failed =
+            !snap.errors.is_empty() && snap.jobs.is_empty() && snap.taskmanagers.is_empty();
+        if failed {
+            let error = snap.errors.join("; ");
+            let mut c = write(&self.clusters[i]);
+            let since = c
+                .health
+                .failing
+                .as_ref()
+                .map(|f| f.1)
+                .unwrap_or(snap.fetched_at_ms);
+            if c.health.failing.is_none() {
+                tracing::warn!(flink = %url, %error, "Flink REST poll failed; data from it is stale until it answers");
+            }
+            c.health.failing = Some((error, since));
+            return;
+        }
+        if !snap.errors.is_empty() {
+            tracing::warn!(flink = %url, errors = ?snap.errors, "Flink REST poll was partial");
+        }
+        let snap = Arc::new(snap);
+        {
+            let mut c = write(&self.clusters[i]);
+            if c.health.failing.is_some() {
+                tracing::info!(flink = %url, "Flink REST answers again");
+            }
+            c.health = ClusterHealth {
+                fetched_at_ms: Some(snap.fetched_at_ms),
+                failing: None,
+            };
+            c.last_good = Some(Arc::clone(&snap));
+        }
+        let stored = self
+            .blocking(move |me| -> Result<(), StoreError> {
+                let mut store = lock(&me.writer);
+                for job in &snap.jobs {
+                    store.upsert_job(
+                        &job.job_id,
+                        &job.name,
+                        &snap.flink_url,
+                        snap.fetched_at_ms,
+                    )?;
+                    let vertices: Vec<VertexRow> = job
+                        .vertices
+                        .iter()
+                        .map(|v| VertexRow {
+                            vertex_id: v.vertex_id.clone(),
+                            name: v.name.clone(),
+                            parallelism: v.parallelism,
+                        })
+                        .collect();
+                    store.upsert_vertices(&job.job_id, &vertices)?;
+                }
+                Ok(())
+            })
+            .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(flink = %url, error = %e, "cannot store the jobs read"),
+            Err(e) => tracing::error!(flink = %url, error = %e, "cannot store the jobs read"),
+        }
+    }
+
+    fn snapshots(&self) -> Vec<Arc<ClusterSnapshot>> {
+        self.clusters
+            .iter()
+            .filter_map(|c| read(c).last_good.clone())
+            .collect()
+    }
+
+    /// Clusters whose data is missing or failing: placing a report may need them.
+    fn unhealthy(&self) -> Vec<(usize, String)> {
+        self.clusters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = read(c);
+                match (&c.health.failing, c.last_good.is_some()) {
+                    (Some((e, _)), _) => Some((i, format!("{}: {e}", c.client.base_url()))),
+                    (None, false) => Some((i, format!("{}: not read yet", c.client.base_url()))),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Polls every cluster whose last good snapshot is older than `ms` (once, however many
+    /// batches ask at the same time).
+    async fn refresh_older_than(self: &Arc<Self>, ms: u64) {
+        for i in 0..self.clusters.len() {
+            let _guard = self.refresh[i].lock().await;
+            let fetched = read(&self.clusters[i]).health.fetched_at_ms;
+            if fetched.is_none_or(|f| f < ms) {
+                self.poll(i).await;
+            }
+        }
+    }
+
+    async fn take_batch(self: &Arc<Self>, batch: ReportBatch) -> Result<IngestOutcome, String> {
+        let place = |batch: &ReportBatch, me: &Collector| {
+            let snaps = me.snapshots();
+            let refs: Vec<&ClusterSnapshot> = snaps.iter().map(|s| s.as_ref()).collect();
+            place_batch(batch, &refs)
+        };
+        let mut placement = place(&batch, self);
+        // A thread of a job deployed since the last poll: read Flink again, once.
+        if !placement.unplaced.is_empty() {
+            let newest_start = batch
+                .reports
+                .iter()
+                .map(|r| r.started_at_ms)
+                .max()
+                .unwrap_or(0);
+            self.refresh_older_than(newest_start).await;
+            placement = place(&batch, self);
+        }
+        if placement.unplaced.iter().any(|u| u.no_taskmanager) {
+            let unhealthy = self.unhealthy();
+            if !unhealthy.is_empty() {
+                // Accepting now would lose these threads for good; the agent keeps the batch.
+                let names: Vec<String> = unhealthy.into_iter().map(|u| u.1).collect();
+                return Err(format!(
+                    "cannot place reports while Flink is not readable ({})",
+                    names.join("; ")
+                ));
+            }
+        }
+        let agent = batch.agent_id.clone();
+        let seq = batch.seq;
+        let windows = placement.windows;
+        let n = windows.len();
+        let new = self
+            .blocking(move |me| lock(&me.writer).ingest_batch(&agent, seq, &windows))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if new {
+            self.note_unplaced(&batch, &placement.unplaced);
+            tracing::debug!(agent = %batch.agent_id, seq, windows = n, unplaced = placement.unplaced.len(), "batch stored");
+        }
+        Ok(IngestOutcome { duplicate: !new })
+    }
+
+    fn note_unplaced(&self, batch: &ReportBatch, unplaced: &[Unplaced]) {
+        let mut m = lock(&self.misplaced);
+        if batch.dropped_before > 0 {
+            let prev = m
+                .dropped
+                .insert(batch.agent_id.clone(), batch.dropped_before);
+            if prev != Some(batch.dropped_before) {
+                tracing::warn!(agent = %batch.agent_id, dropped = batch.dropped_before, "agent reports batches it had to drop (spool full)");
+            }
+        }
+        // Placed windows clear earlier reasons for their subtasks... a new reason replaces.
+        for u in unplaced {
+            for c in &u.candidates {
+                m.by_job
+                    .entry(c.job_id.clone())
+                    .or_default()
+                    .insert((c.vertex_id.clone(), c.subtask), u.why.clone());
+            }
+        }
+        if !unplaced.is_empty() {
+            tracing::info!(agent = %batch.agent_id, seq = batch.seq, threads = unplaced.len(), first = %unplaced[0].why, "task threads not placed");
+        }
+        m.by_agent.insert(
+            batch.agent_id.clone(),
+            unplaced
+                .iter()
+                .map(|u| format!("pid {} '{}': {}", u.pid, u.thread, u.why))
+                .collect(),
+        );
+    }
+
+    fn live_job(&self, job_id: &str) -> Option<(Arc<ClusterSnapshot>, usize)> {
+        self.snapshots().into_iter().find_map(|s| {
+            let i = s.jobs.iter().position(|j| j.job_id == job_id)?;
+            Some((s, i))
+        })
+    }
+
+    fn health_of(&self, url: &str) -> ClusterHealth {
+        self.clusters
+            .iter()
+            .map(read)
+            .find(|c| c.client.base_url() == url.trim_end_matches('/'))
+            .map(|c| c.health.clone())
+            .unwrap_or_default()
+    }
+
+    fn status_of(
+        &self,
+        job: crate::store::JobRow,
+        store: &Store,
+    ) -> Result<StatusView, QueryError> {
+        let windows = store.latest_windows(&job.job_id)?;
+        let settings = self.job_settings(&job.job_id);
+        let live = self.live_job(&job.job_id);
+        let health = self.health_of(&job.flink_url);
+        let unplaced = lock(&self.misplaced)
+            .by_job
+            .get(&job.job_id)
+            .cloned()
+            .unwrap_or_default();
+        // Reasons older than the windows stored since no longer apply.
+        let unplaced: HashMap<(String, u32), String> = unplaced
+            .into_iter()
+            .filter(|(k, _)| {
+                !windows
+                    .iter()
+                    .any(|w| w.vertex_id == k.0 && w.subtask == k.1)
+            })
+            .collect();
+        Ok(status_view(&StatusInputs {
+            job: &job,
+            live: live.as_ref().map(|(s, i)| &s.jobs[*i]),
+            health: &health,
+            windows: &windows,
+            settings,
+            unplaced: &unplaced,
+            poll_interval_ms: self.poll_interval.as_millis() as u64,
+            now_ms: now_ms(),
+        }))
+    }
+
+    fn job_settings(&self, job_id: &str) -> SamplingSettings {
+        let s = read(&self.settings);
+        s.jobs.get(job_id).copied().unwrap_or(s.default)
+    }
+
+    pub async fn status(self: &Arc<Self>, job: String) -> Result<StatusView, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = store
+                .find_job(&job)?
+                .ok_or_else(|| QueryError::NotFound(format!("no job with id or name {job:?}")))?;
+            me.status_of(row, &store)
+        })
+        .await?
+    }
+
+    pub async fn jobs(self: &Arc<Self>) -> Result<JobsView, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let mut jobs = Vec::new();
+            for row in store.jobs()? {
+                jobs.push(summary(&me.status_of(row, &store)?));
+            }
+            Ok(JobsView { jobs })
+        })
+        .await?
+    }
+
+    pub async fn history(
+        self: &Arc<Self>,
+        job: String,
+        vertex: Option<String>,
+        since_ms: u64,
+    ) -> Result<HistoryView, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = store
+                .find_job(&job)?
+                .ok_or_else(|| QueryError::NotFound(format!("no job with id or name {job:?}")))?;
+            let names: HashMap<&str, &str> = row
+                .vertices
+                .iter()
+                .map(|v| (v.vertex_id.as_str(), v.name.as_str()))
+                .collect();
+            let windows = store
+                .history(&row.job_id, vertex.as_deref(), since_ms)?
+                .into_iter()
+                .map(|w| HistoryWindow {
+                    vertex_name: names
+                        .get(w.vertex_id.as_str())
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                    vertex_id: w.vertex_id,
+                    subtask: w.subtask,
+                    attempt: w.attempt,
+                    window_start_ms: w.window_start_ms,
+                    window_end_ms: w.window_end_ms,
+                    samples: w.samples,
+                    blocked: w.blocked,
+                    soft: w.soft,
+                    idle: w.idle,
+                    busy: w.busy,
+                    ratio: w.ratio,
+                    level: w.level,
+                    taskmanager_id: w.taskmanager_id,
+                })
+                .collect();
+            Ok(HistoryView {
+                job_id: row.job_id,
+                job_name: row.name,
+                since_ms,
+                windows,
+            })
+        })
+        .await?
+    }
+
+    /// `job`: `*` or `default` for the default, else a job id or name.
+    fn scope_of(store: &Store, job: &str) -> Result<(String, Option<String>), QueryError> {
+        if job == DEFAULT_SCOPE || job == "default" {
+            return Ok((DEFAULT_SCOPE.to_string(), None));
+        }
+        match store.find_job(job)? {
+            Some(row) => Ok((row.job_id, Some(row.name))),
+            None => Err(QueryError::NotFound(format!(
+                "no job with id or name {job:?} (settings are set for jobs the collector has seen; use `default` for all jobs)"
+            ))),
+        }
+    }
+
+    fn config_view(&self, scope: String, job_name: Option<String>) -> ConfigView {
+        let s = read(&self.settings);
+        let own = if scope == DEFAULT_SCOPE {
+            Some(s.default)
+        } else {
+            s.jobs.get(&scope).copied()
+        };
+        ConfigView {
+            inherited: own.is_none(),
+            settings: own.unwrap_or(s.default),
+            scope,
+            job_name,
+        }
+    }
+
+    pub async fn config_get(self: &Arc<Self>, job: String) -> Result<ConfigView, QueryError> {
+        self.blocking(move |me| {
+            let (scope, name) = Self::scope_of(&lock(&me.reader), &job)?;
+            Ok(me.config_view(scope, name))
+        })
+        .await?
+    }
+
+    pub async fn config_set(
+        self: &Arc<Self>,
+        job: String,
+        update: ConfigUpdate,
+    ) -> Result<ConfigView, QueryError> {
+        self.blocking(move |me| {
+            let (scope, name) = Self::scope_of(&lock(&me.reader), &job)?;
+            let current = me.config_view(scope.clone(), name.clone()).settings;
+            let next = update.apply(current);
+            {
+                let mut store = lock(&me.writer);
+                store.set_settings(&scope, next)?;
+                *write(&me.settings) = settings_view(&store)?;
+            }
+            tracing::info!(%scope, ?next, "sampling settings changed");
+            Ok(me.config_view(scope, name))
+        })
+        .await?
+    }
+
+    pub async fn config_reset(self: &Arc<Self>, job: String) -> Result<ConfigView, QueryError> {
+        self.blocking(move |me| {
+            let (scope, name) = Self::scope_of(&lock(&me.reader), &job)?;
+            {
+                let mut store = lock(&me.writer);
+                store.remove_settings(&scope)?;
+                *write(&me.settings) = settings_view(&store)?;
+            }
+            Ok(me.config_view(scope, name))
+        })
+        .await?
+    }
+
+    pub async fn agents(self: &Arc<Self>) -> Result<AgentsView, QueryError> {
+        self.blocking(move |me| {
+            let seqs = lock(&me.reader).agent_seqs()?;
+            let m = lock(&me.misplaced);
+            Ok(AgentsView {
+                agents: seqs
+                    .into_iter()
+                    .map(|a| AgentStatus {
+                        dropped_batches: m.dropped.get(&a.agent_id).copied().unwrap_or(0),
+                        unresolved: m.by_agent.get(&a.agent_id).cloned().unwrap_or_default(),
+                        agent_id: a.agent_id,
+                        highest_seq: a.highest_seq,
+                        last_batch_ms: a.last_batch_ms,
+                    })
+                    .collect(),
+            })
+        })
+        .await?
+    }
+
+    /// Retention: deletes what is older than `retention`.
+    pub async fn prune(self: &Arc<Self>, retention: Duration) -> Result<usize, QueryError> {
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        self.blocking(move |me| Ok(lock(&me.writer).prune(cutoff)?))
+            .await?
+    }
+}
+
+fn settings_view(store: &Store) -> Result<SettingsView, StoreError> {
+    let mut view = SettingsView {
+        default: SamplingSettings::default(),
+        jobs: BTreeMap::new(),
+    };
+    for row in store.all_settings()? {
+        if row.scope == DEFAULT_SCOPE {
+            view.default = row.settings;
+        } else {
+            view.jobs.insert(row.scope, row.settings);
+        }
+    }
+    Ok(view)
+}
+
+/// The agent-facing side.
+#[derive(Clone)]
+pub struct Service(pub Arc<Collector>);
+
+impl Ingest for Service {
+    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, String> {
+        self.0.take_batch(batch).await
+    }
+
+    async fn settings(&self) -> Result<SettingsView, String> {
+        Ok(read(&self.0.settings).clone())
+    }
+
+    async fn plan(&self, request: PlanRequest) -> Result<AgentPlan, String> {
+        let snaps = self.0.snapshots();
+        let refs: Vec<&ClusterSnapshot> = snaps.iter().map(|s| s.as_ref()).collect();
+        let s = read(&self.0.settings).clone();
+        Ok(plan_for(&request, &refs, s.default, &s.jobs))
+    }
+}
