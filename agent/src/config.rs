@@ -1,9 +1,10 @@
 //! `agent.toml`: the agent's settings. Every key is optional; command-line flags override it.
 //! `packaging/agent.toml` is the documented example.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bpmon_proto::SamplingSettings;
 use bpmon_stacks::classify::ClassifyConfig;
 use serde::Deserialize;
 use thiserror::Error;
@@ -37,6 +38,63 @@ pub struct AgentConfig {
     /// Extra classification rules, tried before the built-in ones.
     #[serde(default)]
     pub classify: ClassifyConfig,
+    /// Where `run` sends its reports.
+    #[serde(default)]
+    pub collector: CollectorConfig,
+    /// How `run` finds JVMs and keeps its spool.
+    #[serde(default)]
+    pub daemon: DaemonSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Base URL of the collector, e.g. `http://collector:7070` (`run` needs it).
+    pub url: Option<String>,
+    /// Time limit of one request to the collector (a report batch, the plan).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            url: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// The agent's id at the collector; the host name when unset.
+    pub agent_id: Option<String>,
+    /// Where report batches wait until the collector has them.
+    pub spool_dir: PathBuf,
+    /// Most batches the spool keeps; past it, the oldest are dropped (and counted).
+    pub spool_max_batches: usize,
+    /// Most bytes the spool keeps (compressed batches).
+    pub spool_max_bytes: u64,
+    /// How often `/proc` is scanned for TaskManager JVMs.
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// How often the per-job sampling plan is fetched from the collector.
+    #[serde(with = "humantime_serde")]
+    pub plan_refresh_interval: Duration,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            agent_id: None,
+            spool_dir: PathBuf::from("/var/lib/bpmon-agent/spool"),
+            spool_max_batches: 10_000,
+            spool_max_bytes: 256 << 20,
+            discovery_interval: Duration::from_secs(10),
+            plan_refresh_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +105,10 @@ pub struct SamplingConfig {
     /// Time between samples (Flink's monitor: 50 ms).
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+    /// `run`: time from one window's start to the next, until the collector's plan says
+    /// otherwise.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
     pub backend: BackendKind,
     /// Busy frames reported per task.
     pub top_frames: usize,
@@ -58,6 +120,7 @@ impl Default for SamplingConfig {
         SamplingConfig {
             samples: d.samples,
             delay: d.delay,
+            interval: Duration::from_millis(SamplingSettings::default().interval_ms),
             backend: BackendKind::Attach,
             top_frames: d.top_frames,
         }
@@ -89,6 +152,19 @@ impl From<&AttachConfig> for AttachOptions {
             listener_timeout: c.listener_timeout,
             io_timeout: c.io_timeout,
         }
+    }
+}
+
+impl SamplingConfig {
+    /// The default sampling settings `run` uses before (and where) the collector's plan says
+    /// nothing else. Errors when a window does not fit its interval.
+    pub fn settings(&self) -> Result<SamplingSettings, String> {
+        let s = SamplingSettings {
+            samples: self.samples,
+            delay_ms: self.delay.as_millis() as u64,
+            interval_ms: self.interval.as_millis() as u64,
+        };
+        s.validate().map(|_| s)
     }
 }
 
@@ -132,6 +208,41 @@ mod tests {
         assert_eq!(c.sampling.samples, 100);
         assert_eq!(c.sampling.delay, Duration::from_millis(50));
         assert_eq!(c.sampling.backend, BackendKind::Attach);
+        assert_eq!(c.sampling.interval, Duration::from_secs(60));
+        assert_eq!(c.sampling.settings(), Ok(SamplingSettings::default()));
+        // Every documented key is there, with the default value.
+        let d = DaemonSection::default();
+        assert_eq!(c.daemon.spool_dir, d.spool_dir);
+        assert_eq!(c.daemon.spool_max_batches, d.spool_max_batches);
+        assert_eq!(c.daemon.spool_max_bytes, d.spool_max_bytes);
+        assert_eq!(c.daemon.discovery_interval, Duration::from_secs(10));
+        assert_eq!(c.daemon.plan_refresh_interval, Duration::from_secs(10));
+        assert_eq!(c.collector.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn daemon_keys_parse_and_a_window_longer_than_its_interval_is_an_error() {
+        let c = AgentConfig::parse(
+            "[collector]\nurl = \"http://c:7070\"\nrequest_timeout = \"3s\"\n\
+             [daemon]\nagent_id = \"tm-a\"\nspool_dir = \"/tmp/s\"\ndiscovery_interval = \"1s\"\n\
+             [sampling]\nsamples = 10\ndelay = \"100ms\"\ninterval = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.collector.url.as_deref(), Some("http://c:7070"));
+        assert_eq!(c.collector.request_timeout, Duration::from_secs(3));
+        assert_eq!(c.daemon.agent_id.as_deref(), Some("tm-a"));
+        assert_eq!(c.daemon.discovery_interval, Duration::from_secs(1));
+        assert_eq!(
+            c.sampling.settings(),
+            Ok(SamplingSettings {
+                samples: 10,
+                delay_ms: 100,
+                interval_ms: 5_000
+            })
+        );
+        let c = AgentConfig::parse("[sampling]\ninterval = \"1s\"\n").unwrap();
+        assert!(c.sampling.settings().unwrap_err().contains("interval"));
+        assert!(AgentConfig::parse("[daemon]\nspool = \"/x\"\n").is_err());
     }
 
     #[test]

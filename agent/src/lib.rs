@@ -3,15 +3,22 @@
 //! each run of dumps into per-task sample counts ([`sampler`], [`tally`]).
 //!
 //! Data flows one way: dump text → `bpmon_stacks` parse and classify → tally → report.
+//!
+//! `bpmon-agent run` is the [`daemon`]: discovery, per-job windows ([`schedule`]), the spool
+//! ([`spool`], [`seq`]) and the [`shipper`].
 
 pub mod attach;
 pub mod config;
 pub mod credentials;
+pub mod daemon;
 pub mod discovery;
+pub mod host;
 pub mod hsperf;
 pub mod jcmd;
 pub mod render;
 pub mod sampler;
+pub mod schedule;
+pub mod seq;
 pub mod shipper;
 pub mod spool;
 pub mod tally;

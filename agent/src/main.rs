@@ -3,14 +3,17 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bpmon_agent::attach::{AttachOptions, Attacher};
 use bpmon_agent::config::AgentConfig;
+use bpmon_agent::daemon::{self, DaemonConfig, JvmSelect};
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::render;
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
+use bpmon_agent::spool::SpoolLimits;
 use bpmon_stacks::classify::Classifier;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -66,17 +69,63 @@ enum Command {
         #[arg(long)]
         pid: u32,
     },
+    /// Run the agent daemon: sample every TaskManager JVM on this host, window after window, with
+    /// the collector's per-job settings, and ship the reports to the collector through an
+    /// on-disk spool. Stops on SIGTERM/SIGINT, spooling the windows in progress.
+    Run(RunArgs),
+}
+
+/// Flags of `run`; each overrides the config file's key of the same name.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Collector base URL, e.g. http://collector:7070 [config: collector.url; required].
+    #[arg(long, value_name = "URL")]
+    collector: Option<String>,
+    /// Time limit of one request to the collector [default: 10s; config: collector.request_timeout].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    request_timeout: Option<Duration>,
+    /// The agent's id at the collector [default: the host name; config: daemon.agent_id].
+    #[arg(long)]
+    agent_id: Option<String>,
+    /// Where report batches wait for the collector [default: /var/lib/bpmon-agent/spool;
+    /// config: daemon.spool_dir].
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Most batches kept in the spool [default: 10000; config: daemon.spool_max_batches].
+    #[arg(long, value_name = "N")]
+    spool_max_batches: Option<usize>,
+    /// Most bytes kept in the spool [default: 268435456; config: daemon.spool_max_bytes].
+    #[arg(long, value_name = "BYTES")]
+    spool_max_bytes: Option<u64>,
+    /// How often /proc is scanned for TaskManager JVMs [default: 10s;
+    /// config: daemon.discovery_interval].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    discovery_interval: Option<Duration>,
+    /// How often the sampling plan is fetched from the collector [default: 10s;
+    /// config: daemon.plan_refresh_interval].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    plan_refresh_interval: Option<Duration>,
+    /// Sample only the TaskManager JVM with this host pid (repeatable) [default: every one].
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemon says what it does (collector down and back, JVMs found); one-shot commands
+    // speak only of problems.
+    let default_filter = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bpmon-agent: {e:#}");
@@ -146,7 +195,97 @@ fn run(cli: Cli) -> Result<ExitCode> {
             stdout.write_all(&text)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => {
+            drop(stdout);
+            run_daemon(args, config, proc)
+        }
     }
+}
+
+/// The daemon's settings: flags over the config file over the defaults.
+fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<DaemonConfig> {
+    let Some(url) = args.collector.or(config.collector.url) else {
+        bail!("no collector: pass --collector URL or set collector.url in the config file");
+    };
+    let host_names = bpmon_agent::host::host_names();
+    let agent_id = match args.agent_id.or(config.daemon.agent_id) {
+        Some(id) => id,
+        None => bpmon_agent::host::host_name()
+            .context("cannot read the host name for the agent id; pass --agent-id")?,
+    };
+    if agent_id.trim().is_empty() {
+        bail!("the agent id is empty");
+    }
+    let default_settings = config
+        .sampling
+        .settings()
+        .map_err(|e| anyhow::anyhow!("[sampling]: {e}"))?;
+    let discovery_interval = args
+        .discovery_interval
+        .unwrap_or(config.daemon.discovery_interval);
+    let plan_refresh_interval = args
+        .plan_refresh_interval
+        .unwrap_or(config.daemon.plan_refresh_interval);
+    if discovery_interval.is_zero() || plan_refresh_interval.is_zero() {
+        bail!("discovery and plan refresh intervals must be above zero");
+    }
+    let mut d = DaemonConfig::new(url, agent_id);
+    d.host_names = host_names;
+    d.spool_dir = args.spool_dir.unwrap_or(config.daemon.spool_dir);
+    d.spool_limits = SpoolLimits {
+        max_batches: args
+            .spool_max_batches
+            .unwrap_or(config.daemon.spool_max_batches),
+        max_bytes: args
+            .spool_max_bytes
+            .unwrap_or(config.daemon.spool_max_bytes),
+    };
+    d.discovery_interval = discovery_interval;
+    d.plan_refresh_interval = plan_refresh_interval;
+    d.request_timeout = args
+        .request_timeout
+        .unwrap_or(config.collector.request_timeout);
+    d.default_settings = default_settings;
+    d.top_frames = config.sampling.top_frames;
+    d.backend = config.sampling.backend;
+    d.attach = AttachOptions::from(&config.attach);
+    d.classifier = Arc::new(Classifier::with_user_rules(config.classify.rules.clone()));
+    d.proc = proc;
+    if !args.pids.is_empty() {
+        d.select = JvmSelect::Pids(args.pids);
+    }
+    Ok(d)
+}
+
+fn run_daemon(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<ExitCode> {
+    let d = daemon_config(args, config, proc)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        let shutdown = async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "stopping: ending the windows in progress");
+        };
+        daemon::run(d, shutdown).await.map_err(anyhow::Error::from)
+    })?;
+    tracing::info!(
+        batches = summary.batches,
+        shipped = summary.shipped,
+        left_in_spool = summary.left_in_spool,
+        "bpmon-agent stopped"
+    );
+    // Let the runtime's blocking threads go without waiting for a dump that hangs.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn find_jvm(proc: &ProcFs, pid: u32) -> Result<bpmon_agent::discovery::JvmProcess> {

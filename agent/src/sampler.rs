@@ -1,11 +1,15 @@
 //! The sampling loop: N thread dumps of one JVM, D apart on a monotonic schedule, each parsed,
 //! classified and added to the tally; plus what it cost, agent side (wall time per dump, parse time)
 //! and JVM side (safepoint time, from the JVM's own counters).
+//!
+//! The pieces are shared: [`take_dump`] takes and classifies one dump, a [`Window`] turns the dumps
+//! it is given into a report. The one-shot [`sample`] runs one window; the daemon runs many, one
+//! per settings group, feeding each dump to every window it serves.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bpmon_proto::{JvmInfo, SampleCost, SampleReport};
-use bpmon_stacks::classify::Classifier;
+use bpmon_proto::{parse_task_thread_name, JvmInfo, SampleCost, SampleReport, TaskIdentity};
+use bpmon_stacks::classify::{Classifier, SampleClass};
 use bpmon_stacks::threaddump;
 use thiserror::Error;
 
@@ -111,8 +115,8 @@ impl Default for SampleSettings {
     }
 }
 
-/// Transient failures in a row after which the run gives up.
-const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+/// Transient failures in a row after which a window gives up.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 
 /// What one dump contributed, after parsing and classifying.
 #[derive(Debug, Default)]
@@ -120,11 +124,48 @@ pub struct DumpStats {
     pub skipped_lines: u64,
 }
 
-/// Parses one dump's text, classifies its task threads and adds them to `tally`.
-pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> DumpStats {
+/// One task thread (main or legacy source thread) of one dump, classified.
+#[derive(Debug, Clone)]
+pub struct DumpThread {
+    pub name: String,
+    pub java_id: Option<u64>,
+    pub os_tid: Option<u64>,
+    pub elapsed_s: Option<f64>,
+    pub class: SampleClass,
+    /// For busy samples: what the thread was doing.
+    pub top_frame: Option<String>,
+}
+
+impl DumpThread {
+    /// The task this thread works for, from its name.
+    pub fn identity(&self) -> Option<TaskIdentity> {
+        parse_task_thread_name(&self.name).map(|(identity, _)| identity)
+    }
+
+    fn as_sample(&self) -> ThreadSample<'_> {
+        ThreadSample {
+            name: &self.name,
+            java_id: self.java_id,
+            os_tid: self.os_tid,
+            elapsed_s: self.elapsed_s,
+            class: self.class,
+            top_frame: self.top_frame.clone(),
+        }
+    }
+}
+
+/// A dump's task threads, parsed and classified once, ready to be added to any number of tallies.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifiedDump {
+    pub threads: Vec<DumpThread>,
+    pub skipped_lines: u64,
+}
+
+/// Parses one dump's text and classifies its task threads.
+pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
     let text = String::from_utf8_lossy(text);
     let dump = threaddump::parse_filtered(&text, |h| Tally::wants(&h.name));
-    let samples: Vec<ThreadSample> = dump
+    let threads = dump
         .threads
         .iter()
         // The parser already asked `wants` once per thread; skip the threads it dropped frames
@@ -132,8 +173,8 @@ pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> Du
         .filter(|t| t.frames_kept)
         .map(|t| {
             let c = classifier.classify(&t.frames);
-            ThreadSample {
-                name: &t.header.name,
+            DumpThread {
+                name: t.header.name.clone(),
                 java_id: t.header.java_id,
                 os_tid: t.header.os_tid,
                 elapsed_s: t.header.elapsed_s,
@@ -142,35 +183,228 @@ pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> Du
             }
         })
         .collect();
-    tally.add_dump(&samples);
-    DumpStats {
+    ClassifiedDump {
+        threads,
         skipped_lines: dump.summary.skipped_lines as u64,
     }
 }
 
-/// Samples one JVM. Failures become `errors` in the report; a JVM that goes away, or refuses us
-/// for good, ends the run with the samples taken so far.
+/// Parses one dump's text, classifies its task threads and adds them to `tally`.
+pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> DumpStats {
+    let dump = classify_dump(text, classifier);
+    let samples: Vec<ThreadSample> = dump.threads.iter().map(DumpThread::as_sample).collect();
+    tally.add_dump(&samples);
+    DumpStats {
+        skipped_lines: dump.skipped_lines,
+    }
+}
+
+/// One thread dump as taken: what it cost and what it showed.
+#[derive(Debug)]
+pub struct TakenDump {
+    /// Wall time of the request.
+    pub took: Duration,
+    /// Safepoints and safepoint ms the JVM recorded during the dump; `None` when its counters
+    /// could not be read before and after.
+    pub safepoints: Option<(u64, f64)>,
+    /// Time to parse and classify it.
+    pub parse: Duration,
+    pub result: Result<ClassifiedDump, DumpError>,
+}
+
+/// Takes one dump of `jvm`, with its cost, and classifies it.
+pub fn take_dump(jvm: &JvmProcess, backend: &mut Backend, classifier: &Classifier) -> TakenDump {
+    let read_counters = || -> Option<SafepointCounters> {
+        PerfData::read(jvm.perf_file.as_deref()?).ok()?.safepoints()
+    };
+    let before = read_counters();
+    let t0 = Instant::now();
+    let result = backend.dump();
+    let took = t0.elapsed();
+    let after = before.and_then(|_| read_counters());
+    let safepoints = match (before, after) {
+        (Some(b), Some(a)) => Some(b.delta(&a)),
+        _ => None,
+    };
+    let p0 = Instant::now();
+    let result = result.map(|text| classify_dump(&text, classifier));
+    TakenDump {
+        took,
+        safepoints,
+        parse: p0.elapsed(),
+        result,
+    }
+}
+
+/// What recording a dump did to a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Keep sampling.
+    Continue,
+    /// The window cannot go on (the JVM is gone or refuses us, or too many failures in a row);
+    /// the reason is in its errors.
+    Stop,
+}
+
+/// One sampling window over one JVM, filled one dump at a time: the tally of its threads, its
+/// cost and its errors. The one-shot `sample` command and the daemon both build reports with it.
+#[derive(Debug)]
+pub struct Window {
+    samples: u32,
+    delay: Duration,
+    top_frames: usize,
+    started_at_ms: u64,
+    start: Instant,
+    tally: Tally,
+    errors: Vec<String>,
+    /// Sample slots recorded, successful or not.
+    slots: u32,
+    dump_us: Vec<u64>,
+    parse_us: Vec<u64>,
+    skipped_lines: u64,
+    safepoints: Option<(u64, f64)>,
+    failures_in_row: u32,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Window {
+    /// A window of `samples` dumps `delay` apart, starting now.
+    pub fn new(jvm: &JvmProcess, samples: u32, delay: Duration, top_frames: usize) -> Window {
+        Window {
+            samples,
+            delay,
+            top_frames,
+            started_at_ms: now_ms(),
+            start: Instant::now(),
+            tally: Tally::new(),
+            errors: Vec::new(),
+            slots: 0,
+            dump_us: Vec::with_capacity(samples as usize),
+            parse_us: Vec::with_capacity(samples as usize),
+            skipped_lines: 0,
+            // No perf data: no figure at all; perf data that stops being readable: no figure.
+            safepoints: jvm.perf_file.as_ref().map(|_| (0, 0.0)),
+            failures_in_row: 0,
+        }
+    }
+
+    /// Sample slots recorded so far (successful or failed).
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    pub fn samples(&self) -> u32 {
+        self.samples
+    }
+
+    /// Records one dump as this window's next sample, counting only the threads `include`
+    /// accepts (a window counts the threads of its own settings group).
+    pub fn record(&mut self, dump: &TakenDump, include: impl Fn(&DumpThread) -> bool) -> Progress {
+        let index = self.slots;
+        self.slots += 1;
+        match (&mut self.safepoints, dump.safepoints) {
+            (Some(acc), Some((n, ms))) => {
+                acc.0 += n;
+                acc.1 += ms;
+            }
+            // Counters unreadable mid-run (JVM gone, file replaced): stop claiming a figure.
+            _ => self.safepoints = None,
+        }
+        match &dump.result {
+            Ok(classified) => {
+                self.failures_in_row = 0;
+                self.dump_us.push(dump.took.as_micros() as u64);
+                self.parse_us.push(dump.parse.as_micros() as u64);
+                self.skipped_lines += classified.skipped_lines;
+                let samples: Vec<ThreadSample> = classified
+                    .threads
+                    .iter()
+                    .filter(|t| include(t))
+                    .map(DumpThread::as_sample)
+                    .collect();
+                self.tally.add_dump(&samples);
+                Progress::Continue
+            }
+            Err(e) => {
+                self.failures_in_row += 1;
+                self.errors
+                    .push(format!("sample {}/{}: {e}", index + 1, self.samples));
+                if e.is_permanent() {
+                    self.errors.push(format!(
+                        "stopped after {} of {} samples",
+                        index, self.samples
+                    ));
+                    return Progress::Stop;
+                }
+                if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES {
+                    self.errors.push(format!(
+                        "stopped after {} failed samples in a row ({} of {} taken)",
+                        self.failures_in_row,
+                        self.dump_us.len(),
+                        self.samples
+                    ));
+                    return Progress::Stop;
+                }
+                Progress::Continue
+            }
+        }
+    }
+
+    /// Adds an error (why the window ends early, for instance).
+    pub fn error(&mut self, message: String) {
+        self.errors.push(message);
+    }
+
+    /// The window's report.
+    pub fn finish(mut self, jvm: &JvmProcess, backend: BackendKind) -> SampleReport {
+        let dumps = self.dump_us.len() as u32;
+        let cost = SampleCost {
+            dumps,
+            dump_us_p50: median(&mut self.dump_us),
+            dump_us_max: self.dump_us.iter().copied().max().unwrap_or(0),
+            parse_us_p50: median(&mut self.parse_us),
+            safepoints: self.safepoints.map(|s| s.0),
+            safepoint_ms_total: self.safepoints.map(|s| (s.1 * 1000.0).round() / 1000.0),
+            skipped_lines: self.skipped_lines,
+        };
+        SampleReport {
+            pid: jvm.pid,
+            backend: backend.as_str().to_string(),
+            jvm: JvmInfo {
+                version: jvm.java_version.clone(),
+                main_class: jvm.main_class.clone(),
+                flink_version: jvm.flink_version.clone(),
+                resource_id: jvm.resource_id.clone(),
+                listen_ports: jvm.listen_ports.clone(),
+            },
+            samples: self.samples,
+            delay_ms: self.delay.as_millis() as u64,
+            started_at_ms: self.started_at_ms,
+            elapsed_ms: self.start.elapsed().as_millis() as u64,
+            tasks: self.tally.into_tasks(self.top_frames),
+            cost,
+            errors: self.errors,
+        }
+    }
+}
+
+/// Samples one JVM once: one window, every task thread. Failures become `errors` in the report;
+/// a JVM that goes away, or refuses us for good, ends the run with the samples taken so far.
 pub fn sample(
     jvm: &JvmProcess,
     backend: &mut Backend,
     classifier: &Classifier,
     settings: &SampleSettings,
 ) -> SampleReport {
-    let started_at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let mut window = Window::new(jvm, settings.samples, settings.delay, settings.top_frames);
     let start = Instant::now();
-    let mut tally = Tally::new();
-    let mut errors = Vec::new();
-    let mut dump_us = Vec::with_capacity(settings.samples as usize);
-    let mut parse_us = Vec::with_capacity(settings.samples as usize);
-    let mut skipped_lines = 0;
-    let mut safepoints: Option<(u64, f64)> = jvm.perf_file.as_ref().map(|_| (0, 0.0));
-    let mut failures_in_row = 0;
-    let read_counters = || -> Option<SafepointCounters> {
-        PerfData::read(jvm.perf_file.as_deref()?).ok()?.safepoints()
-    };
     for i in 0..settings.samples {
         // Absolute schedule: a slow dump delays the next one, never the rest of the run.
         let due = start + settings.delay * i;
@@ -178,77 +412,12 @@ pub fn sample(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let before = safepoints.and(read_counters());
-        let t0 = Instant::now();
-        let result = backend.dump();
-        let took = t0.elapsed();
-        let after = before.and(read_counters());
-        match (&mut safepoints, before, after) {
-            (Some(acc), Some(b), Some(a)) => {
-                let (n, ms) = b.delta(&a);
-                acc.0 += n;
-                acc.1 += ms;
-            }
-            // Counters unreadable mid-run (JVM gone, file replaced): stop claiming a figure.
-            _ => safepoints = None,
-        }
-        match result {
-            Ok(text) => {
-                failures_in_row = 0;
-                dump_us.push(took.as_micros() as u64);
-                let p0 = Instant::now();
-                skipped_lines += tally_dump(&text, classifier, &mut tally).skipped_lines;
-                parse_us.push(p0.elapsed().as_micros() as u64);
-            }
-            Err(e) => {
-                failures_in_row += 1;
-                errors.push(format!("sample {}/{}: {e}", i + 1, settings.samples));
-                if e.is_permanent() {
-                    errors.push(format!(
-                        "stopped after {} of {} samples",
-                        i, settings.samples
-                    ));
-                    break;
-                }
-                if failures_in_row >= MAX_CONSECUTIVE_FAILURES {
-                    errors.push(format!(
-                        "stopped after {failures_in_row} failed samples in a row ({} of {} taken)",
-                        dump_us.len(),
-                        settings.samples
-                    ));
-                    break;
-                }
-            }
+        let dump = take_dump(jvm, backend, classifier);
+        if window.record(&dump, |_| true) == Progress::Stop {
+            break;
         }
     }
-    let dumps = dump_us.len() as u32;
-    let cost = SampleCost {
-        dumps,
-        dump_us_p50: median(&mut dump_us),
-        dump_us_max: dump_us.iter().copied().max().unwrap_or(0),
-        parse_us_p50: median(&mut parse_us),
-        safepoints: safepoints.map(|s| s.0),
-        safepoint_ms_total: safepoints.map(|s| (s.1 * 1000.0).round() / 1000.0),
-        skipped_lines,
-    };
-    SampleReport {
-        pid: jvm.pid,
-        backend: backend.kind().as_str().to_string(),
-        jvm: JvmInfo {
-            version: jvm.java_version.clone(),
-            main_class: jvm.main_class.clone(),
-            flink_version: jvm.flink_version.clone(),
-            resource_id: jvm.resource_id.clone(),
-            listen_ports: jvm.listen_ports.clone(),
-        },
-        samples: settings.samples,
-        delay_ms: settings.delay.as_millis() as u64,
-        started_at_ms,
-        elapsed_ms: start.elapsed().as_millis() as u64,
-        tasks: tally.into_tasks(settings.top_frames),
-        cost,
-        errors,
-    }
+    window.finish(jvm, backend.kind())
 }
 
 fn median(v: &mut [u64]) -> u64 {

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bpmon_proto::ReportBatch;
@@ -75,10 +76,40 @@ impl Backoff {
     }
 }
 
+/// A handle on the shipper's spool that can enqueue batches while the shipper is sending
+/// (the daemon's sampling side holds one; the shipping task owns the [`Shipper`]).
+#[derive(Clone)]
+pub struct SpoolQueue {
+    spool: Arc<Mutex<Spool>>,
+}
+
+impl SpoolQueue {
+    /// The spool, locked. A panic elsewhere while it was held leaves files, not memory, in an
+    /// unknown state, and the spool reads its state from the files: the lock is taken anyway.
+    pub fn lock(&self) -> MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a batch to the spool, gzip-compressed JSON, ready to send.
+    pub fn enqueue(&self, batch: &ReportBatch) -> Result<(), ShipError> {
+        let seq = batch.seq;
+        let json = serde_json::to_vec(batch).map_err(|e| ShipError::Encode {
+            seq,
+            source: e.into(),
+        })?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let body = gz
+            .write_all(&json)
+            .and_then(|_| gz.finish())
+            .map_err(|source| ShipError::Encode { seq, source })?;
+        Ok(self.lock().push(seq, &body)?)
+    }
+}
+
 pub struct Shipper {
     client: reqwest::Client,
     reports_url: String,
-    spool: Spool,
+    queue: SpoolQueue,
     rejected_dir: PathBuf,
     backoff: Backoff,
 }
@@ -98,33 +129,34 @@ impl Shipper {
         Ok(Shipper {
             client,
             reports_url: format!("{}/api/v1/reports", collector_url.trim_end_matches('/')),
-            spool,
+            queue: SpoolQueue {
+                spool: Arc::new(Mutex::new(spool)),
+            },
             rejected_dir: spool_dir.join("rejected"),
             backoff,
         })
     }
 
-    pub fn spool(&self) -> &Spool {
-        &self.spool
+    /// The spool, locked.
+    pub fn spool(&self) -> MutexGuard<'_, Spool> {
+        self.queue.lock()
+    }
+
+    /// A handle that enqueues into this shipper's spool.
+    pub fn queue(&self) -> SpoolQueue {
+        self.queue.clone()
     }
 
     /// Writes a batch to the spool, gzip-compressed JSON, ready to send.
     pub fn enqueue(&mut self, batch: &ReportBatch) -> Result<(), ShipError> {
-        let seq = batch.seq;
-        let json = serde_json::to_vec(batch).map_err(|e| ShipError::Encode {
-            seq,
-            source: e.into(),
-        })?;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&json)
-            .and_then(|_| gz.finish())
-            .map_err(|source| ShipError::Encode { seq, source })
-            .and_then(|body| Ok(self.spool.push(seq, &body)?))
+        self.queue.enqueue(batch)
     }
 
-    /// Sends the oldest spooled batch once.
+    /// Sends the oldest spooled batch once. The spool is locked only to read and to remove the
+    /// batch, never while the request is under way.
     pub async fn ship_one(&mut self) -> Result<ShipOutcome, ShipError> {
-        let Some((seq, body)) = self.spool.oldest()? else {
+        let oldest = self.queue.lock().oldest()?;
+        let Some((seq, body)) = oldest else {
             return Ok(ShipOutcome::Empty);
         };
         let sent = self
@@ -137,7 +169,8 @@ impl Shipper {
             .await;
         let retry = |me: &mut Shipper, reason: String| {
             let after = me.backoff.fail();
-            tracing::warn!(seq, ?after, %reason, "collector did not take the batch; will retry");
+            // The daemon says once that the collector is down, and when it is back.
+            tracing::debug!(seq, ?after, %reason, "collector did not take the batch; will retry");
             Ok(ShipOutcome::Retry { seq, after, reason })
         };
         let resp = match sent {
@@ -160,7 +193,7 @@ impl Shipper {
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {
             self.backoff.reset();
-            self.spool.remove(seq)?;
+            self.queue.lock().remove(seq)?;
             let duplicate = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v.get("duplicate").and_then(|d| d.as_bool()))
@@ -179,7 +212,7 @@ impl Shipper {
                 path: path.clone(),
                 source,
             })?;
-            self.spool.remove(seq)?;
+            self.queue.lock().remove(seq)?;
             tracing::error!(seq, %reason, kept = %path.display(), "collector rejected a report batch");
             return Ok(ShipOutcome::Rejected { seq, reason });
         }

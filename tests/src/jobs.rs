@@ -66,6 +66,10 @@ pub enum JobMode {
     /// `skewed consumer -> discard: Writer` slow in subtask 0 only (busy there, idle in
     /// subtask 1); `Source: numbers` soft back-pressured. Not in [`JobMode::ALL`].
     Skew,
+    /// [`JobMode::Hard`]'s behaviour under [`JobMode::Idle`]'s vertex names: `Source: numbers ->
+    /// throttle` hard back-pressured by `idle sink -> discard: Writer` (busy). Beside an idle job,
+    /// same-named threads behave in opposite ways. Not in [`JobMode::ALL`].
+    Mimic,
 }
 
 pub const EXPLODE_FLATMAP: &str = "bpmon.testjobs.Explode.flatMap";
@@ -74,6 +78,21 @@ pub const THROTTLE_MAP: &str = "bpmon.testjobs.Throttle.map";
 pub const SPIN_MAP: &str = "bpmon.testjobs.Spin.map";
 pub const SPIN_BURN: &str = "bpmon.testjobs.Spin.burn";
 pub const SKEWED_SLOW_MAP: &str = "bpmon.testjobs.SkewedSlow.map";
+
+const MIMIC_VERTICES: &[ExpectedVertex] = &[
+    ExpectedVertex {
+        name: "Source: numbers -> throttle",
+        parallelism: 2,
+        behaviour: Behaviour::HardBackPressured,
+        user_frames: &[EXPLODE_FLATMAP],
+    },
+    ExpectedVertex {
+        name: "idle sink -> discard: Writer",
+        parallelism: 2,
+        behaviour: Behaviour::BusySleeping,
+        user_frames: &[SLOW_MAP],
+    },
+];
 
 const SKEW_VERTICES: &[ExpectedVertex] = &[
     ExpectedVertex {
@@ -193,6 +212,7 @@ impl JobMode {
             JobMode::Legacy => "legacy",
             JobMode::Async => "async",
             JobMode::Skew => "skew",
+            JobMode::Mimic => "mimic",
         }
     }
 
@@ -205,8 +225,9 @@ impl JobMode {
             "legacy" => JobMode::Legacy,
             "async" => JobMode::Async,
             "skew" => JobMode::Skew,
+            "mimic" => JobMode::Mimic,
             other => bail!(
-                "unknown job mode {other:?} (expected hard, soft, idle, busy, legacy, async or skew)"
+                "unknown job mode {other:?} (expected hard, soft, idle, busy, legacy, async, skew or mimic)"
             ),
         })
     }
@@ -221,6 +242,7 @@ impl JobMode {
             JobMode::Legacy => LEGACY_VERTICES,
             JobMode::Async => ASYNC_VERTICES,
             JobMode::Skew => SKEW_VERTICES,
+            JobMode::Mimic => MIMIC_VERTICES,
         }
     }
 
@@ -234,6 +256,7 @@ impl JobMode {
             JobMode::Legacy => Behaviour::HardBackPressured,
             JobMode::Async => Behaviour::BusySleeping,
             JobMode::Skew => Behaviour::BusySleeping,
+            JobMode::Mimic => Behaviour::HardBackPressured,
         };
         self.vertices()
             .iter()

@@ -212,7 +212,7 @@ fn flink_metrics_prove_each_test_job_behaviour() -> Result<()> {
             );
             // Flink's own /backpressure agrees.
             match c.mode {
-                JobMode::Hard | JobMode::Soft | JobMode::Legacy => {
+                JobMode::Hard | JobMode::Soft | JobMode::Legacy | JobMode::Mimic => {
                     ensure!(
                         r.bp_level.as_deref() == Some("high"),
                         "{name} {} #{}: /backpressure level {:?}",

@@ -51,6 +51,9 @@ public final class TestJobs {
             case "skew":
                 skew(env);
                 break;
+            case "mimic":
+                mimic(env);
+                break;
             default:
                 throw new IllegalArgumentException("unknown mode: " + mode);
         }
@@ -182,6 +185,28 @@ public final class TestJobs {
                 .rebalance()
                 .map(new SkewedSlow<Long>(1))
                 .name("skewed consumer")
+                .setParallelism(2)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(2);
+    }
+
+    /**
+     * The hard job's behaviour under the idle job's vertex names: "Source: numbers -> throttle"
+     * is HARD back-pressured (Explode) by "idle sink" (sleeps 1 ms per record). Run beside the idle
+     * job, same-named task threads on one TaskManager then behave in opposite ways, so telling
+     * them apart wrongly shows.
+     */
+    static void mimic(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(2)
+                .flatMap(new Explode(10000, 1024))
+                .name("throttle")
+                .setParallelism(2)
+                .rebalance()
+                .map(new Slow<byte[]>(1))
+                .name("idle sink")
                 .setParallelism(2)
                 .sinkTo(new DiscardingSink<>())
                 .name("discard")
