@@ -257,8 +257,9 @@ impl Collector {
             place_batch(batch, &refs)
         };
         let mut placement = place(&batch, self);
-        // A thread of a job deployed since the last poll: read Flink again, once.
-        if !placement.unplaced.is_empty() {
+        // A thread of a job deployed since the last poll: read Flink again, once. (Ambiguous
+        // threads have their candidates already; a new poll would not help them.)
+        if placement.unplaced.iter().any(|u| u.candidates.is_empty()) {
             let newest_start = batch
                 .reports
                 .iter()
