@@ -8,11 +8,14 @@
 //! streamed thread dump writes to the socket while the whole JVM waits at the safepoint.
 //!
 //! Everything is reached through `/proc/<pid>/root` and `/proc/<pid>/cwd`, so JVMs in containers
-//! need no `setns`. Paths inside are checked before use: no symlinked `/tmp`, a real socket, owned by
-//! the JVM's user.
+//! need no `setns`. Inside, paths are resolved with `openat2` ([`crate::inroot`]): within the JVM's
+//! root and through no symlink at all. The socket is opened as an `O_PATH` fd, checked with
+//! `fstat` (a socket, owned by the JVM's user) and connected through `/proc/self/fd/N`, so what is
+//! connected is exactly what was checked. The trigger file is created the same way, relative to
+//! the directory fd it was checked in.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use thiserror::Error;
 
 use crate::credentials;
 use crate::discovery::{JvmProcess, ProcFs};
+use crate::inroot;
 
 /// Why an attach failed. Each case says what an operator can do about it.
 #[derive(Debug, Error)]
@@ -54,6 +58,8 @@ pub enum AttachError {
     },
     #[error("refusing attach socket {path}: {reason}")]
     UntrustedSocket { path: PathBuf, reason: String },
+    #[error("JVM pid {pid}: {detail}")]
+    Unsupported { pid: u32, detail: String },
     #[error("JVM pid {pid} rejected `{command}` with status {status}: {message}")]
     Command {
         pid: u32,
@@ -84,6 +90,7 @@ impl AttachError {
             AttachError::NoSignalHandler { .. } => "no_signal_handler",
             AttachError::ListenerTimeout { .. } | AttachError::Timeout { .. } => "timeout",
             AttachError::UntrustedSocket { .. } => "untrusted_socket",
+            AttachError::Unsupported { .. } => "unsupported",
             AttachError::Command { .. } => "command",
             AttachError::Protocol { .. } => "protocol",
             AttachError::Io { .. } => "io",
@@ -101,6 +108,7 @@ impl AttachError {
                 | AttachError::AttachDisabled { .. }
                 | AttachError::NoSignalHandler { .. }
                 | AttachError::UntrustedSocket { .. }
+                | AttachError::Unsupported { .. }
         )
     }
 }
@@ -340,97 +348,171 @@ impl Attacher {
         parse_reply(pid, &buf)
     }
 
-    /// Connects to the listener, starting it first if needed.
+    /// Connects to the listener, starting it first if needed. The socket is connected through the
+    /// fd it was checked on.
     fn connect(&mut self) -> Result<UnixStream, AttachError> {
         self.check_same_process()?;
-        let socket = self.socket_path();
-        if !self.socket_present(&socket)? {
-            self.start_listener(&socket)?;
-        }
-        self.check_socket(&socket)?;
+        let tmp = self.open_tmp()?;
+        let socket = match self.find_socket(&tmp)? {
+            Some(fd) => fd,
+            None => self.start_listener(&tmp)?,
+        };
+        let via = PathBuf::from(format!("/proc/self/fd/{}", socket.as_raw_fd()));
         let (pid, uid, gid) = (self.pid, self.uid, self.gid);
-        credentials::as_user(uid, gid, || UnixStream::connect(&socket)).map_err(|e| {
-            match e.raw_os_error() {
-                Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => {
-                    if self.check_same_process().is_err() {
-                        AttachError::Gone { pid }
-                    } else {
-                        AttachError::Protocol {
-                            pid,
-                            detail: format!(
-                                "{} refuses connections (a stale socket of a dead listener?)",
-                                socket.display()
-                            ),
-                        }
+        let shown = self.socket_path();
+        let result = credentials::as_user(uid, gid, || UnixStream::connect(&via));
+        // The checked fd had to stay open until the connection was made through it.
+        drop(socket);
+        result.map_err(|e| match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => {
+                if self.check_same_process().is_err() {
+                    AttachError::Gone { pid }
+                } else {
+                    AttachError::Protocol {
+                        pid,
+                        detail: format!(
+                            "{} refuses connections (a stale socket of a dead listener?)",
+                            shown.display()
+                        ),
                     }
                 }
-                Some(libc::EACCES) | Some(libc::EPERM) => AttachError::PermissionDenied {
-                    pid,
-                    jvm_uid: uid,
-                    our_uid: nix::unistd::geteuid().as_raw(),
-                    detail: format!("connecting {}: {e}", socket.display()),
-                },
-                _ => AttachError::Io {
-                    pid,
-                    context: "connecting to the attach socket",
-                    source: e,
-                },
             }
+            Some(libc::EACCES) | Some(libc::EPERM) => AttachError::PermissionDenied {
+                pid,
+                jvm_uid: uid,
+                our_uid: nix::unistd::geteuid().as_raw(),
+                detail: format!("connecting {}: {e}", shown.display()),
+            },
+            _ => AttachError::Io {
+                pid,
+                context: "connecting to the attach socket",
+                source: e,
+            },
         })
     }
 
-    /// `/proc/<pid>/root/tmp/.java_pid<nspid>`: the socket in the JVM's own mount namespace.
+    /// `/proc/<pid>/root/tmp/.java_pid<nspid>`: the socket in the JVM's own mount namespace (as
+    /// shown in messages; it is never opened by this path).
     fn socket_path(&self) -> PathBuf {
-        self.jvm_tmp().join(format!(".java_pid{}", self.nspid))
+        self.jvm_tmp().join(self.socket_name())
+    }
+
+    fn socket_name(&self) -> String {
+        format!(".java_pid{}", self.nspid)
     }
 
     fn jvm_tmp(&self) -> PathBuf {
         self.proc.pid_dir(self.pid).join("root/tmp")
     }
 
-    fn socket_present(&self, socket: &Path) -> Result<bool, AttachError> {
-        match std::fs::symlink_metadata(socket) {
-            Ok(m) => Ok(m.file_type().is_socket()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                Err(self.permission_denied(format!("reading {}: {e}", socket.display())))
-            }
-            Err(e) => Err(AttachError::Io {
+    /// An `openat2` failure, as an attach error about `shown`.
+    fn resolve_error(&self, shown: &Path, e: io::Error) -> AttachError {
+        if inroot::is_unsupported(&e) {
+            return AttachError::Unsupported {
                 pid: self.pid,
-                context: "looking for the attach socket",
+                detail: inroot::UNSUPPORTED.into(),
+            };
+        }
+        match e.raw_os_error() {
+            Some(libc::ELOOP) => AttachError::UntrustedSocket {
+                path: self.socket_path(),
+                reason: format!(
+                    "{} is reached through a symlink; bpmon never follows symlinks in a JVM's root",
+                    shown.display()
+                ),
+            },
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                self.permission_denied(format!("opening {}: {e}", shown.display()))
+            }
+            _ => AttachError::Io {
+                pid: self.pid,
+                context: "resolving a path in the JVM's root",
                 source: e,
-            }),
+            },
         }
     }
 
-    /// A socket is trusted only if the JVM's user owns it and nothing on the way is a symlink
-    /// (a shared or hostile `/tmp` could otherwise point us at somebody else's socket).
-    fn check_socket(&self, socket: &Path) -> Result<(), AttachError> {
+    /// The JVM's `/tmp`, as an `O_PATH` fd: a real directory of its root, not a symlink.
+    fn open_tmp(&self) -> Result<OwnedFd, AttachError> {
+        let pid = self.pid;
+        let root_path = self.proc.pid_dir(pid).join("root");
+        let root = inroot::open_dir_path(&root_path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => AttachError::Gone { pid },
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                self.permission_denied(format!("opening {}: {e}", root_path.display()))
+            }
+            _ => AttachError::Io {
+                pid,
+                context: "opening the JVM's root",
+                source: e,
+            },
+        })?;
+        // The fd is this JVM's root only if the pid still is this JVM once it is open.
+        self.check_same_process()?;
+        let shown = self.jvm_tmp();
+        let tmp = inroot::openat2(
+            root.as_fd(),
+            Path::new("tmp"),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            inroot::STRICT,
+        )
+        .map_err(|e| self.resolve_error(&shown, e))?;
+        let st = inroot::fstat(tmp.as_fd()).map_err(|e| self.resolve_error(&shown, e))?;
+        if inroot::file_type(&st) != libc::S_IFDIR {
+            return Err(AttachError::UntrustedSocket {
+                path: self.socket_path(),
+                reason: format!(
+                    "the JVM's /tmp is {}{}, not a directory",
+                    inroot::type_name(&st),
+                    link_suffix(&tmp, &st)
+                ),
+            });
+        }
+        Ok(tmp)
+    }
+
+    /// The attach socket in `tmp`, checked: `None` when there is none yet; an error when
+    /// something else is in its place (a symlink, a file, a socket of another user).
+    fn find_socket(&self, tmp: &OwnedFd) -> Result<Option<OwnedFd>, AttachError> {
+        let name = self.socket_name();
+        let shown = self.socket_path();
+        let fd = match inroot::openat2(
+            tmp.as_fd(),
+            Path::new(&name),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            inroot::STRICT,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(self.resolve_error(&shown, e)),
+        };
+        let st = inroot::fstat(fd.as_fd()).map_err(|e| self.resolve_error(&shown, e))?;
         let untrusted = |reason: String| AttachError::UntrustedSocket {
-            path: socket.to_path_buf(),
+            path: shown.clone(),
             reason,
         };
-        let tmp = self.jvm_tmp();
-        let tmp_meta = std::fs::symlink_metadata(&tmp)
-            .map_err(|e| untrusted(format!("{}: {e}", tmp.display())))?;
-        if tmp_meta.file_type().is_symlink() {
-            return Err(untrusted("the JVM's /tmp is a symlink".into()));
-        }
-        let meta = std::fs::symlink_metadata(socket).map_err(|e| untrusted(e.to_string()))?;
-        if !meta.file_type().is_socket() {
-            return Err(untrusted("not a socket".into()));
-        }
-        if meta.uid() != self.uid {
+        if inroot::file_type(&st) != libc::S_IFSOCK {
             return Err(untrusted(format!(
-                "owned by uid {}, but the JVM runs as uid {}",
-                meta.uid(),
-                self.uid
+                "it is {}{} owned by uid {}, not the JVM's socket; bpmon never follows symlinks \
+                 in a JVM's root (remove it to let the JVM create its socket)",
+                inroot::type_name(&st),
+                link_suffix(&fd, &st),
+                st.st_uid
             )));
         }
-        Ok(())
+        if st.st_uid != self.uid {
+            return Err(untrusted(format!(
+                "owned by uid {}, but the JVM runs as uid {}",
+                st.st_uid, self.uid
+            )));
+        }
+        Ok(Some(fd))
     }
 
-    fn start_listener(&mut self, socket: &Path) -> Result<(), AttachError> {
+    /// Starts the attach listener (trigger file, SIGQUIT) and returns its checked socket.
+    fn start_listener(&mut self, tmp: &OwnedFd) -> Result<OwnedFd, AttachError> {
         let pid = self.pid;
         // Re-read now: a JVM that has not installed its handler yet would die of SIGQUIT.
         let status = self
@@ -443,47 +525,82 @@ impl Attacher {
         }
         // OpenJ9 attaches through files under /tmp/.com_ibm_tools_attach, and answers SIGQUIT
         // with a javacore file: say what it is instead of signalling it.
-        if self.jvm_tmp().join(".com_ibm_tools_attach").is_dir() && !self.has_perf_data {
+        if is_dir_at(tmp, ".com_ibm_tools_attach") && !self.has_perf_data {
             return Err(AttachError::NotHotSpot {
                 pid,
                 vm: "OpenJ9 (it publishes /tmp/.com_ibm_tools_attach)".into(),
             });
         }
-        let trigger = self.create_trigger()?;
-        let result = self.signal_and_wait(socket);
-        let _ = credentials::as_user(self.uid, self.gid, || std::fs::remove_file(&trigger));
+        let trigger = self.create_trigger(tmp)?;
+        let result = self.signal_and_wait(tmp);
+        let (uid, gid) = (self.uid, self.gid);
+        let _ = credentials::as_user(uid, gid, || {
+            inroot::unlink_at(trigger.dir.as_fd(), Path::new(&trigger.name))
+        });
         result
     }
 
-    /// Creates `.attach_pid<nspid>` as the JVM's user, in its working directory, else its `/tmp`.
-    fn create_trigger(&self) -> Result<PathBuf, AttachError> {
+    /// Creates `.attach_pid<nspid>` as the JVM's user, in its working directory, else its `/tmp`:
+    /// relative to the directory's fd, through no symlink, never truncating an existing file.
+    fn create_trigger(&self, tmp: &OwnedFd) -> Result<Trigger, AttachError> {
         let name = format!(".attach_pid{}", self.nspid);
-        let candidates = [
-            self.proc.pid_dir(self.pid).join("cwd").join(&name),
-            self.jvm_tmp().join(&name),
-        ];
+        let cwd_path = self.proc.pid_dir(self.pid).join("cwd");
         let mut last_err = None;
-        for path in candidates {
-            let created = credentials::as_user(self.uid, self.gid, || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o660)
-                    // Never follow a planted symlink.
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)?;
+        // The cwd magic link leads to the JVM's exact working directory (following that link is
+        // the point); /tmp was opened and checked already.
+        let cwd = inroot::open_dir_path(&cwd_path);
+        self.check_same_process()?;
+        let tmp_copy = tmp.try_clone().map_err(|source| AttachError::Io {
+            pid: self.pid,
+            context: "duplicating the /tmp fd",
+            source,
+        })?;
+        let candidates = [
+            (cwd, cwd_path.join(&name)),
+            (Ok(tmp_copy), self.jvm_tmp().join(&name)),
+        ];
+        for (dir, shown) in candidates {
+            let dir = match dir {
+                Ok(d) => d,
+                Err(e) => {
+                    last_err = Some((shown, e));
+                    continue;
+                }
+            };
+            let (uid, gid) = (self.uid, self.gid);
+            let created = credentials::as_user(uid, gid, || {
+                let fd = inroot::openat2(
+                    dir.as_fd(),
+                    Path::new(&name),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NOCTTY,
+                    0o660,
+                    inroot::STRICT,
+                )?;
                 // The JVM ignores a trigger owned by anyone but itself or root (some mounts remap).
-                let owner = std::fs::symlink_metadata(&path)?.uid();
-                if owner != self.uid && owner != 0 {
-                    let _ = std::fs::remove_file(&path);
-                    return Err(io::Error::other(format!("created as uid {owner}")));
+                let st = inroot::fstat(fd.as_fd())?;
+                if inroot::file_type(&st) != libc::S_IFREG || (st.st_uid != uid && st.st_uid != 0) {
+                    return Err(io::Error::other(format!(
+                        "it is {} owned by uid {}",
+                        inroot::type_name(&st),
+                        st.st_uid
+                    )));
                 }
                 Ok(())
             });
             match created {
-                Ok(()) => return Ok(path),
-                Err(e) => last_err = Some((path, e)),
+                Ok(()) => {
+                    return Ok(Trigger {
+                        dir,
+                        name: name.clone(),
+                    })
+                }
+                Err(e) if inroot::is_unsupported(&e) => {
+                    return Err(AttachError::Unsupported {
+                        pid: self.pid,
+                        detail: inroot::UNSUPPORTED.into(),
+                    })
+                }
+                Err(e) => last_err = Some((shown, e)),
             }
         }
         let (path, e) = last_err.expect("two candidates were tried");
@@ -499,7 +616,7 @@ impl Attacher {
         }
     }
 
-    fn signal_and_wait(&self, socket: &Path) -> Result<(), AttachError> {
+    fn signal_and_wait(&self, tmp: &OwnedFd) -> Result<OwnedFd, AttachError> {
         let pid = self.pid;
         self.sigquit()?;
         let start = Instant::now();
@@ -507,8 +624,8 @@ impl Attacher {
         let mut resent = false;
         let mut pause = Duration::from_millis(5);
         loop {
-            if self.socket_present(socket)? {
-                return Ok(());
+            if let Some(socket) = self.find_socket(tmp)? {
+                return Ok(socket);
             }
             self.check_same_process()?;
             let waited = start.elapsed();
@@ -553,6 +670,36 @@ impl Attacher {
             our_uid: nix::unistd::geteuid().as_raw(),
             detail,
         }
+    }
+}
+
+/// A trigger file we created: its directory (held open) and name.
+struct Trigger {
+    dir: OwnedFd,
+    name: String,
+}
+
+/// Whether `name` in `dir` is a directory (not reached through a symlink).
+fn is_dir_at(dir: &OwnedFd, name: &str) -> bool {
+    inroot::openat2(
+        dir.as_fd(),
+        Path::new(name),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        inroot::STRICT,
+    )
+    .and_then(|fd| inroot::fstat(fd.as_fd()))
+    .is_ok_and(|st| inroot::file_type(&st) == libc::S_IFDIR)
+}
+
+/// ` to <target>` for a symlink's fd, else nothing.
+fn link_suffix(fd: &OwnedFd, st: &libc::stat) -> String {
+    if inroot::file_type(st) != libc::S_IFLNK {
+        return String::new();
+    }
+    match inroot::link_target(fd.as_fd()) {
+        Ok(t) => format!(" to {}", Path::new(&t).display()),
+        Err(_) => String::new(),
     }
 }
 
@@ -636,6 +783,51 @@ mod tests {
         let t = start_ticks(&proc, std::process::id());
         assert!(t.is_some());
         assert_eq!(t, start_ticks(&proc, std::process::id()));
+    }
+
+    fn attacher_for_this_process() -> Attacher {
+        let proc = ProcFs::default();
+        let pid = std::process::id();
+        Attacher {
+            pid,
+            nspid: pid,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            start_ticks: start_ticks(&proc, pid).unwrap(),
+            proc,
+            has_perf_data: false,
+            protocol: None,
+            options: AttachOptions::default(),
+        }
+    }
+
+    #[test]
+    fn a_kernel_without_openat2_is_a_clear_permanent_error() {
+        let a = attacher_for_this_process();
+        let e = a.resolve_error(
+            Path::new("/proc/1/root/tmp"),
+            io::Error::from_raw_os_error(libc::ENOSYS),
+        );
+        assert!(matches!(e, AttachError::Unsupported { .. }), "{e}");
+        assert!(e.is_permanent());
+        assert_eq!(e.reason(), "unsupported");
+        assert!(
+            e.to_string().contains("openat2") && e.to_string().contains("jcmd"),
+            "{e}"
+        );
+        let e = a.resolve_error(
+            Path::new("/proc/1/root/tmp"),
+            io::Error::from_raw_os_error(libc::ELOOP),
+        );
+        assert!(matches!(e, AttachError::UntrustedSocket { .. }), "{e}");
+    }
+
+    #[test]
+    fn this_process_tmp_is_opened_and_checked() {
+        // Our own root's /tmp is a real directory; no socket of ours is in it.
+        let a = attacher_for_this_process();
+        let tmp = a.open_tmp().unwrap();
+        assert!(a.find_socket(&tmp).unwrap().is_none());
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! `agent.toml`: the agent's settings. Every key is optional; command-line flags override it.
 //! `packaging/agent.toml` is the documented example.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bpmon_proto::SamplingSettings;
 use bpmon_stacks::classify::ClassifyConfig;
+use bpmon_telemetry::check::{self, Finding, KeyPath, Problem};
+use bpmon_telemetry::logging::{self, LogFormat};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -31,6 +34,12 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Log verbosity (tracing directives); `RUST_LOG` overrides it.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// `auto` (journald under systemd, else human), `human`, `json` or `journald`.
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default)]
     pub sampling: SamplingConfig,
     #[serde(default)]
@@ -54,6 +63,10 @@ pub struct CollectorConfig {
     /// Time limit of one request to the collector (a report batch, the plan).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// File holding the bearer token sent to the collector (not world-readable).
+    pub token_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for an `https://` collector, besides the public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for CollectorConfig {
@@ -61,6 +74,8 @@ impl Default for CollectorConfig {
         CollectorConfig {
             url: None,
             request_timeout: Duration::from_secs(10),
+            token_file: None,
+            ca_file: None,
         }
     }
 }
@@ -82,6 +97,8 @@ pub struct DaemonSection {
     /// How often the per-job sampling plan is fetched from the collector.
     #[serde(with = "humantime_serde")]
     pub plan_refresh_interval: Duration,
+    /// Where `GET /metrics` (Prometheus) listens; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for DaemonSection {
@@ -93,6 +110,7 @@ impl Default for DaemonSection {
             spool_max_bytes: 256 << 20,
             discovery_interval: Duration::from_secs(10),
             plan_refresh_interval: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
@@ -183,6 +201,120 @@ impl AgentConfig {
     pub fn parse(text: &str) -> Result<AgentConfig, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// Every problem of a config file's text (`check-config`), each with its key and line.
+    pub fn check(text: &str) -> Vec<Problem> {
+        check::check::<AgentConfig>(text, AgentConfig::problems)
+    }
+
+    /// What is wrong with settings that parsed: values no run can use.
+    pub fn problems(&self) -> Vec<Finding> {
+        let mut window_problem = None;
+        let mut out = Vec::new();
+        let mut bad =
+            |keys: &[&str], message: String| out.push(Finding::new(KeyPath::new(keys), message));
+        if let Some(level) = &self.log_level {
+            if let Err(e) = logging::check_level(level) {
+                bad(&["log_level"], e);
+            }
+        }
+        if let Err(e) = self.sampling.settings() {
+            let key = if self.sampling.samples == 0 {
+                "samples"
+            } else {
+                "interval"
+            };
+            // Reported by itself: the closure above only takes one key.
+            let sampling: &[&[&str]] = &[
+                &["sampling", "samples"],
+                &["sampling", "delay"],
+                &["sampling", "interval"],
+            ];
+            window_problem =
+                Some(Finding::new(KeyPath::new(&["sampling", key]), e).using(sampling));
+        }
+        if !self.sampling.delay.subsec_nanos().is_multiple_of(1_000_000) {
+            bad(
+                &["sampling", "delay"],
+                "must be a whole number of milliseconds".into(),
+            );
+        }
+        for (key, d) in [
+            ("listener_timeout", self.attach.listener_timeout),
+            ("io_timeout", self.attach.io_timeout),
+        ] {
+            if d.is_zero() {
+                bad(&["attach", key], "must be above zero".into());
+            }
+        }
+        if let Some(url) = &self.collector.url {
+            if let Err(e) = check_http_url(url) {
+                bad(&["collector", "url"], e);
+            }
+        }
+        if let Some(path) = &self.collector.token_file {
+            if let Err(e) = crate::access::Token::from_file(path) {
+                bad(&["collector", "token_file"], e.to_string());
+            }
+        }
+        if let Some(path) = &self.collector.ca_file {
+            let access = crate::access::CollectorAccess {
+                token: None,
+                ca_file: Some(path.clone()),
+            };
+            if let Err(e) = crate::access::client(Duration::from_secs(1), &access) {
+                bad(&["collector", "ca_file"], e.to_string());
+            }
+        }
+        if self.collector.request_timeout.is_zero() {
+            bad(
+                &["collector", "request_timeout"],
+                "must be above zero".into(),
+            );
+        }
+        if self
+            .daemon
+            .agent_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            bad(&["daemon", "agent_id"], "must not be empty".into());
+        }
+        for (key, d) in [
+            ("discovery_interval", self.daemon.discovery_interval),
+            ("plan_refresh_interval", self.daemon.plan_refresh_interval),
+        ] {
+            if d.is_zero() {
+                bad(&["daemon", key], "must be above zero".into());
+            }
+        }
+        if self.daemon.spool_max_batches == 0 {
+            bad(
+                &["daemon", "spool_max_batches"],
+                "must be at least 1".into(),
+            );
+        }
+        if self.daemon.spool_max_bytes == 0 {
+            bad(&["daemon", "spool_max_bytes"], "must be at least 1".into());
+        }
+        out.extend(window_problem);
+        out
+    }
+}
+
+/// Why `url` cannot be a collector's base URL, if it cannot.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "invalid URL {url:?}: the scheme must be http or https, not {}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("invalid URL {url:?}: no host"));
+    }
+    Ok(())
 }
 
 /// Durations written the human way (`50ms`, `10s`) in TOML.
@@ -193,7 +325,8 @@ mod humantime_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
     }
 }
 
@@ -218,6 +351,25 @@ mod tests {
         assert_eq!(c.daemon.discovery_interval, Duration::from_secs(10));
         assert_eq!(c.daemon.plan_refresh_interval, Duration::from_secs(10));
         assert_eq!(c.collector.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.collector.token_file, None);
+        assert_eq!(c.collector.ca_file, None);
+    }
+
+    #[test]
+    fn collector_security_keys_parse() {
+        let c = AgentConfig::parse(
+            "[collector]\nurl = \"https://c:7070\"\ntoken_file = \"/etc/bpmon/agent.token\"\n\
+             ca_file = \"/etc/bpmon/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.collector.token_file.as_deref(),
+            Some(Path::new("/etc/bpmon/agent.token"))
+        );
+        assert_eq!(
+            c.collector.ca_file.as_deref(),
+            Some(Path::new("/etc/bpmon/ca.pem"))
+        );
     }
 
     #[test]
@@ -243,6 +395,56 @@ mod tests {
         let c = AgentConfig::parse("[sampling]\ninterval = \"1s\"\n").unwrap();
         assert!(c.sampling.settings().unwrap_err().contains("interval"));
         assert!(AgentConfig::parse("[daemon]\nspool = \"/x\"\n").is_err());
+    }
+
+    #[test]
+    fn the_example_config_passes_check_config() {
+        let text = include_str!("../../packaging/agent.toml");
+        assert_eq!(AgentConfig::check(text), vec![]);
+        let c = AgentConfig::parse(text).unwrap();
+        assert_eq!(c.log_format, LogFormat::Auto);
+        assert_eq!(c.log_level, None);
+        assert_eq!(c.daemon.metrics_listen, None);
+    }
+
+    #[test]
+    fn logging_and_metrics_keys_parse() {
+        let c = AgentConfig::parse(
+            "log_level = \"debug\"\nlog_format = \"json\"\n\
+             [daemon]\nmetrics_listen = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.log_level.as_deref(), Some("debug"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn check_finds_every_problem_with_its_line() {
+        let p = AgentConfig::check(
+            "[sampling]\nsamples = 100\ndelay = \"5 parsecs\"\n\
+             [collector]\nurl = \"http://\"\n\
+             [daemon]\nspool_max_batches = 0\nagent_id = \" \"\n",
+        );
+        let got: Vec<String> = p.iter().map(|p| p.render("agent.toml")).collect();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(
+            got[0].starts_with("agent.toml:3: [sampling] delay: invalid duration \"5 parsecs\""),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("agent.toml:5: [collector] url: invalid URL \"http://\""),
+            "{got:#?}"
+        );
+        assert_eq!(
+            got[2],
+            "agent.toml:7: [daemon] spool_max_batches: must be at least 1"
+        );
+        assert_eq!(got[3], "agent.toml:8: [daemon] agent_id: must not be empty");
     }
 
     #[test]

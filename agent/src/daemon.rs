@@ -16,6 +16,9 @@
 //! - On shutdown, workers end their windows early ("agent stopped after N of M samples"), the
 //!   batcher spools them, and the shipper tries to send what is spooled for a short grace period;
 //!   the rest waits in the spool for the next start.
+//! - Under systemd (`Type=notify`, [`bpmon_telemetry::systemd`]) it says READY once these loops
+//!   run and STOPPING when shutdown begins; with `WatchdogSec=` it pings the watchdog while the
+//!   supervisor's loop keeps coming round.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -29,12 +32,15 @@ use bpmon_proto::{
     SCHEMA_VERSION,
 };
 use bpmon_stacks::classify::Classifier;
+use bpmon_telemetry::systemd::{self, Heartbeat};
 use thiserror::Error;
 use tokio::sync::{mpsc as tmpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
+use crate::access::{self, AccessError, CollectorAccess};
 use crate::attach::{AttachError, AttachOptions};
 use crate::discovery::{JvmProcess, ProcFs};
+use crate::metrics::AgentMetrics;
 use crate::sampler::{
     now_ms, take_dump, Backend, BackendKind, DumpError, DumpThread, Progress, Window,
 };
@@ -53,6 +59,8 @@ pub enum DaemonError {
     Settings(String),
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("the {0} task failed: {1}")]
     Task(&'static str, String),
 }
@@ -94,6 +102,8 @@ impl std::fmt::Debug for JvmSelect {
 pub struct DaemonConfig {
     /// Base URL of the collector.
     pub collector_url: String,
+    /// The token sent to the collector and the CA trusted for it.
+    pub access: CollectorAccess,
     pub agent_id: String,
     /// Host name and addresses, sent with every batch and plan request.
     pub host_names: Vec<String>,
@@ -115,6 +125,8 @@ pub struct DaemonConfig {
     pub ship_backoff: Backoff,
     /// How long shutdown may take: ending windows, spooling them, shipping.
     pub shutdown_grace: Duration,
+    /// What the daemon counts (`GET /metrics` serves it when a listener is configured).
+    pub metrics: Arc<AgentMetrics>,
 }
 
 impl DaemonConfig {
@@ -122,6 +134,7 @@ impl DaemonConfig {
     pub fn new(collector_url: impl Into<String>, agent_id: impl Into<String>) -> DaemonConfig {
         DaemonConfig {
             collector_url: collector_url.into(),
+            access: CollectorAccess::default(),
             agent_id: agent_id.into(),
             host_names: Vec::new(),
             spool_dir: PathBuf::from("/var/lib/bpmon-agent/spool"),
@@ -141,6 +154,7 @@ impl DaemonConfig {
             select: JvmSelect::All,
             ship_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(5),
+            metrics: Arc::new(AgentMetrics::new()),
         }
     }
 }
@@ -206,6 +220,7 @@ pub async fn run(
         .map_err(DaemonError::Settings)?;
     let spool = Spool::open(&config.spool_dir, config.spool_limits)?;
     let spooled = spool.entries()?;
+    config.metrics.observe_spool(&spooled, spool.dropped());
     let floor = spooled.last().map(|e| e.0).unwrap_or(0);
     let seq = SeqCounter::open(&config.spool_dir, floor)?;
     if !spooled.is_empty() {
@@ -214,18 +229,16 @@ pub async fn run(
             "report batches from an earlier run are in the spool; sending them first"
         );
     }
-    let shipper = Shipper::new(
+    let shipper = Shipper::with_access(
         &config.collector_url,
         spool,
         config.spool_dir.clone(),
         config.request_timeout,
         config.ship_backoff.clone(),
+        config.access.clone(),
     )?;
     let queue = shipper.queue();
-    let client = reqwest::Client::builder()
-        .timeout(config.request_timeout)
-        .build()
-        .map_err(DaemonError::Client)?;
+    let client = access::client(config.request_timeout, &config.access)?;
     tracing::info!(
         collector = %config.collector_url,
         agent_id = %config.agent_id,
@@ -247,18 +260,38 @@ pub async fn run(
         BatchIds {
             agent_id: config.agent_id.clone(),
             host_names: config.host_names.clone(),
+            metrics: config.metrics.clone(),
         },
         notify.clone(),
     ));
-    let shipping = tokio::spawn(ship_loop(shipper, notify.clone(), drain_rx));
+    let shipping = tokio::spawn(ship_loop(
+        shipper,
+        notify.clone(),
+        drain_rx,
+        config.metrics.clone(),
+    ));
     let grace = config.shutdown_grace;
-    let mut supervisor = tokio::spawn(Supervisor::new(config, client, report_tx).run(stop_rx));
+    let ready_status = format!(
+        "sampling TaskManager JVMs, shipping to {}",
+        config.collector_url
+    );
+    let supervisor_task = Supervisor::new(config, client, report_tx);
+    let heartbeat = Arc::clone(&supervisor_task.heartbeat);
+    let mut supervisor = tokio::spawn(supervisor_task.run(stop_rx));
+    // Under systemd (Type=notify): ready once the loops run; the watchdog pings only while the
+    // supervisor's loop keeps coming round (a discovery pass or plan request that hangs for
+    // half the watchdog interval stops the pings, and systemd restarts the agent).
+    let watchdog = systemd::spawn_watchdog(|interval| {
+        heartbeat.probe("the agent's supervisor loop", interval / 2)
+    });
+    systemd::ready(&ready_status);
 
     let early_end = tokio::select! {
         _ = shutdown => None,
         r = &mut supervisor => Some(r),
     };
     let deadline = Instant::now() + grace;
+    systemd::stopping("stopping: ending the windows in progress, spooling and shipping them");
     let _ = stop_tx.send(true);
     let abandoned = match early_end {
         Some(r) => {
@@ -282,6 +315,9 @@ pub async fn run(
     let shipped = shipping
         .await
         .map_err(|e| DaemonError::Task("shipper", e.to_string()))?;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let left_in_spool = queue.lock().entries().map(|e| e.len()).unwrap_or(0);
     if left_in_spool > 0 {
         tracing::info!(
@@ -300,6 +336,7 @@ pub async fn run(
 struct BatchIds {
     agent_id: String,
     host_names: Vec<String>,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// Turns finished reports into batches and spools each at once. Ends when every sender is gone,
@@ -383,7 +420,15 @@ fn spool_batch(
         reports,
     };
     queue.enqueue(&batch)?;
+    observe_spool(&ids.metrics, &queue.lock());
     Ok(n)
+}
+
+/// The spool's size and drops, for the metrics.
+fn observe_spool(metrics: &AgentMetrics, spool: &Spool) {
+    if let Ok(entries) = spool.entries() {
+        metrics.observe_spool(&entries, spool.dropped());
+    }
 }
 
 /// Sends the spool, oldest first, until told to drain; then ships until the spool is empty, the
@@ -392,6 +437,7 @@ async fn ship_loop(
     mut shipper: Shipper,
     notify: Arc<Notify>,
     mut drain: oneshot::Receiver<Instant>,
+    metrics: Arc<AgentMetrics>,
 ) -> u64 {
     let mut down = false;
     let mut shipped = 0u64;
@@ -405,6 +451,8 @@ async fn ship_loop(
             Ok(ShipOutcome::Empty) => None,
             Ok(ShipOutcome::Sent { seq, duplicate }) => {
                 shipped += 1;
+                metrics.batch_sent();
+                observe_spool(&metrics, &shipper.spool());
                 if down {
                     down = false;
                     let pending = shipper.spool().entries().map(|e| e.len()).unwrap_or(0);
@@ -417,14 +465,24 @@ async fn ship_loop(
                 tracing::debug!(seq, duplicate, "report batch delivered");
                 continue;
             }
-            Ok(ShipOutcome::Rejected { .. }) => continue,
+            Ok(ShipOutcome::Rejected { .. }) => {
+                metrics.batch_rejected();
+                observe_spool(&metrics, &shipper.spool());
+                continue;
+            }
             Ok(ShipOutcome::Retry { seq, after, reason }) => {
+                metrics.batch_failed();
                 if !down {
                     down = true;
                     let pending = shipper.spool().entries().map(|e| e.len()).unwrap_or(0);
                     tracing::warn!(seq, pending, %reason,
                         "collector unreachable; report batches wait in the spool and are retried with backoff");
                 }
+                Some(after)
+            }
+            // The shipper logged the cause; the batches wait in the spool.
+            Ok(ShipOutcome::Unauthorized { after, .. }) => {
+                metrics.batch_failed();
                 Some(after)
             }
             Err(e) => {
@@ -451,11 +509,23 @@ async fn ship_loop(
     // Grace period: ship what is there, but never wait on a collector that is down.
     loop {
         match tokio::time::timeout_at(deadline, shipper.ship_one()).await {
-            Ok(Ok(ShipOutcome::Sent { .. })) => shipped += 1,
-            Ok(Ok(ShipOutcome::Rejected { .. })) => {}
+            Ok(Ok(ShipOutcome::Sent { .. })) => {
+                shipped += 1;
+                metrics.batch_sent();
+                observe_spool(&metrics, &shipper.spool());
+            }
+            Ok(Ok(ShipOutcome::Rejected { .. })) => {
+                metrics.batch_rejected();
+                observe_spool(&metrics, &shipper.spool());
+            }
             Ok(Ok(ShipOutcome::Empty)) => break,
             Ok(Ok(ShipOutcome::Retry { reason, .. })) => {
+                metrics.batch_failed();
                 tracing::warn!(%reason, "collector unreachable at shutdown");
+                break;
+            }
+            Ok(Ok(ShipOutcome::Unauthorized { .. })) => {
+                metrics.batch_failed();
                 break;
             }
             Ok(Err(e)) => {
@@ -528,6 +598,9 @@ const STARTUP_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait before trying a failing JVM again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(600);
 
+/// How often the supervisor's loop beats when nothing else wakes it (for the watchdog).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
 struct Supervisor {
     config: DaemonConfig,
     client: reqwest::Client,
@@ -540,6 +613,8 @@ struct Supervisor {
     retry: HashMap<u32, RetryAt>,
     /// New JVMs waiting for their SIGQUIT handler: when each was first seen.
     starting: HashMap<u32, Instant>,
+    /// Beats each time the loop comes round: the systemd watchdog's proof of life.
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Supervisor {
@@ -560,6 +635,7 @@ impl Supervisor {
             workers: HashMap::new(),
             retry: HashMap::new(),
             starting: HashMap::new(),
+            heartbeat: Arc::new(Heartbeat::new()),
         }
     }
 
@@ -571,9 +647,13 @@ impl Supervisor {
         let every = self.config.plan_refresh_interval;
         let mut plan_tick = tokio::time::interval_at(Instant::now() + every, every);
         plan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.heartbeat.beat();
             tokio::select! {
                 _ = stopped(&mut stop) => break,
+                _ = beat.tick() => {}
                 _ = discovery.tick() => {
                     let refreshed = tokio::select! {
                         _ = stopped(&mut stop) => break,
@@ -664,6 +744,7 @@ impl Supervisor {
             }
             self.spawn_worker(jvm);
         }
+        self.config.metrics.set_jvms(self.workers.len());
         refreshed
     }
 
@@ -735,6 +816,7 @@ impl Supervisor {
             default: sent.1,
             reports: self.reports.clone(),
             control: control_rx,
+            metrics: self.config.metrics.clone(),
         };
         match std::thread::Builder::new()
             .name(format!("bpmon-sample-{pid}"))
@@ -834,8 +916,13 @@ impl Supervisor {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
+            let hint = if access::is_auth_refusal(status) {
+                format!(": {}", access::auth_refusal_hint(&self.config.access))
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "POST {}: HTTP {status}: {}",
+                "POST {}: HTTP {status}: {}{hint}",
                 self.plan_url,
                 text.trim()
             ));
@@ -872,6 +959,9 @@ impl Supervisor {
 
 /// A request error in a few words: reqwest's own message leaves out the cause.
 fn describe(e: &reqwest::Error) -> String {
+    if let Some(tls) = access::tls_failure(e) {
+        return tls;
+    }
     if e.is_connect() {
         return "cannot connect (collector down?)".into();
     }
@@ -929,6 +1019,7 @@ struct Worker {
     default: SamplingSettings,
     reports: tmpsc::UnboundedSender<SampleReport>,
     control: mpsc::Receiver<Control>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Worker {
@@ -937,6 +1028,7 @@ impl Worker {
         let mut backend = match Backend::open(self.backend, &self.jvm, &self.proc, self.attach) {
             Ok(b) => b,
             Err(e) => {
+                self.metrics.dump_failed(e.reason());
                 let end = ended_by(&e, 0);
                 if !matches!(end, WorkerEnd::Gone) {
                     // Say it in the data too: the collector shows why this JVM has no samples.
@@ -1033,6 +1125,10 @@ impl Worker {
                 );
             }
             let dump = take_dump(&self.jvm, &mut backend, &self.classifier);
+            match &dump.result {
+                Ok(_) => self.metrics.dump_taken(dump.took + dump.parse),
+                Err(e) => self.metrics.dump_failed(e.reason()),
+            }
             // Each task thread's settings, once per dump.
             let thread_settings: HashMap<ThreadKey, SamplingSettings> = match &dump.result {
                 Ok(d) => d

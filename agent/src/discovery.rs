@@ -377,12 +377,11 @@ impl ProcFs {
     fn java_version_from_home(&self, pid: u32) -> Option<String> {
         let exe = std::fs::read_link(self.pid_dir(pid).join("exe")).ok()?;
         let home = exe.parent()?.parent()?;
-        let release = self
-            .pid_dir(pid)
-            .join("root")
-            .join(home.strip_prefix("/").unwrap_or(home))
-            .join("release");
-        java_version_from_release(&std::fs::read_to_string(release).ok()?)
+        // Resolved inside the JVM's root: its symlinks cannot point the agent at a host file.
+        let release =
+            crate::inroot::read_in_root(&self.pid_dir(pid).join("root"), &home.join("release"))
+                .ok()?;
+        java_version_from_release(&String::from_utf8_lossy(&release))
     }
 }
 

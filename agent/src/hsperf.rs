@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::inroot;
+
 #[derive(Debug, Error)]
 pub enum PerfDataError {
     #[error("cannot read perf data {path}: {source}")]
@@ -41,8 +43,10 @@ const ENTRY_HEADER_LEN: usize = 20;
 
 impl PerfData {
     /// Reads and parses a perf-data file.
+    /// A path under `/proc/PID/root/` is resolved inside that root ([`inroot::read_under_proc`]):
+    /// a symlink in the JVM's `/tmp` cannot make the agent read a file of the host.
     pub fn read(path: &Path) -> Result<PerfData, PerfDataError> {
-        let bytes = std::fs::read(path).map_err(|source| PerfDataError::Io {
+        let bytes = inroot::read_under_proc(path).map_err(|source| PerfDataError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -186,14 +190,16 @@ impl SafepointCounters {
 
 /// Where a JVM's perf data lives, seen from the host: `/proc/<pid>/root/tmp/hsperfdata_*/<nspid>`.
 /// The directory is named after the user *inside* the JVM's mount namespace, so it is searched.
+/// Everything is resolved inside the JVM's root: its `/tmp` and what is in it may be symlinks only
+/// as far as they stay inside.
 pub fn find_perf_file(proc_root: &Path, pid: u32, nspid: u32) -> Option<PathBuf> {
-    let tmp = proc_root.join(pid.to_string()).join("root/tmp");
-    let dirs = std::fs::read_dir(&tmp).ok()?;
-    for dir in dirs.flatten() {
-        if dir.file_name().to_string_lossy().starts_with("hsperfdata_") {
-            let file = dir.path().join(nspid.to_string());
-            if file.is_file() {
-                return Some(file);
+    let root = proc_root.join(pid.to_string()).join("root");
+    let names = inroot::list_dir_in_root(&root, Path::new("tmp")).ok()?;
+    for name in names {
+        if name.to_string_lossy().starts_with("hsperfdata_") {
+            let rel = Path::new("tmp").join(&name).join(nspid.to_string());
+            if inroot::is_file_in_root(&root, &rel) {
+                return Some(root.join(rel));
             }
         }
     }

@@ -7,6 +7,7 @@
 //! `bpmon-agent run` is the [`daemon`]: discovery, per-job windows ([`schedule`]), the spool
 //! ([`spool`], [`seq`]) and the [`shipper`].
 
+pub mod access;
 pub mod attach;
 pub mod config;
 pub mod credentials;
@@ -14,7 +15,9 @@ pub mod daemon;
 pub mod discovery;
 pub mod host;
 pub mod hsperf;
+pub mod inroot;
 pub mod jcmd;
+pub mod metrics;
 pub mod render;
 pub mod sampler;
 pub mod schedule;

@@ -15,6 +15,7 @@ use bpmon_agent::render;
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
 use bpmon_agent::spool::SpoolLimits;
 use bpmon_stacks::classify::Classifier;
+use bpmon_telemetry::logging::{self, LogFormat, LogSettings};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -27,6 +28,10 @@ struct Cli {
     /// Agent configuration file (TOML); see packaging/agent.toml.
     #[arg(long, global = true, env = "BPMON_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format: auto (journald under systemd, else human), human, json or journald
+    /// [default: auto; config: log_format].
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,10 +74,25 @@ enum Command {
         #[arg(long)]
         pid: u32,
     },
+    /// Check the configuration file (--config or BPMON_AGENT_CONFIG): print every problem with
+    /// its line, or "ok"; exit 1 if there is one.
+    CheckConfig,
     /// Run the agent daemon: sample every TaskManager JVM on this host, window after window, with
     /// the collector's per-job settings, and ship the reports to the collector through an
     /// on-disk spool. Stops on SIGTERM/SIGINT, spooling the windows in progress.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    GenerateCompletions {
+        #[arg(value_enum)]
+        shell: bpmon_telemetry::docs::Shell,
+    },
+    /// Write the man pages into a directory (for packaging).
+    #[command(hide = true)]
+    GenerateMan {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Flags of `run`; each overrides the config file's key of the same name.
@@ -81,6 +101,13 @@ struct RunArgs {
     /// Collector base URL, e.g. http://collector:7070 [config: collector.url; required].
     #[arg(long, value_name = "URL")]
     collector: Option<String>,
+    /// File holding the bearer token for the collector; must not be world-readable
+    /// [config: collector.token_file].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for an https:// collector [config: collector.ca_file].
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Time limit of one request to the collector [default: 10s; config: collector.request_timeout].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     request_timeout: Option<Duration>,
@@ -108,24 +135,75 @@ struct RunArgs {
     /// Sample only the TaskManager JVM with this host pid (repeatable) [default: every one].
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 [default: off;
+    /// config: daemon.metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon says what it does (collector down and back, JVMs found); one-shot commands
     // speak only of problems.
-    let default_filter = match cli.command {
+    let default_level = match cli.command {
         Command::Run(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .init();
-    match run(cli) {
+    match &cli.command {
+        Command::GenerateCompletions { shell } => {
+            use clap::CommandFactory;
+            let mut out = std::io::stdout().lock();
+            return match bpmon_telemetry::docs::completions(Cli::command(), *shell, &mut out) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("bpmon-agent: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            };
+        }
+        Command::GenerateMan { out } => {
+            use clap::CommandFactory;
+            return match bpmon_telemetry::docs::man_pages(Cli::command(), out) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "bpmon-agent: cannot write man pages to {}: {e}",
+                        out.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
+    if let Command::CheckConfig = cli.command {
+        let Some(path) = &cli.config else {
+            eprintln!("bpmon-agent: no configuration file to check: pass --config FILE or set BPMON_AGENT_CONFIG");
+            return ExitCode::FAILURE;
+        };
+        return match bpmon_telemetry::check::run(path, AgentConfig::check) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        };
+    }
+    let config = match &cli.config {
+        Some(path) => AgentConfig::load(path),
+        None => Ok(AgentConfig::default()),
+    };
+    let (format, level) = match &config {
+        Ok(c) => (c.log_format, c.log_level.as_deref()),
+        Err(_) => (LogFormat::Auto, None),
+    };
+    logging::init(&LogSettings {
+        name: "bpmon-agent",
+        format: cli.log_format.unwrap_or(format),
+        level,
+        default_level,
+    });
+    let result = config
+        .map_err(anyhow::Error::from)
+        .and_then(|config| run(cli, config));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bpmon-agent: {e:#}");
@@ -134,11 +212,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    let config = match &cli.config {
-        Some(path) => AgentConfig::load(path)?,
-        None => AgentConfig::default(),
-    };
+fn run(cli: Cli, config: AgentConfig) -> Result<ExitCode> {
     let proc = ProcFs::default();
     let mut stdout = std::io::stdout().lock();
     match cli.command {
@@ -197,7 +271,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             drop(stdout);
-            run_daemon(args, config, proc)
+            run_daemon(*args, config, proc)
+        }
+        Command::CheckConfig => unreachable!("check-config is handled before"),
+        Command::GenerateCompletions { .. } | Command::GenerateMan { .. } => {
+            unreachable!("generate-* are handled before")
         }
     }
 }
@@ -229,7 +307,15 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
     if discovery_interval.is_zero() || plan_refresh_interval.is_zero() {
         bail!("discovery and plan refresh intervals must be above zero");
     }
+    let token = match args.token_file.or(config.collector.token_file) {
+        Some(path) => Some(bpmon_agent::access::Token::from_file(&path)?),
+        None => None,
+    };
     let mut d = DaemonConfig::new(url, agent_id);
+    d.access = bpmon_agent::access::CollectorAccess {
+        token,
+        ca_file: args.ca_file.or(config.collector.ca_file),
+    };
     d.host_names = host_names;
     d.spool_dir = args.spool_dir.unwrap_or(config.daemon.spool_dir);
     d.spool_limits = SpoolLimits {
@@ -258,7 +344,9 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
 }
 
 fn run_daemon(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<ExitCode> {
+    let metrics_listen = args.metrics_listen.or(config.daemon.metrics_listen);
     let d = daemon_config(args, config, proc)?;
+    let registry = d.metrics.registry();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -268,6 +356,18 @@ fn run_daemon(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<ExitCo
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        if let Some(addr) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            let local = listener.local_addr()?;
+            tracing::info!(listen = %local, "serving Prometheus metrics at /metrics");
+            tokio::spawn(async move {
+                if let Err(e) = bpmon_telemetry::metrics::serve(listener, registry).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
         let shutdown = async move {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",

@@ -49,6 +49,17 @@ pub enum DumpError {
 }
 
 impl DumpError {
+    /// A short label for logs and metrics: [`AttachError::reason`], or the jcmd backend's.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DumpError::Attach(e) => e.reason(),
+            DumpError::Jcmd(JcmdError::NotFound { .. }) => "jcmd_not_found",
+            DumpError::Jcmd(JcmdError::Spawn { .. }) => "jcmd_spawn",
+            DumpError::Jcmd(JcmdError::Failed { .. }) => "jcmd_failed",
+            DumpError::Jcmd(JcmdError::Timeout { .. }) => "timeout",
+        }
+    }
+
     pub fn is_permanent(&self) -> bool {
         match self {
             DumpError::Attach(e) => e.is_permanent(),

@@ -1,7 +1,9 @@
 //! Shipping report batches to the collector through the spool: every batch is written to disk
 //! first, sent oldest first, and removed only once the collector acknowledged it. A collector that
 //! is down or failing gets retries with exponential backoff; a batch it refuses as invalid (a 4xx)
-//! is moved aside to `rejected/` and logged, never silently lost.
+//! is moved aside to `rejected/` and logged, never silently lost. A 401 or 403 refuses the agent's
+//! credentials, not the batch: the batch stays in the spool, the cause is logged as an error and
+//! the shipper backs off until the token is fixed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use bpmon_proto::ReportBatch;
 use thiserror::Error;
 
+use crate::access::{self, AccessError, CollectorAccess};
 use crate::spool::{Spool, SpoolError};
 
 #[derive(Debug, Error)]
@@ -25,6 +28,8 @@ pub enum ShipError {
     },
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Access(#[from] AccessError),
 }
 
 /// What one attempt did.
@@ -38,6 +43,13 @@ pub enum ShipOutcome {
     Rejected { seq: u64, reason: String },
     /// Try again after `after`.
     Retry {
+        seq: u64,
+        after: Duration,
+        reason: String,
+    },
+    /// The collector refused the agent's token (401/403): the batch stays in the spool; try again
+    /// after `after` (the token file may be fixed meanwhile).
+    Unauthorized {
         seq: u64,
         after: Duration,
         reason: String,
@@ -108,6 +120,9 @@ impl SpoolQueue {
 
 pub struct Shipper {
     client: reqwest::Client,
+    access: CollectorAccess,
+    /// Whether the last attempt was refused for its credentials (logged once until it is not).
+    refused: bool,
     reports_url: String,
     queue: SpoolQueue,
     rejected_dir: PathBuf,
@@ -122,12 +137,30 @@ impl Shipper {
         timeout: Duration,
         backoff: Backoff,
     ) -> Result<Shipper, ShipError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(ShipError::Client)?;
+        Shipper::with_access(
+            collector_url,
+            spool,
+            spool_dir,
+            timeout,
+            backoff,
+            CollectorAccess::default(),
+        )
+    }
+
+    /// [`Shipper::new`] sending `access`'s token and trusting its CA.
+    pub fn with_access(
+        collector_url: &str,
+        spool: Spool,
+        spool_dir: PathBuf,
+        timeout: Duration,
+        backoff: Backoff,
+        access: CollectorAccess,
+    ) -> Result<Shipper, ShipError> {
+        let client = access::client(timeout, &access)?;
         Ok(Shipper {
             client,
+            access,
+            refused: false,
             reports_url: format!("{}/api/v1/reports", collector_url.trim_end_matches('/')),
             queue: SpoolQueue {
                 spool: Arc::new(Mutex::new(spool)),
@@ -176,7 +209,9 @@ impl Shipper {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let reason = if e.is_timeout() {
+                let reason = if let Some(tls) = access::tls_failure(&e) {
+                    format!("POST {}: {tls}", self.reports_url)
+                } else if e.is_timeout() {
                     format!("POST {}: timed out", self.reports_url)
                 } else if e.is_connect() {
                     format!(
@@ -184,13 +219,33 @@ impl Shipper {
                         self.reports_url
                     )
                 } else {
-                    format!("POST {}: {e}", self.reports_url)
+                    format!("POST {}: {}", self.reports_url, access::error_chain(&e))
                 };
                 return retry(self, reason);
             }
         };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
+        if access::is_auth_refusal(status) {
+            let after = self.backoff.fail();
+            let reason = format!(
+                "POST {}: HTTP {status}: {}: {}",
+                self.reports_url,
+                text.trim(),
+                access::auth_refusal_hint(&self.access)
+            );
+            if !self.refused {
+                self.refused = true;
+                let pending = self.queue.lock().entries().map(|e| e.len()).unwrap_or(0);
+                tracing::error!(seq, pending, %reason,
+                    "the collector refuses the agent's credentials; report batches stay in the spool until it accepts them");
+            }
+            return Ok(ShipOutcome::Unauthorized { seq, after, reason });
+        }
+        if self.refused {
+            self.refused = false;
+            tracing::info!(seq, "the collector accepts the agent's credentials again");
+        }
         if status.is_success() {
             self.backoff.reset();
             self.queue.lock().remove(seq)?;

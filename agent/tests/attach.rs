@@ -584,3 +584,103 @@ fn an_openj9_jvm_is_recognised_and_left_alone() {
     assert!(err.to_string().contains("OpenJ9"), "{err}");
     assert!(alive);
 }
+
+/// The JVM's `/tmp/.java_pid<pid>` replaced by a symlink to another socket (one of the same user,
+/// listening): the agent names the symlink and its target, and never connects to either.
+#[test]
+fn a_symlink_in_place_of_the_attach_socket_is_refused_and_never_connected() {
+    let jvm = Jvm::start(&jdk17(), &[], None);
+    let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
+    dump_text(&mut a);
+    let socket = PathBuf::from(format!("/tmp/.java_pid{}", jvm.pid()));
+    let moved = PathBuf::from(format!("/tmp/.java_pid{}.moved", jvm.pid()));
+    let decoy_path = PathBuf::from(format!("/tmp/bpmon-decoy-{}.sock", jvm.pid()));
+    let _ = std::fs::remove_file(&decoy_path);
+    let decoy = std::os::unix::net::UnixListener::bind(&decoy_path).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    std::fs::rename(&socket, &moved).unwrap();
+    std::os::unix::fs::symlink(&decoy_path, &socket).unwrap();
+
+    let err = a.thread_dump().unwrap_err();
+    let accepted = decoy.accept();
+    // Put things back before asserting, so the JVM is left as it was.
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::rename(&moved, &socket).unwrap();
+    let _ = std::fs::remove_file(&decoy_path);
+
+    assert!(matches!(err, AttachError::UntrustedSocket { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("/root/tmp/.java_pid{}", jvm.pid()))
+            && text.contains(&format!("a symlink to {}", decoy_path.display())),
+        "{text}"
+    );
+    assert!(err.is_permanent());
+    assert_eq!(
+        accepted.map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the agent connected to the decoy"
+    );
+    // With the real socket back, attaching works again.
+    assert!(dump_text(&mut a).contains("Source: numbers -> explode"));
+}
+
+/// A JVM whose root's `/tmp` is a symlink (`/tmp -> /var/realtmp`, absolute: through
+/// `/proc/PID/root/tmp` a plain open would land in the *host's* /var/realtmp). The agent refuses
+/// before it signals the JVM or creates anything.
+#[test]
+fn a_jvm_whose_tmp_is_a_symlink_is_refused_before_any_signal() {
+    if !is_root() {
+        eprintln!("not root: cannot build a chroot");
+        return;
+    }
+    let jdk17 = jdk17();
+    let script = format!(
+        "set -e; mount -t tmpfs bpmon-test /mnt; R=/mnt/root; \
+         mkdir -p $R/usr $R/etc $R/dev $R/proc $R/cls $R/var/realtmp; \
+         mount --rbind /usr $R/usr; mount --rbind /etc $R/etc; mount --rbind /dev $R/dev; \
+         mount -t proc proc $R/proc; \
+         ln -s usr/bin $R/bin; ln -s usr/lib $R/lib; ln -s usr/lib64 $R/lib64; \
+         chmod 1777 $R/var/realtmp; ln -s /var/realtmp $R/tmp; \
+         cp {}/FakeTaskManager.class $R/cls/; \
+         exec chroot $R {jdk17}/bin/java -cp /cls FakeTaskManager",
+        classes().display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim() != "READY" {
+        let mut stderr = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr);
+        panic!("the chrooted JVM did not start: {line:?} {stderr}");
+    }
+    let pid = child.id();
+    let result = std::panic::catch_unwind(|| {
+        let err = Attacher::for_pid(pid, short())
+            .and_then(|mut a| a.thread_dump())
+            .unwrap_err();
+        assert!(matches!(err, AttachError::UntrustedSocket { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the JVM's /tmp is a symlink to /var/realtmp, not a directory"),
+            "{err}"
+        );
+        assert!(!Path::new("/var/realtmp").exists());
+        // No trigger was created and no signal sent: the JVM printed no thread dump.
+        assert!(!Path::new(&format!("/proc/{pid}/cwd/.attach_pid{pid}")).exists());
+    });
+    stop_pid(pid);
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

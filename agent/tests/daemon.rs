@@ -62,8 +62,14 @@ struct Jvm {
 
 impl Jvm {
     fn start(resource_id: &str) -> Jvm {
+        Jvm::start_with(resource_id, &[])
+    }
+
+    /// With extra JVM options.
+    fn start_with(resource_id: &str, options: &[&str]) -> Jvm {
         let mut child = Command::new(format!("{}/bin/java", jdk17()))
             .arg("-Xmx64m")
+            .args(options)
             .arg(format!("-Dtaskmanager.resource-id={resource_id}"))
             .arg("-cp")
             .arg(classes())
@@ -965,6 +971,165 @@ async fn sigterm_with_the_collector_up_delivers_the_partial_window_first() {
     assert_eq!(batches.len(), 1, "{log}");
     stopped_report(&batches, jvm.pid());
     assert!(read_spool(&dir).is_empty(), "delivered, so not spooled");
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir.with_extension("cfg"));
+}
+
+/// `run --metrics-listen`: `GET /metrics` counts the dumps taken and the batches delivered, in
+/// the Prometheus text format; `--log-format json` writes one JSON object per log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_dumps_and_deliveries_and_logs_are_json() {
+    use prometheus_parse::{Scrape, Value};
+
+    let (jvm, closed) = tokio::task::spawn_blocking(|| {
+        let id = std::process::id();
+        (
+            Jvm::start(&format!("bpmon-test-metrics-{id}")),
+            // One the agent may not attach to: a failure with its reason.
+            Jvm::start_with(
+                &format!("bpmon-test-metrics-closed-{id}"),
+                &["-XX:+DisableAttachMechanism"],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    let dir = spool_dir("metrics");
+    let cfg = write_config(&dir.with_extension("cfg"));
+    let port = free_port();
+    let metrics_port = free_port();
+    // Short windows: 5 dumps 20 ms apart, every second.
+    let collector = Collector::new(settings(5, 20, 1_000));
+    let server = serve(port, collector.clone()).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let pid = jvm.pid().to_string();
+    let closed_pid = closed.pid().to_string();
+    let agent = Agent::start(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--collector",
+        &url,
+        "--spool-dir",
+        dir.to_str().unwrap(),
+        "--agent-id",
+        "agent-metrics",
+        "--pid",
+        &pid,
+        "--pid",
+        &closed_pid,
+        "--metrics-listen",
+        &listen,
+        "--log-format",
+        "json",
+    ]);
+    let scrape = || async {
+        let text = reqwest::get(format!("http://{listen}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        Some((text, parsed))
+    };
+    let number = |s: &Scrape, name: &str| -> Option<f64> {
+        s.samples
+            .iter()
+            .find(|x| x.metric == name && !x.labels.contains_key("reason"))
+            .map(|x| match x.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+    };
+    // Two windows' dumps taken and their batches delivered, as the metrics see it.
+    let until = Instant::now() + Duration::from_secs(10);
+    let (text, s) = loop {
+        if let Some((text, s)) = scrape().await {
+            if number(&s, "bpmon_agent_batches_sent_total").unwrap_or(0.0) >= 2.0
+                && number(&s, "bpmon_agent_samples_total").unwrap_or(0.0) >= 10.0
+            {
+                break (text, s);
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no deliveries counted:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for x in &s.samples {
+        assert!(x.metric.starts_with("bpmon_agent_"), "{}", x.metric);
+    }
+    let dumps = number(&s, "bpmon_agent_samples_total").unwrap();
+    assert!(dumps >= 10.0, "{text}");
+    // The closed JVM's worker ends at once and is tried again later: one or both.
+    let jvms = number(&s, "bpmon_agent_jvms").unwrap();
+    assert!((1.0..=2.0).contains(&jvms), "{text}");
+    let delivered = collector.batches().len() as f64;
+    assert!(
+        number(&s, "bpmon_agent_batches_sent_total").unwrap() <= delivered,
+        "{text}"
+    );
+    for name in [
+        "bpmon_agent_spool_batches",
+        "bpmon_agent_spool_bytes",
+        "bpmon_agent_batches_failed_total",
+        "bpmon_agent_batches_dropped_total",
+        "bpmon_agent_batches_rejected_total",
+    ] {
+        assert!(number(&s, name).is_some(), "{name}:\n{text}");
+    }
+    assert_eq!(number(&s, "bpmon_agent_batches_dropped_total"), Some(0.0));
+    let failed: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "bpmon_agent_dumps_failed_total")
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert_eq!(failed[0].labels.get("reason"), Some("disabled"), "{text}");
+    assert!(
+        matches!(failed[0].value, Value::Counter(n) if n >= 1.0),
+        "{text}"
+    );
+    let hist = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "bpmon_agent_sample_duration_seconds")
+        .expect("the histogram");
+    match &hist.value {
+        Value::Histogram(buckets) => {
+            let all = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
+            // One observation per dump (a dump may land between the two reads of a scrape).
+            assert!((all.count - dumps).abs() <= 1.0, "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (agent, (status, _)) = tokio::task::spawn_blocking(move || {
+        let mut agent = agent;
+        let r = agent.terminate();
+        (agent, r)
+    })
+    .await
+    .unwrap();
+    let log = agent.log();
+    assert!(status.success(), "exit {status:?}:\n{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "serving Prometheus metrics at /metrics")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["listen"], listen.as_str());
+    assert!(serving["timestamp"].is_string(), "{serving}");
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(dir.with_extension("cfg"));

@@ -32,6 +32,22 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("collector at {url} is not reachable: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error("cannot set up the connection to {url}: {reason}")]
+    Setup { url: String, reason: String },
+    #[error("TLS with the collector at {url} failed: {reason}{}", if *.no_ca { " (a private CA? pass --ca-file or set BPMON_CA_FILE)" } else { "" })]
+    Tls {
+        url: String,
+        reason: String,
+        /// No CA file was given: the likely fix.
+        no_ca: bool,
+    },
+    #[error("{method} {path}: the collector refused the request (401): {message}; {}", if *.sent_token { "the token in --token-file is not one it accepts" } else { "it requires a token: pass --token-file FILE or set BPMON_TOKEN_FILE" })]
+    Unauthorized {
+        method: Method,
+        path: String,
+        message: String,
+        sent_token: bool,
+    },
     #[error(
         "collector at {url} did not answer {method} {path} within {}",
         humantime::format_duration(*.timeout)
@@ -71,9 +87,18 @@ impl ClientError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Status { status, .. } => Some(*status),
+            ClientError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             _ => None,
         }
     }
+}
+
+/// What the client proves and trusts: the bearer token it sends, and a CA to trust besides the
+/// public roots (for an `https://` collector with a private CA).
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    pub token: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Talks to one collector.
@@ -82,12 +107,24 @@ pub struct CollectorClient {
     base: String,
     timeout: Duration,
     http: reqwest::Client,
+    sends_token: bool,
+    has_ca: bool,
 }
 
 impl CollectorClient {
     /// `base_url` is the collector's root (`http://host:7070`, optionally with a path prefix);
     /// `timeout` bounds each request, connecting included.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_security(base_url, timeout, &ClientSecurity::default())
+    }
+
+    /// [`CollectorClient::new`], sending `security.token` as a bearer token on every request and
+    /// trusting `security.ca_file`'s certificates.
+    pub fn with_security(
+        base_url: &str,
+        timeout: Duration,
+        security: &ClientSecurity,
+    ) -> Result<Self, ClientError> {
         let bad = |reason: &str| ClientError::BadUrl {
             url: base_url.to_string(),
             reason: reason.to_string(),
@@ -104,16 +141,29 @@ impl CollectorClient {
         if timeout.is_zero() {
             return Err(bad("the timeout must be more than zero"));
         }
-        let http = reqwest::Client::builder()
+        let setup = |reason: String| ClientError::Setup {
+            url: base_url.to_string(),
+            reason,
+        };
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .user_agent(concat!("bpmon-collector/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| bad(&error_chain(&e)))?;
+            .user_agent(concat!("bpmon-collector/", env!("CARGO_PKG_VERSION")));
+        if let Some(token) = &security.token {
+            builder = builder.default_headers(bearer_headers(token).map_err(setup)?);
+        }
+        if let Some(ca) = &security.ca_file {
+            for cert in crate::tls::ca_certificates(ca).map_err(|e| setup(e.to_string()))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| bad(&error_chain(&e)))?;
         Ok(CollectorClient {
             base: base_url.trim_end_matches('/').to_string(),
             timeout,
             http,
+            sends_token: security.token.is_some(),
+            has_ca: security.ca_file.is_some(),
         })
     }
 
@@ -260,6 +310,14 @@ impl CollectorClient {
             .bytes()
             .await
             .map_err(|e| self.transport_error(&method, &path, &e))?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                method,
+                path,
+                message: error_message(&bytes),
+                sent_token: self.sends_token,
+            });
+        }
         if !status.is_success() {
             return Err(ClientError::Status {
                 method,
@@ -284,6 +342,12 @@ impl CollectorClient {
                 path: path.to_string(),
                 timeout: self.timeout,
             }
+        } else if let Some(reason) = tls_failure(e) {
+            ClientError::Tls {
+                url: self.base.clone(),
+                reason,
+                no_ca: !self.has_ca,
+            }
         } else if e.is_connect() {
             ClientError::Unreachable {
                 url: self.base.clone(),
@@ -297,6 +361,33 @@ impl CollectorClient {
             }
         }
     }
+}
+
+/// Default headers carrying `Authorization: Bearer <token>`, marked sensitive (never logged).
+pub fn bearer_headers(token: &str) -> Result<reqwest::header::HeaderMap, String> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
+/// The TLS cause of a request error (a certificate not trusted, a handshake refused), if any.
+pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if err.is::<tokio_rustls::rustls::Error>() {
+            return Some(err.to_string());
+        }
+        // rustls errors reach us wrapped in io::Error, sometimes as their text only.
+        let text = err.to_string();
+        if text.contains("certificate") || text.contains("peer sent no certificates") {
+            return Some(text);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// One path segment, percent-encoded.

@@ -3,6 +3,7 @@
 //! levels and names the bottleneck.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod diagnosis;
 pub mod flink_rest;
@@ -13,3 +14,4 @@ pub mod render;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;

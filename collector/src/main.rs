@@ -1,14 +1,16 @@
 //! `bpmon-collector`: the central service (`serve`) and the command line that queries it.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bpmon_collector::api::ConfigUpdate;
-use bpmon_collector::client::CollectorClient;
+use bpmon_collector::client::{ClientSecurity, CollectorClient};
 use bpmon_collector::render::{self, DiagnosisReport};
-use bpmon_collector::service::{self, ServeArgs};
+use bpmon_collector::service::{self, CollectorConfig, ServeArgs};
+use bpmon_telemetry::logging::{self, LogFormat, LogSettings};
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -35,6 +37,17 @@ struct Cli {
     /// How long to wait for each answer of the collector.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Bearer token file. Queries send its one token; `serve` accepts the tokens it lists (one
+    /// per line, optionally `name:token`) [serve config: token_file]. Must not be world-readable.
+    #[arg(long, global = true, env = "BPMON_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for an https:// collector, besides the public roots.
+    #[arg(long, global = true, env = "BPMON_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Log format: auto (journald under systemd, else human), human, json or journald
+    /// [default: auto; serve config: log_format].
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +62,13 @@ enum Output {
 enum Command {
     /// Run the collector service.
     Serve(ServeArgs),
+    /// Check a configuration file: print every problem with its line, or "ok"; exit 1 if
+    /// there is one.
+    CheckConfig {
+        /// The file to check; see packaging/collector.toml.
+        #[arg(long, env = "BPMON_COLLECTOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// List the jobs the collector knows, with their level.
     Jobs,
     /// A job's level, per vertex and subtask.
@@ -77,6 +97,18 @@ enum Command {
     Config(ConfigCommand),
     /// The agents that have sent batches.
     Agents,
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    GenerateCompletions {
+        #[arg(value_enum)]
+        shell: bpmon_telemetry::docs::Shell,
+    },
+    /// Write the man pages into a directory (for packaging).
+    #[command(hide = true)]
+    GenerateMan {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,14 +148,60 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && no_color_unset())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
+    match &cli.command {
+        Command::GenerateCompletions { shell } => {
+            use clap::CommandFactory;
+            let mut out = std::io::stdout().lock();
+            return match bpmon_telemetry::docs::completions(Cli::command(), *shell, &mut out) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("bpmon-collector: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            };
+        }
+        Command::GenerateMan { out } => {
+            use clap::CommandFactory;
+            return match bpmon_telemetry::docs::man_pages(Cli::command(), out) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "bpmon-collector: cannot write man pages to {}: {e}",
+                        out.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
+    if let Command::CheckConfig { config } = &cli.command {
+        let Some(path) = config else {
+            eprintln!("bpmon-collector: no configuration file to check: pass --config FILE or set BPMON_COLLECTOR_CONFIG");
+            return ExitCode::FAILURE;
+        };
+        return match bpmon_telemetry::check::run(path, CollectorConfig::check) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        };
+    }
+    // `serve` logs as its config file says; a file that does not load is reported by `serve`.
+    let config = match &cli.command {
+        Command::Serve(args) => args
+            .config
+            .as_deref()
+            .and_then(|p| CollectorConfig::load(p).ok()),
+        _ => None,
+    };
+    logging::init(&LogSettings {
+        name: "bpmon-collector",
+        format: cli
+            .log_format
+            .or(config.as_ref().map(|c| c.log_format))
+            .unwrap_or_default(),
+        level: config.as_ref().and_then(|c| c.log_level.as_deref()),
+        default_level,
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -134,14 +212,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Serve(args) = cli.command {
+    if let Command::Serve(mut args) = cli.command {
+        args.token_file = cli.token_file;
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
             .block_on(service::serve(args));
     }
-    let client = CollectorClient::new(&cli.collector, cli.timeout)?;
+    let security = ClientSecurity {
+        token: cli
+            .token_file
+            .as_deref()
+            .map(bpmon_collector::auth::read_client_token)
+            .transpose()?,
+        ca_file: cli.ca_file,
+    };
+    let client = CollectorClient::with_security(&cli.collector, cli.timeout, &security)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -154,6 +241,10 @@ async fn query(client: &CollectorClient, command: Command, output: Output) -> Re
     let now = now_ms();
     let (json, table) = match command {
         Command::Serve(_) => unreachable!("serve is handled before"),
+        Command::CheckConfig { .. } => unreachable!("check-config is handled before"),
+        Command::GenerateCompletions { .. } | Command::GenerateMan { .. } => {
+            unreachable!("generate-* are handled before")
+        }
         Command::Jobs => {
             let v = client.jobs().await?;
             (to_json(&v)?, render::jobs(&v, color, now))

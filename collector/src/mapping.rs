@@ -243,6 +243,10 @@ fn pair_by_creation_order(
         .collect::<Option<_>>()?;
     by_id.sort_unstable();
     by_start.sort_unstable();
+    // Equal ids would be the same thread twice: no order to read.
+    if by_id.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
     let apart = by_start
         .windows(2)
         .all(|w| (w[1].0 - w[0].0) as f64 >= ORDER_SEPARATION_MS);

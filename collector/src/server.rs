@@ -230,35 +230,49 @@ pub fn decode_body(
 /// A batch from JSON bytes, with its schema version checked first, so a newer agent gets told
 /// about the version rather than about some field.
 pub fn parse_batch(json: &[u8]) -> Result<ReportBatch, (StatusCode, String)> {
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
-        (
+    // One pass on the way every good batch takes; the version is checked after it, so a future
+    // schema that happens to parse is still refused as such.
+    let e = match serde_json::from_slice::<ReportBatch>(json) {
+        Ok(b) if b.schema_version == SCHEMA_VERSION => return Ok(b),
+        Ok(b) => return Err(unknown_version(u64::from(b.schema_version))),
+        Err(e) => e,
+    };
+    if e.is_syntax() || e.is_eof() {
+        return Err((
             StatusCode::BAD_REQUEST,
             format!(
                 "malformed JSON at line {} column {}: {e}",
                 e.line(),
                 e.column()
             ),
-        )
-    })?;
-    match value.get("schema_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-        Some(v) => {
-            return Err((
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("unknown schema version {v}; this collector speaks {SCHEMA_VERSION}"),
-            ))
-        }
-        None => {
-            return Err((
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "missing schema_version: not a bpmon report batch".to_string(),
-            ))
-        }
+        ));
     }
-    serde_json::from_value(value).map_err(|e| {
-        (
+    // Well-formed but not a batch of ours: say first whether the version is the reason.
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        schema_version: Option<serde_json::Value>,
+    }
+    let version = serde_json::from_slice::<Head>(json)
+        .ok()
+        .and_then(|h| h.schema_version)
+        .and_then(|v| v.as_u64());
+    Err(match version {
+        Some(v) if v != u64::from(SCHEMA_VERSION) => unknown_version(v),
+        Some(_) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("not a valid report batch: {e}"),
-        )
+        ),
+        None => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing schema_version: not a bpmon report batch".to_string(),
+        ),
     })
+}
+
+fn unknown_version(v: u64) -> (StatusCode, String) {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("unknown schema version {v}; this collector speaks {SCHEMA_VERSION}"),
+    )
 }

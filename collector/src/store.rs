@@ -142,6 +142,8 @@ pub const DB_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// What went wrong, naming the database file and the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("cannot start the store writer thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("cannot create data directory {}: {source}", .path.display())]
     CreateDir {
         path: PathBuf,
@@ -379,6 +381,22 @@ impl Store {
         &self.path
     }
 
+    /// A trivial query: the database answers (the service's watchdog asks).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(sql("answer a ping", &self.path))
+    }
+
+    /// Closes the connection, reporting what SQLite says (the last connection to close
+    /// checkpoints the WAL into the database file).
+    pub fn close(self) -> Result<(), StoreError> {
+        let Store { conn, path, .. } = self;
+        conn.close()
+            .map_err(|(_, e)| sql("close the database", &path)(e))
+    }
+
     /// Stores windows in one transaction. A window stored again (same subtask, attempt and start)
     /// replaces the earlier one, so storing is idempotent.
     pub fn insert_windows(&mut self, rows: &[WindowRow]) -> Result<(), StoreError> {
@@ -395,6 +413,41 @@ impl Store {
         rows: &[WindowRow],
     ) -> Result<bool, StoreError> {
         self.write_windows(Some((agent_id, seq, now_ms())), rows)
+    }
+
+    /// Records and stores several batches in one transaction, so that they cost one commit (one
+    /// fsync) together: each as [`ingest_batch`](Self::ingest_batch) would. Returns for each
+    /// whether it was new (a batch given twice is new once).
+    pub fn ingest_batches(
+        &mut self,
+        batches: &[(&str, u64, &[WindowRow])],
+    ) -> Result<Vec<bool>, StoreError> {
+        let path = &self.path;
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin storing windows", path))?;
+        let stored = (|| {
+            let mut out = Vec::with_capacity(batches.len());
+            for (agent_id, seq, rows) in batches {
+                let new = insert_batch(&tx, agent_id, *seq, now, path)?;
+                if new {
+                    insert_rows(&tx, &mut self.ids, rows, path)?;
+                }
+                out.push(new);
+            }
+            Ok(out)
+        })();
+        let result = stored.and_then(|out| {
+            tx.commit().map_err(sql("commit windows", path))?;
+            Ok(out)
+        });
+        if result.is_err() {
+            // The rolled-back transaction may have created ids the cache now holds.
+            self.ids.clear();
+        }
+        result
     }
 
     fn write_windows(
@@ -1322,6 +1375,32 @@ mod tests {
             .ingest_batch("tm-1", 2, &[window("j", "v", 2, 2_000)])
             .unwrap());
         assert_eq!(store.latest_windows("j").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn batches_stored_as_a_group_are_each_recorded_once() {
+        let dir = TempDir::new("group");
+        let mut store = Store::open(&dir.0).unwrap();
+        let a = [window("j", "v", 0, 1_000)];
+        let b = [window("j", "v", 1, 1_000)];
+        // The same batch twice in one group (a retry that overtook its original) is new once.
+        let news = store
+            .ingest_batches(&[("tm-1", 1, &a), ("tm-2", 1, &b), ("tm-1", 1, &a)])
+            .unwrap();
+        assert_eq!(news, vec![true, true, false]);
+        assert_eq!(store.latest_windows("j").unwrap().len(), 2);
+        assert_eq!(
+            store.ingest_batches(&[("tm-2", 1, &b)]).unwrap(),
+            vec![false]
+        );
+        // One bad batch fails the whole group, which leaves nothing behind.
+        let bad = [window("j", "v", 2, u64::MAX)];
+        let c = [window("j", "v", 3, 1_000)];
+        assert!(store
+            .ingest_batches(&[("tm-3", 1, &c), ("tm-3", 2, &bad)])
+            .is_err());
+        assert_eq!(store.latest_windows("j").unwrap().len(), 2);
+        assert!(store.ingest_batch("tm-3", 1, &c).unwrap());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod level;
 pub mod plan;
 pub mod report;
+pub mod token;
 
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{ReportBatch, SamplingSettings, SCHEMA_VERSION};

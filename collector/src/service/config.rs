@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bpmon_telemetry::check::{self, Finding, KeyPath, Problem};
+use bpmon_telemetry::logging::{self, LogFormat};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +28,53 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
+    /// Log verbosity (tracing directives); `RUST_LOG` overrides it.
+    pub log_level: Option<String>,
+    /// `auto` (journald under systemd, else human), `human`, `json` or `journald`.
+    pub log_format: LogFormat,
     /// Where the API listens. Loopback unless told otherwise.
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub flink: FlinkConfig,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    /// Bearer tokens the API accepts (one per line, optionally `name:token`); none: no
+    /// authentication. Also `[auth] token_file`.
+    pub token_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Per-subtask series (`bpmon_subtask_backpressure_*`); off for jobs with many subtasks.
+    pub per_subtask: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { per_subtask: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The same as the top-level `token_file`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// HTTPS: both files, or neither (plain HTTP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,11 +109,17 @@ pub struct IngestConfig {
 impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
+            log_level: None,
+            log_format: LogFormat::Auto,
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from("/var/lib/bpmon-collector"),
             flink: FlinkConfig::default(),
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
+            token_file: None,
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -104,6 +153,103 @@ impl Default for IngestConfig {
 }
 
 impl CollectorConfig {
+    /// The token file, from `token_file` or `[auth] token_file` (an error when both name
+    /// different files).
+    pub fn token_file(&self) -> Result<Option<&Path>, String> {
+        match (&self.token_file, &self.auth.token_file) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "token_file ({}) and [auth] token_file ({}) disagree; set one",
+                a.display(),
+                b.display()
+            )),
+            (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Every problem of a config file's text (`check-config`), each with its key and line.
+    pub fn check(text: &str) -> Vec<Problem> {
+        check::check::<CollectorConfig>(text, CollectorConfig::problems)
+    }
+
+    /// What is wrong with settings that parsed: values `serve` cannot use, files it cannot
+    /// read.
+    pub fn problems(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut bad = |path: KeyPath, message: String| out.push(Finding::new(path, message));
+        if let Some(level) = &self.log_level {
+            if let Err(e) = logging::check_level(level) {
+                bad(KeyPath::new(&["log_level"]), e);
+            }
+        }
+        for (i, url) in self.flink.urls.iter().enumerate() {
+            if let Err(e) = crate::flink_rest::FlinkRestClient::new(url, self.flink.timeout) {
+                bad(KeyPath::new(&["flink", "urls"]).index(i), e.to_string());
+            }
+        }
+        if self.flink.poll_interval < MIN_POLL_INTERVAL {
+            bad(
+                KeyPath::new(&["flink", "poll_interval"]),
+                format!(
+                    "{} is too short; at least {}",
+                    humantime::format_duration(self.flink.poll_interval),
+                    humantime::format_duration(MIN_POLL_INTERVAL)
+                ),
+            );
+        }
+        if self.flink.timeout.is_zero() {
+            bad(
+                KeyPath::new(&["flink", "timeout"]),
+                "must be above zero".into(),
+            );
+        }
+        if self.storage.retention.is_zero() {
+            bad(
+                KeyPath::new(&["storage", "retention"]),
+                "must be above zero".into(),
+            );
+        }
+        for (key, n) in [
+            ("max_body_bytes", self.ingest.max_body_bytes),
+            ("max_decoded_bytes", self.ingest.max_decoded_bytes),
+        ] {
+            if n == 0 {
+                bad(KeyPath::new(&["ingest", key]), "must be at least 1".into());
+            }
+        }
+        let token_key = if self.token_file.is_some() {
+            KeyPath::new(&["token_file"])
+        } else {
+            KeyPath::new(&["auth", "token_file"])
+        };
+        match self.token_file() {
+            Err(e) => bad(token_key, e),
+            Ok(Some(path)) => {
+                if let Err(e) = crate::auth::Auth::from_file(path) {
+                    bad(token_key, e.to_string());
+                }
+            }
+            Ok(None) => {}
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::server_config(cert, key) {
+                    bad(KeyPath::new(&["tls", "cert_file"]), e.to_string());
+                }
+            }
+            (Some(_), None) => bad(
+                KeyPath::new(&["tls", "cert_file"]),
+                "needs key_file too".into(),
+            ),
+            (None, Some(_)) => bad(
+                KeyPath::new(&["tls", "key_file"]),
+                "needs cert_file too".into(),
+            ),
+            (None, None) => {}
+        }
+        out
+    }
+
     pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -113,6 +259,23 @@ impl CollectorConfig {
             path: path.to_path_buf(),
             source,
         })
+    }
+}
+
+/// Shortest poll interval `serve` accepts.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Durations written the human way (`5s`, `7d`), for this file's `#[serde(with)]`s; an error
+/// names the value.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
     }
 }
 
@@ -131,6 +294,71 @@ mod tests {
         assert_eq!(c.flink.timeout, d.flink.timeout);
         assert_eq!(c.storage.retention, d.storage.retention);
         assert_eq!(c.flink.urls, vec!["http://localhost:8081".to_string()]);
+        assert_eq!(c.token_file(), Ok(None));
+        assert!(c.tls.cert_file.is_none() && c.tls.key_file.is_none());
+    }
+
+    #[test]
+    fn security_keys_parse() {
+        let c: CollectorConfig = toml::from_str(
+            "token_file = \"/etc/bpmon/tokens\"\n[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.token_file(), Ok(Some(Path::new("/etc/bpmon/tokens"))));
+        assert_eq!(c.tls.cert_file.as_deref(), Some(Path::new("/c.pem")));
+        let c: CollectorConfig =
+            toml::from_str("[auth]\ntoken_file = \"/etc/bpmon/tokens\"\n").unwrap();
+        assert_eq!(c.token_file(), Ok(Some(Path::new("/etc/bpmon/tokens"))));
+        let c: CollectorConfig =
+            toml::from_str("token_file = \"/a\"\n[auth]\ntoken_file = \"/b\"\n").unwrap();
+        assert!(c.token_file().unwrap_err().contains("disagree"));
+    }
+
+    #[test]
+    fn the_example_file_passes_check_config() {
+        let text = include_str!("../../../packaging/collector.toml");
+        assert_eq!(CollectorConfig::check(text), vec![]);
+        let c: CollectorConfig = toml::from_str(text).unwrap();
+        assert_eq!(c.log_format, LogFormat::Auto);
+        assert!(c.metrics.per_subtask);
+    }
+
+    #[test]
+    fn logging_and_metrics_keys_parse() {
+        let c: CollectorConfig = toml::from_str(
+            "log_level = \"warn\"\nlog_format = \"journald\"\n[metrics]\nper_subtask = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.log_level.as_deref(), Some("warn"));
+        assert_eq!(c.log_format, LogFormat::Journald);
+        assert!(!c.metrics.per_subtask);
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn check_finds_every_problem_with_its_line() {
+        let p = CollectorConfig::check(
+            "log_level = \"noisy\"\n[flink]\nurls = [\"http://a:8081\", \"not a url\"]\n\
+             poll_interval = \"1ms\"\n[ingest]\nmax_body_bytes = -1\n",
+        );
+        let got: Vec<String> = p.iter().map(|p| p.render("c.toml")).collect();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(
+            got[0].starts_with("c.toml:1: log_level: invalid log level"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("c.toml:3: [flink] urls[1]: "),
+            "{got:#?}"
+        );
+        assert_eq!(
+            got[2],
+            "c.toml:4: [flink] poll_interval: 1ms is too short; at least 100ms"
+        );
+        assert!(
+            got[3].starts_with("c.toml:6: [ingest] max_body_bytes: invalid value: integer `-1`"),
+            "{got:#?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! state and I/O: [`state`], [`routes`] and this module's wiring.
 
 pub mod config;
+pub mod levels;
+pub mod metrics;
 pub mod placement;
 pub mod plan;
 pub mod routes;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::auth::Auth;
 use crate::flink_rest::FlinkRestClient;
 use crate::server::{self, IngestLimits};
 use crate::store::Store;
@@ -45,6 +48,16 @@ pub struct ServeArgs {
     /// How long merged windows are kept [default: 7d].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retention: Option<Duration>,
+    /// Tokens the API accepts (config: token_file). Set from the global `--token-file`
+    /// (`BPMON_TOKEN_FILE`), which `serve` shares with the query commands.
+    #[arg(skip)]
+    pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key) [config: tls.cert_file].
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [config: tls.key_file].
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -69,6 +82,18 @@ impl ServeArgs {
         if let Some(r) = self.retention {
             c.storage.retention = r;
         }
+        if let Some(t) = &self.token_file {
+            c.token_file = Some(t.clone());
+            c.auth.token_file = None;
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            c.tls.cert_file = Some(cert.clone());
+            c.tls.key_file = Some(key.clone());
+        }
+        c.token_file().map_err(anyhow::Error::msg)?;
+        if c.tls.cert_file.is_some() != c.tls.key_file.is_some() {
+            bail!("[tls] needs both cert_file and key_file (or --tls-cert and --tls-key)");
+        }
         if c.flink.urls.is_empty() {
             bail!("no Flink cluster to watch: give --flink URL or [flink] urls in the config file");
         }
@@ -90,12 +115,16 @@ pub fn build(config: &CollectorConfig) -> Result<Arc<Collector>> {
         .iter()
         .map(|u| FlinkRestClient::new(u, config.flink.timeout))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Arc::new(Collector::new(
+    let collector = Arc::new(Collector::new(
         writer,
         reader,
         clients,
         config.flink.poll_interval,
-    )?))
+    )?);
+    collector
+        .metrics()
+        .set_per_subtask(config.metrics.per_subtask);
+    Ok(collector)
 }
 
 /// The whole HTTP API: agents' side and the query side.
@@ -104,24 +133,32 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
         max_body_bytes: config.ingest.max_body_bytes,
         max_decoded_bytes: config.ingest.max_decoded_bytes,
     };
-    server::router(Service(Arc::clone(&collector)), limits).merge(routes::router(collector))
+    let agents_side = metrics::count_rejections(
+        server::router(Service(Arc::clone(&collector)), limits),
+        Arc::clone(&collector),
+    );
+    agents_side.merge(routes::router(collector))
 }
 
-/// Starts the pollers and the pruner in the background.
-pub fn spawn_background(collector: &Arc<Collector>, retention: Duration) {
+/// Starts the pollers and the pruner in the background; abort them to stop.
+pub fn spawn_background(
+    collector: &Arc<Collector>,
+    retention: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for i in 0..collector.cluster_count() {
         let c = Arc::clone(collector);
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(c.poll_interval());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 c.poll(i).await;
             }
-        });
+        }));
     }
     let c = Arc::clone(collector);
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
@@ -131,27 +168,92 @@ pub fn spawn_background(collector: &Arc<Collector>, retention: Duration) {
                 Err(e) => tracing::error!(error = %e, "pruning failed"),
             }
         }
-    });
+    }));
+    tasks
 }
 
 /// Runs the service until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = args.resolve()?;
+    let auth = Arc::new(load_auth(&config)?);
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let collector = build(&config)?;
+    collector.metrics().set_auth(Arc::clone(&auth));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
-    spawn_background(&collector, config.storage.retention);
-    tracing::info!(listen = %local, flink = ?config.flink.urls, data_dir = %config.data_dir.display(), "bpmon-collector serving");
+    warn_if_exposed(local, &auth, tls.is_some());
+    let background = spawn_background(&collector, config.storage.retention);
+    tracing::info!(listen = %local, flink = ?config.flink.urls, data_dir = %config.data_dir.display(),
+        tls = tls.is_some(), tokens = auth.token_count(), "bpmon-collector serving");
     // Tests and scripts read the bound address from here (the port may have been 0).
     println!("listening on {local}");
-    axum::serve(listener, app(Arc::clone(&collector), &config))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the API")?;
+    // Under systemd (Type=notify): ready now that it listens; the watchdog pings while the
+    // runtime, the store writer and the database answer.
+    let watched = Arc::clone(&collector);
+    let watchdog = bpmon_telemetry::systemd::spawn_watchdog(move |_| {
+        Box::new(move || {
+            let c = Arc::clone(&watched);
+            Box::pin(async move { c.health().await })
+        })
+    });
+    bpmon_telemetry::systemd::ready(&format!(
+        "listening on {local}, watching {} Flink cluster(s)",
+        config.flink.urls.len()
+    ));
+    let app = crate::auth::protect(app(Arc::clone(&collector), &config), Arc::clone(&auth));
+    match tls {
+        Some(tls) => axum::serve(crate::tls::TlsListener::new(listener, tls)?, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving the API")?,
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving the API")?,
+    }
+    // In-flight requests are answered; stop the rest and close the database.
+    for task in background.into_iter().chain(watchdog) {
+        task.abort();
+        let _ = task.await;
+    }
+    match Arc::try_unwrap(collector) {
+        Ok(c) => c
+            .close()
+            .context("closing the database")
+            .inspect(|()| tracing::debug!("database closed"))?,
+        Err(_) => tracing::warn!("the collector is still in use at shutdown; database not closed"),
+    }
     tracing::info!("bpmon-collector stopped");
     Ok(())
+}
+
+/// The token check configured (`token_file`), or none.
+pub fn load_auth(config: &CollectorConfig) -> Result<Auth> {
+    match config.token_file().map_err(anyhow::Error::msg)? {
+        Some(path) => Ok(Auth::from_file(path)?),
+        None => Ok(Auth::disabled()),
+    }
+}
+
+/// Says so when the API is reachable from other hosts without tokens, or tokens travel in clear.
+fn warn_if_exposed(local: SocketAddr, auth: &Auth, tls: bool) {
+    if local.ip().is_loopback() {
+        return;
+    }
+    if !auth.enabled() {
+        tracing::warn!(listen = %local,
+            "the API listens beyond loopback WITHOUT authentication: anyone who can reach it can \
+             send reports and change settings; set token_file (--token-file)");
+    } else if !tls {
+        tracing::warn!(listen = %local,
+            "the API listens beyond loopback over plain HTTP: bearer tokens travel in clear; \
+             set [tls] cert_file and key_file (--tls-cert, --tls-key)");
+    }
 }
 
 async fn shutdown_signal() {
@@ -171,4 +273,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutting down");
+    bpmon_telemetry::systemd::stopping("stopping: answering the requests in flight");
 }

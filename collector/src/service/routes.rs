@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::api::{ConfigUpdate, ErrorBody};
 
 use super::state::{Collector, QueryError};
+
+/// Largest body the query API takes (`PUT /api/v1/config/{job}`).
+pub const MAX_QUERY_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
@@ -23,6 +26,9 @@ pub fn router(collector: Arc<Collector>) -> Router {
             get(config_get).put(config_set).delete(config_reset),
         )
         .route("/api/v1/agents", get(agents))
+        .route("/metrics", get(metrics))
+        // A settings update is a few dozen bytes; past this, axum answers 413 unread.
+        .layer(DefaultBodyLimit::max(MAX_QUERY_BODY_BYTES))
         .with_state(collector)
 }
 
@@ -54,7 +60,14 @@ async fn jobs(State(c): C) -> Response {
 }
 
 async fn status(State(c): C, Path(job): Path<String>) -> Response {
-    c.status(job).await.map(Json).into_response()
+    match c.status_json(job).await {
+        Ok(json) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,4 +104,9 @@ async fn config_reset(State(c): C, Path(job): Path<String>) -> Response {
 
 async fn agents(State(c): C) -> Response {
     c.agents().await.map(Json).into_response()
+}
+
+/// Prometheus's view (see [`super::metrics`]).
+async fn metrics(State(c): C, headers: axum::http::HeaderMap) -> Response {
+    super::metrics::scrape(&c, &headers).await
 }

@@ -18,6 +18,8 @@ use crate::model::ClusterSnapshot;
 use crate::server::{Ingest, IngestOutcome, SettingsView};
 use crate::store::{Store, StoreError, VertexRow, DEFAULT_SCOPE};
 
+use super::levels::LevelLog;
+use super::metrics::{BatchOutcome, ServiceMetrics};
 use super::placement::{place_batch, Unplaced};
 use super::plan::plan_for;
 use super::status::{status_view, summary, ClusterHealth, StatusInputs};
@@ -67,7 +69,9 @@ struct Misplaced {
 }
 
 pub struct Collector {
-    writer: Mutex<Store>,
+    writer: Arc<Mutex<Store>>,
+    /// Batches on their way to the writer thread ([`group_commit`]).
+    writes: std::sync::mpsc::Sender<WriteJob>,
     reader: Mutex<Store>,
     clusters: Vec<RwLock<ClusterState>>,
     /// Serialises on-demand polls of a cluster, so that a burst of batches causes one.
@@ -75,6 +79,26 @@ pub struct Collector {
     misplaced: Mutex<Misplaced>,
     settings: RwLock<SettingsView>,
     poll_interval: Duration,
+    /// Counters for `GET /metrics`.
+    metrics: ServiceMetrics,
+    /// Each job's last status, with its JSON: reused for [`STATUS_TTL`], so that many clients
+    /// asking about a big job cost one computation a second, not one each.
+    status_cache: Mutex<HashMap<String, CachedStatus>>,
+    /// The store writer thread ([`group_commit`]), joined by [`Collector::close`].
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Each vertex's level as last logged.
+    levels: Mutex<LevelLog>,
+}
+
+/// How long a computed status is served again. Windows arrive seconds apart, so a status at
+/// most this old shows nothing a fresh one would not.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct CachedStatus {
+    at: std::time::Instant,
+    view: Arc<StatusView>,
+    json: axum::body::Bytes,
 }
 
 fn now_ms() -> u64 {
@@ -106,8 +130,21 @@ impl Collector {
         poll_interval: Duration,
     ) -> Result<Collector, StoreError> {
         let settings = settings_view(&reader)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let (writes, queue) = std::sync::mpsc::channel::<WriteJob>();
+        let writer_thread = {
+            let writer = Arc::clone(&writer);
+            // Ends when the collector (the sender) is dropped.
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || group_commit(&writer, &queue))
+                .map_err(StoreError::Thread)?
+        };
+        let metrics = ServiceMetrics::new(clients.iter().map(|c| c.base_url()));
         Ok(Collector {
-            writer: Mutex::new(writer),
+            metrics,
+            writer,
+            writes,
             reader: Mutex::new(reader),
             refresh: clients
                 .iter()
@@ -126,7 +163,58 @@ impl Collector {
             misplaced: Mutex::new(Misplaced::default()),
             settings: RwLock::new(settings),
             poll_interval,
+            status_cache: Mutex::new(HashMap::new()),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            levels: Mutex::new(LevelLog::default()),
         })
+    }
+
+    /// The service's liveness check (the systemd watchdog runs it): the store writer thread is
+    /// running and the database answers a query on the blocking pool.
+    pub async fn health(self: &Arc<Self>) -> Result<(), String> {
+        if lock(&self.writer_thread)
+            .as_ref()
+            .is_none_or(|t| t.is_finished())
+        {
+            return Err("the store writer thread has stopped".into());
+        }
+        self.blocking(|me| lock(&me.reader).ping())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Closes the database once the service has stopped: lets the writer thread commit what it
+    /// was given and end, then closes both connections. Call it on the last reference.
+    pub fn close(self) -> Result<(), StoreError> {
+        let Collector {
+            writer,
+            writes,
+            reader,
+            writer_thread,
+            ..
+        } = self;
+        drop(writes);
+        let thread = writer_thread
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        reader
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .close()?;
+        match Arc::try_unwrap(writer) {
+            Ok(w) => w.into_inner().unwrap_or_else(|p| p.into_inner()).close(),
+            // Still shared (cannot happen once the thread is joined): closed when dropped.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The counters `GET /metrics` exposes.
+    pub fn metrics(&self) -> &ServiceMetrics {
+        &self.metrics
     }
 
     pub fn cluster_count(&self) -> usize {
@@ -150,10 +238,18 @@ impl Collector {
     /// Polls cluster `i` once and takes in the result.
     pub async fn poll(self: &Arc<Self>, i: usize) {
         let client = Arc::clone(&read(&self.clusters[i]).client);
+        let started = std::time::Instant::now();
         let snap = client.snapshot().await;
         let url = snap.flink_url.clone();
         let failed =
             !snap.errors.is_empty() && snap.jobs.is_empty() && snap.taskmanagers.is_empty();
+        self.metrics.poll(
+            &url,
+            started.elapsed(),
+            !failed,
+            !snap.errors.is_empty(),
+            snap.fetched_at_ms,
+        );
         if failed {
             let error = snap.errors.join("; ");
             let mut c = write(&self.clusters[i]);
@@ -283,17 +379,54 @@ impl Collector {
         let agent = batch.agent_id.clone();
         let seq = batch.seq;
         let windows = placement.windows;
+        let observed = super::levels::observations(&windows);
         let n = windows.len();
-        let new = self
-            .blocking(move |me| lock(&me.writer).ingest_batch(&agent, seq, &windows))
+        let (done, stored) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(WriteJob {
+                agent,
+                seq,
+                windows,
+                done,
+            })
+            .map_err(|_| "the store writer has stopped".to_string())?;
+        let new = stored
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| "the store writer has stopped".to_string())??;
         if new {
+            self.metrics.stored(n, placement.unplaced.len());
             self.note_unplaced(&batch, &placement.unplaced);
+            self.note_levels(observed);
             tracing::debug!(agent = %batch.agent_id, seq, windows = n, unplaced = placement.unplaced.len(), "batch stored");
         }
         Ok(IngestOutcome { duplicate: !new })
+    }
+
+    /// Logs the vertices whose back-pressure level changed with this batch.
+    fn note_levels(&self, observed: Vec<super::levels::Observation>) {
+        let changes = lock(&self.levels).observe(observed);
+        for c in changes {
+            let job = self.live_job(&c.job_id);
+            let job_name = job.as_ref().map(|(s, i)| s.jobs[*i].name.clone());
+            let vertex_name = job.as_ref().and_then(|(s, i)| {
+                s.jobs[*i]
+                    .vertices
+                    .iter()
+                    .find(|v| v.vertex_id == c.vertex_id)
+                    .map(|v| v.name.clone())
+            });
+            tracing::info!(
+                job_id = %c.job_id,
+                job = job_name.as_deref().unwrap_or("?"),
+                vertex_id = %c.vertex_id,
+                vertex = vertex_name.as_deref().unwrap_or("?"),
+                backpressure = c.level.as_str(),
+                previous = c.previous.map_or("none", |l| l.as_str()),
+                ratio = c.ratio,
+                subtasks = ?c.subtasks,
+                "back-pressure level of a vertex changed"
+            );
+        }
     }
 
     fn note_unplaced(&self, batch: &ReportBatch, unplaced: &[Unplaced]) {
@@ -383,13 +516,67 @@ impl Collector {
         s.jobs.get(job_id).copied().unwrap_or(s.default)
     }
 
-    pub async fn status(self: &Arc<Self>, job: String) -> Result<StatusView, QueryError> {
+    /// A job's status as JSON (what `GET …/status` answers).
+    pub async fn status_json(
+        self: &Arc<Self>,
+        job: String,
+    ) -> Result<axum::body::Bytes, QueryError> {
         self.blocking(move |me| {
             let store = lock(&me.reader);
             let row = store
                 .find_job(&job)?
                 .ok_or_else(|| QueryError::NotFound(format!("no job with id or name {job:?}")))?;
-            me.status_of(row, &store)
+            Ok(me.cached_status(row, &store)?.json)
+        })
+        .await?
+    }
+
+    pub async fn status(self: &Arc<Self>, job: String) -> Result<Arc<StatusView>, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = store
+                .find_job(&job)?
+                .ok_or_else(|| QueryError::NotFound(format!("no job with id or name {job:?}")))?;
+            Ok(me.cached_status(row, &store)?.view)
+        })
+        .await?
+    }
+
+    fn cached_status(
+        &self,
+        row: crate::store::JobRow,
+        store: &Store,
+    ) -> Result<CachedStatus, QueryError> {
+        if let Some(c) = lock(&self.status_cache).get(&row.job_id) {
+            if c.at.elapsed() < STATUS_TTL {
+                return Ok(c.clone());
+            }
+        }
+        let job_id = row.job_id.clone();
+        let view = self.status_of(row, store)?;
+        let json = serde_json::to_vec(&view)
+            .map_err(|e| QueryError::Internal(format!("cannot encode the status: {e}")))?;
+        let c = CachedStatus {
+            at: std::time::Instant::now(),
+            view: Arc::new(view),
+            json: json.into(),
+        };
+        let mut cache = lock(&self.status_cache);
+        // Jobs come and go: forget what has not been asked for a while.
+        cache.retain(|_, old| old.at.elapsed() < 60 * STATUS_TTL);
+        cache.insert(job_id, c.clone());
+        Ok(c)
+    }
+
+    /// Every stored job's status (for `/metrics`), computed as `status` computes it.
+    pub async fn statuses(self: &Arc<Self>) -> Result<Vec<Arc<StatusView>>, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let mut out = Vec::new();
+            for row in store.jobs()? {
+                out.push(me.cached_status(row, &store)?.view);
+            }
+            Ok(out)
         })
         .await?
     }
@@ -399,7 +586,7 @@ impl Collector {
             let store = lock(&me.reader);
             let mut jobs = Vec::new();
             for row in store.jobs()? {
-                jobs.push(summary(&me.status_of(row, &store)?));
+                jobs.push(summary(&me.cached_status(row, &store)?.view));
             }
             Ok(JobsView { jobs })
         })
@@ -505,6 +692,7 @@ impl Collector {
                 store.set_settings(&scope, next)?;
                 *write(&me.settings) = settings_view(&store)?;
             }
+            lock(&me.status_cache).clear();
             tracing::info!(%scope, ?next, "sampling settings changed");
             Ok(me.config_view(scope, name))
         })
@@ -519,6 +707,7 @@ impl Collector {
                 store.remove_settings(&scope)?;
                 *write(&me.settings) = settings_view(&store)?;
             }
+            lock(&me.status_cache).clear();
             Ok(me.config_view(scope, name))
         })
         .await?
@@ -552,6 +741,62 @@ impl Collector {
     }
 }
 
+/// A batch for the writer thread, and where its outcome goes.
+struct WriteJob {
+    agent: String,
+    seq: u64,
+    windows: Vec<crate::store::WindowRow>,
+    done: tokio::sync::oneshot::Sender<Result<bool, String>>,
+}
+
+/// At most this many batches, or about this many rows, share a transaction.
+const GROUP_MAX_BATCHES: usize = 512;
+const GROUP_MAX_ROWS: usize = 5_000;
+
+/// The writer thread: takes every batch waiting (at least one) and stores them in one
+/// transaction, so N concurrent batches cost one commit and one fsync instead of N, and no
+/// thread waits on the writer's lock per batch. Each batch is answered only once its
+/// transaction has committed. If the group fails, each batch is tried alone, so one bad batch
+/// does not fail the others.
+fn group_commit(writer: &Mutex<Store>, queue: &std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = queue.recv() {
+        let mut rows = first.windows.len();
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX_BATCHES && rows < GROUP_MAX_ROWS {
+            match queue.try_recv() {
+                Ok(job) => {
+                    rows += job.windows.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let input: Vec<(&str, u64, &[crate::store::WindowRow])> = group
+            .iter()
+            .map(|j| (j.agent.as_str(), j.seq, j.windows.as_slice()))
+            .collect();
+        let mut store = lock(writer);
+        let outcomes: Vec<Result<bool, String>> = match store.ingest_batches(&input) {
+            Ok(news) => news.into_iter().map(Ok).collect(),
+            Err(e) if input.len() == 1 => vec![Err(e.to_string())],
+            Err(_) => input
+                .iter()
+                .map(|(agent, seq, rows)| {
+                    store
+                        .ingest_batch(agent, *seq, rows)
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+        };
+        drop(store);
+        drop(input);
+        for (job, outcome) in group.into_iter().zip(outcomes) {
+            // The request may have gone (client hung up): its batch is stored all the same.
+            let _ = job.done.send(outcome);
+        }
+    }
+}
+
 fn settings_view(store: &Store) -> Result<SettingsView, StoreError> {
     let mut view = SettingsView {
         default: SamplingSettings::default(),
@@ -573,7 +818,13 @@ pub struct Service(pub Arc<Collector>);
 
 impl Ingest for Service {
     async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, String> {
-        self.0.take_batch(batch).await
+        let result = self.0.take_batch(batch).await;
+        self.0.metrics.batch(match &result {
+            Ok(o) if o.duplicate => BatchOutcome::Duplicate,
+            Ok(_) => BatchOutcome::Stored,
+            Err(_) => BatchOutcome::Failed,
+        });
+        result
     }
 
     async fn settings(&self) -> Result<SettingsView, String> {

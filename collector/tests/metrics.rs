@@ -1,0 +1,484 @@
+//! `GET /metrics` of the real service: a real store, a Flink REST API simulated in-process (one
+//! job, two vertices on one TaskManager), an agent's batch posted through the real router; the
+//! scrape is read with a Prometheus text parser and must agree with the status API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use bpmon_collector::service::{self, Collector, CollectorConfig};
+use bpmon_proto::{
+    JvmInfo, ReportBatch, SampleCost, SampleReport, TaskIdentity, TaskSamples, SCHEMA_VERSION,
+};
+use prometheus_parse::{Sample, Scrape, Value};
+use serde_json::json;
+
+const JOB: &str = "0123456789abcdef0123456789abcdef";
+const JOB_NAME: &str = "bpmon-metrics job";
+const SOURCE: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const SOURCE_NAME: &str = "Source: numbers -> explode";
+const SINK: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const SINK_NAME: &str = "Sink: out";
+const TM: &str = "tm-1";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Per subtask: (hard, soft, idle, busy) time metrics in ms per second.
+fn times(vertex: &str, subtask: u32) -> (u32, u32, u32, u32) {
+    match (vertex, subtask) {
+        (SOURCE, 0) => (900, 0, 0, 100),
+        (SOURCE, 1) => (0, 300, 700, 0),
+        _ => (0, 0, 0, 1000),
+    }
+}
+
+/// The Flink REST endpoints the collector polls, for one running job.
+async fn flink(req: Request) -> Response {
+    let start = (now_ms() - 600_000) as i64;
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let vertex = |id: &str| -> (&str, u32) {
+        if id == SOURCE {
+            (SOURCE_NAME, 2)
+        } else {
+            (SINK_NAME, 1)
+        }
+    };
+    match parts.as_slice() {
+        ["config"] => Json(json!({"flink-version": "2.3.0"})).into_response(),
+        ["jobs", "overview"] => Json(json!({"jobs": [
+            {"jid": JOB, "name": JOB_NAME, "state": "RUNNING", "start-time": start}
+        ]}))
+        .into_response(),
+        ["taskmanagers"] => Json(json!({"taskmanagers": [
+            {"id": TM, "path": "pekko.tcp://flink@127.0.0.1:6122/user/rpc/taskmanager_0", "dataPort": 6121}
+        ]}))
+        .into_response(),
+        ["jobs", JOB] => Json(json!({
+            "jid": JOB, "name": JOB_NAME, "state": "RUNNING", "start-time": start,
+            "vertices": [
+                {"id": SOURCE, "name": SOURCE_NAME, "parallelism": 2},
+                {"id": SINK, "name": SINK_NAME, "parallelism": 1},
+            ],
+            "plan": {"nodes": [
+                {"id": SOURCE},
+                {"id": SINK, "inputs": [{"id": SOURCE, "ship_strategy": "HASH"}]},
+            ]},
+        }))
+        .into_response(),
+        ["jobs", JOB, "vertices", v] => {
+            let (_, parallelism) = vertex(v);
+            let subtasks: Vec<_> = (0..parallelism)
+                .map(|i| {
+                    json!({"subtask": i, "attempt": 0, "status": "RUNNING",
+                           "taskmanager-id": TM, "endpoint": "127.0.0.1:6122",
+                           "start-time": start + 100})
+                })
+                .collect();
+            Json(json!({"subtasks": subtasks})).into_response()
+        }
+        ["jobs", JOB, "vertices", v, "metrics"] => {
+            let (_, parallelism) = vertex(v);
+            let mut out = Vec::new();
+            for i in 0..parallelism {
+                let (hard, soft, idle, busy) = times(v, i);
+                for (name, value) in [
+                    ("hardBackPressuredTimeMsPerSecond", hard.to_string()),
+                    ("softBackPressuredTimeMsPerSecond", soft.to_string()),
+                    ("idleTimeMsPerSecond", idle.to_string()),
+                    ("busyTimeMsPerSecond", busy.to_string()),
+                    (
+                        "Shuffle.Netty.Output.Buffers.outPoolUsage",
+                        if hard > 0 { "1.0" } else { "0.1" }.to_string(),
+                    ),
+                    ("Shuffle.Netty.Input.Buffers.inPoolUsage", "0.0".to_string()),
+                ] {
+                    out.push(json!({"id": format!("{i}.{name}"), "value": value}));
+                }
+            }
+            Json(out).into_response()
+        }
+        _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn listen(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn task(name: &str, subtask: u32, parallelism: u32, blocked: u32, waiting: u32) -> TaskSamples {
+    TaskSamples {
+        thread: format!("{name} ({}/{parallelism})#0", subtask + 1),
+        thread_id: Some(60 + u64::from(subtask)),
+        os_thread_id: None,
+        elapsed_s: Some(590.0),
+        identity: TaskIdentity {
+            task: name.to_string(),
+            subtask,
+            parallelism,
+            attempt: Some(0),
+        },
+        legacy_source_thread: false,
+        samples: 100,
+        blocked,
+        waiting,
+        busy: 100 - blocked - waiting,
+        top_frames: Vec::new(),
+    }
+}
+
+fn batch(seq: u64) -> ReportBatch {
+    let now = now_ms();
+    ReportBatch {
+        schema_version: SCHEMA_VERSION,
+        agent_id: "agent-a".into(),
+        seq,
+        host_names: vec!["127.0.0.1".into()],
+        created_at_ms: now,
+        dropped_before: 0,
+        reports: vec![SampleReport {
+            pid: 4242,
+            backend: "attach".into(),
+            jvm: JvmInfo {
+                version: Some("17.0.15".into()),
+                main_class: "org.apache.flink.runtime.taskexecutor.TaskManagerRunner".into(),
+                flink_version: Some("2.3.0".into()),
+                resource_id: Some(TM.into()),
+                listen_ports: vec![6121, 6122],
+            },
+            samples: 100,
+            delay_ms: 50,
+            started_at_ms: now - 5_000,
+            elapsed_ms: 4_950,
+            tasks: vec![
+                task(SOURCE_NAME, 0, 2, 80, 0),
+                task(SOURCE_NAME, 1, 2, 0, 100),
+                task(SINK_NAME, 0, 1, 0, 0),
+                // A thread no subtask of the cluster matches.
+                task("Map: gone", 0, 1, 0, 0),
+            ],
+            cost: SampleCost {
+                dumps: 100,
+                ..SampleCost::default()
+            },
+            errors: Vec::new(),
+        }],
+    }
+}
+
+struct Service {
+    url: String,
+    collector: Arc<Collector>,
+    flink_url: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(name: &str) -> Service {
+    let flink_url = listen(Router::new().fallback(flink)).await;
+    let dir = std::env::temp_dir().join(format!("bpmon-metrics-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = CollectorConfig {
+        data_dir: dir.clone(),
+        ..CollectorConfig::default()
+    };
+    config.flink.urls = vec![flink_url.clone()];
+    let collector = service::build(&config).unwrap();
+    collector.poll(0).await;
+    let url = listen(service::app(Arc::clone(&collector), &config)).await;
+    Service {
+        url,
+        collector,
+        flink_url,
+        _dir: TempDir(dir),
+    }
+}
+
+async fn post(url: &str, body: Vec<u8>) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{url}/api/v1/reports"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn scrape(url: &str) -> (String, Scrape) {
+    let resp = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    (text, scrape)
+}
+
+fn find<'a>(s: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+fn number(v: &Value) -> f64 {
+    match v {
+        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// The one sample of `name` with `labels`.
+fn one(s: &Scrape, text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = find(s, name, labels);
+    assert_eq!(found.len(), 1, "{name} {labels:?} in:\n{text}");
+    number(&found[0].value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_agree_with_the_status_api_and_count_every_outcome() {
+    let svc = start("status").await;
+    let body = serde_json::to_vec(&batch(1)).unwrap();
+    assert_eq!(post(&svc.url, body.clone()).await, reqwest::StatusCode::OK);
+    // A retry, and two bodies that are not batches.
+    assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
+    assert_eq!(
+        post(&svc.url, b"{\"schema_version\": 1,,}".to_vec()).await,
+        reqwest::StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        post(&svc.url, b"{\"schema_version\": 99}".to_vec()).await,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let status: serde_json::Value = reqwest::get(format!("{}/api/v1/jobs/{JOB}/status", svc.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (text, s) = scrape(&svc.url).await;
+
+    // Every name is bpmon's own.
+    for x in &s.samples {
+        assert!(x.metric.starts_with("bpmon_"), "{}", x.metric);
+    }
+    // Levels and ratios: what `status` says, per subtask and per vertex.
+    let mut levels = HashMap::new();
+    for v in status["vertices"].as_array().unwrap() {
+        let vid = v["vertex_id"].as_str().unwrap();
+        let vl = [("job_id", JOB), ("vertex_id", vid)];
+        let level = |l: &serde_json::Value| match l.as_str().unwrap() {
+            "ok" => 0.0,
+            "low" => 1.0,
+            "high" => 2.0,
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            one(&s, &text, "bpmon_vertex_backpressure_level", &vl),
+            level(&v["level"])
+        );
+        assert_eq!(
+            one(&s, &text, "bpmon_vertex_backpressure_ratio", &vl),
+            v["ratio"].as_f64().unwrap()
+        );
+        assert_eq!(
+            one(
+                &s,
+                &text,
+                "bpmon_vertex_info",
+                &[
+                    ("job_id", JOB),
+                    ("vertex_id", vid),
+                    ("vertex_name", v["name"].as_str().unwrap())
+                ]
+            ),
+            1.0
+        );
+        for st in v["subtasks"].as_array().unwrap() {
+            let i = st["subtask"].to_string();
+            let sl = [("job_id", JOB), ("vertex_id", vid), ("subtask", i.as_str())];
+            let l = one(&s, &text, "bpmon_subtask_backpressure_level", &sl);
+            assert_eq!(l, level(&st["level"]));
+            assert_eq!(
+                one(&s, &text, "bpmon_subtask_backpressure_ratio", &sl),
+                st["ratio"].as_f64().unwrap()
+            );
+            levels.insert((vid.to_string(), st["subtask"].as_u64().unwrap()), l);
+        }
+    }
+    // The job as built: hard, soft, busy.
+    assert_eq!(levels[&(SOURCE.to_string(), 0)], 2.0, "{status:#}");
+    assert_eq!(levels[&(SOURCE.to_string(), 1)], 1.0, "{status:#}");
+    assert_eq!(levels[&(SINK.to_string(), 0)], 0.0, "{status:#}");
+    assert_eq!(find(&s, "bpmon_subtask_backpressure_level", &[]).len(), 3);
+    assert_eq!(
+        one(
+            &s,
+            &text,
+            "bpmon_vertex_backpressure_ratio",
+            &[("vertex_id", SOURCE)]
+        ),
+        0.8
+    );
+    assert_eq!(
+        one(
+            &s,
+            &text,
+            "bpmon_job_info",
+            &[
+                ("job_id", JOB),
+                ("job_name", JOB_NAME),
+                ("flink_url", &svc.flink_url)
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(one(&s, &text, "bpmon_job_stale", &[("job_id", JOB)]), 0.0);
+
+    // Ingest: one stored, one duplicate, two rejected; three windows, one thread not placed.
+    for (outcome, n) in [
+        ("stored", 1.0),
+        ("duplicate", 1.0),
+        ("rejected", 2.0),
+        ("failed", 0.0),
+    ] {
+        assert_eq!(
+            one(
+                &s,
+                &text,
+                "bpmon_ingest_batches_total",
+                &[("outcome", outcome)]
+            ),
+            n,
+            "{outcome}"
+        );
+    }
+    assert_eq!(one(&s, &text, "bpmon_ingest_windows_total", &[]), 3.0);
+    assert_eq!(
+        one(&s, &text, "bpmon_ingest_unplaced_threads_total", &[]),
+        1.0
+    );
+
+    // The agent's last batch.
+    let agents: serde_json::Value = reqwest::get(format!("{}/api/v1/agents", svc.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last_ms = agents["agents"][0]["last_batch_ms"].as_u64().unwrap();
+    assert_eq!(
+        one(
+            &s,
+            &text,
+            "bpmon_agent_last_report_timestamp_seconds",
+            &[("agent_id", "agent-a")]
+        ),
+        last_ms as f64 / 1000.0
+    );
+
+    // Polls: the one at start (and maybe one more for the unplaced thread), none failed.
+    let fl = [("flink_url", svc.flink_url.as_str())];
+    assert_eq!(one(&s, &text, "bpmon_flink_poll_errors_total", &fl), 0.0);
+    let last_poll = one(
+        &s,
+        &text,
+        "bpmon_flink_last_poll_success_timestamp_seconds",
+        &fl,
+    );
+    assert!(
+        (last_poll - now_ms() as f64 / 1000.0).abs() < 60.0,
+        "{last_poll}"
+    );
+    let hist = find(&s, "bpmon_flink_poll_duration_seconds", &fl);
+    assert_eq!(hist.len(), 1, "{text}");
+    match &hist[0].value {
+        Value::Histogram(buckets) => {
+            let all = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
+            assert!(all.count >= 1.0, "{buckets:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let polls = one(&s, &text, "bpmon_flink_poll_duration_seconds_count", &fl);
+    assert!(polls >= 1.0, "{text}");
+    assert!(
+        text.contains("# TYPE bpmon_flink_poll_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE bpmon_ingest_batches_total counter"),
+        "{text}"
+    );
+
+    // Cardinality switch: no per-subtask series, the rest stays.
+    svc.collector.metrics().set_per_subtask(false);
+    let (text, s) = scrape(&svc.url).await;
+    assert!(
+        find(&s, "bpmon_subtask_backpressure_level", &[]).is_empty(),
+        "{text}"
+    );
+    assert!(
+        find(&s, "bpmon_subtask_backpressure_ratio", &[]).is_empty(),
+        "{text}"
+    );
+    assert_eq!(find(&s, "bpmon_vertex_backpressure_level", &[]).len(), 2);
+}
+
+/// A Flink that cannot be reached: the poll counts as an error and no success time is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_poll_is_counted() {
+    // Nothing listens there once the listener is dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let flink_url = format!("http://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("bpmon-metrics-down-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _guard = TempDir(dir.clone());
+    let mut config = CollectorConfig {
+        data_dir: dir,
+        ..CollectorConfig::default()
+    };
+    config.flink.urls = vec![flink_url.clone()];
+    config.flink.timeout = Duration::from_secs(2);
+    let collector = service::build(&config).unwrap();
+    collector.poll(0).await;
+    collector.poll(0).await;
+    let url = listen(service::app(Arc::clone(&collector), &config)).await;
+    let (text, s) = scrape(&url).await;
+    let fl = [("flink_url", flink_url.as_str())];
+    assert_eq!(one(&s, &text, "bpmon_flink_poll_errors_total", &fl), 2.0);
+    assert!(
+        find(&s, "bpmon_flink_last_poll_success_timestamp_seconds", &fl).is_empty(),
+        "{text}"
+    );
+    assert_eq!(
+        one(&s, &text, "bpmon_flink_poll_duration_seconds_count", &fl),
+        2.0
+    );
+}

@@ -1,0 +1,527 @@
+//! Authentication, TLS and exposure of the real collector: the service's router behind its token
+//! check (in process, to read the refusal counters), and the `bpmon-collector` binary (`serve`
+//! with `--token-file`, `--tls-cert`/`--tls-key`; the CLI with `--token-file`, `--ca-file`)
+//! against an HTTPS collector whose CA is made here with rcgen.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bpmon_collector::auth::{self, Auth};
+use bpmon_collector::service::config::FlinkConfig;
+use bpmon_collector::service::{self, CollectorConfig, ServeArgs};
+use bpmon_proto::{ReportBatch, SCHEMA_VERSION};
+use reqwest::StatusCode;
+
+const AGENT_TOKEN: &str = "agent-token-4f1c2d9e8a7b";
+const CLI_TOKEN: &str = "cli-token-0b9e7d3a1c55";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bpmon-sec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The collector's token file: a named token per agent and one for the CLI.
+fn token_file(dir: &Path) -> PathBuf {
+    let p = dir.join("tokens");
+    write_file(
+        &p,
+        &format!("# bpmon tokens\nagent-a:{AGENT_TOKEN}\n\ncli:{CLI_TOKEN}\n"),
+        0o600,
+    );
+    p
+}
+
+fn batch(seq: u64) -> ReportBatch {
+    ReportBatch {
+        schema_version: SCHEMA_VERSION,
+        agent_id: "host-a".into(),
+        seq,
+        host_names: vec!["host-a".into()],
+        created_at_ms: 1,
+        dropped_before: 0,
+        reports: vec![],
+    }
+}
+
+fn config(dir: &Path) -> CollectorConfig {
+    CollectorConfig {
+        data_dir: dir.join("data"),
+        // Nobody listens there: the pollers are not started in process anyway.
+        flink: FlinkConfig {
+            urls: vec!["http://127.0.0.1:9".into()],
+            ..FlinkConfig::default()
+        },
+        ..CollectorConfig::default()
+    }
+}
+
+/// The real service's API behind the token check, on a loopback port.
+async fn serve_in_process(dir: &Path, auth: Arc<Auth>) -> String {
+    let c = config(dir);
+    let collector = service::build(&c).unwrap();
+    collector.metrics().set_auth(Arc::clone(&auth));
+    let app = auth::protect(service::app(collector, &c), auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn send(
+    req: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> (StatusCode, Option<String>, String) {
+    let req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, challenge, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn reports_and_queries_need_a_valid_token_and_refusals_are_counted() {
+    let dir = temp_dir("tokens");
+    let auth = Arc::new(Auth::from_file(&token_file(&dir)).unwrap());
+    assert_eq!(auth.token_count(), 2);
+    let url = serve_in_process(&dir, Arc::clone(&auth)).await;
+    let http = reqwest::Client::new();
+    let report = || http.post(format!("{url}/api/v1/reports")).json(&batch(1));
+    let jobs = || http.get(format!("{url}/api/v1/jobs"));
+
+    // No token.
+    for req in [report(), jobs()] {
+        let (status, challenge, body) = send(req, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(challenge.as_deref(), Some("Bearer realm=\"bpmon\""));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("requires a bearer token"),
+            "{body}"
+        );
+    }
+    assert_eq!(auth.unauthorized_missing(), 2);
+
+    // A wrong token (a prefix of the right one, and another): refused, never echoed.
+    let wrong = &AGENT_TOKEN[..AGENT_TOKEN.len() - 1];
+    for (req, token) in [(report(), wrong), (jobs(), "guess-0123456789")] {
+        let (status, challenge, body) = send(req, Some(token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(challenge.unwrap().contains("invalid_token"));
+        assert!(!body.contains(token), "the token is echoed: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["error"],
+            "the bearer token is not one this collector accepts"
+        );
+    }
+    assert_eq!(auth.unauthorized_wrong(), 2);
+    assert_eq!(auth.unauthorized_total(), 4);
+    // …and exported, on the open /metrics.
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bpmon_api_unauthorized_total{reason=\"missing\"} 2")
+            && metrics.contains("bpmon_api_unauthorized_total{reason=\"wrong\"} 2"),
+        "{metrics}"
+    );
+
+    // The right tokens: the agent's batch is stored, the CLI's query answered.
+    let (status, _, body) = send(report(), Some(AGENT_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["accepted"].as_bool(), v["seq"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let (status, _, body) = send(jobs(), Some(CLI_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("jobs"), "{body}");
+    // Every other /api/v1 route too: the plan, settings, agents, config.
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/v1/settings"),
+        (reqwest::Method::GET, "/api/v1/agents"),
+        (reqwest::Method::GET, "/api/v1/config/%2A"),
+        (reqwest::Method::POST, "/api/v1/plan"),
+        (reqwest::Method::PUT, "/api/v1/config/%2A"),
+    ] {
+        let (status, _, _) = send(http.request(method.clone(), format!("{url}{path}")), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    assert_eq!(auth.unauthorized_total(), 9);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn without_tokens_nothing_is_asked_and_bodies_are_bounded_on_every_route() {
+    let dir = temp_dir("open");
+    let url = serve_in_process(&dir, Arc::new(Auth::disabled())).await;
+    let http = reqwest::Client::new();
+    let (status, _, body) = send(http.get(format!("{url}/api/v1/jobs")), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A settings update is tiny: a body past the query API's limit is refused unread.
+    let big = vec![b' '; service::routes::MAX_QUERY_BODY_BYTES + 1];
+    let (status, _, _) = send(http.put(format!("{url}/api/v1/config/%2A")).body(big), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // The plan and the reports: the ingest limit.
+    let big = vec![b' '; CollectorConfig::default().ingest.max_body_bytes + 1];
+    for path in ["/api/v1/plan", "/api/v1/reports"] {
+        let (status, _, _) = send(http.post(format!("{url}{path}")).body(big.clone()), None).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_collector_listens_on_loopback_unless_told_otherwise() {
+    let args = ServeArgs {
+        flink: vec!["http://jm:8081".into()],
+        ..ServeArgs::default()
+    };
+    let c = args.resolve().unwrap();
+    assert!(c.listen.ip().is_loopback(), "{}", c.listen);
+    assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+    let example: CollectorConfig =
+        toml::from_str(include_str!("../../packaging/collector.toml")).unwrap();
+    assert!(example.listen.ip().is_loopback());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary.
+
+/// `bpmon-collector serve`, killed when dropped; its log is collected as it comes.
+struct Serve {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(dir: &Path, extra: &[&str]) -> Result<Serve, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bpmon-collector"))
+            .args(["serve", "--flink", "http://127.0.0.1:9", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(extra)
+            .env_remove("BPMON_TOKEN_FILE")
+            .env_remove("BPMON_COLLECTOR_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let status = child.wait().unwrap();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Err(format!("{status}: {err}"));
+        };
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Ok(Serve {
+            addr: addr.to_string(),
+            log,
+            child,
+        })
+    }
+
+    /// The first log line containing `needle`, waiting up to 10 s for it.
+    fn log_line_with(&self, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(l) = self
+                .log
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return Some(l.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bpmon-collector"))
+        .args(args)
+        .env_remove("BPMON_TOKEN_FILE")
+        .env_remove("BPMON_CA_FILE")
+        .env_remove("BPMON_COLLECTOR")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_world_readable_token_file_is_refused_by_serve_and_the_cli() {
+    let dir = temp_dir("world");
+    let tokens = dir.join("tokens");
+    write_file(&tokens, &format!("cli:{CLI_TOKEN}\n"), 0o644);
+    let tokens_arg = tokens.to_str().unwrap();
+    let err = Serve::start(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--token-file", tokens_arg],
+    )
+    .err()
+    .expect("serve must refuse a world-readable token file");
+    assert!(
+        err.contains("readable by every user") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains(CLI_TOKEN), "{err}");
+    let (ok, _, stderr) = cli(&[
+        "--collector",
+        "http://127.0.0.1:9",
+        "--token-file",
+        tokens_arg,
+        "jobs",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("readable by every user"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn beyond_loopback_without_tokens_the_collector_warns() {
+    let dir = temp_dir("exposed");
+    let serve = Serve::start(&dir, &["--listen", "0.0.0.0:0"]).unwrap();
+    let line = serve
+        .log_line_with("WITHOUT authentication")
+        .expect("a warning about the open API");
+    assert!(line.contains("token_file"), "{line}");
+}
+
+/// A private CA and a server certificate for localhost and 127.0.0.1, as PEM files.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bpmon test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bpmon-collector");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let pki = Pki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("collector.pem"),
+        key: dir.join("collector.key"),
+    };
+    write_file(&pki.ca, &ca.pem(), 0o644);
+    write_file(&pki.cert, &cert.pem(), 0o644);
+    write_file(&pki.key, &key.serialize_pem(), 0o600);
+    pki
+}
+
+#[test]
+fn https_end_to_end_with_a_private_ca_and_tokens() {
+    let dir = temp_dir("tls");
+    let pki = make_pki(&dir);
+    let tokens = token_file(&dir);
+    let cli_token = dir.join("cli.token");
+    write_file(&cli_token, &format!("{CLI_TOKEN}\n"), 0o600);
+    let serve = Serve::start(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--tls-cert",
+            pki.cert.to_str().unwrap(),
+            "--tls-key",
+            pki.key.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let port = serve.addr.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://localhost:{port}");
+    let ca = pki.ca.to_str().unwrap();
+    let token = cli_token.to_str().unwrap();
+
+    // The CLI with the CA and its token: answered.
+    let (ok, stdout, stderr) = cli(&[
+        "--collector",
+        &url,
+        "--ca-file",
+        ca,
+        "--token-file",
+        token,
+        "--output",
+        "json",
+        "jobs",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["jobs"].is_array(), "{v}");
+    // By IP too (the certificate names 127.0.0.1).
+    let (ok, _, stderr) = cli(&[
+        "--collector",
+        &format!("https://127.0.0.1:{port}"),
+        "--ca-file",
+        ca,
+        "--token-file",
+        token,
+        "agents",
+    ]);
+    assert!(ok, "{stderr}");
+
+    // Without the CA: a certificate error that says what to do.
+    let (ok, _, stderr) = cli(&["--collector", &url, "--token-file", token, "jobs"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("TLS with the collector")
+            && stderr.contains("certificate")
+            && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
+
+    // With the CA but without a token: 401, and the CLI says which flag is missing.
+    let (ok, _, stderr) = cli(&["--collector", &url, "--ca-file", ca, "jobs"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("401") && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+
+    // Plain HTTP to the HTTPS port gets nowhere.
+    let (ok, _, _) = cli(&[
+        "--collector",
+        &format!("http://127.0.0.1:{port}"),
+        "--timeout",
+        "3s",
+        "--token-file",
+        token,
+        "jobs",
+    ]);
+    assert!(!ok);
+
+    // A library client (the agent uses the same reqwest/rustls) with the CA: a report is taken.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut builder = reqwest::Client::builder();
+        for c in bpmon_collector::tls::ca_certificates(&pki.ca).unwrap() {
+            builder = builder.add_root_certificate(c);
+        }
+        let http = builder.build().unwrap();
+        let (status, _, body) = send(
+            http.post(format!("{url}/api/v1/reports")).json(&batch(5)),
+            Some(AGENT_TOKEN),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    });
+    // Tokens and TLS on loopback: nothing to warn about.
+    assert!(!serve.log.lock().unwrap().contains("WITHOUT"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_needs_both_files_and_says_which_is_bad() {
+    let dir = temp_dir("tls-bad");
+    let pki = make_pki(&dir);
+    // The CA's certificate with the server's key: they do not match.
+    let err = Serve::start(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            pki.ca.to_str().unwrap(),
+            "--tls-key",
+            pki.key.to_str().unwrap(),
+        ],
+    )
+    .err()
+    .expect("a mismatched key is refused");
+    assert!(err.contains("do not work together"), "{err}");
+    let err = Serve::start(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            pki.cert.to_str().unwrap(),
+        ],
+    )
+    .err()
+    .expect("a certificate without its key is refused");
+    assert!(err.contains("--tls-key"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
