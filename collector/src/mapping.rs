@@ -198,12 +198,25 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
                 out[i] = Some(Resolution::Resolved(candidates[c].0.clone()));
             }
         }
+        // What an operator needs to see why: how close the candidates' deployments were.
+        let mut starts: Vec<i64> = candidates.iter().filter_map(|(_, s)| *s).collect();
+        starts.sort_unstable();
+        let closest = starts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .min()
+            .map(|gap| {
+                format!(
+                    " (closest start-times {gap} ms apart; creation order needs {ORDER_SEPARATION_MS} ms)"
+                )
+            })
+            .unwrap_or_default();
         for &i in &members {
             if out[i].is_none() {
                 out[i] = Some(Resolution::Ambiguous {
                     candidates: candidates.iter().map(|(r, _)| r.clone()).collect(),
                     why: format!(
-                        "{} threads named '{}' and {} matching subtasks; their start times do not tell them apart",
+                        "{} threads named '{}' and {} matching subtasks; their start times do not tell them apart{closest}",
                         members.len(),
                         report.tasks[i].thread,
                         candidates.len()
@@ -400,6 +413,7 @@ mod tests {
                 Resolution::Ambiguous { candidates, why } => {
                     assert_eq!(candidates.len(), 2);
                     assert!(why.contains("do not tell them apart"), "{why}");
+                    assert!(why.contains("closest start-times 3 ms apart"), "{why}");
                 }
                 other => panic!("{other:?}"),
             }

@@ -140,13 +140,20 @@ impl CollectorProc {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info,bpmon_collector=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log)?);
+            .env("RUST_LOG", "info,bpmon_collector=debug");
         for u in flink_urls {
             cmd.arg("--flink").arg(u);
         }
+        CollectorProc::spawn(cmd, data_dir, log)
+    }
+
+    /// Runs `cmd`, a `bpmon-collector serve` command line of the caller's making (e.g. a
+    /// packaged binary with a config file), with stderr to `log`, and waits until it says where
+    /// it listens. `data_dir` is what its configuration says.
+    pub fn spawn(mut cmd: Command, data_dir: &Path, log: PathBuf) -> Result<CollectorProc> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log)?);
         let mut child = cmd.spawn().context("starting bpmon-collector")?;
         let stdout = child.stdout.take().context("collector stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -239,8 +246,8 @@ impl AgentProc {
         let bin = binary("bpmon-agent")?;
         std::fs::create_dir_all(spool_dir)?;
         let log = spool_dir.with_extension(format!("log.{}", now_ms()));
-        let child = Command::new(bin)
-            .arg("run")
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
             .arg("--collector")
             .arg(collector_url)
             .arg("--agent-id")
@@ -248,7 +255,14 @@ impl AgentProc {
             .arg("--spool-dir")
             .arg(spool_dir)
             .args(extra)
-            .env("RUST_LOG", "info,bpmon_agent=debug")
+            .env("RUST_LOG", "info,bpmon_agent=debug");
+        AgentProc::spawn(cmd, spool_dir, log)
+    }
+
+    /// Runs `cmd`, a `bpmon-agent run` command line of the caller's making, with stderr to `log`
+    /// (stdout next to it). `spool_dir` is what its configuration says.
+    pub fn spawn(mut cmd: Command, spool_dir: &Path, log: PathBuf) -> Result<AgentProc> {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(File::create(log.with_extension("out"))?)
             .stderr(File::create(&log)?)

@@ -127,11 +127,13 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
             sleep(Duration::from_secs(4));
         }
         let jid = TestJobs::submit(&rest, &jar, mode, name)?;
+        // Each job runs before the next is submitted: jobs with equal vertex names (hard and
+        // soft share their consumer's) are then deployed in order, which is what creation order
+        // pairing needs. Submitted together, they may deploy in the same instant, and the
+        // collector rightly calls their threads ambiguous.
+        rest.wait_job_running(&jid, Duration::from_secs(120))
+            .with_context(|| format!("{name} running"))?;
         jobs.push(Job { mode, name, jid });
-    }
-    for j in &jobs {
-        rest.wait_job_running(&j.jid, Duration::from_secs(120))
-            .with_context(|| format!("{} running", j.name))?;
     }
     log(t0, "all jobs RUNNING");
 

@@ -4,6 +4,7 @@
 //! with one connection for writes and one for reads (WAL lets them run side by side).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,10 +85,30 @@ pub struct Collector {
     /// Each job's last status, with its JSON: reused for [`STATUS_TTL`], so that many clients
     /// asking about a big job cost one computation a second, not one each.
     status_cache: Mutex<HashMap<String, CachedStatus>>,
+    /// Dropped with the collector, which ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
     /// The store writer thread ([`group_commit`]), joined by [`Collector::close`].
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Each vertex's level as last logged.
     levels: Mutex<LevelLog>,
+}
+
+/// How often the write-ahead log is checkpointed.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// A commit checkpoints the log itself only past this many pages (~400 MiB): when the
+/// checkpoint thread cannot keep up.
+const CHECKPOINT_SAFETY_PAGES: u32 = 100_000;
+
+/// The checkpoint thread: copies the write-ahead log into the database twice a second. With
+/// SQLite's default, a commit that finds the log past 1,000 pages checkpoints it itself, and the
+/// batches behind it wait; here the writer only appends to the log.
+fn checkpoints(store: &Store, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = store.checkpoint() {
+            tracing::warn!(error = %e, "checkpoint failed; the next one retries");
+        }
+    }
 }
 
 /// How long a computed status is served again. Windows arrive seconds apart, so a status at
@@ -130,6 +151,14 @@ impl Collector {
         poll_interval: Duration,
     ) -> Result<Collector, StoreError> {
         let settings = settings_view(&reader)?;
+        // Checkpoints on a connection of their own, off the agents' path (see `checkpoints`).
+        writer.set_autocheckpoint(CHECKPOINT_SAFETY_PAGES)?;
+        let checkpointer = Store::open(writer.path().parent().unwrap_or(Path::new(".")))?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpoints(&checkpointer, &stopped))
+            .map_err(StoreError::Thread)?;
         let writer = Arc::new(Mutex::new(writer));
         let (writes, queue) = std::sync::mpsc::channel::<WriteJob>();
         let writer_thread = {
@@ -164,6 +193,7 @@ impl Collector {
             settings: RwLock::new(settings),
             poll_interval,
             status_cache: Mutex::new(HashMap::new()),
+            _stop_checkpoints: stop_checkpoints,
             writer_thread: Mutex::new(Some(writer_thread)),
             levels: Mutex::new(LevelLog::default()),
         })
