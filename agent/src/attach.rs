@@ -243,6 +243,110 @@ impl Attacher {
         self.expect_ok("jcmd", reply)
     }
 
+    /// Loads a native agent library into the JVM (`load <path> true <options>`, which runs its
+    /// `Agent_OnAttach`); `library` is the path as the JVM sees it. HotSpot answers
+    /// `return code: N` with the agent's result (JDK 9+); JDK 21+ answers a failure to load with
+    /// status 0 and a bare message, so anything but `return code: 0` is a failure.
+    pub fn load_agent(&mut self, library: &str, options: &str) -> Result<(), AttachError> {
+        let reply = self.request_v1("load", &[library, "true", options])?;
+        let body = String::from_utf8_lossy(&reply.body).trim().to_string();
+        let agent_rc = body
+            .strip_prefix("return code:")
+            .and_then(|rc| rc.trim().parse::<i32>().ok());
+        match (reply.status, agent_rc) {
+            (0, Some(0)) => Ok(()),
+            (status, _) => Err(AttachError::Command {
+                pid: self.pid,
+                command: "load".into(),
+                status,
+                message: body,
+            }),
+        }
+    }
+
+    /// Connects to a UNIX socket the JVM made in its own `/tmp` under `name` (checked: a socket,
+    /// owned by the JVM's uid, reached through no symlink), as the JVM's user; `Ok(None)` when
+    /// there is no such socket.
+    pub fn connect_tmp_socket(&mut self, name: &str) -> Result<Option<UnixStream>, AttachError> {
+        self.check_same_process()?;
+        let tmp = self.open_tmp()?;
+        let Some(socket) = self.find_socket_named(&tmp, name)? else {
+            return Ok(None);
+        };
+        let via = PathBuf::from(format!("/proc/self/fd/{}", socket.as_raw_fd()));
+        let (uid, gid) = (self.uid, self.gid);
+        let result = credentials::as_user(uid, gid, || UnixStream::connect(&via));
+        drop(socket);
+        match result {
+            Ok(stream) => Ok(Some(stream)),
+            // A socket file nobody listens on: its library stopped, or the JVM died.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                self.check_same_process()?;
+                Ok(None)
+            }
+            Err(e) => Err(AttachError::Io {
+                pid: self.pid,
+                context: "connecting to a socket in the JVM's /tmp",
+                source: e,
+            }),
+        }
+    }
+
+    /// Whether the JVM's root directory is ours (same mount namespace view), so that paths of
+    /// this host mean the same inside the JVM.
+    pub fn shares_our_root(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let theirs = std::fs::metadata(self.proc.pid_dir(self.pid).join("root"));
+        let ours = std::fs::metadata("/");
+        matches!((theirs, ours), (Ok(t), Ok(o)) if t.dev() == o.dev() && t.ino() == o.ino())
+    }
+
+    /// Writes `bytes` as `name` into the JVM's `/tmp`, as the JVM's user, mode 0644, unless a
+    /// regular file of the JVM's user with the same size is there already; returns the path as
+    /// the JVM sees it (`/tmp/<name>`). Never follows a symlink.
+    pub fn install_in_tmp(&mut self, name: &str, bytes: &[u8]) -> Result<PathBuf, AttachError> {
+        self.check_same_process()?;
+        let tmp = self.open_tmp()?;
+        let shown = self.jvm_tmp().join(name);
+        let (uid, gid) = (self.uid, self.gid);
+        let written = credentials::as_user(uid, gid, || {
+            if let Ok(fd) = inroot::openat2(
+                tmp.as_fd(),
+                Path::new(name),
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+                inroot::STRICT,
+            ) {
+                let st = inroot::fstat(fd.as_fd())?;
+                if inroot::file_type(&st) == libc::S_IFREG
+                    && st.st_uid == uid
+                    && st.st_size as usize == bytes.len()
+                {
+                    return Ok(());
+                }
+                return Err(io::Error::other(format!(
+                    "{} is there already: {} of uid {}, {} bytes",
+                    name,
+                    inroot::type_name(&st),
+                    st.st_uid,
+                    st.st_size
+                )));
+            }
+            let fd = inroot::openat2(
+                tmp.as_fd(),
+                Path::new(name),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o644,
+                inroot::STRICT,
+            )?;
+            let mut file = std::fs::File::from(fd);
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+        written.map_err(|e| self.resolve_error(&shown, e))?;
+        Ok(Path::new("/tmp").join(name))
+    }
+
     /// Learns once whether the JVM speaks v2 (`getversion options`, which JDK ≤ 23 does not know).
     pub fn detect_protocol(&mut self) -> Result<Protocol, AttachError> {
         if let Some(p) = self.protocol {
@@ -475,11 +579,15 @@ impl Attacher {
     /// The attach socket in `tmp`, checked: `None` when there is none yet; an error when
     /// something else is in its place (a symlink, a file, a socket of another user).
     fn find_socket(&self, tmp: &OwnedFd) -> Result<Option<OwnedFd>, AttachError> {
-        let name = self.socket_name();
-        let shown = self.socket_path();
+        self.find_socket_named(tmp, &self.socket_name())
+    }
+
+    /// A socket named `name` in the JVM's `tmp`, checked as [`Self::find_socket`] does.
+    fn find_socket_named(&self, tmp: &OwnedFd, name: &str) -> Result<Option<OwnedFd>, AttachError> {
+        let shown = self.jvm_tmp().join(name);
         let fd = match inroot::openat2(
             tmp.as_fd(),
-            Path::new(&name),
+            Path::new(name),
             libc::O_PATH | libc::O_NOFOLLOW,
             0,
             inroot::STRICT,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::attach::AttachOptions;
+use crate::jvmti::JvmtiOptions;
 use crate::sampler::{BackendKind, SampleSettings};
 
 #[derive(Debug, Error)]
@@ -44,6 +45,9 @@ pub struct AgentConfig {
     pub sampling: SamplingConfig,
     #[serde(default)]
     pub attach: AttachConfig,
+    /// The in-process backend (`backend = "jvmti"`).
+    #[serde(default)]
+    pub jvmti: JvmtiConfig,
     /// Extra classification rules, tried before the built-in ones.
     #[serde(default)]
     pub classify: ClassifyConfig,
@@ -160,6 +164,40 @@ impl Default for AttachConfig {
         AttachConfig {
             listener_timeout: d.listener_timeout,
             io_timeout: d.io_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JvmtiConfig {
+    /// The library on this host; default: next to the binary, else the packaged one.
+    pub library: Option<PathBuf>,
+    /// Frames read per thread.
+    pub max_depth: u32,
+}
+
+impl Default for JvmtiConfig {
+    fn default() -> Self {
+        JvmtiConfig {
+            library: None,
+            max_depth: JvmtiOptions::default().max_depth,
+        }
+    }
+}
+
+impl JvmtiConfig {
+    /// The options of the in-process backend, with the attach section's I/O timeout.
+    pub fn options(&self, attach: &AttachConfig) -> JvmtiOptions {
+        JvmtiOptions {
+            library: self
+                .library
+                .clone()
+                .unwrap_or_else(JvmtiOptions::default_library),
+            io_timeout: attach.io_timeout,
+            max_depth: self
+                .max_depth
+                .clamp(1, bpmon_proto::inprocess::MAX_STACK_DEPTH),
         }
     }
 }

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use crate::access::{self, AccessError, CollectorAccess};
 use crate::attach::{AttachError, AttachOptions};
 use crate::discovery::{JvmProcess, ProcFs};
+use crate::jvmti::{JvmtiError, JvmtiOptions};
 use crate::metrics::AgentMetrics;
 use crate::sampler::{
     now_ms, take_dump, Backend, BackendKind, DumpError, DumpThread, Progress, Window,
@@ -118,6 +119,8 @@ pub struct DaemonConfig {
     pub top_frames: usize,
     pub backend: BackendKind,
     pub attach: AttachOptions,
+    /// The in-process backend's library and depth (`backend = jvmti`).
+    pub jvmti: JvmtiOptions,
     pub classifier: Arc<Classifier>,
     pub proc: ProcFs,
     pub select: JvmSelect,
@@ -149,6 +152,7 @@ impl DaemonConfig {
             top_frames: 5,
             backend: BackendKind::Attach,
             attach: AttachOptions::default(),
+            jvmti: JvmtiOptions::default(),
             classifier: Arc::new(Classifier::new()),
             proc: ProcFs::default(),
             select: JvmSelect::All,
@@ -809,6 +813,7 @@ impl Supervisor {
             jvm: jvm.clone(),
             backend: self.config.backend,
             attach: self.config.attach,
+            jvmti: self.config.jvmti.clone(),
             proc: self.config.proc.clone(),
             classifier: self.config.classifier.clone(),
             top_frames: self.config.top_frames,
@@ -1012,6 +1017,7 @@ struct Worker {
     jvm: JvmProcess,
     backend: BackendKind,
     attach: AttachOptions,
+    jvmti: JvmtiOptions,
     proc: ProcFs,
     classifier: Arc<Classifier>,
     top_frames: usize,
@@ -1023,9 +1029,48 @@ struct Worker {
 }
 
 impl Worker {
+    /// The configured backend; for the in-process one, the attach backend when the JVM cannot
+    /// run it (an old JDK, dynamic loading forbidden, no library), said once in the log and
+    /// counted as that failure.
+    fn open_backend(&self) -> Result<Backend, DumpError> {
+        let open = |kind| Backend::open(kind, &self.jvm, &self.proc, self.attach, &self.jvmti);
+        match open(self.backend) {
+            Err(e)
+                if self.backend == BackendKind::Jvmti
+                    && !matches!(
+                        e,
+                        DumpError::Jvmti(JvmtiError::Attach(AttachError::Gone { .. }))
+                    ) =>
+            {
+                self.metrics.dump_failed(e.reason());
+                tracing::warn!(
+                    pid = self.jvm.pid,
+                    error = %e,
+                    "in-process sampler unavailable; sampling this JVM with the attach backend"
+                );
+                open(BackendKind::Attach)
+            }
+            other => {
+                if let Ok(Backend::Jvmti(client)) = &other {
+                    if let Some(h) = client.hello() {
+                        tracing::info!(
+                            pid = self.jvm.pid,
+                            loaded = client.loaded_it(),
+                            library = %h.library_version,
+                            vm = %h.vm_version,
+                            starts = h.starts,
+                            "sampling with the in-process sampler"
+                        );
+                    }
+                }
+                other
+            }
+        }
+    }
+
     fn run(mut self) -> WorkerEnd {
         let pid = self.jvm.pid;
-        let mut backend = match Backend::open(self.backend, &self.jvm, &self.proc, self.attach) {
+        let mut backend = match self.open_backend() {
             Ok(b) => b,
             Err(e) => {
                 self.metrics.dump_failed(e.reason());

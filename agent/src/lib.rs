@@ -17,6 +17,7 @@ pub mod host;
 pub mod hsperf;
 pub mod inroot;
 pub mod jcmd;
+pub mod jvmti;
 pub mod metrics;
 pub mod render;
 pub mod sampler;

@@ -246,10 +246,17 @@ fn run(cli: Cli, config: AgentConfig) -> Result<ExitCode> {
             let kind = backend.unwrap_or(config.sampling.backend);
             let jvm = find_jvm(&proc, pid)?;
             let classifier = Classifier::with_user_rules(config.classify.rules.clone());
-            let mut backend = Backend::open(kind, &jvm, &proc, AttachOptions::from(&config.attach))
-                .with_context(|| {
-                    format!("cannot sample pid {pid} with the {} backend", kind.as_str())
-                })?;
+            let jvmti = config.jvmti.options(&config.attach);
+            let mut backend = Backend::open(
+                kind,
+                &jvm,
+                &proc,
+                AttachOptions::from(&config.attach),
+                &jvmti,
+            )
+            .with_context(|| {
+                format!("cannot sample pid {pid} with the {} backend", kind.as_str())
+            })?;
             let report = sampler::sample(&jvm, &mut backend, &classifier, &settings);
             match output {
                 Output::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?,
@@ -335,6 +342,7 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
     d.top_frames = config.sampling.top_frames;
     d.backend = config.sampling.backend;
     d.attach = AttachOptions::from(&config.attach);
+    d.jvmti = config.jvmti.options(&config.attach);
     d.classifier = Arc::new(Classifier::with_user_rules(config.classify.rules.clone()));
     d.proc = proc;
     if !args.pids.is_empty() {

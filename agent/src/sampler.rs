@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bpmon_proto::inprocess::TaskRef;
 use bpmon_proto::{parse_task_thread_name, JvmInfo, SampleCost, SampleReport, TaskIdentity};
 use bpmon_stacks::classify::{Classifier, SampleClass};
 use bpmon_stacks::threaddump;
@@ -17,6 +18,7 @@ use crate::attach::{AttachError, AttachOptions, Attacher};
 use crate::discovery::{JvmProcess, ProcFs};
 use crate::hsperf::{PerfData, SafepointCounters};
 use crate::jcmd::{JcmdClient, JcmdError};
+use crate::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
 use crate::tally::{Tally, ThreadSample};
 
 /// How thread dumps are taken.
@@ -29,6 +31,10 @@ pub enum BackendKind {
     Attach,
     /// The JDK's `jcmd Thread.print` (or `jstack`) as a child process: slow, for fallback.
     Jcmd,
+    /// bpmon's JVMTI library inside the TaskManager (loaded through attach): task threads only,
+    /// one thread at a time, no global pause; exact job ids. The daemon falls back to `attach`
+    /// when the JVM will not load it.
+    Jvmti,
 }
 
 impl BackendKind {
@@ -36,6 +42,7 @@ impl BackendKind {
         match self {
             BackendKind::Attach => "attach",
             BackendKind::Jcmd => "jcmd",
+            BackendKind::Jvmti => "jvmti",
         }
     }
 }
@@ -46,6 +53,8 @@ pub enum DumpError {
     Attach(#[from] AttachError),
     #[error(transparent)]
     Jcmd(#[from] JcmdError),
+    #[error(transparent)]
+    Jvmti(#[from] JvmtiError),
 }
 
 impl DumpError {
@@ -57,6 +66,7 @@ impl DumpError {
             DumpError::Jcmd(JcmdError::Spawn { .. }) => "jcmd_spawn",
             DumpError::Jcmd(JcmdError::Failed { .. }) => "jcmd_failed",
             DumpError::Jcmd(JcmdError::Timeout { .. }) => "timeout",
+            DumpError::Jvmti(e) => e.reason(),
         }
     }
 
@@ -65,6 +75,7 @@ impl DumpError {
             DumpError::Attach(e) => e.is_permanent(),
             DumpError::Jcmd(JcmdError::NotFound { .. }) => true,
             DumpError::Jcmd(_) => false,
+            DumpError::Jvmti(e) => e.is_permanent(),
         }
     }
 }
@@ -74,6 +85,13 @@ impl DumpError {
 pub enum Backend {
     Attach(Box<Attacher>),
     Jcmd(JcmdClient),
+    Jvmti(Box<JvmtiClient>),
+}
+
+/// What one request to a backend gave: dump text to parse, or samples already classified.
+pub enum Fetched {
+    Text(Vec<u8>),
+    Classified(ClassifiedDump),
 }
 
 impl Backend {
@@ -82,12 +100,19 @@ impl Backend {
         jvm: &JvmProcess,
         proc: &ProcFs,
         options: AttachOptions,
+        jvmti: &JvmtiOptions,
     ) -> Result<Backend, DumpError> {
         Ok(match kind {
             BackendKind::Attach => {
                 Backend::Attach(Box::new(Attacher::new(jvm, proc.clone(), options)?))
             }
             BackendKind::Jcmd => Backend::Jcmd(JcmdClient::new(jvm, proc, options.io_timeout)?),
+            BackendKind::Jvmti => Backend::Jvmti(Box::new(JvmtiClient::open(
+                jvm,
+                proc,
+                options,
+                jvmti.clone(),
+            )?)),
         })
     }
 
@@ -95,13 +120,15 @@ impl Backend {
         match self {
             Backend::Attach(_) => BackendKind::Attach,
             Backend::Jcmd(_) => BackendKind::Jcmd,
+            Backend::Jvmti(_) => BackendKind::Jvmti,
         }
     }
 
-    pub fn dump(&mut self) -> Result<Vec<u8>, DumpError> {
+    pub fn fetch(&mut self) -> Result<Fetched, DumpError> {
         match self {
-            Backend::Attach(a) => Ok(a.thread_dump()?),
-            Backend::Jcmd(j) => Ok(j.thread_dump()?),
+            Backend::Attach(a) => Ok(Fetched::Text(a.thread_dump()?)),
+            Backend::Jcmd(j) => Ok(Fetched::Text(j.thread_dump()?)),
+            Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample()?.1)),
         }
     }
 }
@@ -145,6 +172,8 @@ pub struct DumpThread {
     pub class: SampleClass,
     /// For busy samples: what the thread was doing.
     pub top_frame: Option<String>,
+    /// The task's exact ids (in-process backend only).
+    pub task: Option<TaskRef>,
 }
 
 impl DumpThread {
@@ -161,6 +190,7 @@ impl DumpThread {
             elapsed_s: self.elapsed_s,
             class: self.class,
             top_frame: self.top_frame.clone(),
+            task: self.task.as_ref(),
         }
     }
 }
@@ -170,6 +200,8 @@ impl DumpThread {
 pub struct ClassifiedDump {
     pub threads: Vec<DumpThread>,
     pub skipped_lines: u64,
+    /// Time the in-process sampler spent inside the JVM on this sample, µs.
+    pub inside_us: Option<u64>,
 }
 
 /// Parses one dump's text and classifies its task threads.
@@ -191,12 +223,14 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
                 elapsed_s: t.header.elapsed_s,
                 class: c.class,
                 top_frame: c.top_frame.map(|f| f.to_string()),
+                task: None,
             }
         })
         .collect();
     ClassifiedDump {
         threads,
         skipped_lines: dump.summary.skipped_lines as u64,
+        inside_us: None,
     }
 }
 
@@ -230,7 +264,7 @@ pub fn take_dump(jvm: &JvmProcess, backend: &mut Backend, classifier: &Classifie
     };
     let before = read_counters();
     let t0 = Instant::now();
-    let result = backend.dump();
+    let result = backend.fetch();
     let took = t0.elapsed();
     let after = before.and_then(|_| read_counters());
     let safepoints = match (before, after) {
@@ -238,7 +272,10 @@ pub fn take_dump(jvm: &JvmProcess, backend: &mut Backend, classifier: &Classifie
         _ => None,
     };
     let p0 = Instant::now();
-    let result = result.map(|text| classify_dump(&text, classifier));
+    let result = result.map(|fetched| match fetched {
+        Fetched::Text(text) => classify_dump(&text, classifier),
+        Fetched::Classified(dump) => dump,
+    });
     TakenDump {
         took,
         safepoints,
@@ -272,6 +309,7 @@ pub struct Window {
     slots: u32,
     dump_us: Vec<u64>,
     parse_us: Vec<u64>,
+    inside_us: Vec<u64>,
     skipped_lines: u64,
     safepoints: Option<(u64, f64)>,
     failures_in_row: u32,
@@ -299,6 +337,7 @@ impl Window {
             slots: 0,
             dump_us: Vec::with_capacity(samples as usize),
             parse_us: Vec::with_capacity(samples as usize),
+            inside_us: Vec::new(),
             skipped_lines: 0,
             // No perf data: no figure at all; perf data that stops being readable: no figure.
             safepoints: jvm.perf_file.as_ref().map(|_| (0, 0.0)),
@@ -333,6 +372,7 @@ impl Window {
                 self.failures_in_row = 0;
                 self.dump_us.push(dump.took.as_micros() as u64);
                 self.parse_us.push(dump.parse.as_micros() as u64);
+                self.inside_us.extend(classified.inside_us);
                 self.skipped_lines += classified.skipped_lines;
                 let samples: Vec<ThreadSample> = classified
                     .threads
@@ -384,6 +424,7 @@ impl Window {
             safepoints: self.safepoints.map(|s| s.0),
             safepoint_ms_total: self.safepoints.map(|s| (s.1 * 1000.0).round() / 1000.0),
             skipped_lines: self.skipped_lines,
+            inside_us_p50: (!self.inside_us.is_empty()).then(|| median(&mut self.inside_us)),
         };
         SampleReport {
             pid: jvm.pid,

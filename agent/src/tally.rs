@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 
-use bpmon_proto::{parse_task_thread_name, FrameCount, TaskIdentity, TaskSamples, ThreadRole};
+use bpmon_proto::inprocess::TaskRef;
+use bpmon_proto::{
+    parse_task_thread_name, ExactTask, FrameCount, TaskIdentity, TaskSamples, ThreadRole,
+};
 use bpmon_stacks::classify::SampleClass;
 
 /// One task thread as one dump showed it, already classified.
@@ -20,6 +23,8 @@ pub struct ThreadSample<'a> {
     pub class: SampleClass,
     /// For busy samples: what the thread was doing.
     pub top_frame: Option<String>,
+    /// The task's exact ids, when the backend can read them (the in-process sampler).
+    pub task: Option<&'a TaskRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +40,7 @@ struct TaskTally {
     os_tid: Option<u64>,
     elapsed_s: Option<f64>,
     legacy: bool,
+    exact: Option<ExactTask>,
     samples: u32,
     blocked: u32,
     waiting: u32,
@@ -113,6 +119,7 @@ impl Tally {
                 os_tid: None,
                 elapsed_s: None,
                 legacy: false,
+                exact: None,
                 samples: 0,
                 blocked: 0,
                 waiting: 0,
@@ -122,6 +129,13 @@ impl Tally {
             t.os_tid = task.thread.os_tid.or(t.os_tid);
             t.elapsed_s = task.thread.elapsed_s.or(t.elapsed_s);
             t.legacy |= task.legacy;
+            if t.exact.is_none() {
+                t.exact = task.thread.task.map(|r| ExactTask {
+                    job_id: r.job_id.clone(),
+                    vertex_id: r.vertex_id.clone(),
+                    execution_attempt_id: r.execution_attempt_id.clone(),
+                });
+            }
             t.samples += 1;
             match task.class {
                 SampleClass::Blocked => t.blocked += 1,
@@ -162,6 +176,7 @@ impl Tally {
                     elapsed_s: t.elapsed_s,
                     identity: t.identity,
                     legacy_source_thread: t.legacy,
+                    exact: t.exact,
                     samples: t.samples,
                     blocked: t.blocked,
                     waiting: t.waiting,
@@ -241,6 +256,7 @@ mod tests {
             elapsed_s: Some(elapsed),
             class,
             top_frame: (class == SampleClass::Busy).then(|| format!("user.Code.run{id}(X.java:1)")),
+            task: None,
         }
     }
 

@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use bpmon_proto::{JvmInfo, SampleReport, TaskSamples};
+use bpmon_proto::{ExactTask, JvmInfo, SampleReport, TaskSamples};
 
 use crate::model::JobSnapshot;
 pub use crate::model::TaskManagerRef;
@@ -120,9 +120,18 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
             out
         };
     let mut out: Vec<Option<Resolution>> = vec![None; report.tasks.len()];
+    // Step 0: the in-process sampler read the exact ids from Flink's own objects.
+    for (i, t) in report.tasks.iter().enumerate() {
+        if let Some(exact) = &t.exact {
+            out[i] = Some(resolve_exact(t, exact, jobs));
+        }
+    }
     // Group the threads that compete for the same candidates (same name on this TaskManager).
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, t) in report.tasks.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
         match groups.iter_mut().find(|(name, _)| *name == t.thread) {
             Some((_, members)) => members.push(i),
             None => groups.push((t.thread.clone(), vec![i])),
@@ -234,6 +243,50 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
         .collect()
 }
 
+/// A task whose job and vertex ids the agent read inside the JVM: no guessing, only a check that
+/// the collector knows that subtask (a job too new for the last poll is unknown for a moment).
+fn resolve_exact(t: &TaskSamples, exact: &ExactTask, jobs: &[JobSnapshot]) -> Resolution {
+    let Some(job) = jobs.iter().find(|j| j.job_id == exact.job_id) else {
+        return Resolution::Unknown {
+            why: format!(
+                "job {} is not (yet) among the cluster's running jobs",
+                exact.job_id
+            ),
+        };
+    };
+    let Some(vertex) = job.vertices.iter().find(|v| v.vertex_id == exact.vertex_id) else {
+        return Resolution::Unknown {
+            why: format!("job {} has no vertex {}", exact.job_id, exact.vertex_id),
+        };
+    };
+    let attempt = t.identity.attempt.unwrap_or(0);
+    match vertex
+        .subtasks
+        .iter()
+        .find(|s| s.subtask == t.identity.subtask)
+    {
+        // A thread of an earlier attempt (still being cancelled) is not the running subtask.
+        Some(s) if t.identity.attempt.is_some_and(|a| a != s.attempt) => Resolution::Unknown {
+            why: format!(
+                "attempt {attempt} of '{}' #{} is not the running one ({})",
+                vertex.name, s.subtask, s.attempt
+            ),
+        },
+        Some(s) => Resolution::Resolved(SubtaskRef {
+            job_id: job.job_id.clone(),
+            vertex_id: vertex.vertex_id.clone(),
+            subtask: s.subtask,
+            attempt: s.attempt,
+        }),
+        None => Resolution::Unknown {
+            why: format!(
+                "vertex '{}' of job {} has no subtask #{} (attempt {attempt})",
+                vertex.name, job.job_id, t.identity.subtask
+            ),
+        },
+    }
+}
+
 /// Pairs threads (by JVM thread id) with candidate subtasks (by `start-time`), both in creation
 /// order; `None` unless both sides are complete, equally many, and the start times lie at least
 /// [`ORDER_SEPARATION_MS`] apart.
@@ -291,6 +344,7 @@ mod tests {
                 attempt: Some(0),
             },
             legacy_source_thread: false,
+            exact: None,
             samples: 10,
             blocked: 10,
             waiting: 0,
@@ -397,6 +451,39 @@ mod tests {
         tasks[0].thread_id = None;
         let r = resolve_tasks(&report(tasks), "tm0", &jobs);
         assert!(r.iter().all(|x| matches!(x, Resolution::Ambiguous { .. })));
+    }
+
+    #[test]
+    fn exact_ids_from_the_in_process_sampler_decide_where_names_cannot() {
+        // Started in the same instant: by name and age, ambiguous (see the next test).
+        let jobs = [job("j1", "Map", 990_000), job("j2", "Map", 990_003)];
+        let exact = |job: &str| {
+            Some(ExactTask {
+                job_id: job.into(),
+                vertex_id: "v".into(),
+                execution_attempt_id: format!("{job}-e"),
+            })
+        };
+        let mut a = task("Map", 0, 90, 10.3);
+        a.exact = exact("j2");
+        let mut b = task("Map", 0, 70, 10.2);
+        b.exact = exact("j1");
+        let r = resolve_tasks(&report(vec![a.clone(), b]), "tm0", &jobs);
+        assert_eq!(resolved(&r[0]).job_id, "j2");
+        assert_eq!(resolved(&r[1]).job_id, "j1");
+        // A job the collector has not polled yet, an older attempt: said, not guessed.
+        let mut c = task("Map", 0, 91, 1.0);
+        c.exact = exact("j9");
+        a.identity.attempt = Some(1);
+        let r = resolve_tasks(&report(vec![c, a]), "tm0", &jobs);
+        match &r[0] {
+            Resolution::Unknown { why } => assert!(why.contains("job j9"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        match &r[1] {
+            Resolution::Unknown { why } => assert!(why.contains("not the running one"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

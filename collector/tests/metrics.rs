@@ -130,6 +130,7 @@ fn task(name: &str, subtask: u32, parallelism: u32, blocked: u32, waiting: u32) 
             attempt: Some(0),
         },
         legacy_source_thread: false,
+        exact: None,
         samples: 100,
         blocked,
         waiting,

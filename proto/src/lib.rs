@@ -1,9 +1,11 @@
 //! Types shared by `bpmon-agent` and `bpmon-collector`: the back-pressure [`Level`], the identity a
 //! Flink task thread carries in its name ([`identity`]), the JSON report the agent emits
-//! ([`report`]) and what agents and the collector exchange ([`ingest`]). Pure data and pure functions only: no I/O lives here.
+//! ([`report`]), what agents and the collector exchange ([`ingest`]) and what the agent and the
+//! in-process sampler inside a TaskManager exchange ([`inprocess`]). Pure data and pure functions only: no I/O lives here.
 
 pub mod identity;
 pub mod ingest;
+pub mod inprocess;
 pub mod level;
 pub mod plan;
 pub mod report;
@@ -13,4 +15,4 @@ pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
 pub use level::Level;
 pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
-pub use report::{FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};
+pub use report::{ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};

@@ -10,7 +10,7 @@ use crate::identity::TaskIdentity;
 pub struct SampleReport {
     /// Host pid of the TaskManager JVM.
     pub pid: u32,
-    /// `attach` (native HotSpot attach) or `jcmd`.
+    /// `attach` (native HotSpot attach), `jcmd` or `jvmti` (the in-process sampler).
     pub backend: String,
     pub jvm: JvmInfo,
     /// Samples asked for.
@@ -60,6 +60,10 @@ pub struct TaskSamples {
     /// Whether a `Legacy Source Thread` was sampled for this task.
     #[serde(default)]
     pub legacy_source_thread: bool,
+    /// The exact job and execution, as the in-process sampler read them from Flink's own `Task`
+    /// object (thread names alone can be ambiguous); absent with the attach and jcmd backends.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactTask>,
     /// Samples in which the thread was seen.
     pub samples: u32,
     /// Hard back-pressure: blocked requesting an output buffer.
@@ -70,6 +74,15 @@ pub struct TaskSamples {
     pub busy: u32,
     /// What the busy samples were doing: the top user frame and how many samples showed it.
     pub top_frames: Vec<FrameCount>,
+}
+
+/// A task's ids in Flink: `job_id`, `vertex_id` (hex, as the REST API writes them) and the
+/// execution attempt's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExactTask {
+    pub job_id: String,
+    pub vertex_id: String,
+    pub execution_attempt_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +107,9 @@ pub struct SampleCost {
     pub safepoint_ms_total: Option<f64>,
     /// Lines of the dumps the parser did not understand.
     pub skipped_lines: u64,
+    /// In-process backend: median time the sampler spent inside the JVM per sample, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside_us_p50: Option<u64>,
 }
 
 impl TaskSamples {
@@ -125,6 +141,7 @@ mod tests {
                 attempt: Some(0),
             },
             legacy_source_thread: false,
+            exact: None,
             samples: 100,
             blocked: 97,
             waiting: 1,

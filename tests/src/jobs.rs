@@ -393,6 +393,22 @@ impl TestJobs {
         rest.submit_job(jar, Self::MAIN_CLASS, &[mode.as_str(), job_name])
             .with_context(|| format!("submitting {mode} job {job_name:?}"))
     }
+
+    /// The benchmark's bounded job: `records` numbers with a fixed amount of CPU work each
+    /// ("Source: numbers -> work"), shuffled to "discard: Writer"; it finishes by itself.
+    pub fn submit_throughput(
+        rest: &FlinkRest,
+        jar: &Path,
+        job_name: &str,
+        records: u64,
+    ) -> Result<String> {
+        rest.submit_job(
+            jar,
+            Self::MAIN_CLASS,
+            &["throughput", job_name, &records.to_string()],
+        )
+        .with_context(|| format!("submitting throughput job {job_name:?}"))
+    }
 }
 
 /// `$JAVA_HOME/bin/<tool>` if JAVA_HOME is set, else `<tool>` from PATH.

@@ -4,10 +4,57 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
+use crate::jobs::{Behaviour, JobMode};
 use crate::rest::FlinkRest;
+
+/// How long Flink may take to show every behaviour in its (60 s sliding) time metrics.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Waits until Flink's own time metrics show each job's subject vertex behaving as its mode
+/// says, in every subtask; `jobs` are (mode, name, job id). Returns how long that took.
+pub fn wait_settled(rest: &FlinkRest, jobs: &[(JobMode, String, String)]) -> Result<Duration> {
+    let settle = Instant::now();
+    loop {
+        let mut pending = Vec::new();
+        for (mode, name, jid) in jobs {
+            // Right after a job starts, Flink's /backpressure can answer 500 (no metrics yet:
+            // NoSuchElementException in JobVertexBackPressureHandler): not settled yet.
+            let rows = match read_job(rest, jid) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    pending.push(format!("{name}: {e:#}"));
+                    continue;
+                }
+            };
+            for r in rows.iter().filter(|r| r.vertex_name == mode.subject().name) {
+                let ok = match mode.subject().behaviour {
+                    Behaviour::HardBackPressured => r.hard_ms.is_some_and(|v| v >= 500.0),
+                    Behaviour::SoftBackPressured => r.soft_ms.is_some_and(|v| v >= 500.0),
+                    Behaviour::Idle => r.idle_ms.is_some_and(|v| v >= 700.0),
+                    Behaviour::BusySleeping | Behaviour::BusyCpu => {
+                        r.busy_ms.is_some_and(|v| v >= 700.0)
+                    }
+                };
+                if !ok {
+                    pending.push(format!("{name}/{}#{}", r.vertex_name, r.subtask));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(settle.elapsed());
+        }
+        ensure!(
+            settle.elapsed() < SETTLE_DEADLINE,
+            "Flink never showed the expected behaviour of {pending:?}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
 
 pub const HARD_BP_MS: &str = "hardBackPressuredTimeMsPerSecond";
 pub const SOFT_BP_MS: &str = "softBackPressuredTimeMsPerSecond";

@@ -19,8 +19,7 @@ use bpmon_e2e::{
 use bpmon_proto::{SampleReport, TaskSamples};
 use bpmon_stacks::classify::Classifier;
 
-/// How long Flink may take to show every behaviour in its (60 s sliding) time metrics.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(150);
+use bpmon_e2e::readings::SETTLE_DEADLINE;
 
 fn log(t0: Instant, msg: impl AsRef<str>) {
     eprintln!("[{:>6.1}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
@@ -115,47 +114,12 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
     log(t0, "all jobs RUNNING");
 
     // Let Flink's windows fill with steady-state behaviour: every subject vertex must show it.
-    let settle = Instant::now();
-    loop {
-        let mut pending = Vec::new();
-        for (mode, name, jid) in &jobs {
-            // Right after a job starts, Flink's /backpressure can answer 500 (no metrics yet:
-            // NoSuchElementException in JobVertexBackPressureHandler): not settled yet.
-            let rows = match readings::read_job(&rest, jid) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    pending.push(format!("{}: {e:#}", name));
-                    continue;
-                }
-            };
-            for r in rows.iter().filter(|r| r.vertex_name == mode.subject().name) {
-                let ok = match mode.subject().behaviour {
-                    Behaviour::HardBackPressured => r.hard_ms.is_some_and(|v| v >= 500.0),
-                    Behaviour::SoftBackPressured => r.soft_ms.is_some_and(|v| v >= 500.0),
-                    Behaviour::Idle => r.idle_ms.is_some_and(|v| v >= 700.0),
-                    Behaviour::BusySleeping | Behaviour::BusyCpu => {
-                        r.busy_ms.is_some_and(|v| v >= 700.0)
-                    }
-                };
-                if !ok {
-                    pending.push(format!("{name}/{}#{}", r.vertex_name, r.subtask));
-                }
-            }
-        }
-        if pending.is_empty() {
-            break;
-        }
-        ensure!(
-            settle.elapsed() < SETTLE_DEADLINE,
-            "Flink never showed the expected behaviour of {pending:?}"
-        );
-        sleep(Duration::from_secs(3));
-    }
+    let settled = readings::wait_settled(&rest, &jobs)?;
     log(
         t0,
         format!(
             "Flink's metrics settled after {:.0}s",
-            settle.elapsed().as_secs_f64()
+            settled.as_secs_f64()
         ),
     );
 
@@ -176,8 +140,13 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
                     let proc = ProcFs::default();
                     let jvm = proc.jvm(tm.pid).context("TaskManager JVM")?;
                     ensure!(jvm.is_taskmanager(), "pid {} is not a TaskManager", tm.pid);
-                    let mut backend =
-                        Backend::open(BackendKind::Attach, &jvm, &proc, AttachOptions::default())?;
+                    let mut backend = Backend::open(
+                        BackendKind::Attach,
+                        &jvm,
+                        &proc,
+                        AttachOptions::default(),
+                        &Default::default(),
+                    )?;
                     let report = sampler::sample(&jvm, &mut backend, &Classifier::new(), &settings);
                     Ok((tm.resource_id.clone(), report))
                 })

@@ -318,6 +318,10 @@ fn packages_hold_binaries_units_conffiles_docs_and_scripts() -> Result<()> {
             "-rw-r--r--",
         )?;
         expect(&format!("/usr/share/doc/{pkg}/copyright"), "-rw-r--r--")?;
+        if pkg == "bpmon-agent" {
+            // The in-process sampler, where `backend = "jvmti"` finds it.
+            expect("/usr/lib/bpmon/libbpmon_jvmti.so", "-rw-r--r--")?;
+        }
         // Hidden packaging commands get no page.
         ensure!(
             !files.keys().any(|f| f.contains("generate-")),
@@ -616,7 +620,7 @@ fn installed_packages_run_as_their_units_say_on_flink() -> Result<()> {
     std::fs::write(
         etc.join("collector.toml"),
         format!(
-            "log_format = \"json\"\nlog_level = \"info\"\nlisten = \"127.0.0.1:0\"\n\
+            "log_format = \"auto\"\nlog_level = \"info\"\nlisten = \"127.0.0.1:0\"\n\
              data_dir = \"{}\"\ntoken_file = \"{}\"\n\n[flink]\nurls = [\"{}\"]\n\
              poll_interval = \"1s\"\n",
             work.join("collector").display(),
@@ -633,11 +637,26 @@ fn installed_packages_run_as_their_units_say_on_flink() -> Result<()> {
             "{out:?}"
         );
     }
+    // As under systemd: a journald listens (a real one, in a private mount namespace), stderr is
+    // the stream JOURNAL_STREAM names, and log_format = "auto" (as packaged) picks the journal.
+    let journal = Journald::start(&work.join("journald"))?;
+    log(
+        t0,
+        format!("systemd-journald (pid {}) listening", journal.pid()),
+    );
     let collector_notify = NotifySocket::bind(work.join("collector.notify"))?;
-    let mut cmd = command(&collector_start[0], &root, &root);
-    collector_notify.apply(&mut cmd);
     let collector_log = work.join("collector.log");
+    std::fs::File::create(&collector_log)?;
+    let stream = std::fs::metadata(&collector_log)?;
+    let mut cmd = journal.inside(command(&collector_start[0], &root, &root));
+    collector_notify.apply(&mut cmd);
+    cmd.env(
+        "JOURNAL_STREAM",
+        format!("{}:{}", stream.dev(), stream.ino()),
+    );
+    // CollectorProc::spawn truncates and reopens the same file: same inode.
     let mut collector = CollectorProc::spawn(cmd, &work.join("collector"), collector_log.clone())?;
+    ensure!(std::fs::metadata(&collector_log)?.ino() == stream.ino());
     collector_notify.wait_for("READY=1", Duration::from_secs(10))?;
     log(t0, format!("collector READY at {}", collector.url));
 
@@ -754,29 +773,44 @@ fn installed_packages_run_as_their_units_say_on_flink() -> Result<()> {
     ensure!(value == "2", "{series} = {value}");
     log(t0, format!("/metrics: {series} {value}"));
 
-    // HIGH, in the collector's log (log_format = "json": every line an object).
-    let lines = wait_for(
-        "the level change in the collector's log",
+    // HIGH, in the journal: the collector's events with their fields as journal fields.
+    let change = wait_for(
+        "the level change in the journal",
         Duration::from_secs(10),
         || {
-            let lines = json_log(&collector_log)?;
-            let found = lines.iter().any(|l| {
-                l["message"] == "back-pressure level of a vertex changed"
-                    && l["backpressure"] == "high"
-                    && l["job"] == job_name
-                    && l["vertex"] == SOURCE
-                    && l["level"] == "INFO"
-            });
-            Ok(found.then_some(lines))
+            let entries = journal.entries("bpmon-collector")?;
+            Ok(entries.into_iter().find(|e| {
+                e["MESSAGE"] == "back-pressure level of a vertex changed"
+                    && e["F_BACKPRESSURE"] == "high"
+                    && e["F_JOB"] == job_name
+                    && e["F_VERTEX"] == SOURCE
+            }))
         },
     )?;
-    ensure!(lines
+    eprintln!("journal entry: {change}");
+    // tracing-journald writes INFO as priority 5 (notice); the entry came from the collector's
+    // own process over the native protocol, not through stderr.
+    ensure!(
+        change["PRIORITY"] == "5" && change["_TRANSPORT"] == "journal",
+        "{change}"
+    );
+    ensure!(
+        change["_PID"].as_str() == Some(collector.daemon.pid().to_string().as_str()),
+        "{change}"
+    );
+    ensure!(journal
+        .entries("bpmon-collector")?
         .iter()
-        .any(|l| l["message"] == "bpmon-collector serving" && l["tokens"] == 2));
+        .any(|e| e["MESSAGE"] == "bpmon-collector serving" && e["F_TOKENS"] == "2"));
+    let stderr = std::fs::read_to_string(&collector_log)?;
+    ensure!(
+        !stderr.contains("level of a vertex changed"),
+        "the collector logged to stderr too:\n{stderr}"
+    );
     for l in json_log(&work.join("agent.log"))? {
         ensure!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
     }
-    log(t0, "collector log: the change to HIGH, as JSON");
+    log(t0, "journal: the change to HIGH, with its fields");
 
     // An agent with a wrong token is refused: 401 in its log, and counted by the collector.
     let wrong_etc = work.join("wrong/etc/bpmon");
@@ -857,13 +891,113 @@ fn installed_packages_run_as_their_units_say_on_flink() -> Result<()> {
     ensure!(agent_lines
         .iter()
         .any(|l| l["message"] == "bpmon-agent stopped"));
-    ensure!(json_log(&collector_log)?
+    ensure!(journal
+        .entries("bpmon-collector")?
         .iter()
-        .any(|l| l["message"] == "bpmon-collector stopped"));
+        .any(|e| e["MESSAGE"] == "bpmon-collector stopped"));
+    journal.stop()?;
     cluster.stop()?;
     std::fs::remove_dir_all(&root)?;
     log(t0, "done");
     Ok(())
+}
+
+/// A real systemd-journald, in a private mount namespace so that its sockets and files
+/// (`/run/systemd/journal`, `/run/log/journal`, `/var/log/journal`) are scratch tmpfs and the
+/// host's logging is untouched. Processes join it with `nsenter -m`; stopped by PID.
+struct Journald {
+    child: std::process::Child,
+}
+
+impl Journald {
+    const BINARY: &'static str = "/lib/systemd/systemd-journald";
+
+    fn start(dir: &Path) -> Result<Journald> {
+        ensure!(
+            Path::new(Self::BINARY).exists(),
+            "{} is missing (apt-get install systemd)",
+            Self::BINARY
+        );
+        std::fs::create_dir_all(dir)?;
+        let script = format!(
+            "set -e\n\
+             for d in /run/systemd/journal /run/log /var/log/journal; do\n\
+               mkdir -p $d && mount -t tmpfs -o mode=0755 bpmon-test $d\n\
+             done\n\
+             exec {}\n",
+            Self::BINARY
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("journald.out"))?)
+            .stderr(std::fs::File::create(dir.join("journald.err"))?)
+            .spawn()
+            .context("starting systemd-journald under unshare (needs root)")?;
+        let journald = Journald { child };
+        // Ready once its socket exists inside its namespace.
+        let socket = format!("/proc/{}/root/run/systemd/journal/socket", journald.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&socket).exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "systemd-journald did not listen within 10 s: {}",
+                std::fs::read_to_string(dir.join("journald.err")).unwrap_or_default()
+            );
+            sleep(Duration::from_millis(50));
+        }
+        Ok(journald)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `cmd`, run in the journal's mount namespace (same program, arguments and environment).
+    fn inside(&self, cmd: Command) -> Command {
+        let mut wrapped = Command::new("nsenter");
+        wrapped
+            .arg("-t")
+            .arg(self.pid().to_string())
+            .arg("-m")
+            .arg("--")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        wrapped
+    }
+
+    /// Every entry of `identifier`, as `journalctl -o json` gives them.
+    fn entries(&self, identifier: &str) -> Result<Vec<Value>> {
+        let mut cmd = Command::new("journalctl");
+        cmd.args(["-o", "json", "--no-pager", "-t", identifier]);
+        let out = run(&mut self.inside(cmd))?;
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("journalctl: {l}")))
+            .collect()
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Runs the collector's `ExecStart=` with a config of `log_format = "auto"` and stderr a file

@@ -535,6 +535,17 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
     log(t0, format!("agent restarted after SIGKILL: {agents}"));
 
     // A TaskManager restarted: the jobs fail over and the subtasks show their new attempt.
+    // Failover redeploys every job in the same instant, so jobs sharing vertex names with
+    // bpmon-hard (its twin; bpmon-soft's consumer) would leave its threads rightly ambiguous
+    // by name and age (the in-process backend's exact ids settle that: jvmti_on_flink). They
+    // are cancelled first.
+    for j in jobs
+        .iter()
+        .filter(|j| matches!(j.name, "bpmon-hard-twin" | "bpmon-soft"))
+    {
+        rest.cancel_job(&j.jid)?;
+    }
+    jobs.retain(|j| !matches!(j.name, "bpmon-hard-twin" | "bpmon-soft"));
     let restarted = cluster.restart_taskmanager(1)?;
     log(
         t0,

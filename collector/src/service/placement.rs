@@ -197,6 +197,7 @@ mod tests {
                 attempt: Some(0),
             },
             legacy_source_thread: false,
+            exact: None,
             samples: 10,
             blocked: 2,
             waiting: 8,

@@ -357,6 +357,7 @@ fn task_samples(topo: &Topology, v: usize, i: u32, seq: u64, thread_id: u64) -> 
         elapsed_s: Some((window_end - topo.subtask_start_ms()) as f64 / 1000.0 - 0.1),
         identity,
         legacy_source_thread: false,
+        exact: None,
         samples: SAMPLES,
         blocked,
         waiting,
@@ -405,6 +406,7 @@ fn make_batch(topo: &Topology, agents: usize, a: usize, seq: u64) -> ReportBatch
                     safepoints: Some(300),
                     safepoint_ms_total: Some(96.5),
                     skipped_lines: 0,
+                    inside_us_p50: None,
                 },
                 errors: Vec::new(),
             }

@@ -54,6 +54,12 @@ public final class TestJobs {
             case "mimic":
                 mimic(env);
                 break;
+            case "throughput":
+                if (args.length < 3) {
+                    throw new IllegalArgumentException("usage: TestJobs throughput <job name> <records>");
+                }
+                throughput(env, Long.parseLong(args[2]));
+                break;
             default:
                 throw new IllegalArgumentException("unknown mode: " + mode);
         }
@@ -118,6 +124,24 @@ public final class TestJobs {
                 .map(new Slow<Long>(0))
                 .name("idle sink")
                 .setParallelism(2)
+                .sinkTo(new DiscardingSink<>())
+                .name("discard")
+                .setParallelism(2);
+    }
+
+    /**
+     * A bounded job for the sampling-overhead benchmark: {@code records} numbers, each given a
+     * fixed amount of work in "Source: numbers -> work", then shuffled to "discard: Writer". Its
+     * running time measures throughput: a JVM stopped for thread dumps finishes later.
+     */
+    static void throughput(StreamExecutionEnvironment env, long records) {
+        env.fromSequence(0, records - 1)
+                .name("numbers")
+                .setParallelism(2)
+                .map(new Work(2_000))
+                .name("work")
+                .setParallelism(2)
+                .rebalance()
                 .sinkTo(new DiscardingSink<>())
                 .name("discard")
                 .setParallelism(2);

@@ -1,0 +1,108 @@
+//! One sample: refresh the task threads if due, read each one's stack, classify it with the
+//! project's shared rule table, attach the task's identity, and time the whole.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bpmon_proto::inprocess::{InProcessSample, SampledThread, MAX_STACK_DEPTH};
+use bpmon_proto::ThreadRole;
+use bpmon_stacks::classify::Classifier;
+use jni::Env;
+
+use crate::identity::{clear_exception, read_task_ref};
+use crate::jvmti::Jvmti;
+use crate::stacks::{MethodCache, StackError, StackReader};
+use crate::threads::{Identity, TaskThreads};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The sampler's state between samples (all of it owned by the sampler thread).
+#[derive(Debug)]
+pub struct Sampler {
+    jvmti: Jvmti,
+    classifier: Classifier,
+    threads: TaskThreads,
+    stacks: StackReader,
+}
+
+impl Sampler {
+    /// `locations`: whether source file names and line numbers can be read.
+    pub fn new(jvmti: Jvmti, locations: bool) -> Sampler {
+        Sampler {
+            jvmti,
+            classifier: Classifier::new(),
+            threads: TaskThreads::new(),
+            stacks: StackReader::new(jvmti, locations),
+        }
+    }
+
+    /// One sample of every task thread, at most `max_depth` frames each (capped at
+    /// [`MAX_STACK_DEPTH`]). Call inside a JNI local frame; no local reference outlives it.
+    pub fn sample(
+        &mut self,
+        env: &mut Env,
+        methods: &mut MethodCache,
+        max_depth: u32,
+    ) -> InProcessSample {
+        let taken_at_ms = now_ms();
+        let start = Instant::now();
+        let mut out = InProcessSample {
+            taken_at_ms,
+            ..Default::default()
+        };
+        match self.threads.refresh_if_due(env, self.jvmti, start) {
+            Ok(errors) => out.errors.extend(errors),
+            Err(e) => out.errors.push(format!("listing threads: {e}")),
+        }
+        let depth = max_depth.clamp(1, MAX_STACK_DEPTH) as usize;
+        let mut ended = Vec::new();
+        for t in self.threads.iter_mut() {
+            let frames = match self.stacks.read(env, methods, t.thread.as_obj(), depth) {
+                Ok(frames) => frames,
+                Err(StackError::Gone) => {
+                    out.gone += 1;
+                    ended.push(t.java_id);
+                    continue;
+                }
+                Err(e) => {
+                    out.errors.push(format!("{}: {e}", t.name));
+                    continue;
+                }
+            };
+            let classification = self.classifier.classify(&frames);
+            if t.role == ThreadRole::Main && t.identity == Identity::Unread {
+                t.identity = match read_task_ref(env, self.jvmti, &t.thread) {
+                    Ok(task) => Identity::Known(task),
+                    Err(e) => {
+                        clear_exception(env);
+                        out.errors.push(format!("{}: task identity: {e}", t.name));
+                        Identity::Failed
+                    }
+                };
+            }
+            out.threads.push(SampledThread {
+                name: t.name.clone(),
+                java_id: t.java_id,
+                class: classification.class,
+                top_frame: classification.top_frame.map(|f| f.to_string()),
+                task: match &t.identity {
+                    Identity::Known(task) => Some(task.clone()),
+                    _ => None,
+                },
+            });
+        }
+        self.threads.remove(&ended);
+        out.took_us = start.elapsed().as_micros() as u64;
+        out
+    }
+
+    /// Deletes the global references to the task threads; call before detaching.
+    pub fn release(&mut self) {
+        self.threads.clear();
+    }
+}

@@ -1,0 +1,542 @@
+//! The in-process backend. bpmon's JVMTI library (`libbpmon_jvmti.so`, crate `bpmon-jvmti`)
+//! runs inside the TaskManager: it reads each task thread's stack with `GetStackTrace` (a
+//! handshake with that one thread, no global safepoint), classifies it with the same rule table
+//! as the dump backends, reads the task's exact job and execution from Flink's `Task` object,
+//! and answers on a UNIX socket in the JVM's `/tmp`. This side loads it (attach `load`), connects
+//! (as the JVM's user, to a socket the JVM owns, whose peer must be the JVM itself) and asks for
+//! one sample at a time, so windows are scheduled exactly as with the attach backend.
+//!
+//! The library outlives the agent: a restarted agent finds its socket and connects again
+//! without loading anything. `stop` ends the library's thread; a later `load` starts it again.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bpmon_proto::inprocess::{
+    Hello, InProcessSample, Request, Response, INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
+};
+use thiserror::Error;
+
+use crate::attach::{AttachError, AttachOptions, Attacher};
+use crate::discovery::{JvmProcess, ProcFs};
+use crate::sampler::{ClassifiedDump, DumpThread};
+
+/// The library's file name, as built and as packaged.
+pub const LIBRARY_NAME: &str = "libbpmon_jvmti.so";
+
+/// Where the Debian package installs the library.
+pub const PACKAGED_LIBRARY: &str = "/usr/lib/bpmon/libbpmon_jvmti.so";
+
+/// How long the library may take to open its socket after `load` returned.
+const SOCKET_WAIT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Error)]
+pub enum JvmtiError {
+    #[error("the in-process sampler library {path} cannot be read: {detail} (install the bpmon-agent package, or set jvmti_library / --jvmti-library)")]
+    LibraryMissing { path: PathBuf, detail: String },
+    #[error("JVM pid {pid} refused to load {library}: {message}{hint}")]
+    LoadRefused {
+        pid: u32,
+        library: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("JVM pid {pid}: the in-process sampler did not open /tmp/{socket} within {waited:?} of being loaded (see the TaskManager's stderr for lines starting 'bpmon-jvmti:')")]
+    NoSocket {
+        pid: u32,
+        socket: String,
+        waited: Duration,
+    },
+    #[error(
+        "JVM pid {pid}: refusing /tmp/{socket}: the process behind it is pid {peer:?}, not the JVM"
+    )]
+    WrongPeer {
+        pid: u32,
+        socket: String,
+        peer: Option<i32>,
+    },
+    #[error("JVM pid {pid}: in-process sampler: {context}: {source}")]
+    Io {
+        pid: u32,
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("JVM pid {pid}: the in-process sampler did not answer within {waited:?}")]
+    Timeout { pid: u32, waited: Duration },
+    #[error("JVM pid {pid}: the in-process sampler says: {message}")]
+    Sampler { pid: u32, message: String },
+    #[error("JVM pid {pid}: in-process sampler protocol: {detail}")]
+    Protocol { pid: u32, detail: String },
+}
+
+impl JvmtiError {
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JvmtiError::LibraryMissing { .. } => "jvmti_library_missing",
+            JvmtiError::LoadRefused { .. } => "jvmti_load_refused",
+            JvmtiError::Attach(e) => e.reason(),
+            JvmtiError::NoSocket { .. } => "jvmti_no_socket",
+            JvmtiError::WrongPeer { .. } => "jvmti_wrong_peer",
+            JvmtiError::Io { .. } => "jvmti_io",
+            JvmtiError::Timeout { .. } => "timeout",
+            JvmtiError::Sampler { .. } => "jvmti_sampler_error",
+            JvmtiError::Protocol { .. } => "jvmti_protocol",
+        }
+    }
+
+    /// Whether trying again cannot help (the daemon then falls back to the attach backend).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            JvmtiError::Attach(e) => e.is_permanent(),
+            JvmtiError::LibraryMissing { .. }
+            | JvmtiError::LoadRefused { .. }
+            | JvmtiError::WrongPeer { .. }
+            | JvmtiError::NoSocket { .. } => true,
+            JvmtiError::Protocol { .. } => true,
+            JvmtiError::Io { .. } | JvmtiError::Timeout { .. } | JvmtiError::Sampler { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// How to reach the in-process sampler.
+#[derive(Debug, Clone)]
+pub struct JvmtiOptions {
+    /// The library on this host.
+    pub library: PathBuf,
+    /// How long one request may take.
+    pub io_timeout: Duration,
+    /// Frames read per thread.
+    pub max_depth: u32,
+}
+
+impl JvmtiOptions {
+    /// The library next to the running binary (a build tree, `target/debug`), else the packaged
+    /// one.
+    pub fn default_library() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(LIBRARY_NAME)))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from(PACKAGED_LIBRARY))
+    }
+}
+
+impl Default for JvmtiOptions {
+    fn default() -> Self {
+        JvmtiOptions {
+            library: Self::default_library(),
+            io_timeout: Duration::from_secs(10),
+            max_depth: 64,
+        }
+    }
+}
+
+struct Connection {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+/// The in-process sampler of one JVM.
+pub struct JvmtiClient {
+    pid: u32,
+    attacher: Attacher,
+    options: JvmtiOptions,
+    socket: String,
+    conn: Option<Connection>,
+    hello: Option<Hello>,
+    /// Whether this client loaded the library (rather than finding it running).
+    loaded: bool,
+}
+
+impl std::fmt::Debug for JvmtiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JvmtiClient")
+            .field("pid", &self.pid)
+            .field("socket", &self.socket)
+            .field("connected", &self.conn.is_some())
+            .field("hello", &self.hello)
+            .finish()
+    }
+}
+
+impl JvmtiClient {
+    /// Connects to the JVM's in-process sampler, loading it first when it is not running.
+    pub fn open(
+        jvm: &JvmProcess,
+        proc: &ProcFs,
+        attach: AttachOptions,
+        options: JvmtiOptions,
+    ) -> Result<JvmtiClient, JvmtiError> {
+        let attacher = Attacher::new(jvm, proc.clone(), attach)?;
+        let mut client = JvmtiClient {
+            pid: jvm.pid,
+            attacher,
+            options,
+            socket: socket_name(jvm.nspid),
+            conn: None,
+            hello: None,
+            loaded: false,
+        };
+        client.connect()?;
+        Ok(client)
+    }
+
+    /// What the library said when this client last connected.
+    pub fn hello(&self) -> Option<&Hello> {
+        self.hello.as_ref()
+    }
+
+    /// Whether this client loaded the library into the JVM (rather than finding it running).
+    pub fn loaded_it(&self) -> bool {
+        self.loaded
+    }
+
+    /// One sample of every task thread, classified inside the JVM.
+    pub fn sample(&mut self) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
+        let max_depth = self.options.max_depth;
+        match self.request(&Request::Sample { max_depth })? {
+            Response::Sample(s) => {
+                let dump = to_classified(&s);
+                Ok((s, dump))
+            }
+            other => Err(self.unexpected("sample", &other)),
+        }
+    }
+
+    /// Ends the library's thread in the JVM (it closes and removes its socket). The library
+    /// stays loaded (a JVM cannot unload an agent); the next `open` starts it again.
+    pub fn stop(mut self) -> Result<(), JvmtiError> {
+        match self.request(&Request::Stop)? {
+            Response::Stopping => Ok(()),
+            other => Err(self.unexpected("stop", &other)),
+        }
+    }
+
+    fn unexpected(&self, asked: &str, got: &Response) -> JvmtiError {
+        match got {
+            Response::Error { message } => JvmtiError::Sampler {
+                pid: self.pid,
+                message: message.clone(),
+            },
+            other => JvmtiError::Protocol {
+                pid: self.pid,
+                detail: format!("asked `{asked}`, got {other:?}"),
+            },
+        }
+    }
+
+    /// One request and its response; connects (or reconnects, or loads) first when needed.
+    fn request(&mut self, request: &Request) -> Result<Response, JvmtiError> {
+        if self.conn.is_none() {
+            self.connect()?;
+        }
+        let result = self.round_trip(request);
+        if result.is_err() {
+            // The next request starts from a fresh connection.
+            self.conn = None;
+        }
+        result
+    }
+
+    fn round_trip(&mut self, request: &Request) -> Result<Response, JvmtiError> {
+        let pid = self.pid;
+        let waited = self.options.io_timeout;
+        let conn = self.conn.as_mut().ok_or(JvmtiError::Protocol {
+            pid,
+            detail: "not connected".into(),
+        })?;
+        let mut line = serde_json::to_vec(request).map_err(|e| JvmtiError::Protocol {
+            pid,
+            detail: format!("encoding the request: {e}"),
+        })?;
+        line.push(b'\n');
+        let io_err = |context: &'static str| {
+            move |source: io::Error| {
+                if is_timeout(&source) {
+                    JvmtiError::Timeout { pid, waited }
+                } else {
+                    JvmtiError::Io {
+                        pid,
+                        context,
+                        source,
+                    }
+                }
+            }
+        };
+        conn.writer
+            .write_all(&line)
+            .map_err(io_err("sending a request"))?;
+        let mut reply = Vec::with_capacity(16 * 1024);
+        let n = (&mut conn.reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut reply)
+            .map_err(io_err("reading the response"))?;
+        if n == 0 {
+            return Err(JvmtiError::Io {
+                pid,
+                context: "reading the response",
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the sampler closed the connection",
+                ),
+            });
+        }
+        if reply.last() != Some(&b'\n') {
+            return Err(JvmtiError::Protocol {
+                pid,
+                detail: format!("a response longer than {MAX_LINE_BYTES} bytes"),
+            });
+        }
+        serde_json::from_slice(&reply).map_err(|e| JvmtiError::Protocol {
+            pid,
+            detail: format!(
+                "malformed response ({e}): {}",
+                String::from_utf8_lossy(&reply[..reply.len().min(200)])
+            ),
+        })
+    }
+
+    /// Connects to the running library, or loads it and connects; then `hello`.
+    fn connect(&mut self) -> Result<(), JvmtiError> {
+        let stream = match self.attacher.connect_tmp_socket(&self.socket)? {
+            Some(s) => s,
+            None => {
+                self.load()?;
+                self.wait_for_socket()?
+            }
+        };
+        self.check_peer(&stream)?;
+        let timeout = Some(self.options.io_timeout);
+        let io_err = |source| JvmtiError::Io {
+            pid: self.pid,
+            context: "setting socket timeouts",
+            source,
+        };
+        stream.set_read_timeout(timeout).map_err(io_err)?;
+        stream.set_write_timeout(timeout).map_err(io_err)?;
+        let writer = stream.try_clone().map_err(io_err)?;
+        self.conn = Some(Connection {
+            reader: BufReader::new(stream),
+            writer,
+        });
+        let hello = Request::Hello {
+            protocol: INPROCESS_PROTOCOL_VERSION,
+        };
+        match self.round_trip(&hello) {
+            Ok(Response::Hello(h)) if h.protocol == INPROCESS_PROTOCOL_VERSION => {
+                self.hello = Some(h);
+                Ok(())
+            }
+            Ok(other) => {
+                self.conn = None;
+                Err(match other {
+                    Response::Error { message } => JvmtiError::Sampler {
+                        pid: self.pid,
+                        message,
+                    },
+                    other => JvmtiError::Protocol {
+                        pid: self.pid,
+                        detail: format!("hello answered with {other:?}"),
+                    },
+                })
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The socket's peer must be the JVM itself (the kernel says who holds the other end).
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), JvmtiError> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let peer = getsockopt(stream, PeerCredentials).ok().map(|c| c.pid());
+        if peer == Some(self.pid as i32) {
+            Ok(())
+        } else {
+            Err(JvmtiError::WrongPeer {
+                pid: self.pid,
+                socket: self.socket.clone(),
+                peer,
+            })
+        }
+    }
+
+    /// Loads the library: its own path when the JVM shares our root, else a copy in the JVM's
+    /// `/tmp` (the JVM `dlopen`s in its own mount namespace).
+    fn load(&mut self) -> Result<(), JvmtiError> {
+        let library = &self.options.library;
+        let missing = |detail: String| JvmtiError::LibraryMissing {
+            path: library.clone(),
+            detail,
+        };
+        let absolute = std::fs::canonicalize(library).map_err(|e| missing(e.to_string()))?;
+        let in_jvm: PathBuf = if self.attacher.shares_our_root() {
+            absolute
+        } else {
+            let bytes = std::fs::read(&absolute).map_err(|e| missing(e.to_string()))?;
+            let name = format!(
+                "bpmon-jvmti-{}-{:016x}.so",
+                env!("CARGO_PKG_VERSION"),
+                fnv1a(&bytes)
+            );
+            self.attacher.install_in_tmp(&name, &bytes)?
+        };
+        let shown = in_jvm.display().to_string();
+        let options = format!("socket=/tmp/{}", self.socket);
+        match self.attacher.load_agent(&shown, &options) {
+            Ok(()) => {
+                self.loaded = true;
+                tracing::info!(pid = self.pid, library = %shown, "in-process sampler loaded");
+                Ok(())
+            }
+            Err(AttachError::Command { message, .. }) => Err(JvmtiError::LoadRefused {
+                pid: self.pid,
+                library: shown,
+                hint: load_hint(&message),
+                message,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn wait_for_socket(&mut self) -> Result<UnixStream, JvmtiError> {
+        let deadline = Instant::now() + SOCKET_WAIT;
+        loop {
+            if let Some(s) = self.attacher.connect_tmp_socket(&self.socket)? {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                return Err(JvmtiError::NoSocket {
+                    pid: self.pid,
+                    socket: self.socket.clone(),
+                    waited: SOCKET_WAIT,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The socket's name in the JVM's `/tmp`: fixed per JVM, so a restarted agent finds it.
+pub fn socket_name(nspid: u32) -> String {
+    format!(".bpmon-jvmti-{nspid}")
+}
+
+/// What an operator can do about a refused `load`.
+fn load_hint(message: &str) -> &'static str {
+    if message.contains("EnableDynamicAgentLoading") || message.contains("not enabled") {
+        " (JDK 21+ can forbid loading agents into a running JVM: start the TaskManager with \
+         -XX:+EnableDynamicAgentLoading in env.java.opts.taskmanager, or load bpmon at start with \
+         -agentpath; the attach backend needs neither)"
+    } else if message.contains("cannot open shared object") || message.contains("not loaded") {
+        " (the JVM must be able to read the library at that path, as its own user)"
+    } else {
+        ""
+    }
+}
+
+/// The library's sample as the sampling loop's classified dump.
+fn to_classified(s: &InProcessSample) -> ClassifiedDump {
+    ClassifiedDump {
+        threads: s
+            .threads
+            .iter()
+            .map(|t| DumpThread {
+                name: t.name.clone(),
+                java_id: Some(t.java_id),
+                os_tid: None,
+                elapsed_s: None,
+                class: t.class,
+                top_frame: t.top_frame.clone(),
+                task: t.task.clone(),
+            })
+            .collect(),
+        skipped_lines: 0,
+        inside_us: Some(s.took_us),
+    }
+}
+
+/// A stable content hash for the copied library's name (a changed library gets a new name).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Whether `path` names a readable library file.
+pub fn library_is_present(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bpmon_proto::inprocess::{SampledThread, TaskRef};
+    use bpmon_stacks::classify::SampleClass;
+
+    #[test]
+    fn a_refusal_names_what_to_do() {
+        assert!(load_hint(
+            "Dynamic agent loading is not enabled. Use -XX:+EnableDynamicAgentLoading"
+        )
+        .contains("-XX:+EnableDynamicAgentLoading"));
+        assert!(
+            load_hint("/x.so was not loaded.\n/x.so: cannot open shared object file")
+                .contains("its own user")
+        );
+        assert_eq!(load_hint("return code: -1"), "");
+    }
+
+    #[test]
+    fn samples_become_dump_threads_with_their_exact_task() {
+        let s = InProcessSample {
+            taken_at_ms: 1,
+            took_us: 42,
+            threads: vec![SampledThread {
+                name: "Map (1/2)#3".into(),
+                java_id: 77,
+                class: SampleClass::Blocked,
+                top_frame: None,
+                task: Some(TaskRef {
+                    job_id: "j".into(),
+                    vertex_id: "v".into(),
+                    subtask: 0,
+                    attempt: 3,
+                    execution_attempt_id: "e".into(),
+                }),
+            }],
+            gone: 0,
+            errors: vec![],
+        };
+        let d = to_classified(&s);
+        assert_eq!(d.inside_us, Some(42));
+        assert_eq!(d.threads[0].java_id, Some(77));
+        assert_eq!(d.threads[0].class, SampleClass::Blocked);
+        assert_eq!(d.threads[0].task.as_ref().map(|t| t.attempt), Some(3));
+    }
+
+    #[test]
+    fn socket_names_are_per_jvm_and_hidden() {
+        assert_eq!(socket_name(4242), ".bpmon-jvmti-4242");
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
+    }
+}

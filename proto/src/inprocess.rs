@@ -1,0 +1,149 @@
+//! The in-process sampler's socket protocol: `bpmon-agent` ↔ the bpmon JVMTI library
+//! (`libbpmon_jvmti.so`) loaded inside a TaskManager.
+//!
+//! The library listens on a UNIX stream socket inside the JVM's mount namespace (its path is
+//! the `load` option); the agent connects, says [`Request::Hello`], then asks for samples. One
+//! request, one response, each a single line of JSON. The schedule stays in the agent, so the
+//! windows of every settings group share samples exactly as with the attach backend; what
+//! crosses the socket per sample is only the task threads, already classified.
+
+use bpmon_stacks::classify::SampleClass;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change; the library refuses other versions in `hello`.
+pub const INPROCESS_PROTOCOL_VERSION: u32 = 1;
+
+/// Longest line either side accepts (a sample of a few thousand task threads fits).
+pub const MAX_LINE_BYTES: usize = 8 << 20;
+
+/// Bounds the library enforces whatever it is asked.
+pub const MAX_STACK_DEPTH: u32 = 256;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First request on every connection.
+    Hello { protocol: u32 },
+    /// One sample of every task thread (and legacy source thread).
+    Sample {
+        /// Frames read per thread, from the top (capped at [`MAX_STACK_DEPTH`]).
+        max_depth: u32,
+    },
+    /// The sampler thread exits and the socket closes; a later attach `load` starts it again.
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Hello(Hello),
+    Sample(InProcessSample),
+    Stopping,
+    /// The request was understood but failed, or was not understood; the connection stays
+    /// usable unless the message says otherwise.
+    Error {
+        message: String,
+    },
+}
+
+/// Who answers: enough for the agent to trust and describe the library.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// The library's crate version.
+    pub library_version: String,
+    /// The JVM's process id, as the JVM sees it (its own PID namespace).
+    pub pid: u32,
+    /// `java.vm.version`.
+    pub vm_version: String,
+    /// The JVMTI version the library runs against, e.g. `17.0.0`.
+    pub jvmti_version: String,
+    /// When the library was (re)started in this JVM, ms since the epoch.
+    pub started_at_ms: u64,
+    /// How many times `Agent_OnLoad`/`Agent_OnAttach` started the sampler in this JVM.
+    pub starts: u32,
+}
+
+/// One sample, as the library took it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct InProcessSample {
+    /// Wall clock at the start of the sample, ms since the epoch.
+    pub taken_at_ms: u64,
+    /// Time inside the JVM for the whole sample (thread list, stacks, classification), µs.
+    pub took_us: u64,
+    pub threads: Vec<SampledThread>,
+    /// Task threads that ended while being sampled (not errors: tasks finish).
+    #[serde(default)]
+    pub gone: u32,
+    /// Anything that went wrong for one thread, said plainly; the rest of the sample stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// One task thread in one sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampledThread {
+    pub name: String,
+    /// `Thread.getId()`.
+    pub java_id: u64,
+    pub class: SampleClass,
+    /// For busy samples: the frame the classifier reports (as the dump backends do), rendered
+    /// `class.method(File.java:LINE)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_frame: Option<String>,
+    /// The Flink task this thread runs, read from the `Task` object behind it; `None` for a
+    /// legacy source thread or where the fields could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRef>,
+}
+
+/// A task's exact identity, from Flink's own objects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskRef {
+    pub job_id: String,
+    pub vertex_id: String,
+    pub subtask: u32,
+    pub attempt: u32,
+    pub execution_attempt_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_are_one_line_of_tagged_json() {
+        let r = serde_json::to_string(&Request::Sample { max_depth: 64 }).unwrap();
+        assert_eq!(r, r#"{"op":"sample","max_depth":64}"#);
+        let s = Response::Sample(InProcessSample {
+            taken_at_ms: 1,
+            took_us: 2,
+            threads: vec![SampledThread {
+                name: "Map (1/2)#0".into(),
+                java_id: 70,
+                class: SampleClass::Blocked,
+                top_frame: None,
+                task: Some(TaskRef {
+                    job_id: "j".into(),
+                    vertex_id: "v".into(),
+                    subtask: 0,
+                    attempt: 0,
+                    execution_attempt_id: "e".into(),
+                }),
+            }],
+            gone: 0,
+            errors: vec![],
+        });
+        let line = serde_json::to_string(&s).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with(r#"{"kind":"sample""#), "{line}");
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), s);
+        let e: Response = serde_json::from_str(r#"{"kind":"error","message":"no"}"#).unwrap();
+        assert_eq!(
+            e,
+            Response::Error {
+                message: "no".into()
+            }
+        );
+    }
+}

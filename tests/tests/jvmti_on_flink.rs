@@ -1,0 +1,572 @@
+//! The in-process (JVMTI) backend on real TaskManagers, against the attach backend and Flink.
+//!
+//! On Flink 2.3 with JDK 17 (two TaskManagers) and with Temurin 25 (one), bpmon's JVMTI library
+//! is loaded into a running TaskManager through the attach `load` command, and:
+//! - its classes agree with the attach backend's for hard, soft, idle and busy tasks (each
+//!   thread's dominant class), and with what Flink's own time metrics say;
+//! - it names the exact job of same-named tasks of two jobs deployed back to back on one
+//!   TaskManager (checked against Flink's REST placement), which the attach backend can only
+//!   guess from thread ages;
+//! - it takes no global safepoint per sample (the JVM's own counters, hsperfdata);
+//! - the TaskManager keeps running through load, stop and re-load, an agent that reconnects to
+//!   the running library, and a task restart (a failover after the other TaskManager is
+//!   killed): the library sees the new attempt's threads with their new ids.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bpmon_agent::attach::AttachOptions;
+use bpmon_agent::discovery::{JvmProcess, ProcFs};
+use bpmon_agent::jvmti::{socket_name, JvmtiClient, JvmtiOptions, LIBRARY_NAME};
+use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
+use bpmon_e2e::readings;
+use bpmon_e2e::{
+    one_cluster_at_a_time, repo_root, Behaviour, ClusterOptions, FlinkCluster, FlinkDist,
+    FlinkRest, JobMode, TestJobs,
+};
+use bpmon_proto::{SampleReport, TaskSamples};
+use bpmon_stacks::classify::{Classifier, SampleClass};
+
+fn log(t0: Instant, msg: impl AsRef<str>) {
+    eprintln!("[{:>6.1}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
+}
+
+/// The library, built for this test run (`cargo build -p bpmon-jvmti`, a no-op when current).
+fn library() -> Result<PathBuf> {
+    let root = repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "-p", "bpmon-jvmti"])
+        .current_dir(&root)
+        .output()
+        .context("running cargo build -p bpmon-jvmti")?;
+    ensure!(
+        out.status.success(),
+        "cargo build -p bpmon-jvmti failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let lib = target.join("debug").join(LIBRARY_NAME);
+    ensure!(lib.is_file(), "no {}", lib.display());
+    Ok(lib)
+}
+
+fn options(library: &std::path::Path) -> JvmtiOptions {
+    JvmtiOptions {
+        library: library.to_path_buf(),
+        ..JvmtiOptions::default()
+    }
+}
+
+fn window(samples: u32) -> SampleSettings {
+    SampleSettings {
+        samples,
+        delay: Duration::from_millis(50),
+        top_frames: 3,
+    }
+}
+
+fn dominant(t: &TaskSamples) -> SampleClass {
+    if t.blocked >= t.waiting && t.blocked >= t.busy {
+        SampleClass::Blocked
+    } else if t.waiting >= t.busy {
+        SampleClass::Waiting
+    } else {
+        SampleClass::Busy
+    }
+}
+
+/// The class a thread of `vertex` must show in `mode`'s job; `None` for vertices the test jobs
+/// do not pin down.
+fn expected(mode: JobMode, vertex: &str) -> Option<SampleClass> {
+    let v = mode.vertices().iter().find(|v| v.name == vertex)?;
+    Some(match v.behaviour {
+        Behaviour::HardBackPressured => SampleClass::Blocked,
+        Behaviour::SoftBackPressured | Behaviour::Idle => SampleClass::Waiting,
+        Behaviour::BusySleeping | Behaviour::BusyCpu => SampleClass::Busy,
+    })
+}
+
+/// One window of `samples` with `backend`.
+fn sample(jvm: &JvmProcess, backend: &mut Backend, samples: u32) -> SampleReport {
+    sampler::sample(jvm, backend, &Classifier::new(), &window(samples))
+}
+
+/// Compares the two backends' reports of one TaskManager, thread by thread (name and JVM id),
+/// and checks both against the jobs' known behaviour. Returns (agreeing, compared).
+fn compare(
+    attach: &SampleReport,
+    jvmti: &SampleReport,
+    modes: &BTreeMap<String, JobMode>,
+) -> Result<(usize, usize)> {
+    let by_key = |r: &SampleReport| -> BTreeMap<(String, Option<u64>), TaskSamples> {
+        r.tasks
+            .iter()
+            .map(|t| ((t.thread.clone(), t.thread_id), t.clone()))
+            .collect()
+    };
+    let (a, j) = (by_key(attach), by_key(jvmti));
+    let mut compared = 0;
+    let mut agreeing = 0;
+    eprintln!(
+        "{:<55} {:>8} {:>22} {:>22}",
+        "thread", "job", "attach b/w/busy", "jvmti b/w/busy"
+    );
+    for (key, jt) in &j {
+        let exact = jt
+            .exact
+            .as_ref()
+            .with_context(|| format!("{}: no exact ids from the jvmti backend", key.0))?;
+        let mode = *modes
+            .get(&exact.job_id)
+            .with_context(|| format!("{}: job {} is none of ours", key.0, exact.job_id))?;
+        let Some(at) = a.get(key) else {
+            bail!("{:?} sampled by jvmti but not by attach", key);
+        };
+        eprintln!(
+            "{:<55} {:>8} {:>22} {:>22}",
+            key.0,
+            mode.as_str(),
+            format!("{}/{}/{}", at.blocked, at.waiting, at.busy),
+            format!("{}/{}/{}", jt.blocked, jt.waiting, jt.busy)
+        );
+        let Some(want) = expected(mode, &jt.identity.task) else {
+            continue;
+        };
+        compared += 1;
+        ensure!(
+            dominant(jt) == want,
+            "{}: jvmti says {:?}, the job's behaviour is {want:?}",
+            key.0,
+            dominant(jt)
+        );
+        if dominant(at) == dominant(jt) {
+            agreeing += 1;
+        }
+    }
+    Ok((agreeing, compared))
+}
+
+/// A placed subtask: (job id, vertex id, vertex name, subtask, attempt).
+type Placement = (String, String, String, u32, u32);
+
+/// The jobs' subtasks Flink placed on TaskManager `tm`.
+fn placed_on(
+    rest: &FlinkRest,
+    jobs: &[(JobMode, String, String)],
+    tm: &str,
+) -> Result<HashSet<Placement>> {
+    let mut out = HashSet::new();
+    for (_, _, jid) in jobs {
+        let job = rest.job(jid)?;
+        for v in &job.vertices {
+            for s in rest.vertex(jid, &v.id)?.subtasks {
+                if s.taskmanager_id.as_deref() == Some(tm) {
+                    out.insert((
+                        jid.clone(),
+                        v.id.clone(),
+                        v.name.clone(),
+                        s.subtask,
+                        s.attempt,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every task of a jvmti report with its exact ids, as `placed_on` lists them.
+fn exact_of(report: &SampleReport) -> Result<HashSet<Placement>> {
+    report
+        .tasks
+        .iter()
+        .map(|t| {
+            let e = t
+                .exact
+                .as_ref()
+                .with_context(|| format!("{}: no ids", t.thread))?;
+            Ok((
+                e.job_id.clone(),
+                e.vertex_id.clone(),
+                t.identity.task.clone(),
+                t.identity.subtask,
+                t.identity.attempt.context("attempt")?,
+            ))
+        })
+        .collect()
+}
+
+/// Submits `modes` back to back (no wait between: same-named tasks deploy in the same instant)
+/// and waits until each runs and Flink's metrics show its behaviour.
+fn run_jobs(
+    rest: &FlinkRest,
+    jar: &std::path::Path,
+    modes: &[(JobMode, &str)],
+) -> Result<Vec<(JobMode, String, String)>> {
+    let mut jobs = Vec::new();
+    for (mode, name) in modes {
+        let jid = TestJobs::submit(rest, jar, *mode, name)?;
+        jobs.push((*mode, name.to_string(), jid));
+    }
+    for (_, name, jid) in &jobs {
+        rest.wait_job_running(jid, Duration::from_secs(120))
+            .with_context(|| format!("{name} running"))?;
+    }
+    readings::wait_settled(rest, &jobs)?;
+    Ok(jobs)
+}
+
+fn socket_exists(jvm: &JvmProcess) -> bool {
+    std::fs::symlink_metadata(
+        PathBuf::from(format!("/proc/{}/root/tmp", jvm.pid)).join(socket_name(jvm.nspid)),
+    )
+    .is_ok()
+}
+
+#[test]
+fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
+    let _one = one_cluster_at_a_time();
+    let t0 = Instant::now();
+    let lib = library()?;
+    let dist = FlinkDist::install("2.3.0")?;
+    let jar = TestJobs::build(&dist)?;
+    let mut cluster = FlinkCluster::start(
+        &dist,
+        ClusterOptions {
+            taskmanagers: 2,
+            slots_per_tm: 5,
+            extra_conf: vec![
+                ("restart-strategy.type".into(), "fixed-delay".into()),
+                (
+                    "restart-strategy.fixed-delay.attempts".into(),
+                    "1000".into(),
+                ),
+                ("restart-strategy.fixed-delay.delay".into(), "1 s".into()),
+            ],
+            ..ClusterOptions::default()
+        },
+    )?;
+    let rest = cluster.rest().clone();
+    let jobs = run_jobs(
+        &rest,
+        &jar,
+        &[
+            (JobMode::Hard, "bpmon-hard"),
+            (JobMode::Hard, "bpmon-hard-twin"),
+            (JobMode::Soft, "bpmon-soft"),
+            (JobMode::Idle, "bpmon-idle"),
+            (JobMode::Busy, "bpmon-busy"),
+        ],
+    )?;
+    let modes: BTreeMap<String, JobMode> =
+        jobs.iter().map(|(m, _, jid)| (jid.clone(), *m)).collect();
+    log(t0, "Flink 2.3 on JDK 17: five jobs running and settled");
+
+    let tm = cluster.taskmanagers()[0].clone();
+    let proc = ProcFs::default();
+    let jvm = proc.jvm(tm.pid).context("TaskManager JVM")?;
+
+    // The same threads, attach then jvmti (the library is loaded by the first open).
+    let mut attach = Backend::open(
+        BackendKind::Attach,
+        &jvm,
+        &proc,
+        AttachOptions::default(),
+        &options(&lib),
+    )?;
+    let by_attach = sample(&jvm, &mut attach, 60);
+    let mut jvmti = Backend::open(
+        BackendKind::Jvmti,
+        &jvm,
+        &proc,
+        AttachOptions::default(),
+        &options(&lib),
+    )?;
+    let Backend::Jvmti(client) = &jvmti else {
+        bail!("not the jvmti backend");
+    };
+    let hello = client.hello().context("hello")?.clone();
+    ensure!(client.loaded_it() && hello.starts == 1, "{hello:?}");
+    log(t0, format!("library loaded: {hello:?}"));
+    let by_jvmti = sample(&jvm, &mut jvmti, 60);
+    ensure!(by_jvmti.backend == "jvmti", "{}", by_jvmti.backend);
+    ensure!(by_jvmti.errors.is_empty(), "{:?}", by_jvmti.errors);
+    ensure!(by_attach.errors.is_empty(), "{:?}", by_attach.errors);
+
+    let (agreeing, compared) = compare(&by_attach, &by_jvmti, &modes)?;
+    log(
+        t0,
+        format!("AGREEMENT jvmti vs attach (JDK 17): {agreeing}/{compared} task threads"),
+    );
+    ensure!(compared >= 8, "only {compared} threads compared");
+    ensure!(agreeing == compared, "{agreeing}/{compared}");
+
+    // Exact ids: every task thread on this TaskManager names its job, vertex, subtask and
+    // attempt as Flink's REST placement does, the twins' same-named tasks included.
+    let placed = placed_on(&rest, &jobs, &tm.resource_id)?;
+    let named = exact_of(&by_jvmti)?;
+    ensure!(
+        named == placed,
+        "jvmti ids differ from Flink's placement:\n only jvmti: {:?}\n only Flink: {:?}",
+        named.difference(&placed).collect::<Vec<_>>(),
+        placed.difference(&named).collect::<Vec<_>>()
+    );
+    let explode = JobMode::Hard.subject().name;
+    let twins: Vec<&TaskSamples> = by_jvmti
+        .tasks
+        .iter()
+        .filter(|t| t.identity.task == explode)
+        .collect();
+    let twin_jobs: HashSet<&str> = twins
+        .iter()
+        .filter_map(|t| t.exact.as_ref().map(|e| e.job_id.as_str()))
+        .collect();
+    log(
+        t0,
+        format!(
+            "exact ids: {} tasks match Flink's placement; {} '{explode}' threads in {} jobs",
+            named.len(),
+            twins.len(),
+            twin_jobs.len()
+        ),
+    );
+    // Flink spreads or packs slots as it likes; the twins meet on this TaskManager when both
+    // have a subtask here, and then the names alone cannot tell them apart.
+    let twin_names: HashSet<&str> = twins.iter().map(|t| t.thread.as_str()).collect();
+    if twins.len() > twin_names.len() {
+        ensure!(twin_jobs.len() == 2, "{twins:?}");
+    }
+
+    // Cost: the attach backend stops the JVM for every dump; jvmti does not.
+    let (a_sp, j_sp) = (by_attach.cost.safepoints, by_jvmti.cost.safepoints);
+    log(
+        t0,
+        format!(
+            "per sample: attach {} µs (p50, {:?} safepoints / {} dumps), jvmti {} µs round trip, \
+             {:?} µs inside the JVM ({:?} safepoints / {} samples)",
+            by_attach.cost.dump_us_p50,
+            a_sp,
+            by_attach.cost.dumps,
+            by_jvmti.cost.dump_us_p50,
+            by_jvmti.cost.inside_us_p50,
+            j_sp,
+            by_jvmti.cost.dumps
+        ),
+    );
+    if let (Some(a), Some(j)) = (a_sp, j_sp) {
+        ensure!(
+            a >= u64::from(by_attach.cost.dumps),
+            "attach: {a} safepoints"
+        );
+        // The JVM's own periodic safepoints (GC, cleanup) may fall in the window: far fewer
+        // than one per sample.
+        ensure!(
+            j * 4 < u64::from(by_jvmti.cost.dumps),
+            "jvmti: {j} safepoints in {} samples",
+            by_jvmti.cost.dumps
+        );
+    }
+
+    // Stop, then load again: the library's thread ends and its socket goes; the TaskManager
+    // and its jobs run on; a new load starts it again.
+    drop(jvmti);
+    let client = JvmtiClient::open(&jvm, &proc, AttachOptions::default(), options(&lib))?;
+    ensure!(
+        !client.loaded_it(),
+        "an agent that reconnects must not load again"
+    );
+    client.stop()?;
+    ensure!(!socket_exists(&jvm), "the socket outlived stop");
+    ensure!(
+        proc.jvm(tm.pid).is_some(),
+        "the TaskManager exited after stop"
+    );
+    for (_, name, jid) in &jobs {
+        ensure!(rest.job(jid)?.state == "RUNNING", "{name} after stop");
+    }
+    let mut again = JvmtiClient::open(&jvm, &proc, AttachOptions::default(), options(&lib))?;
+    let hello = again.hello().context("hello")?.clone();
+    ensure!(again.loaded_it() && hello.starts == 2, "{hello:?}");
+    let (s, _) = again.sample()?;
+    ensure!(!s.threads.is_empty(), "no task threads after the re-load");
+    log(
+        t0,
+        format!(
+            "stop and re-load: start {}, {} task threads",
+            hello.starts,
+            s.threads.len()
+        ),
+    );
+
+    // A task restart: killing the other TaskManager fails every job over; this TaskManager's
+    // tasks are cancelled and deployed again as new threads of the next attempt.
+    let before: HashSet<String> = s.threads.iter().map(|t| t.name.clone()).collect();
+    cluster.restart_taskmanager(1)?;
+    log(t0, "TaskManager 1 killed and restarted: failover");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let mut backend = Backend::Jvmti(Box::new(again));
+        let report = sample(&jvm, &mut backend, 10);
+        let Backend::Jvmti(b) = backend else {
+            bail!("backend changed")
+        };
+        again = *b;
+        let running = jobs
+            .iter()
+            .try_fold(true, |ok, (_, _, jid)| -> Result<bool> {
+                Ok(ok && rest.job(jid)?.state == "RUNNING")
+            })?;
+        let placed = placed_on(&rest, &jobs, &tm.resource_id)?;
+        // Jobs with a subtask on the killed TaskManager restart (a job entirely on this one,
+        // like the busy job, may not).
+        let restarted = placed.iter().any(|p| p.4 >= 1);
+        if running && restarted && exact_of(&report).is_ok_and(|n| n == placed) {
+            break report;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after the failover the library's ids never matched Flink's placement: {:?} vs {:?}",
+            exact_of(&report).ok(),
+            placed
+        );
+        sleep(Duration::from_secs(2));
+    };
+    // The ids equal Flink's placement, so no thread of an old attempt is counted; the
+    // restarted tasks are new threads.
+    let after: HashSet<String> = report.tasks.iter().map(|t| t.thread.clone()).collect();
+    let new_threads = after.difference(&before).count();
+    ensure!(new_threads > 0, "no new task threads after the failover");
+    ensure!(proc.jvm(tm.pid).is_some(), "TaskManager 0 exited");
+    log(
+        t0,
+        format!(
+            "after the failover: {} task threads ({new_threads} new, of the next attempts), \
+             exact ids match Flink's placement",
+            report.tasks.len()
+        ),
+    );
+    again.stop()?;
+    cluster.stop()?;
+    Ok(())
+}
+
+#[test]
+fn jvmti_backend_on_temurin_25() -> Result<()> {
+    let _one = one_cluster_at_a_time();
+    let t0 = Instant::now();
+    let lib = library()?;
+    let jdk = std::env::var("BPMON_JDK25")
+        .unwrap_or_else(|_| "/usr/lib/jvm/temurin-25-jdk-amd64".to_string());
+    let jdk = std::path::Path::new(&jdk);
+    ensure!(
+        jdk.join("bin/java").is_file(),
+        "no Temurin 25 at {}",
+        jdk.display()
+    );
+    let dist = FlinkDist::install("2.3.0")?;
+    let jar = TestJobs::build(&dist)?;
+    let mut cluster = FlinkCluster::start(
+        &dist,
+        ClusterOptions {
+            taskmanagers: 1,
+            slots_per_tm: 6,
+            java_home: Some(jdk.to_path_buf()),
+            ..ClusterOptions::default()
+        },
+    )?;
+    let rest = cluster.rest().clone();
+    let jobs = run_jobs(
+        &rest,
+        &jar,
+        &[
+            (JobMode::Hard, "bpmon-hard-25"),
+            (JobMode::Hard, "bpmon-hard-twin-25"),
+            (JobMode::Idle, "bpmon-idle-25"),
+        ],
+    )?;
+    let modes: BTreeMap<String, JobMode> =
+        jobs.iter().map(|(m, _, jid)| (jid.clone(), *m)).collect();
+    let tm = cluster.taskmanagers()[0].clone();
+    let proc = ProcFs::default();
+    let jvm = proc.jvm(tm.pid).context("TaskManager JVM")?;
+    ensure!(
+        jvm.java_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("25")),
+        "{jvm:?}"
+    );
+    log(
+        t0,
+        "Flink 2.3 on Temurin 25: three jobs running and settled",
+    );
+
+    let mut attach = Backend::open(
+        BackendKind::Attach,
+        &jvm,
+        &proc,
+        AttachOptions::default(),
+        &options(&lib),
+    )?;
+    let by_attach = sample(&jvm, &mut attach, 40);
+    let mut jvmti = Backend::open(
+        BackendKind::Jvmti,
+        &jvm,
+        &proc,
+        AttachOptions::default(),
+        &options(&lib),
+    )?;
+    let by_jvmti = sample(&jvm, &mut jvmti, 40);
+    ensure!(by_jvmti.errors.is_empty(), "{:?}", by_jvmti.errors);
+    let (agreeing, compared) = compare(&by_attach, &by_jvmti, &modes)?;
+    log(
+        t0,
+        format!("AGREEMENT jvmti vs attach (JDK 25): {agreeing}/{compared} task threads"),
+    );
+    ensure!(
+        compared >= 6 && agreeing == compared,
+        "{agreeing}/{compared}"
+    );
+    // On one TaskManager every same-named twin meets its twin: the ids tell them apart.
+    let placed = placed_on(&rest, &jobs, &tm.resource_id)?;
+    ensure!(
+        exact_of(&by_jvmti)? == placed,
+        "ids differ from Flink's placement"
+    );
+    // JEP 451: JDK 21+ says so when an agent is loaded into a running JVM.
+    let out = std::fs::read_to_string(&tm.out_file).unwrap_or_default();
+    ensure!(
+        out.contains("A JVM TI agent has been loaded dynamically"),
+        "no JEP 451 warning in {}",
+        tm.out_file.display()
+    );
+    log(
+        t0,
+        format!(
+            "JDK 25: exact ids for {} tasks; attach {} µs/dump ({:?} safepoints), jvmti {} µs \
+             ({:?} µs inside, {:?} safepoints); the JVM printed the JEP 451 warning",
+            placed.len(),
+            by_attach.cost.dump_us_p50,
+            by_attach.cost.safepoints,
+            by_jvmti.cost.dump_us_p50,
+            by_jvmti.cost.inside_us_p50,
+            by_jvmti.cost.safepoints
+        ),
+    );
+    let Backend::Jvmti(client) = jvmti else {
+        bail!("not the jvmti backend")
+    };
+    client.stop()?;
+    let again = JvmtiClient::open(&jvm, &proc, AttachOptions::default(), options(&lib))?;
+    ensure!(again.hello().is_some_and(|h| h.starts == 2));
+    again.stop()?;
+    ensure!(proc.jvm(tm.pid).is_some(), "the TaskManager exited");
+    cluster.stop()?;
+    Ok(())
+}
