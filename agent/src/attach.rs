@@ -292,13 +292,24 @@ impl Attacher {
         }
     }
 
-    /// Whether the JVM's root directory is ours (same mount namespace view), so that paths of
-    /// this host mean the same inside the JVM.
-    pub fn shares_our_root(&self) -> bool {
+    /// Whether `path` (absolute, as this host sees it) names the very same file inside the
+    /// JVM's mount namespace, resolved as the JVM would (symlinks within its root): then the JVM
+    /// opens that file by that path. A container's own root, or a `/tmp` of its own, hides it.
+    pub fn sees_same_file(&self, path: &Path) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let theirs = std::fs::metadata(self.proc.pid_dir(self.pid).join("root"));
-        let ours = std::fs::metadata("/");
-        matches!((theirs, ours), (Ok(t), Ok(o)) if t.dev() == o.dev() && t.ino() == o.ino())
+        let Ok(ours) = std::fs::metadata(path) else {
+            return false;
+        };
+        let Ok(relative) = path.strip_prefix("/") else {
+            return false;
+        };
+        let Ok(root) = inroot::open_dir_path(&self.proc.pid_dir(self.pid).join("root")) else {
+            return false;
+        };
+        let Ok(fd) = inroot::openat2(root.as_fd(), relative, libc::O_PATH, 0, inroot::READ) else {
+            return false;
+        };
+        inroot::fstat(fd.as_fd()).is_ok_and(|st| st.st_dev == ours.dev() && st.st_ino == ours.ino())
     }
 
     /// Writes `bytes` as `name` into the JVM's `/tmp`, as the JVM's user, mode 0644, unless a

@@ -379,7 +379,7 @@ impl JvmtiClient {
             detail,
         };
         let absolute = std::fs::canonicalize(library).map_err(|e| missing(e.to_string()))?;
-        let in_jvm: PathBuf = if self.attacher.shares_our_root() {
+        let in_jvm: PathBuf = if self.attacher.sees_same_file(&absolute) {
             absolute
         } else {
             let bytes = std::fs::read(&absolute).map_err(|e| missing(e.to_string()))?;

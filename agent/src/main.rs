@@ -139,6 +139,10 @@ struct RunArgs {
     /// config: daemon.metrics_listen].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// How TaskManagers are sampled; `jvmti` falls back to `attach` for a JVM that will not load
+    /// the in-process sampler [default: attach; config: sampling.backend].
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
 }
 
 fn main() -> ExitCode {
@@ -340,7 +344,7 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
         .unwrap_or(config.collector.request_timeout);
     d.default_settings = default_settings;
     d.top_frames = config.sampling.top_frames;
-    d.backend = config.sampling.backend;
+    d.backend = args.backend.unwrap_or(config.sampling.backend);
     d.attach = AttachOptions::from(&config.attach);
     d.jvmti = config.jvmti.options(&config.attach);
     d.classifier = Arc::new(Classifier::with_user_rules(config.classify.rules.clone()));

@@ -479,13 +479,11 @@ fn list_shows_the_jvm() {
 
 /// A JVM in a pid and mount namespace of its own, with a private /tmp, as in a container: the
 /// agent must use its namespaced pid for the attach files and reach them through /proc/PID/root.
-#[test]
-fn a_containerized_jvm_is_attached_through_its_namespaces() {
-    if !is_root() {
-        eprintln!("not root: cannot create namespaces");
-        return;
-    }
-    let marker = format!("-Dbpmon.test.marker={}", std::process::id());
+/// A JDK 17 FakeTaskManager in its own mount and pid namespaces (pid 1 there) with a /tmp of
+/// its own, as a container runs it: the `unshare` process (kill the JVM by its host pid) and the
+/// JVM as discovery sees it. `tag` keeps concurrent tests' JVMs apart.
+fn container_jvm(tag: &str) -> (Child, bpmon_agent::discovery::JvmProcess) {
+    let marker = format!("-Dbpmon.test.marker={tag}-{}", std::process::id());
     // The classes may live under /tmp themselves (a checkout there): copy them to a private
     // mount first, then hide the host's /tmp behind the JVM's own.
     let jdk17 = jdk17();
@@ -515,8 +513,7 @@ fn a_containerized_jvm_is_attached_through_its_namespaces() {
         .unwrap();
     assert_eq!(line.trim(), "READY");
     // The JVM's host pid: the java process carrying our marker.
-    let proc = bpmon_agent::discovery::ProcFs::default();
-    let jvm = proc
+    let jvm = bpmon_agent::discovery::ProcFs::default()
         .jvms()
         .into_iter()
         .find(|j| {
@@ -524,6 +521,17 @@ fn a_containerized_jvm_is_attached_through_its_namespaces() {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
         })
         .expect("the namespaced JVM is discovered");
+    (unshare, jvm)
+}
+
+#[test]
+fn a_containerized_jvm_is_attached_through_its_namespaces() {
+    if !is_root() {
+        eprintln!("not root: cannot create namespaces");
+        return;
+    }
+    let (mut unshare, jvm) = container_jvm("attach");
+    let proc = bpmon_agent::discovery::ProcFs::default();
     let host_pid = jvm.pid;
     let result = std::panic::catch_unwind(|| {
         assert!(jvm.containerized, "{jvm:?}");
@@ -683,4 +691,100 @@ fn a_jvm_whose_tmp_is_a_symlink_is_refused_before_any_signal() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The in-process sampler library, built for this test run (a no-op when current).
+fn jvmti_library() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "bpmon-jvmti"])
+        .current_dir(root)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "cargo build -p bpmon-jvmti failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let lib = target.join("debug").join(bpmon_agent::jvmti::LIBRARY_NAME);
+    assert!(lib.is_file(), "no {}", lib.display());
+    lib
+}
+
+/// A JVM in its own mount and pid namespaces, with a /tmp of its own: the library's path on the
+/// host (here under the host's /tmp) means nothing inside, so the agent copies it into the JVM's
+/// /tmp, loads it from there, and samples through the socket in that /tmp.
+#[test]
+fn jvmti_library_is_copied_into_a_containerized_jvm() {
+    use bpmon_agent::jvmti::{JvmtiClient, JvmtiOptions};
+    if !is_root() {
+        eprintln!("not root: cannot create namespaces");
+        return;
+    }
+    let host_dir = PathBuf::from(format!("/tmp/bpmon-jvmti-test-{}", std::process::id()));
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let lib = host_dir.join(bpmon_agent::jvmti::LIBRARY_NAME);
+    std::fs::copy(jvmti_library(), &lib).unwrap();
+    let (mut unshare, jvm) = container_jvm("jvmti");
+    let proc = bpmon_agent::discovery::ProcFs::default();
+    let host_pid = jvm.pid;
+    let result = std::panic::catch_unwind(|| {
+        let options = JvmtiOptions {
+            library: lib.clone(),
+            ..JvmtiOptions::default()
+        };
+        let mut client =
+            JvmtiClient::open(&jvm, &proc, AttachOptions::default(), options).expect("jvmti");
+        assert!(client.loaded_it());
+        assert_eq!(client.hello().unwrap().pid, 1, "the JVM's own pid");
+        let copies: Vec<String> = std::fs::read_dir(format!("/proc/{host_pid}/root/tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("bpmon-jvmti-") && n.ends_with(".so"))
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        let (sample, _) = client.sample().expect("a sample");
+        let names: Vec<&str> = sample.threads.iter().map(|t| t.name.as_str()).collect();
+        assert!(
+            names.contains(&"Source: numbers -> explode (1/2)#0"),
+            "{names:?}"
+        );
+        client.stop().expect("stop");
+    });
+    stop_pid(host_pid);
+    let _ = unshare.wait();
+    let _ = std::fs::remove_dir_all(&host_dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A JDK that refuses to load agents into a running JVM (what JEP 451 makes the default in a
+/// future release; `-XX:-EnableDynamicAgentLoading` today) gets a refusal that says what to do,
+/// and the JVM runs on.
+#[test]
+fn jvmti_load_refused_by_the_jdk_says_what_to_do() {
+    use bpmon_agent::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
+    let lib = jvmti_library();
+    let mut jvm = Jvm::start(&jdk25(), &["-XX:-EnableDynamicAgentLoading"], None);
+    let proc = bpmon_agent::discovery::ProcFs::default();
+    let process = proc.jvm(jvm.pid()).expect("discovered");
+    let options = JvmtiOptions {
+        library: lib,
+        ..JvmtiOptions::default()
+    };
+    match JvmtiClient::open(&process, &proc, short(), options) {
+        Err(e @ JvmtiError::LoadRefused { .. }) => {
+            let text = e.to_string();
+            eprintln!("{text}");
+            assert!(text.contains("-XX:+EnableDynamicAgentLoading"), "{text}");
+            assert!(e.is_permanent(), "the daemon falls back to attach on it");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(jvm.alive());
+    // The attach backend still works on that JVM.
+    let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
+    assert!(dump_text(&mut a).contains("Source: numbers -> explode (1/2)#0"));
 }

@@ -24,8 +24,9 @@ use bpmon_agent::discovery::{JvmProcess, ProcFs};
 use bpmon_agent::jvmti::{socket_name, JvmtiClient, JvmtiOptions, LIBRARY_NAME};
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
 use bpmon_e2e::readings;
+use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
-    one_cluster_at_a_time, repo_root, Behaviour, ClusterOptions, FlinkCluster, FlinkDist,
+    one_cluster_at_a_time, repo_root, work_dir, Behaviour, ClusterOptions, FlinkCluster, FlinkDist,
     FlinkRest, JobMode, TestJobs,
 };
 use bpmon_proto::{SampleReport, TaskSamples};
@@ -453,6 +454,103 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
         ),
     );
     again.stop()?;
+
+    // The product: `bpmon-agent run --backend jvmti` beside a collector. It loads the library
+    // into both TaskManagers (again into this one: start 3), and the collector places every
+    // task by its exact ids: the twins' same-named subtasks all get a level, none is ambiguous.
+    let dir = work_dir()
+        .join("jvmti")
+        .join(format!("{}", std::process::id()));
+    let mut collector = CollectorProc::start(
+        &[cluster.rest_url()],
+        &dir.join("collector"),
+        0,
+        &["--poll-interval", "1s"],
+    )?;
+    collector.cli_json(&[
+        "config",
+        "set",
+        "default",
+        "--samples",
+        "20",
+        "--delay",
+        "50ms",
+        "--interval",
+        "2s",
+    ])?;
+    let mut agent = AgentProc::start(
+        &collector.url,
+        "jvmti-agent",
+        &dir.join("spool"),
+        &[
+            "--backend",
+            "jvmti",
+            "--discovery-interval",
+            "2s",
+            "--plan-refresh-interval",
+            "2s",
+        ],
+    )?;
+    let placed_all: usize = jobs
+        .iter()
+        .map(|(_, _, jid)| -> Result<usize> {
+            let job = rest.job(jid)?;
+            Ok(job.vertices.iter().map(|v| v.parallelism as usize).sum())
+        })
+        .sum::<Result<usize>>()?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut with_level = 0;
+        let mut why = Vec::new();
+        for (_, name, _) in &jobs {
+            // Until the collector's first poll, it knows no job by that name.
+            let s = match collector.cli_json(&["status", name]) {
+                Ok(s) => s,
+                Err(e) => {
+                    why.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            for v in s["vertices"].as_array().into_iter().flatten() {
+                for st in v["subtasks"].as_array().into_iter().flatten() {
+                    if st["level"].is_string() {
+                        with_level += 1;
+                    } else {
+                        why.push(format!(
+                            "{name}/{}#{}: {}",
+                            v["name"], st["subtask"], st["why"]
+                        ));
+                    }
+                }
+            }
+        }
+        if with_level == placed_all {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{with_level}/{placed_all} subtasks with a level; the others: {why:#?}\nagent log:\n{}",
+            agent.daemon.log_tail(30)
+        );
+        sleep(Duration::from_secs(2));
+    }
+    let agents = collector.cli_json(&["agents"])?;
+    let unresolved = agents["agents"][0]["unresolved"]
+        .as_array()
+        .map_or(0, Vec::len);
+    ensure!(unresolved == 0, "{agents}");
+    let agent_log = agent.daemon.log_tail(200);
+    ensure!(
+        agent_log.contains("sampling with the in-process sampler"),
+        "the daemon did not use the jvmti backend:\n{agent_log}"
+    );
+    log(
+        t0,
+        format!("bpmon-agent run --backend jvmti: all {placed_all} subtasks of the 5 jobs have a level, none ambiguous"),
+    );
+    let code = agent.daemon.stop(Duration::from_secs(15))?;
+    ensure!(code == Some(0), "agent exit code {code:?}");
+    collector.daemon.stop(Duration::from_secs(10))?;
     cluster.stop()?;
     Ok(())
 }
