@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use crate::access::{self, AccessError, CollectorAccess};
 use crate::attach::{AttachError, AttachOptions};
 use crate::discovery::{JvmProcess, ProcFs};
+use crate::hsperf::SafepointProbe;
 use crate::jvmti::{JvmtiError, JvmtiOptions};
 use crate::metrics::AgentMetrics;
 use crate::sampler::{
@@ -1089,6 +1090,11 @@ impl Worker {
                 return end;
             }
         };
+        let probe = self
+            .jvm
+            .perf_file
+            .as_deref()
+            .and_then(|p| SafepointProbe::open(p).ok());
         let origin = std::time::Instant::now();
         let mut sched = Scheduler::default();
         let mut windows: HashMap<WindowId, OpenWindow> = HashMap::new();
@@ -1169,7 +1175,7 @@ impl Worker {
                     },
                 );
             }
-            let dump = take_dump(&self.jvm, &mut backend, &self.classifier);
+            let dump = take_dump(probe.as_ref(), &mut backend, &self.classifier);
             match &dump.result {
                 Ok(_) => self.metrics.dump_taken(dump.took + dump.parse),
                 Err(e) => self.metrics.dump_failed(e.reason()),

@@ -56,73 +56,20 @@ impl PerfData {
     /// Parses the binary format (`perfMemory.hpp`): a 32-byte prologue, then entries of
     /// `{length, name_offset, vector_length, type, flags, units, variability, data_offset}`.
     pub fn parse(bytes: &[u8]) -> Result<PerfData, PerfDataError> {
-        if bytes.len() < PROLOGUE_LEN {
-            return Err(PerfDataError::Format("shorter than its prologue"));
-        }
-        if bytes[..4] != MAGIC {
-            return Err(PerfDataError::Format("bad magic"));
-        }
-        let little = match bytes[4] {
-            0 => false,
-            1 => true,
-            _ => return Err(PerfDataError::Format("bad byte order")),
-        };
-        let rd_i32 = |at: usize| -> Option<i32> {
-            let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-            Some(if little {
-                i32::from_le_bytes(b)
-            } else {
-                i32::from_be_bytes(b)
-            })
-        };
-        let rd_i64 = |at: usize| -> Option<i64> {
-            let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
-            Some(if little {
-                i64::from_le_bytes(b)
-            } else {
-                i64::from_be_bytes(b)
-            })
-        };
-        let entry_offset = rd_i32(24).ok_or(PerfDataError::Format("truncated prologue"))?;
-        let num_entries = rd_i32(28).ok_or(PerfDataError::Format("truncated prologue"))?;
+        let layout = Layout::of(bytes)?;
         let mut entries = HashMap::new();
-        let mut at =
-            usize::try_from(entry_offset).map_err(|_| PerfDataError::Format("bad entry offset"))?;
-        for _ in 0..num_entries.max(0) {
-            if at + ENTRY_HEADER_LEN > bytes.len() {
-                break;
-            }
-            let (Some(len), Some(name_off), Some(vec_len), Some(data_off)) =
-                (rd_i32(at), rd_i32(at + 4), rd_i32(at + 8), rd_i32(at + 16))
-            else {
-                break;
+        for e in layout.entries(bytes) {
+            let value = match (e.ty, e.vec_len) {
+                (b'J', 0) => layout.long_at(bytes, e.data_at).map(PerfValue::Long),
+                (b'B', n) if n > 0 => bytes.get(e.data_at..(e.data_at + n).min(e.end)).map(|s| {
+                    let s = s.split(|&b| b == 0).next().unwrap_or(&[]);
+                    PerfValue::Text(String::from_utf8_lossy(s).into_owned())
+                }),
+                _ => None,
             };
-            let ty = bytes[at + 12];
-            if len <= 0 || name_off < 0 || data_off < 0 {
-                break;
+            if let Some(value) = value {
+                entries.insert(String::from_utf8_lossy(e.name).into_owned(), value);
             }
-            let (len, name_off, data_off) = (len as usize, name_off as usize, data_off as usize);
-            let entry = bytes.get(at..at + len).unwrap_or(&[]);
-            let name = entry
-                .get(name_off..)
-                .and_then(|s| s.split(|&b| b == 0).next())
-                .map(|s| String::from_utf8_lossy(s).into_owned());
-            if let Some(name) = name {
-                let value = match (ty, vec_len) {
-                    (b'J', 0) => rd_i64(at + data_off).map(PerfValue::Long),
-                    (b'B', n) if n > 0 => entry
-                        .get(data_off..(data_off + n as usize).min(entry.len()))
-                        .map(|s| {
-                            let s = s.split(|&b| b == 0).next().unwrap_or(&[]);
-                            PerfValue::Text(String::from_utf8_lossy(s).into_owned())
-                        }),
-                    _ => None,
-                };
-                if let Some(value) = value {
-                    entries.insert(name, value);
-                }
-            }
-            at += len;
         }
         if entries.is_empty() {
             return Err(PerfDataError::Format("no entries"));
@@ -164,6 +111,178 @@ impl PerfData {
             time_ticks: self.long("sun.rt.safepointTime")?,
             sync_ticks: self.long("sun.rt.safepointSyncTime").unwrap_or(0),
             ticks_per_second: freq,
+        })
+    }
+}
+
+/// Where the entries of a perf-data file are, and how its numbers are written.
+#[derive(Clone, Copy)]
+struct Layout {
+    little: bool,
+    first_entry: usize,
+    entries: usize,
+}
+
+/// One entry's header, resolved to absolute offsets into the file.
+struct Entry<'b> {
+    name: &'b [u8],
+    ty: u8,
+    vec_len: usize,
+    data_at: usize,
+    /// End of the entry.
+    end: usize,
+}
+
+impl Layout {
+    fn of(bytes: &[u8]) -> Result<Layout, PerfDataError> {
+        if bytes.len() < PROLOGUE_LEN {
+            return Err(PerfDataError::Format("shorter than its prologue"));
+        }
+        if bytes[..4] != MAGIC {
+            return Err(PerfDataError::Format("bad magic"));
+        }
+        let little = match bytes[4] {
+            0 => false,
+            1 => true,
+            _ => return Err(PerfDataError::Format("bad byte order")),
+        };
+        let mut layout = Layout {
+            little,
+            first_entry: 0,
+            entries: 0,
+        };
+        let entry_offset = layout
+            .i32_at(bytes, 24)
+            .ok_or(PerfDataError::Format("truncated prologue"))?;
+        let num_entries = layout
+            .i32_at(bytes, 28)
+            .ok_or(PerfDataError::Format("truncated prologue"))?;
+        layout.first_entry =
+            usize::try_from(entry_offset).map_err(|_| PerfDataError::Format("bad entry offset"))?;
+        layout.entries = usize::try_from(num_entries).unwrap_or(0);
+        Ok(layout)
+    }
+
+    fn i32_at(&self, bytes: &[u8], at: usize) -> Option<i32> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(if self.little {
+            i32::from_le_bytes(b)
+        } else {
+            i32::from_be_bytes(b)
+        })
+    }
+
+    fn long_at(&self, bytes: &[u8], at: usize) -> Option<i64> {
+        let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+        Some(self.long_of(b))
+    }
+
+    fn long_of(&self, b: [u8; 8]) -> i64 {
+        if self.little {
+            i64::from_le_bytes(b)
+        } else {
+            i64::from_be_bytes(b)
+        }
+    }
+
+    /// The well-formed entries, in file order; a malformed one ends the walk.
+    fn entries<'b>(&self, bytes: &'b [u8]) -> impl Iterator<Item = Entry<'b>> + 'b {
+        let layout = *self;
+        let mut at = self.first_entry;
+        (0..self.entries).map_while(move |_| {
+            if at + ENTRY_HEADER_LEN > bytes.len() {
+                return None;
+            }
+            let len = usize::try_from(layout.i32_at(bytes, at)?).ok()?;
+            let name_off = usize::try_from(layout.i32_at(bytes, at + 4)?).ok()?;
+            let vec_len = usize::try_from(layout.i32_at(bytes, at + 8)?).ok()?;
+            let data_off = usize::try_from(layout.i32_at(bytes, at + 16)?).ok()?;
+            if len == 0 {
+                return None;
+            }
+            let entry = bytes.get(at..at + len).unwrap_or(&[]);
+            let name = entry.get(name_off..)?.split(|&b| b == 0).next()?;
+            let e = Entry {
+                name,
+                ty: bytes[at + 12],
+                vec_len,
+                data_at: at + data_off,
+                end: at + entry.len(),
+            };
+            at += len;
+            Some(e)
+        })
+    }
+}
+
+/// A JVM's safepoint counters, read again and again at the cost of three `pread`s: the file is
+/// opened once (inside the JVM's root) and the counters' offsets found once. HotSpot creates
+/// its entries once, in place, and updates their values there, so the offsets hold for the
+/// JVM's life.
+#[derive(Debug)]
+pub struct SafepointProbe {
+    file: std::fs::File,
+    little: bool,
+    count_at: u64,
+    time_at: u64,
+    sync_at: Option<u64>,
+    ticks_per_second: i64,
+}
+
+impl SafepointProbe {
+    pub fn open(path: &Path) -> Result<SafepointProbe, PerfDataError> {
+        let io = |source| PerfDataError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = inroot::open_under_proc(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
+        let layout = Layout::of(&bytes)?;
+        let (mut count_at, mut time_at, mut sync_at, mut freq) = (None, None, None, None);
+        for e in layout
+            .entries(&bytes)
+            .filter(|e| e.ty == b'J' && e.vec_len == 0)
+        {
+            let at = Some(e.data_at as u64);
+            match e.name {
+                b"sun.rt.safepoints" => count_at = at,
+                b"sun.rt.safepointTime" => time_at = at,
+                b"sun.rt.safepointSyncTime" => sync_at = at,
+                b"sun.os.hrt.frequency" => freq = layout.long_at(&bytes, e.data_at),
+                _ => {}
+            }
+        }
+        let missing = PerfDataError::Format("no safepoint counters");
+        Ok(SafepointProbe {
+            file,
+            little: layout.little,
+            count_at: count_at.ok_or(PerfDataError::Format("no safepoint counters"))?,
+            time_at: time_at.ok_or(missing)?,
+            sync_at,
+            ticks_per_second: freq
+                .filter(|&f| f > 0)
+                .ok_or(PerfDataError::Format("no timer frequency"))?,
+        })
+    }
+
+    /// The counters now; `None` when the file cannot be read any more.
+    pub fn read(&self) -> Option<SafepointCounters> {
+        use std::os::unix::fs::FileExt;
+        let long = |at: u64| -> Option<i64> {
+            let mut b = [0u8; 8];
+            self.file.read_exact_at(&mut b, at).ok()?;
+            Some(if self.little {
+                i64::from_le_bytes(b)
+            } else {
+                i64::from_be_bytes(b)
+            })
+        };
+        Some(SafepointCounters {
+            count: long(self.count_at)?,
+            time_ticks: long(self.time_at)?,
+            sync_ticks: self.sync_at.and_then(long).unwrap_or(0),
+            ticks_per_second: self.ticks_per_second,
         })
     }
 }

@@ -152,23 +152,35 @@ pub const UNSUPPORTED: &str = "this kernel does not provide openat2 (Linux 5.6 o
      blocked by a seccomp filter, is needed): bpmon-agent resolves paths inside a JVM's root only \
      with openat2, so that no symlink there can lead it elsewhere; use the jcmd backend instead";
 
-/// Reads a whole file inside a root (`READ` resolution), e.g. a JVM's perf data.
-pub fn read_in_root(root: &Path, path: &Path) -> io::Result<Vec<u8>> {
+/// Opens a file for reading inside a root (`READ` resolution), e.g. a JVM's perf data.
+pub fn open_in_root(root: &Path, path: &Path) -> io::Result<std::fs::File> {
     let dir = open_dir_path(root)?;
     let rel = path.strip_prefix("/").unwrap_or(path);
     let fd = openat2(dir.as_fd(), rel, libc::O_RDONLY | libc::O_NOCTTY, 0, READ)?;
-    let mut file = std::fs::File::from(fd);
+    Ok(std::fs::File::from(fd))
+}
+
+/// Reads a whole file inside a root (`READ` resolution).
+pub fn read_in_root(root: &Path, path: &Path) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    io::Read::read_to_end(&mut file, &mut out)?;
+    io::Read::read_to_end(&mut open_in_root(root, path)?, &mut out)?;
     Ok(out)
+}
+
+/// Opens a file for reading; one under `/proc/<pid>/root/` (any proc mount) is opened inside
+/// that root.
+pub fn open_under_proc(path: &Path) -> io::Result<std::fs::File> {
+    match split_proc_root(path) {
+        Some((root, rel)) => open_in_root(&root, &rel),
+        None => std::fs::File::open(path),
+    }
 }
 
 /// Reads a file; one under `/proc/<pid>/root/` (any proc mount) is read inside that root.
 pub fn read_under_proc(path: &Path) -> io::Result<Vec<u8>> {
-    match split_proc_root(path) {
-        Some((root, rel)) => read_in_root(&root, &rel),
-        None => std::fs::read(path),
-    }
+    let mut out = Vec::new();
+    io::Read::read_to_end(&mut open_under_proc(path)?, &mut out)?;
+    Ok(out)
 }
 
 /// `(…/<pid>/root, rest)` for a path with a `<digits>/root` pair of components.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Request, Response, INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
+    Hello, InProcessSample, Known, Request, Response, INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
 };
 use thiserror::Error;
 
@@ -142,6 +142,8 @@ impl Default for JvmtiOptions {
 struct Connection {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// Names and tasks of the threads this connection introduced.
+    known: Known,
 }
 
 /// The in-process sampler of one JVM.
@@ -203,7 +205,19 @@ impl JvmtiClient {
     pub fn sample(&mut self) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
         let max_depth = self.options.max_depth;
         match self.request(&Request::Sample { max_depth })? {
-            Response::Sample(s) => {
+            Response::Sample(mut s) => {
+                let expanded = match self.conn.as_mut() {
+                    Some(conn) => conn.known.expand(&mut s),
+                    None => Err("not connected".into()),
+                };
+                if let Err(message) = expanded {
+                    // Start over on a fresh connection, where every thread is introduced.
+                    self.conn = None;
+                    return Err(JvmtiError::Sampler {
+                        pid: self.pid,
+                        message,
+                    });
+                }
                 let dump = to_classified(&s);
                 Ok((s, dump))
             }
@@ -326,6 +340,7 @@ impl JvmtiClient {
         self.conn = Some(Connection {
             reader: BufReader::new(stream),
             writer,
+            known: Known::default(),
         });
         let hello = Request::Hello {
             protocol: INPROCESS_PROTOCOL_VERSION,
@@ -462,6 +477,7 @@ fn to_classified(s: &InProcessSample) -> ClassifiedDump {
             .collect(),
         skipped_lines: 0,
         inside_us: Some(s.took_us),
+        inside_cpu_us: s.cpu_us,
     }
 }
 
@@ -526,6 +542,7 @@ mod tests {
             }],
             gone: 0,
             errors: vec![],
+            cpu_us: Some(40),
         };
         let d = to_classified(&s);
         assert_eq!(d.inside_us, Some(42));

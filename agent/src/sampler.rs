@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::attach::{AttachError, AttachOptions, Attacher};
 use crate::discovery::{JvmProcess, ProcFs};
-use crate::hsperf::{PerfData, SafepointCounters};
+use crate::hsperf::SafepointProbe;
 use crate::jcmd::{JcmdClient, JcmdError};
 use crate::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
 use crate::tally::{Tally, ThreadSample};
@@ -202,6 +202,8 @@ pub struct ClassifiedDump {
     pub skipped_lines: u64,
     /// Time the in-process sampler spent inside the JVM on this sample, µs.
     pub inside_us: Option<u64>,
+    /// CPU time of that, µs.
+    pub inside_cpu_us: Option<u64>,
 }
 
 /// Parses one dump's text and classifies its task threads.
@@ -231,6 +233,7 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
         threads,
         skipped_lines: dump.summary.skipped_lines as u64,
         inside_us: None,
+        inside_cpu_us: None,
     }
 }
 
@@ -257,11 +260,14 @@ pub struct TakenDump {
     pub result: Result<ClassifiedDump, DumpError>,
 }
 
-/// Takes one dump of `jvm`, with its cost, and classifies it.
-pub fn take_dump(jvm: &JvmProcess, backend: &mut Backend, classifier: &Classifier) -> TakenDump {
-    let read_counters = || -> Option<SafepointCounters> {
-        PerfData::read(jvm.perf_file.as_deref()?).ok()?.safepoints()
-    };
+/// Takes one dump, with its cost (the JVM's safepoint counters around it, when `probe` reads
+/// them), and classifies it.
+pub fn take_dump(
+    probe: Option<&SafepointProbe>,
+    backend: &mut Backend,
+    classifier: &Classifier,
+) -> TakenDump {
+    let read_counters = || probe.and_then(SafepointProbe::read);
     let before = read_counters();
     let t0 = Instant::now();
     let result = backend.fetch();
@@ -456,6 +462,10 @@ pub fn sample(
     settings: &SampleSettings,
 ) -> SampleReport {
     let mut window = Window::new(jvm, settings.samples, settings.delay, settings.top_frames);
+    let probe = jvm
+        .perf_file
+        .as_deref()
+        .and_then(|p| SafepointProbe::open(p).ok());
     let start = Instant::now();
     for i in 0..settings.samples {
         // Absolute schedule: a slow dump delays the next one, never the rest of the run.
@@ -464,7 +474,7 @@ pub fn sample(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let dump = take_dump(jvm, backend, classifier);
+        let dump = take_dump(probe.as_ref(), backend, classifier);
         if window.record(&dump, |_| true) == Progress::Stop {
             break;
         }

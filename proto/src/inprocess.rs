@@ -5,7 +5,10 @@
 //! the `load` option); the agent connects, says [`Request::Hello`], then asks for samples. One
 //! request, one response, each a single line of JSON. The schedule stays in the agent, so the
 //! windows of every settings group share samples exactly as with the attach backend; what
-//! crosses the socket per sample is only the task threads, already classified.
+//! crosses the socket per sample is only the task threads, already classified, and a thread's
+//! name and task only the first time a connection reports it ([`Introduced`], [`Known`]).
+
+use std::collections::{HashMap, HashSet};
 
 use bpmon_stacks::classify::SampleClass;
 use serde::{Deserialize, Serialize};
@@ -71,6 +74,10 @@ pub struct InProcessSample {
     pub taken_at_ms: u64,
     /// Time inside the JVM for the whole sample (thread list, stacks, classification), µs.
     pub took_us: u64,
+    /// CPU time the sampler thread spent on it, µs (the rest of `took_us` is waiting, for
+    /// running threads to answer their handshakes); absent where the clock cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us: Option<u64>,
     pub threads: Vec<SampledThread>,
     /// Task threads that ended while being sampled (not errors: tasks finish).
     #[serde(default)]
@@ -83,6 +90,8 @@ pub struct InProcessSample {
 /// One task thread in one sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampledThread {
+    /// Empty when this connection was told the thread's name (and task) before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// `Thread.getId()`.
     pub java_id: u64,
@@ -107,9 +116,109 @@ pub struct TaskRef {
     pub execution_attempt_id: String,
 }
 
+/// Library side, per connection: which threads were introduced (name and task sent) already.
+#[derive(Debug, Default)]
+pub struct Introduced(HashSet<u64>);
+
+/// Threads remembered per connection before starting over (a TaskManager's task threads come
+/// and go with every deployment; starting over only sends names again).
+const MAX_REMEMBERED: usize = 100_000;
+
+impl Introduced {
+    /// Leaves out the name and task of threads this connection has reported before.
+    pub fn compact(&mut self, sample: &mut InProcessSample) {
+        if self.0.len() > MAX_REMEMBERED {
+            self.0.clear();
+        }
+        for t in &mut sample.threads {
+            if !self.0.insert(t.java_id) {
+                t.name.clear();
+                t.task = None;
+            }
+        }
+    }
+}
+
+/// Agent side, per connection: the names and tasks of the threads introduced so far.
+#[derive(Debug, Default)]
+pub struct Known(HashMap<u64, (String, Option<TaskRef>)>);
+
+impl Known {
+    /// Puts back the name and task [`Introduced::compact`] left out; an error names a thread
+    /// never introduced (the connection must then start over).
+    pub fn expand(&mut self, sample: &mut InProcessSample) -> Result<(), String> {
+        if self.0.len() > MAX_REMEMBERED {
+            // The library starts over at the same bound, on a connection of the same age.
+            self.0
+                .retain(|id, _| sample.threads.iter().any(|t| t.java_id == *id));
+        }
+        for t in &mut sample.threads {
+            if t.name.is_empty() {
+                let (name, task) = self
+                    .0
+                    .get(&t.java_id)
+                    .ok_or_else(|| format!("thread #{} was never introduced", t.java_id))?;
+                t.name.clone_from(name);
+                t.task.clone_from(task);
+            } else {
+                self.0.insert(t.java_id, (t.name.clone(), t.task.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_tasks_cross_once_per_connection() {
+        let thread = |id: u64, task: bool| SampledThread {
+            name: format!("Map (1/2)#{id}"),
+            java_id: id,
+            class: SampleClass::Waiting,
+            top_frame: None,
+            task: task.then(|| TaskRef {
+                job_id: "j".into(),
+                vertex_id: "v".into(),
+                subtask: 0,
+                attempt: 0,
+                execution_attempt_id: format!("e{id}"),
+            }),
+        };
+        let full = InProcessSample {
+            threads: vec![thread(1, true), thread(2, false)],
+            ..Default::default()
+        };
+        let (mut lib, mut agent) = (Introduced::default(), Known::default());
+        let mut first = full.clone();
+        lib.compact(&mut first);
+        assert_eq!(first, full, "the first sample introduces every thread");
+        let mut second = InProcessSample {
+            threads: vec![thread(1, true), thread(3, true), thread(2, false)],
+            ..Default::default()
+        };
+        let expected = second.clone();
+        lib.compact(&mut second);
+        let line = serde_json::to_string(&second).unwrap();
+        assert!(
+            !line.contains("Map (1/2)#1") && !line.contains("e1"),
+            "{line}"
+        );
+        assert!(
+            line.contains("Map (1/2)#3") && line.contains("e3"),
+            "{line}"
+        );
+        agent.expand(&mut first).unwrap();
+        let mut decoded: InProcessSample = serde_json::from_str(&line).unwrap();
+        agent.expand(&mut decoded).unwrap();
+        assert_eq!(decoded, expected);
+        // A fresh connection (agent restarted) knows nothing: an unintroduced thread is an error.
+        let mut again: InProcessSample = serde_json::from_str(&line).unwrap();
+        let err = Known::default().expand(&mut again).unwrap_err();
+        assert!(err.contains("#1"), "{err}");
+    }
 
     #[test]
     fn requests_and_responses_are_one_line_of_tagged_json() {
@@ -133,6 +242,7 @@ mod tests {
             }],
             gone: 0,
             errors: vec![],
+            cpu_us: Some(1),
         });
         let line = serde_json::to_string(&s).unwrap();
         assert!(!line.contains('\n'));

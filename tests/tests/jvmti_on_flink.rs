@@ -150,6 +150,21 @@ fn compare(
         if dominant(at) == dominant(jt) {
             agreeing += 1;
         }
+        // What a busy thread was doing: the library reads stacks shallow first and locations
+        // from line tables; its most frequent frame must be one a full thread dump showed.
+        if dominant(jt) == SampleClass::Busy {
+            let top = &jt
+                .top_frames
+                .first()
+                .context("a busy thread without frames")?
+                .frame;
+            ensure!(
+                at.top_frames.iter().any(|f| &f.frame == top),
+                "{}: jvmti's top frame {top} is none of attach's {:?}",
+                key.0,
+                at.top_frames
+            );
+        }
     }
     Ok((agreeing, compared))
 }

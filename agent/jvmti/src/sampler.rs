@@ -5,7 +5,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bpmon_proto::inprocess::{InProcessSample, SampledThread, MAX_STACK_DEPTH};
 use bpmon_proto::ThreadRole;
-use bpmon_stacks::classify::Classifier;
+use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
+use bpmon_stacks::threaddump::Frame;
 use jni::Env;
 
 use crate::identity::{clear_exception, read_task_ref};
@@ -19,6 +20,36 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Frames read first. The rules look at the topmost non-JDK frame and its caller, and a busy
+/// sample reports the topmost user frame: in a Flink task thread all of them are nearly always
+/// among the top few frames.
+const SHALLOW_DEPTH: usize = 10;
+
+/// Whether the top of a stack (cut short) may classify or report differently once read in
+/// full: fewer than two non-JDK frames (a rule's frame and its caller), or a busy sample with
+/// no user frame (neither JDK nor Flink) to report.
+fn undecided(classifier: &Classifier, top: &[&Frame]) -> bool {
+    let non_jdk = top.iter().filter(|f| !is_jdk_class(f.class())).count();
+    if non_jdk < 2 {
+        return true;
+    }
+    classifier.classify(top).class == SampleClass::Busy
+        && !top
+            .iter()
+            .any(|f| !is_jdk_class(f.class()) && !is_flink_class(f.class()))
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// The sampler's state between samples (all of it owned by the sampler thread).
@@ -51,6 +82,7 @@ impl Sampler {
     ) -> InProcessSample {
         let taken_at_ms = now_ms();
         let start = Instant::now();
+        let cpu_start = thread_cpu_ns();
         let mut out = InProcessSample {
             taken_at_ms,
             ..Default::default()
@@ -59,11 +91,24 @@ impl Sampler {
             Ok(errors) => out.errors.extend(errors),
             Err(e) => out.errors.push(format!("listing threads: {e}")),
         }
+        methods.trim();
         let depth = max_depth.clamp(1, MAX_STACK_DEPTH) as usize;
         let mut ended = Vec::new();
         for t in self.threads.iter_mut() {
-            let frames = match self.stacks.read(env, methods, t.thread.as_obj(), depth) {
-                Ok(frames) => frames,
+            // Shallow first: walking a stack is most of a sample's cost, and the top frames
+            // decide nearly every stack; a stack they leave open is read again in full.
+            let shallow = depth.min(SHALLOW_DEPTH);
+            let mut read = self.stacks.read(env, methods, t.thread.as_obj(), shallow);
+            if let Ok(keys) = &read {
+                if keys.len() == shallow
+                    && shallow < depth
+                    && undecided(&self.classifier, &methods.frames(keys))
+                {
+                    read = self.stacks.read(env, methods, t.thread.as_obj(), depth);
+                }
+            }
+            let keys = match read {
+                Ok(keys) => keys,
                 Err(StackError::Gone) => {
                     out.gone += 1;
                     ended.push(t.java_id);
@@ -74,6 +119,7 @@ impl Sampler {
                     continue;
                 }
             };
+            let frames = methods.frames(&keys);
             let classification = self.classifier.classify(&frames);
             if t.role == ThreadRole::Main && t.identity == Identity::Unread {
                 t.identity = match read_task_ref(env, self.jvmti, &t.thread) {
@@ -98,6 +144,9 @@ impl Sampler {
         }
         self.threads.remove(&ended);
         out.took_us = start.elapsed().as_micros() as u64;
+        out.cpu_us = cpu_start
+            .zip(thread_cpu_ns())
+            .map(|(a, b)| b.saturating_sub(a) / 1000);
         out
     }
 

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Request, Response, INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
+    Hello, InProcessSample, Introduced, Request, Response, INPROCESS_PROTOCOL_VERSION,
+    MAX_LINE_BYTES,
 };
 use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -282,6 +283,8 @@ fn serve_connection(
     }
     let mut lines = LineReader::new(MAX_LINE_BYTES);
     let mut greeted = false;
+    // Names and tasks cross once per connection.
+    let mut introduced = Introduced::default();
     loop {
         let line = match lines.next_line(&mut stream, stop) {
             Next::Line(line) => line,
@@ -325,7 +328,10 @@ fn serve_connection(
                 None,
             ),
             Request::Sample { max_depth } => match backend.sample(max_depth) {
-                Ok(sample) => (Response::Sample(sample), None),
+                Ok(mut sample) => {
+                    introduced.compact(&mut sample);
+                    (Response::Sample(sample), None)
+                }
                 Err(message) => (Response::Error { message }, None),
             },
             Request::Stop => {

@@ -3,9 +3,11 @@
 //!
 //! Resolving a `jmethodID` (name, declaring class, class signature, source file, line table)
 //! costs several JVMTI calls and allocations, so each method is resolved once and kept in a
-//! [`MethodCache`], keyed by the `jmethodID` pointer. HotSpot never reuses a `jmethodID` for
-//! another method (unloading a class only invalidates its ids), so a cached entry cannot be
-//! wrong, only unused; the cache is capped and simply cleared when full.
+//! [`MethodCache`], keyed by the `jmethodID` pointer; so is each frame (method and bytecode
+//! index) once rendered, so that a sample of a steady TaskManager allocates no frame at all.
+//! HotSpot never reuses a `jmethodID` for another method (unloading a class only invalidates
+//! its ids), so a cached entry cannot be wrong, only unused; the cache is capped and simply
+//! cleared, between samples, when over its cap.
 
 use std::collections::HashMap;
 
@@ -91,10 +93,17 @@ pub fn class_name_from_signature(sig: &str) -> Option<String> {
     )
 }
 
-/// `jmethodID` → [`MethodInfo`], capped at `cap` entries.
+/// A frame of a stack: the method (its `jmethodID` as an integer) and the bytecode index.
+pub type FrameKey = (usize, jlocation);
+
+/// Rendered frames kept per method resolved (a method shows up at a few call sites).
+const FRAMES_PER_METHOD: usize = 4;
+
+/// `jmethodID` → [`MethodInfo`], and frame → [`Frame`], capped at `cap` methods.
 #[derive(Debug)]
 pub struct MethodCache {
     map: HashMap<usize, MethodInfo>,
+    frames: HashMap<FrameKey, Frame>,
     cap: usize,
     clears: u64,
 }
@@ -109,6 +118,7 @@ impl MethodCache {
     pub fn new(cap: usize) -> MethodCache {
         MethodCache {
             map: HashMap::new(),
+            frames: HashMap::new(),
             cap: cap.max(1),
             clears: 0,
         }
@@ -118,14 +128,34 @@ impl MethodCache {
         self.map.get(&(method as usize))
     }
 
-    /// Adds an entry; when the cache is full it is emptied first (cheaper and simpler than an
-    /// LRU, and a full cache means the working set changed: classes were unloaded).
+    /// Adds a method. The cap is enforced by [`Self::trim`], between samples, so that the keys
+    /// of a sample in progress stay valid.
     pub fn insert(&mut self, method: jmethodID, info: MethodInfo) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&(method as usize)) {
+        self.map.insert(method as usize, info);
+    }
+
+    /// The frame `key` names, rendered once (`None` when its method was never resolved).
+    pub fn frame(&mut self, key: FrameKey) -> Option<&Frame> {
+        if !self.frames.contains_key(&key) {
+            let frame = self.map.get(&key.0)?.frame(key.1);
+            self.frames.insert(key, frame);
+        }
+        self.frames.get(&key)
+    }
+
+    /// Frames already rendered by [`Self::frame`], in the order of `keys`.
+    pub fn frames(&self, keys: &[FrameKey]) -> Vec<&Frame> {
+        keys.iter().filter_map(|k| self.frames.get(k)).collect()
+    }
+
+    /// Empties the cache when it holds more than its cap (cheaper and simpler than an LRU, and
+    /// an overfull cache means the working set changed: classes were unloaded).
+    pub fn trim(&mut self) {
+        if self.map.len() > self.cap || self.frames.len() > self.cap * FRAMES_PER_METHOD {
             self.map.clear();
+            self.frames.clear();
             self.clears += 1;
         }
-        self.map.insert(method as usize, info);
     }
 
     pub fn len(&self) -> usize {
@@ -171,13 +201,15 @@ impl StackReader {
     }
 
     /// The top `max_depth` frames of `thread`, top first.
+    /// Each frame's method is resolved and its frame rendered in `methods`
+    /// ([`MethodCache::frames`] turns the keys into frames).
     pub fn read(
         &mut self,
         env: &Env,
         methods: &mut MethodCache,
         thread: &JObject,
         max_depth: usize,
-    ) -> Result<Vec<Frame>, StackError> {
+    ) -> Result<Vec<FrameKey>, StackError> {
         if self.buf.len() < max_depth {
             self.buf.resize(max_depth, sys::jvmtiFrameInfo::default());
         }
@@ -194,8 +226,9 @@ impl StackReader {
                 let resolved = resolve(env, self.jvmti, method, self.locations)?;
                 methods.insert(info.method, resolved);
             }
-            if let Some(m) = methods.get(info.method) {
-                frames.push(m.frame(info.location));
+            let key = (info.method as usize, info.location);
+            if methods.frame(key).is_some() {
+                frames.push(key);
             }
         }
         Ok(frames)
@@ -312,22 +345,44 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_emptied_when_full() {
+    fn the_cache_renders_each_frame_once_and_is_emptied_between_samples_when_over_its_cap() {
         let mut cache = MethodCache::new(3);
         let id = |n: usize| n as jmethodID;
         for n in 1..=3 {
-            cache.insert(id(n), info(false, None, &[]));
+            cache.insert(id(n), info(false, Some("Slow.java"), &[(0, 17), (8, 18)]));
         }
         assert_eq!(cache.len(), 3);
         // Replacing an entry of a full cache keeps the others.
         cache.insert(id(2), info(true, None, &[]));
+        cache.trim();
         assert_eq!((cache.len(), cache.clears()), (3, 0));
         assert!(cache.get(id(2)).is_some_and(|m| m.native));
-        // A fourth method empties it.
+        // Frames: rendered once, then handed out by reference, in the keys' order.
+        let a = cache.frame((1, 9)).map(|f| f.as_str().to_string());
+        assert_eq!(a.as_deref(), Some("com.example.Slow.map(Slow.java:18)"));
+        assert!(
+            cache.frame((9, 0)).is_none(),
+            "an unresolved method has no frame"
+        );
+        let keys = [(2, -1), (1, 9), (1, 0)];
+        for k in keys {
+            cache.frame(k);
+        }
+        let frames: Vec<&str> = cache.frames(&keys).iter().map(|f| f.as_str()).collect();
+        assert_eq!(
+            frames,
+            [
+                "com.example.Slow.map(Native Method)",
+                "com.example.Slow.map(Slow.java:18)",
+                "com.example.Slow.map(Slow.java:17)"
+            ]
+        );
+        // A fourth method goes in (a sample in progress keeps its keys) until the next trim.
         cache.insert(id(4), info(false, None, &[]));
-        assert_eq!((cache.len(), cache.clears()), (1, 1));
-        assert!(cache.get(id(1)).is_none());
-        assert!(cache.get(id(4)).is_some());
+        assert_eq!((cache.len(), cache.clears()), (4, 0));
+        cache.trim();
+        assert_eq!((cache.len(), cache.clears()), (0, 1));
+        assert!(cache.frames(&keys).is_empty());
         assert_eq!(MethodCache::default().cap, METHOD_CACHE_CAP);
     }
 }

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Request, Response, SampledThread, TaskRef, INPROCESS_PROTOCOL_VERSION,
+    Hello, InProcessSample, Known, Request, Response, SampledThread, TaskRef,
+    INPROCESS_PROTOCOL_VERSION,
 };
 use bpmon_stacks::classify::SampleClass;
 
@@ -301,6 +302,9 @@ impl Drop for Jvm {
 struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// What the connection introduced, as the agent keeps it.
+    known: Known,
+    seen: std::collections::HashSet<u64>,
 }
 
 impl Client {
@@ -319,6 +323,8 @@ impl Client {
         Client {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
+            known: Known::default(),
+            seen: Default::default(),
         }
     }
 
@@ -346,11 +352,24 @@ impl Client {
         }
     }
 
+    /// One sample, with names and tasks put back as the agent does; on the wire a thread
+    /// comes with its name the first time only.
     fn sample(&mut self, max_depth: u32) -> InProcessSample {
-        match self.ask(&Request::Sample { max_depth }) {
+        let mut s = match self.ask(&Request::Sample { max_depth }) {
             Response::Sample(s) => s,
             other => panic!("sample answered {other:?}"),
+        };
+        for t in &s.threads {
+            let first = self.seen.insert(t.java_id);
+            assert_eq!(
+                t.name.is_empty(),
+                !first,
+                "thread #{} on the wire",
+                t.java_id
+            );
         }
+        self.known.expand(&mut s).expect("every thread introduced");
+        s
     }
 
     fn stop(&mut self) {
@@ -637,6 +656,8 @@ fn connect_as(path: &Path, uid: u32) -> Option<Response> {
     let mut c = Client {
         reader: BufReader::new(stream.try_clone().unwrap()),
         writer: stream,
+        known: Known::default(),
+        seen: Default::default(),
     };
     let answer = c.read();
     assert!(c.read().is_none(), "closed after the refusal");

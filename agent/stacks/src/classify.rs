@@ -33,6 +33,7 @@
 //! caller_none = ["com.example.sink.Warmup.run"]      # optional: the caller must match none of these
 //! ```
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -378,9 +379,13 @@ impl Classifier {
         &self.rules
     }
 
-    /// Classifies one stack, top frame first.
-    pub fn classify<'f>(&self, frames: &'f [Frame]) -> Classification<'f> {
-        let mut non_jdk = frames.iter().filter(|f| !is_jdk_class(f.class()));
+    /// Classifies one stack, top frame first: frames, or references to frames kept elsewhere
+    /// (the in-process sampler's cache).
+    pub fn classify<'f, F: Borrow<Frame>>(&self, frames: &'f [F]) -> Classification<'f> {
+        let mut non_jdk = frames
+            .iter()
+            .map(Borrow::borrow)
+            .filter(|f| !is_jdk_class(f.class()));
         if let Some(at) = non_jdk.next() {
             let caller = non_jdk.next().map(Frame::qualified_method);
             let at = at.qualified_method();
@@ -405,7 +410,7 @@ impl Classifier {
 }
 
 /// Classifies with the built-in rules.
-pub fn classify(frames: &[Frame]) -> Classification<'_> {
+pub fn classify<F: Borrow<Frame>>(frames: &[F]) -> Classification<'_> {
     static BUILTIN_CLASSIFIER: OnceLock<Classifier> = OnceLock::new();
     BUILTIN_CLASSIFIER
         .get_or_init(Classifier::new)
@@ -413,12 +418,12 @@ pub fn classify(frames: &[Frame]) -> Classification<'_> {
 }
 
 /// The frame reported for a busy sample.
-fn busy_frame(frames: &[Frame]) -> Option<&Frame> {
-    frames
-        .iter()
+fn busy_frame<F: Borrow<Frame>>(frames: &[F]) -> Option<&Frame> {
+    let mut all = frames.iter().map(Borrow::borrow);
+    all.clone()
         .find(|f| !is_jdk_class(f.class()) && !is_flink_class(f.class()))
-        .or_else(|| frames.iter().find(|f| !is_jdk_class(f.class())))
-        .or_else(|| frames.first())
+        .or_else(|| all.clone().find(|f| !is_jdk_class(f.class())))
+        .or_else(|| all.next())
 }
 
 #[cfg(test)]

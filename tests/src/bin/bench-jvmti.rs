@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::attach::AttachOptions;
-use bpmon_agent::discovery::{JvmProcess, ProcFs};
-use bpmon_agent::hsperf::{PerfData, SafepointCounters};
+use bpmon_agent::discovery::ProcFs;
+use bpmon_agent::hsperf::SafepointProbe;
 use bpmon_agent::jvmti::{JvmtiOptions, LIBRARY_NAME};
 use bpmon_agent::sampler::{take_dump, Backend, BackendKind};
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, JobMode, TestJobs};
@@ -34,12 +34,15 @@ const ATTACH_PER_ROUND: usize = 10;
 struct Args {
     rounds: usize,
     job_seconds: f64,
+    /// Only the one-sample part.
+    cost_only: bool,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         rounds: 3,
         job_seconds: 15.0,
+        cost_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,8 +50,9 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--rounds" => a.rounds = value()?.parse()?,
             "--job-seconds" => a.job_seconds = value()?.parse()?,
+            "--cost-only" => a.cost_only = true,
             "--help" | "-h" => {
-                println!("bench-jvmti [--rounds N (3)] [--job-seconds S (15)]");
+                println!("bench-jvmti [--rounds N (3)] [--job-seconds S (15)] [--cost-only]");
                 std::process::exit(0);
             }
             other => bail!("unknown flag {other} (--help)"),
@@ -61,7 +65,10 @@ fn args() -> Result<Args> {
 #[derive(Default)]
 struct Series {
     wall_us: Vec<f64>,
+    /// CPU time of the agent's sampling thread per sample.
+    cpu_us: Vec<f64>,
     inside_us: Vec<f64>,
+    inside_cpu_us: Vec<f64>,
     safepoints: Vec<f64>,
     pause_ms: Vec<f64>,
 }
@@ -73,6 +80,17 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[((s.len() - 1) as f64 * q).round() as usize]
+}
+
+/// CPU time of the calling thread, µs.
+fn thread_cpu_us() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -153,7 +171,8 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
         ),
     ];
     let perf = jvm.perf_file.clone().context("no hsperfdata")?;
-    let counters = || -> Option<SafepointCounters> { PerfData::read(&perf).ok()?.safepoints() };
+    let probe = SafepointProbe::open(&perf)?;
+    let counters = || probe.read();
     let classifier = Classifier::new();
     let mut task_threads = 0;
     for round in 0..COST_ROUNDS {
@@ -165,15 +184,21 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
             };
             for _ in 0..n {
                 let before = counters();
-                let dump = take_dump(&jvm, backend, &classifier);
+                let cpu = thread_cpu_us();
+                let dump = take_dump(Some(&probe), backend, &classifier);
+                let cpu = thread_cpu_us() - cpu;
                 let after = counters();
                 let classified = dump.result.with_context(|| format!("{kind:?} sample"))?;
                 task_threads = task_threads.max(classified.threads.len());
                 series
                     .wall_us
                     .push((dump.took + dump.parse).as_secs_f64() * 1e6);
+                series.cpu_us.push(cpu);
                 if let Some(us) = classified.inside_us {
                     series.inside_us.push(us as f64);
+                }
+                if let Some(us) = classified.inside_cpu_us {
+                    series.inside_cpu_us.push(us as f64);
                 }
                 if let Some((n, ms)) = before.zip(after).map(|(b, a)| b.delta(&a)) {
                     series.safepoints.push(n as f64);
@@ -193,24 +218,33 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
         "\n## One sample of a TaskManager ({threads} threads, {task_threads} task threads); \
          {COST_ROUNDS} rounds interleaved\n"
     );
-    println!("| backend | samples | agent wall p50 | p90 | inside the JVM p50 | safepoints per sample | JVM pause per sample p50 | p90 |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| backend | samples | agent wall p50 | p90 | agent CPU p50 | in-JVM sampler wall p50 / CPU p50 | safepoints per sample | JVM pause per sample p50 | p90 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (kind, _, s) in &backends {
         println!(
-            "| {} | {} | {:.0} µs | {:.0} µs | {} | {:.2} | {:.3} ms | {:.3} ms |",
+            "| {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {:.2} | {:.3} ms | {:.3} ms |",
             kind.as_str(),
             s.wall_us.len(),
             quantile(&s.wall_us, 0.5),
             quantile(&s.wall_us, 0.9),
+            quantile(&s.cpu_us, 0.5),
             if s.inside_us.is_empty() {
                 "—".to_string()
             } else {
-                format!("{:.0} µs", quantile(&s.inside_us, 0.5))
+                format!(
+                    "{:.0} µs / {:.0} µs",
+                    quantile(&s.inside_us, 0.5),
+                    quantile(&s.inside_cpu_us, 0.5)
+                )
             },
             mean(&s.safepoints),
             quantile(&s.pause_ms, 0.5),
             quantile(&s.pause_ms, 0.9),
         );
+    }
+
+    if args.cost_only {
+        return Ok(());
     }
 
     // 2. Throughput of a bounded job, with and without continuous sampling.
@@ -238,8 +272,6 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
                         .context("backend")?;
                     Some(Sampler {
                         backend: &mut entry.1,
-                        jvm: &jvm,
-                        perf: perf.as_path(),
                     })
                 }
             };
@@ -248,6 +280,7 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
                 jar,
                 records,
                 sampler,
+                &perf,
                 &format!("bench-throughput-{round}-{i}"),
             )?;
             eprintln!(
@@ -266,7 +299,7 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
         "\n## Throughput with continuous sampling (100 × 50 ms), {records} records per run, {} rounds\n",
         args.rounds
     );
-    println!("| sampling | records/s mean | min | max | vs none | JVM pause per run |");
+    println!("| sampling | records/s mean | min | max | vs none | JVM safepoint time per run |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for (mode, rates, pauses) in &results {
         let (lo, hi) = (
@@ -297,8 +330,6 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
 /// What samples the TaskManager during a throughput run.
 struct Sampler<'a> {
     backend: &'a mut Backend,
-    jvm: &'a JvmProcess,
-    perf: &'a Path,
 }
 
 /// A record count whose run takes about `seconds` without sampling.
@@ -319,17 +350,19 @@ fn throughput_run(
     jar: &Path,
     records: u64,
     sampling: Option<Sampler<'_>>,
+    perf: &Path,
     name: &str,
 ) -> Result<(f64, f64)> {
-    let counters = |perf: &Path| PerfData::read(perf).ok()?.safepoints();
+    let probe = &SafepointProbe::open(perf)?;
+    let counters = || probe.read();
+    let before = counters();
     let jid = TestJobs::submit_throughput(rest, jar, name, records)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let pause = std::thread::scope(|s| -> Result<f64> {
-        let sampler = sampling.map(|Sampler { backend, jvm, perf }| {
+    std::thread::scope(|s| -> Result<()> {
+        let sampler = sampling.map(|Sampler { backend }| {
             let stop = stop.clone();
-            s.spawn(move || -> Result<f64> {
+            s.spawn(move || {
                 let classifier = Classifier::new();
-                let before = counters(perf);
                 let start = Instant::now();
                 let mut i = 0u32;
                 while !stop.load(Ordering::Relaxed) {
@@ -338,24 +371,23 @@ fn throughput_run(
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let _ = take_dump(jvm, backend, &classifier);
+                    let _ = take_dump(Some(probe), backend, &classifier);
                     i += 1;
                 }
-                Ok(before
-                    .zip(counters(perf))
-                    .map_or(f64::NAN, |(b, a)| b.delta(&a).1))
             })
         });
         let finished = wait_finished(rest, &jid);
         stop.store(true, Ordering::Relaxed);
-        let pause = match sampler {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("sampler panicked"))??,
-            None => 0.0,
-        };
-        finished.map(|_| pause)
+        if let Some(h) = sampler {
+            h.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+        }
+        finished.map(|_| ())
     })?;
+    // Every safepoint of the run, the JVM's own (GC) included: the same for every mode but
+    // what the sampling adds.
+    let pause = before
+        .zip(counters())
+        .map_or(f64::NAN, |(b, a)| b.delta(&a).1);
     let ms = vertex_duration_ms(rest, &jid)?;
     Ok((records as f64 / (ms / 1000.0), pause))
 }
