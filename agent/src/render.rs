@@ -56,9 +56,15 @@ pub fn sample_table(r: &SampleReport) -> String {
         ),
         _ => "safepoint cost unknown (no readable perf data)".into(),
     };
+    // The in-process sampler's own time inside the JVM (it stops no other thread).
+    let inside = r
+        .cost
+        .inside_us_p50
+        .map(|us| format!("; in-JVM sampler p50 {:.3} ms", us as f64 / 1000.0))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "cost: dump p50 {:.2} ms, max {:.2} ms; parse p50 {:.3} ms; JVM: {pause}",
+        "cost: dump p50 {:.2} ms, max {:.2} ms; parse p50 {:.3} ms{inside}; JVM: {pause}",
         r.cost.dump_us_p50 as f64 / 1000.0,
         r.cost.dump_us_max as f64 / 1000.0,
         r.cost.parse_us_p50 as f64 / 1000.0,
