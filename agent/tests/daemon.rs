@@ -1134,3 +1134,85 @@ async fn metrics_count_dumps_and_deliveries_and_logs_are_json() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(dir.with_extension("cfg"));
 }
+
+/// The in-process sampler library, built for this test run (a no-op when current).
+fn jvmti_library() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "bpmon-jvmti"])
+        .current_dir(root)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "cargo build -p bpmon-jvmti failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(bpmon_agent::jvmti::LIBRARY_NAME)
+}
+
+/// `backend = jvmti`: a JVM that loads the library is sampled in-process (its reports say
+/// `jvmti`, and its samples take no safepoint); one whose load fails (here: no library where
+/// the configuration points) is sampled with the attach backend instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_jvmti_backend_falls_back_to_attach_for_a_jvm_that_cannot_load_it() {
+    use bpmon_agent::sampler::BackendKind;
+    let library = tokio::task::spawn_blocking(jvmti_library).await.unwrap();
+    assert!(library.is_file(), "{}", library.display());
+    let (loads, refuses) = tokio::task::spawn_blocking(|| {
+        let id = std::process::id();
+        (
+            Jvm::start(&format!("bpmon-test-jvmti-{id}")),
+            Jvm::start(&format!("bpmon-test-jvmti-nolib-{id}")),
+        )
+    })
+    .await
+    .unwrap();
+    let port = free_port();
+    let collector = Collector::new(settings(5, 20, 1_000));
+    let server = serve(port, collector.clone()).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let run = |agent_id: &str, pid: u32, library: PathBuf| {
+        let dir = spool_dir(agent_id);
+        let mut c = config(&url, agent_id, &dir, settings(5, 20, 1_000));
+        c.backend = BackendKind::Jvmti;
+        c.jvmti.library = library;
+        c.select = JvmSelect::Pids(vec![pid]);
+        start_daemon(c)
+    };
+    let with_library = run("agent-jvmti", loads.pid(), library);
+    let without = run(
+        "agent-jvmti-nolib",
+        refuses.pid(),
+        PathBuf::from("/nonexistent/libbpmon_jvmti.so"),
+    );
+    let backends = |pid: u32| -> Vec<(String, Option<u64>, u32)> {
+        collector
+            .reports()
+            .into_iter()
+            .filter(|(_, r)| r.pid == pid && r.cost.dumps > 0)
+            .map(|(_, r)| (r.backend, r.cost.safepoints, r.cost.dumps))
+            .collect()
+    };
+    let got = wait_until(Duration::from_secs(20), || {
+        !backends(loads.pid()).is_empty() && !backends(refuses.pid()).is_empty()
+    })
+    .await;
+    assert!(got, "reports: {:?}", collector.reports());
+    for (backend, safepoints, dumps) in backends(loads.pid()) {
+        assert_eq!(backend, "jvmti");
+        // The JVM's own safepoints (GC, cleanup) may fall in a window; a dump takes 3 each.
+        let safepoints = safepoints.expect("safepoint counters");
+        assert!(
+            safepoints < u64::from(dumps),
+            "{safepoints} in {dumps} samples"
+        );
+    }
+    for (backend, _, _) in backends(refuses.pid()) {
+        assert_eq!(backend, "attach", "the fallback");
+    }
+    with_library.stop().await;
+    let summary = without.stop().await;
+    eprintln!("{summary:?}");
+    server.abort();
+}
