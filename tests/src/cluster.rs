@@ -43,6 +43,36 @@ pub struct ClusterOptions {
     pub extra_conf: Vec<(String, String)>,
 }
 
+impl ClusterOptions {
+    /// Configuration that lets jobs fail over again and again, 1 s apart (a killed TaskManager
+    /// then restarts its tasks instead of failing the job).
+    pub fn restarting_jobs() -> Vec<(String, String)> {
+        [
+            ("restart-strategy.type", "fixed-delay"),
+            ("restart-strategy.fixed-delay.attempts", "1000"),
+            ("restart-strategy.fixed-delay.delay", "1 s"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// The Temurin 25 JDK the tests run TaskManagers on (`BPMON_JDK25`, else the machine's); an
+/// error when it is missing.
+pub fn jdk25_home() -> anyhow::Result<PathBuf> {
+    let jdk = PathBuf::from(
+        std::env::var("BPMON_JDK25")
+            .unwrap_or_else(|_| "/usr/lib/jvm/temurin-25-jdk-amd64".to_string()),
+    );
+    anyhow::ensure!(
+        jdk.join("bin/java").is_file(),
+        "no Temurin 25 at {} (set BPMON_JDK25 to a JDK 25 home)",
+        jdk.display()
+    );
+    Ok(jdk)
+}
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {

@@ -27,8 +27,8 @@ pub mod rest;
 pub mod services;
 
 pub use cluster::{
-    one_cluster_at_a_time, verify_cluster_identity, ClusterIdentity, ClusterOptions, FlinkCluster,
-    TaskManagerProc,
+    jdk25_home, one_cluster_at_a_time, verify_cluster_identity, ClusterIdentity, ClusterOptions,
+    FlinkCluster, TaskManagerProc,
 };
 pub use flink_dist::{repo_root, work_dir, FlinkDist, DEFAULT_FLINK_VERSION};
 pub use jobs::{Behaviour, ExpectedVertex, JobMode, TestJobs};

@@ -14,7 +14,8 @@ use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
 use bpmon_e2e::readings::{self, SubtaskReading};
 use bpmon_e2e::{
-    one_cluster_at_a_time, Behaviour, ClusterOptions, FlinkCluster, FlinkDist, JobMode, TestJobs,
+    jdk25_home, one_cluster_at_a_time, Behaviour, ClusterOptions, FlinkCluster, FlinkDist, JobMode,
+    TestJobs,
 };
 use bpmon_proto::{SampleReport, TaskSamples};
 use bpmon_stacks::classify::Classifier;
@@ -343,14 +344,7 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
 fn agent_samples_a_taskmanager_on_jdk25() -> Result<()> {
     let _one = one_cluster_at_a_time();
     let t0 = Instant::now();
-    let jdk = std::env::var("BPMON_JDK25")
-        .unwrap_or_else(|_| "/usr/lib/jvm/temurin-25-jdk-amd64".to_string());
-    let jdk = std::path::Path::new(&jdk);
-    ensure!(
-        jdk.join("bin/java").is_file(),
-        "no Temurin 25 at {}",
-        jdk.display()
-    );
+    let jdk = jdk25_home()?;
     let dist = FlinkDist::install("2.3.0")?;
     let jar = TestJobs::build(&dist)?;
     let mut cluster = FlinkCluster::start(
@@ -358,7 +352,7 @@ fn agent_samples_a_taskmanager_on_jdk25() -> Result<()> {
         ClusterOptions {
             taskmanagers: 1,
             slots_per_tm: 2,
-            java_home: Some(jdk.to_path_buf()),
+            java_home: Some(jdk),
             ..ClusterOptions::default()
         },
     )?;

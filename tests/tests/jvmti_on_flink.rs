@@ -26,8 +26,8 @@ use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
 use bpmon_e2e::readings;
 use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
-    one_cluster_at_a_time, repo_root, work_dir, Behaviour, ClusterOptions, FlinkCluster, FlinkDist,
-    FlinkRest, JobMode, TestJobs,
+    jdk25_home, one_cluster_at_a_time, repo_root, work_dir, Behaviour, ClusterOptions,
+    FlinkCluster, FlinkDist, FlinkRest, JobMode, TestJobs,
 };
 use bpmon_proto::{SampleReport, TaskSamples};
 use bpmon_stacks::classify::{Classifier, SampleClass};
@@ -97,6 +97,29 @@ fn expected(mode: JobMode, vertex: &str) -> Option<SampleClass> {
 /// One window of `samples` with `backend`.
 fn sample(jvm: &JvmProcess, backend: &mut Backend, samples: u32) -> SampleReport {
     sampler::sample(jvm, backend, &Classifier::new(), &window(samples))
+}
+
+/// One window of `samples` with the attach backend, then one with the jvmti backend (which loads
+/// the library, or finds it running), of the same JVM; both without errors. The jvmti client
+/// stays connected.
+fn attach_then_jvmti(
+    jvm: &JvmProcess,
+    proc: &ProcFs,
+    lib: &std::path::Path,
+    samples: u32,
+) -> Result<(SampleReport, SampleReport, JvmtiClient)> {
+    let open = |kind| Backend::open(kind, jvm, proc, AttachOptions::default(), &options(lib));
+    let by_attach = sample(jvm, &mut open(BackendKind::Attach)?, samples);
+    let mut jvmti = open(BackendKind::Jvmti)?;
+    let by_jvmti = sample(jvm, &mut jvmti, samples);
+    for r in [&by_attach, &by_jvmti] {
+        ensure!(r.errors.is_empty(), "{}: {:?}", r.backend, r.errors);
+    }
+    ensure!(by_jvmti.backend == "jvmti", "{}", by_jvmti.backend);
+    let Backend::Jvmti(client) = jvmti else {
+        bail!("not the jvmti backend");
+    };
+    Ok((by_attach, by_jvmti, *client))
 }
 
 /// Compares the two backends' reports of one TaskManager, thread by thread (name and JVM id),
@@ -258,14 +281,7 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
         ClusterOptions {
             taskmanagers: 2,
             slots_per_tm: 5,
-            extra_conf: vec![
-                ("restart-strategy.type".into(), "fixed-delay".into()),
-                (
-                    "restart-strategy.fixed-delay.attempts".into(),
-                    "1000".into(),
-                ),
-                ("restart-strategy.fixed-delay.delay".into(), "1 s".into()),
-            ],
+            extra_conf: ClusterOptions::restarting_jobs(),
             ..ClusterOptions::default()
         },
     )?;
@@ -290,31 +306,10 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
     let jvm = proc.jvm(tm.pid).context("TaskManager JVM")?;
 
     // The same threads, attach then jvmti (the library is loaded by the first open).
-    let mut attach = Backend::open(
-        BackendKind::Attach,
-        &jvm,
-        &proc,
-        AttachOptions::default(),
-        &options(&lib),
-    )?;
-    let by_attach = sample(&jvm, &mut attach, 60);
-    let mut jvmti = Backend::open(
-        BackendKind::Jvmti,
-        &jvm,
-        &proc,
-        AttachOptions::default(),
-        &options(&lib),
-    )?;
-    let Backend::Jvmti(client) = &jvmti else {
-        bail!("not the jvmti backend");
-    };
-    let hello = client.hello().context("hello")?.clone();
-    ensure!(client.loaded_it() && hello.starts == 1, "{hello:?}");
+    let (by_attach, by_jvmti, jvmti) = attach_then_jvmti(&jvm, &proc, &lib, 60)?;
+    let hello = jvmti.hello().context("hello")?.clone();
+    ensure!(jvmti.loaded_it() && hello.starts == 1, "{hello:?}");
     log(t0, format!("library loaded: {hello:?}"));
-    let by_jvmti = sample(&jvm, &mut jvmti, 60);
-    ensure!(by_jvmti.backend == "jvmti", "{}", by_jvmti.backend);
-    ensure!(by_jvmti.errors.is_empty(), "{:?}", by_jvmti.errors);
-    ensure!(by_attach.errors.is_empty(), "{:?}", by_attach.errors);
 
     let (agreeing, compared) = compare(&by_attach, &by_jvmti, &modes)?;
     log(
@@ -575,14 +570,7 @@ fn jvmti_backend_on_temurin_25() -> Result<()> {
     let _one = one_cluster_at_a_time();
     let t0 = Instant::now();
     let lib = library()?;
-    let jdk = std::env::var("BPMON_JDK25")
-        .unwrap_or_else(|_| "/usr/lib/jvm/temurin-25-jdk-amd64".to_string());
-    let jdk = std::path::Path::new(&jdk);
-    ensure!(
-        jdk.join("bin/java").is_file(),
-        "no Temurin 25 at {}",
-        jdk.display()
-    );
+    let jdk = jdk25_home()?;
     let dist = FlinkDist::install("2.3.0")?;
     let jar = TestJobs::build(&dist)?;
     let mut cluster = FlinkCluster::start(
@@ -590,7 +578,7 @@ fn jvmti_backend_on_temurin_25() -> Result<()> {
         ClusterOptions {
             taskmanagers: 1,
             slots_per_tm: 6,
-            java_home: Some(jdk.to_path_buf()),
+            java_home: Some(jdk),
             ..ClusterOptions::default()
         },
     )?;
@@ -620,23 +608,7 @@ fn jvmti_backend_on_temurin_25() -> Result<()> {
         "Flink 2.3 on Temurin 25: three jobs running and settled",
     );
 
-    let mut attach = Backend::open(
-        BackendKind::Attach,
-        &jvm,
-        &proc,
-        AttachOptions::default(),
-        &options(&lib),
-    )?;
-    let by_attach = sample(&jvm, &mut attach, 40);
-    let mut jvmti = Backend::open(
-        BackendKind::Jvmti,
-        &jvm,
-        &proc,
-        AttachOptions::default(),
-        &options(&lib),
-    )?;
-    let by_jvmti = sample(&jvm, &mut jvmti, 40);
-    ensure!(by_jvmti.errors.is_empty(), "{:?}", by_jvmti.errors);
+    let (by_attach, by_jvmti, jvmti) = attach_then_jvmti(&jvm, &proc, &lib, 40)?;
     let (agreeing, compared) = compare(&by_attach, &by_jvmti, &modes)?;
     log(
         t0,
@@ -672,10 +644,7 @@ fn jvmti_backend_on_temurin_25() -> Result<()> {
             by_jvmti.cost.safepoints
         ),
     );
-    let Backend::Jvmti(client) = jvmti else {
-        bail!("not the jvmti backend")
-    };
-    client.stop()?;
+    jvmti.stop()?;
     let again = JvmtiClient::open(&jvm, &proc, AttachOptions::default(), options(&lib))?;
     ensure!(again.hello().is_some_and(|h| h.starts == 2));
     again.stop()?;

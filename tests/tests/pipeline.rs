@@ -93,14 +93,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
         ClusterOptions {
             taskmanagers: 2,
             slots_per_tm: 6,
-            extra_conf: vec![
-                ("restart-strategy.type".into(), "fixed-delay".into()),
-                (
-                    "restart-strategy.fixed-delay.attempts".into(),
-                    "1000".into(),
-                ),
-                ("restart-strategy.fixed-delay.delay".into(), "1 s".into()),
-            ],
+            extra_conf: ClusterOptions::restarting_jobs(),
             ..ClusterOptions::default()
         },
     )?;
