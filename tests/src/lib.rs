@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod conf;
 pub mod flink_dist;
 pub mod jobs;
+pub mod jvmti;
 pub mod process;
 pub mod proxy;
 pub mod readings;

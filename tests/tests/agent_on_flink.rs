@@ -12,6 +12,7 @@ use anyhow::{ensure, Context, Result};
 use bpmon_agent::attach::AttachOptions;
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
+use bpmon_e2e::jvmti;
 use bpmon_e2e::readings::{self, SubtaskReading};
 use bpmon_e2e::{
     jdk25_home, one_cluster_at_a_time, Behaviour, ClusterOptions, FlinkCluster, FlinkDist, JobMode,
@@ -332,6 +333,39 @@ fn agent_agrees_with_flink(version: &str) -> Result<()> {
     ids.sort();
     ids.dedup();
     ensure!(ids.len() == 4, "same-named tasks were merged: {ids:?}");
+
+    // The in-process backend on this Flink version: every task thread of a TaskManager, the
+    // legacy source's included, with the exact ids Flink's REST API places there.
+    let tm = &tms[0];
+    let proc = ProcFs::default();
+    let jvm = proc.jvm(tm.pid).context("TaskManager JVM")?;
+    let lib = jvmti::library()?;
+    let mut backend = Backend::open(
+        BackendKind::Jvmti,
+        &jvm,
+        &proc,
+        AttachOptions::default(),
+        &jvmti::options(&lib),
+    )?;
+    let report = sampler::sample(&jvm, &mut backend, &Classifier::new(), &settings);
+    ensure!(report.errors.is_empty(), "{:?}", report.errors);
+    let named = jvmti::exact_of(&report)?;
+    let placed = jvmti::placed_on(&rest, jobs.iter().map(|j| &j.2), &tm.resource_id)?;
+    ensure!(
+        named == placed,
+        "Flink {}: jvmti ids {named:?} differ from Flink's placement {placed:?}",
+        dist.version()
+    );
+    log(
+        t0,
+        format!(
+            "jvmti on Flink {}: {} tasks with their exact ids; {} samples, {:?} safepoints",
+            dist.version(),
+            named.len(),
+            report.cost.dumps,
+            report.cost.safepoints
+        ),
+    );
 
     cluster.stop()?;
     log(t0, "cluster stopped");

@@ -14,55 +14,26 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::attach::AttachOptions;
 use bpmon_agent::discovery::{JvmProcess, ProcFs};
-use bpmon_agent::jvmti::{socket_name, JvmtiClient, JvmtiOptions, LIBRARY_NAME};
+use bpmon_agent::jvmti::{socket_name, JvmtiClient};
 use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
+use bpmon_e2e::jvmti::{exact_of, library, options, placed_on};
 use bpmon_e2e::readings;
 use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
-    jdk25_home, one_cluster_at_a_time, repo_root, work_dir, Behaviour, ClusterOptions,
-    FlinkCluster, FlinkDist, FlinkRest, JobMode, TestJobs,
+    jdk25_home, one_cluster_at_a_time, work_dir, Behaviour, ClusterOptions, FlinkCluster,
+    FlinkDist, FlinkRest, JobMode, TestJobs,
 };
 use bpmon_proto::{SampleReport, TaskSamples};
 use bpmon_stacks::classify::{Classifier, SampleClass};
 
 fn log(t0: Instant, msg: impl AsRef<str>) {
     eprintln!("[{:>6.1}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
-}
-
-/// The library, built for this test run (`cargo build -p bpmon-jvmti`, a no-op when current).
-fn library() -> Result<PathBuf> {
-    let root = repo_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "-p", "bpmon-jvmti"])
-        .current_dir(&root)
-        .output()
-        .context("running cargo build -p bpmon-jvmti")?;
-    ensure!(
-        out.status.success(),
-        "cargo build -p bpmon-jvmti failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let lib = target.join("debug").join(LIBRARY_NAME);
-    ensure!(lib.is_file(), "no {}", lib.display());
-    Ok(lib)
-}
-
-fn options(library: &std::path::Path) -> JvmtiOptions {
-    JvmtiOptions {
-        library: library.to_path_buf(),
-        ..JvmtiOptions::default()
-    }
 }
 
 fn window(samples: u32) -> SampleSettings {
@@ -192,56 +163,6 @@ fn compare(
     Ok((agreeing, compared))
 }
 
-/// A placed subtask: (job id, vertex id, vertex name, subtask, attempt).
-type Placement = (String, String, String, u32, u32);
-
-/// The jobs' subtasks Flink placed on TaskManager `tm`.
-fn placed_on(
-    rest: &FlinkRest,
-    jobs: &[(JobMode, String, String)],
-    tm: &str,
-) -> Result<HashSet<Placement>> {
-    let mut out = HashSet::new();
-    for (_, _, jid) in jobs {
-        let job = rest.job(jid)?;
-        for v in &job.vertices {
-            for s in rest.vertex(jid, &v.id)?.subtasks {
-                if s.taskmanager_id.as_deref() == Some(tm) {
-                    out.insert((
-                        jid.clone(),
-                        v.id.clone(),
-                        v.name.clone(),
-                        s.subtask,
-                        s.attempt,
-                    ));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Every task of a jvmti report with its exact ids, as `placed_on` lists them.
-fn exact_of(report: &SampleReport) -> Result<HashSet<Placement>> {
-    report
-        .tasks
-        .iter()
-        .map(|t| {
-            let e = t
-                .exact
-                .as_ref()
-                .with_context(|| format!("{}: no ids", t.thread))?;
-            Ok((
-                e.job_id.clone(),
-                e.vertex_id.clone(),
-                t.identity.task.clone(),
-                t.identity.subtask,
-                t.identity.attempt.context("attempt")?,
-            ))
-        })
-        .collect()
-}
-
 /// Submits `modes` back to back (no wait between: same-named tasks deploy in the same instant)
 /// and waits until each runs and Flink's metrics show its behaviour.
 fn run_jobs(
@@ -321,7 +242,7 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
 
     // Exact ids: every task thread on this TaskManager names its job, vertex, subtask and
     // attempt as Flink's REST placement does, the twins' same-named tasks included.
-    let placed = placed_on(&rest, &jobs, &tm.resource_id)?;
+    let placed = placed_on(&rest, jobs.iter().map(|j| &j.2), &tm.resource_id)?;
     let named = exact_of(&by_jvmti)?;
     ensure!(
         named == placed,
@@ -434,7 +355,7 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
             .try_fold(true, |ok, (_, _, jid)| -> Result<bool> {
                 Ok(ok && rest.job(jid)?.state == "RUNNING")
             })?;
-        let placed = placed_on(&rest, &jobs, &tm.resource_id)?;
+        let placed = placed_on(&rest, jobs.iter().map(|j| &j.2), &tm.resource_id)?;
         // Jobs with a subtask on the killed TaskManager restart (a job entirely on this one,
         // like the busy job, may not).
         let restarted = placed.iter().any(|p| p.4 >= 1);
@@ -619,7 +540,7 @@ fn jvmti_backend_on_temurin_25() -> Result<()> {
         "{agreeing}/{compared}"
     );
     // On one TaskManager every same-named twin meets its twin: the ids tell them apart.
-    let placed = placed_on(&rest, &jobs, &tm.resource_id)?;
+    let placed = placed_on(&rest, jobs.iter().map(|j| &j.2), &tm.resource_id)?;
     ensure!(
         exact_of(&by_jvmti)? == placed,
         "ids differ from Flink's placement"
