@@ -1,6 +1,9 @@
 //! The native attach client against real JVMs (JDK 17 and Temurin 25): dumps, protocol versions,
 //! credentials, and each failure mode an operator can meet.
 
+mod common;
+use common::jvmti_library;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -691,24 +694,6 @@ fn a_jvm_whose_tmp_is_a_symlink_is_refused_before_any_signal() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-}
-
-/// The in-process sampler library, built for this test run (a no-op when current).
-fn jvmti_library() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "bpmon-jvmti"])
-        .current_dir(root)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build -p bpmon-jvmti failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let lib = target.join("debug").join(bpmon_agent::jvmti::LIBRARY_NAME);
-    assert!(lib.is_file(), "no {}", lib.display());
-    lib
 }
 
 /// A JVM in its own mount and pid namespaces, with a /tmp of its own: the library's path on the

@@ -4,6 +4,9 @@
 //!
 //! Each test samples only its own JVM (by pid or resource id), so the tests can run side by side.
 
+mod common;
+use common::jvmti_library;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1133,22 +1136,6 @@ async fn metrics_count_dumps_and_deliveries_and_logs_are_json() {
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(dir.with_extension("cfg"));
-}
-
-/// The in-process sampler library, built for this test run (a no-op when current).
-fn jvmti_library() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "bpmon-jvmti"])
-        .current_dir(root)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build -p bpmon-jvmti failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join(bpmon_agent::jvmti::LIBRARY_NAME)
 }
 
 /// `backend = jvmti`: a JVM that loads the library is sampled in-process (its reports say

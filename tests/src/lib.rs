@@ -34,3 +34,25 @@ pub use cluster::{
 pub use flink_dist::{repo_root, work_dir, FlinkDist, DEFAULT_FLINK_VERSION};
 pub use jobs::{Behaviour, ExpectedVertex, JobMode, TestJobs};
 pub use rest::FlinkRest;
+
+/// Polls `f` every 500 ms until it gives `Some`, or fails after `timeout` with the last error it
+/// saw (what the end-to-end tests wait for: a level, a window, a log line).
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
-    one_cluster_at_a_time, repo_root, work_dir, ClusterOptions, FlinkCluster, FlinkDist, JobMode,
-    TestJobs,
+    one_cluster_at_a_time, repo_root, wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist,
+    JobMode, TestJobs,
 };
 use serde_json::Value;
 
@@ -515,27 +515,6 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
-}
-
-/// Polls `f` every 500 ms until it gives `Some`.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
-        }
-        sleep(Duration::from_millis(500));
-    }
 }
 
 /// JSON log lines of a daemon's stderr; fails on a line that is not JSON.

@@ -23,8 +23,8 @@ use bpmon_e2e::proxy::TcpProxy;
 use bpmon_e2e::readings::{self, SubtaskReading};
 use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
-    one_cluster_at_a_time, work_dir, Behaviour, ClusterOptions, FlinkCluster, FlinkDist, JobMode,
-    TestJobs,
+    one_cluster_at_a_time, wait_for, work_dir, Behaviour, ClusterOptions, FlinkCluster, FlinkDist,
+    JobMode, TestJobs,
 };
 use serde_json::Value;
 
@@ -42,27 +42,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Polls `f` every 500 ms until it gives `Some`, or fails with the last state it saw.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
-        }
-        sleep(Duration::from_millis(500));
-    }
 }
 
 struct Job {
