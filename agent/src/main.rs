@@ -156,27 +156,11 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::GenerateCompletions { shell } => {
             use clap::CommandFactory;
-            let mut out = std::io::stdout().lock();
-            return match bpmon_telemetry::docs::completions(Cli::command(), *shell, &mut out) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("bpmon-agent: {e}");
-                    ExitCode::FAILURE
-                }
-                _ => ExitCode::SUCCESS,
-            };
+            return bpmon_telemetry::docs::print_completions(Cli::command(), *shell);
         }
         Command::GenerateMan { out } => {
             use clap::CommandFactory;
-            return match bpmon_telemetry::docs::man_pages(Cli::command(), out) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!(
-                        "bpmon-agent: cannot write man pages to {}: {e}",
-                        out.display()
-                    );
-                    ExitCode::FAILURE
-                }
-            };
+            return bpmon_telemetry::docs::write_man_pages(Cli::command(), out);
         }
         _ => {}
     }

@@ -30,6 +30,32 @@ pub fn man_pages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// `generate-completions`, as a binary's command: the script on stdout (a closed pipe is not
+/// an error), any other failure said on stderr under the binary's name.
+pub fn print_completions(cmd: clap::Command, shell: Shell) -> std::process::ExitCode {
+    let name = cmd.get_name().to_string();
+    match completions(cmd, shell, &mut io::stdout().lock()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        _ => std::process::ExitCode::SUCCESS,
+    }
+}
+
+/// `generate-man`, as a binary's command: the pages into `dir`, a failure said on stderr under
+/// the binary's name.
+pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::process::ExitCode {
+    let name = cmd.get_name().to_string();
+    match man_pages(cmd, dir) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: cannot write man pages to {}: {e}", dir.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn pages_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
