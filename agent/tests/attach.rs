@@ -2,7 +2,7 @@
 //! credentials, and each failure mode an operator can meet.
 
 mod common;
-use common::jvmti_library;
+use common::{jdk17, jdk25, jvmti_library};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,25 +11,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bpmon_agent::attach::{AttachError, AttachOptions, Attacher, Protocol};
-
-/// The two JDKs the attach client is tested on: the machine's JDK 17 and a JDK 25 (attach protocol
-/// v2). `BPMON_JDK17` / `BPMON_JDK25` point elsewhere; a missing JDK fails the test, loudly.
-fn jdk17() -> String {
-    jdk("BPMON_JDK17", "/usr/lib/jvm/java-17-openjdk-amd64")
-}
-
-fn jdk25() -> String {
-    jdk("BPMON_JDK25", "/usr/lib/jvm/temurin-25-jdk-amd64")
-}
-
-fn jdk(var: &str, default: &str) -> String {
-    let home = std::env::var(var).unwrap_or_else(|_| default.to_string());
-    assert!(
-        Path::new(&home).join("bin/java").is_file(),
-        "no JDK at {home}: install it or set {var} to a JDK home"
-    );
-    home
-}
 
 /// Compiles FakeTaskManager.java once per test binary, into a directory anyone can read.
 fn classes() -> &'static Path {

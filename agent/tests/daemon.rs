@@ -5,7 +5,7 @@
 //! Each test samples only its own JVM (by pid or resource id), so the tests can run side by side.
 
 mod common;
-use common::jvmti_library;
+use common::{jdk17, jvmti_library};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -25,16 +25,6 @@ use bpmon_proto::{
 
 // ---------------------------------------------------------------------------------------------
 // A JVM that looks like a TaskManager.
-
-fn jdk17() -> String {
-    let home = std::env::var("BPMON_JDK17")
-        .unwrap_or_else(|_| "/usr/lib/jvm/java-17-openjdk-amd64".to_string());
-    assert!(
-        Path::new(&home).join("bin/java").is_file(),
-        "no JDK at {home}: install it or set BPMON_JDK17 to a JDK home"
-    );
-    home
-}
 
 /// Compiles the fake TaskManager once per test binary.
 fn classes() -> &'static Path {

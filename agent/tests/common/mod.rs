@@ -1,4 +1,5 @@
-//! What the agent's integration tests share.
+//! What the agent's integration tests share. Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,4 +21,23 @@ pub fn jvmti_library() -> PathBuf {
     let lib = target.join("debug").join(bpmon_agent::jvmti::LIBRARY_NAME);
     assert!(lib.is_file(), "no {}", lib.display());
     lib
+}
+
+/// The JDKs the tests run JVMs on: the machine's JDK 17 and a JDK 25 (attach protocol v2).
+/// `BPMON_JDK17` / `BPMON_JDK25` point elsewhere; a missing JDK fails the test, loudly.
+pub fn jdk17() -> String {
+    jdk("BPMON_JDK17", "/usr/lib/jvm/java-17-openjdk-amd64")
+}
+
+pub fn jdk25() -> String {
+    jdk("BPMON_JDK25", "/usr/lib/jvm/temurin-25-jdk-amd64")
+}
+
+fn jdk(var: &str, default: &str) -> String {
+    let home = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    assert!(
+        Path::new(&home).join("bin/java").is_file(),
+        "no JDK at {home}: install it or set {var} to a JDK home"
+    );
+    home
 }
