@@ -726,7 +726,10 @@ impl Supervisor {
         let mut changed = false;
         for (pid, w) in &mut self.workers {
             if let Some(j) = found.get(pid) {
-                if j.listen_ports != w.jvm.listen_ports || j.resource_id != w.jvm.resource_id {
+                if j.listen_ports != w.jvm.listen_ports
+                    || j.resource_id != w.jvm.resource_id
+                    || j.network != w.jvm.network
+                {
                     changed = true;
                     w.jvm = j.clone();
                     let _ = w.control.send(Control::Jvm(Box::new(j.clone())));
@@ -885,7 +888,9 @@ impl Supervisor {
                 .map(|j| PlanJvm {
                     pid: j.pid,
                     resource_id: j.resource_id.clone(),
+                    resource_id_source: j.resource_id_source,
                     listen_ports: j.listen_ports.clone(),
+                    network: Some(j.network.clone()),
                 })
                 .collect(),
         };

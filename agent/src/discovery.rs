@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bpmon_proto::{JvmNetwork, ResourceIdSource};
 use serde::Serialize;
 
 use crate::hsperf::{self, PerfData};
@@ -37,12 +38,15 @@ pub struct JvmProcess {
     pub flink_version: Option<String>,
     /// Whether the JVM runs in another pid namespace (a container).
     pub containerized: bool,
-    /// `taskmanager.resource-id` when the command line sets it (`-D…` / `-D …`): the id Flink's
-    /// REST API uses for this TaskManager.
+    /// `taskmanager.resource-id` when the command line sets it (`-D…` / `-D …`) or the JVM's log
+    /// names it: the id Flink's REST API uses for this TaskManager.
     pub resource_id: Option<String>,
+    pub resource_id_source: Option<ResourceIdSource>,
     /// TCP ports the JVM listens on (its RPC and data ports among them): how the collector finds
     /// this TaskManager in `GET /taskmanagers` when no resource id is set.
     pub listen_ports: Vec<u16>,
+    /// Its network namespace from the inside: addresses, listening sockets, host name.
+    pub network: JvmNetwork,
     /// Whether the JVM has a SIGQUIT handler installed (sending SIGQUIT otherwise kills it).
     #[serde(skip)]
     pub sigquit_caught: bool,
@@ -208,23 +212,41 @@ pub fn resource_id_from_argv(argv: &[String]) -> Option<String> {
     found
 }
 
-/// Listening sockets in a `/proc/PID/net/tcp` or `tcp6` table: (socket inode, local port).
-pub fn parse_listening_sockets(table: &str) -> Vec<(u64, u16)> {
-    const TCP_LISTEN: &str = "0A";
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            if f.len() < 10 || f[3] != TCP_LISTEN {
-                return None;
-            }
-            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
-            let inode = f[9].parse().ok()?;
-            Some((inode, port))
-        })
-        .collect()
+/// The line Flink's `TaskManagerRunner` logs at start-up, followed by the resource id.
+const RESOURCE_ID_LOG_LINE: &str = "Starting TaskManager with ResourceID: ";
+
+/// How much of a TaskManager's log is read for that line: it comes within the first few hundred
+/// lines, and a log that rolled over has lost it anyway.
+const LOG_HEAD_BYTES: u64 = 512 * 1024;
+
+/// The resource id a TaskManager's log names, the last time it says so (a log appended to by
+/// several runs names each run's id).
+pub fn resource_id_from_log(text: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .filter_map(|l| l.split_once(RESOURCE_ID_LOG_LINE))
+        .filter_map(|(_, rest)| rest.split_whitespace().next())
+        .find(|id| !id.is_empty())
+        .map(str::to_string)
+}
+
+/// The log file a Flink daemon writes (`-Dlog.file=…`, set by Flink's scripts).
+pub fn log_file_from_argv(argv: &[String]) -> Option<PathBuf> {
+    argv.iter()
+        .rev()
+        .find_map(|a| a.strip_prefix("-Dlog.file="))
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+}
+
+/// Whether a resource id read from a log can be this JVM's: Flink's generated ids are
+/// `host:rpcPort-xxxxxx`, and a JVM that does not listen on that port is another run's.
+pub fn log_id_fits(id: &str, listen_ports: &[u16]) -> bool {
+    let port = id
+        .rsplit_once('-')
+        .and_then(|(hp, _)| hp.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    port.is_none_or(|p| listen_ports.contains(&p))
 }
 
 /// `JAVA_VERSION="17.0.15"` from a Java home's `release` file.
@@ -314,6 +336,17 @@ impl ProcFs {
             .as_ref()
             .and_then(|pd| pd.java_version().map(str::to_string))
             .or_else(|| self.java_version_from_home(pid));
+        let network = crate::whereabouts::read(&self.root, pid);
+        let mut listen_ports: Vec<u16> = network.listen.iter().map(|a| a.port()).collect();
+        listen_ports.sort_unstable();
+        listen_ports.dedup();
+        let (resource_id, resource_id_source) = match resource_id_from_argv(&argv) {
+            Some(id) => (Some(id), Some(ResourceIdSource::CommandLine)),
+            None => match self.resource_id_from_log(pid, &argv, &listen_ports) {
+                Some(id) => (Some(id), Some(ResourceIdSource::Log)),
+                None => (None, None),
+            },
+        };
         Some(JvmProcess {
             pid,
             nspid,
@@ -327,8 +360,10 @@ impl ProcFs {
             main_class,
             java_version,
             containerized: status.nested_pid_ns,
-            resource_id: resource_id_from_argv(&argv),
-            listen_ports: self.listening_ports(pid),
+            resource_id,
+            resource_id_source,
+            listen_ports,
+            network,
             sigquit_caught: status.catches_sigquit(),
             perf_file,
             vm_name: perf
@@ -341,35 +376,31 @@ impl ProcFs {
     /// TCP ports `pid` listens on: the listening sockets of its network namespace whose inodes
     /// are among its open file descriptors. Empty when its fds are not readable.
     pub fn listening_ports(&self, pid: u32) -> Vec<u16> {
-        let dir = self.pid_dir(pid);
-        let mut listening = Vec::new();
-        for table in ["net/tcp", "net/tcp6"] {
-            if let Ok(text) = std::fs::read_to_string(dir.join(table)) {
-                listening.extend(parse_listening_sockets(&text));
-            }
-        }
-        if listening.is_empty() {
-            return Vec::new();
-        }
-        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
-            return Vec::new();
-        };
-        let inodes: std::collections::HashSet<u64> = fds
-            .flatten()
-            .filter_map(|fd| {
-                let target = std::fs::read_link(fd.path()).ok()?;
-                let t = target.to_str()?;
-                t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-            })
-            .collect();
-        let mut ports: Vec<u16> = listening
-            .into_iter()
-            .filter(|(inode, _)| inodes.contains(inode))
-            .map(|(_, port)| port)
+        let mut ports: Vec<u16> = crate::whereabouts::read(&self.root, pid)
+            .listen
+            .iter()
+            .map(|a| a.port())
             .collect();
         ports.sort_unstable();
         ports.dedup();
         ports
+    }
+
+    /// The resource id the JVM's own log names, read inside its root (a container's log is in
+    /// its own file system), when it fits the JVM's ports.
+    fn resource_id_from_log(
+        &self,
+        pid: u32,
+        argv: &[String],
+        listen_ports: &[u16],
+    ) -> Option<String> {
+        use std::io::Read;
+        let log = log_file_from_argv(argv)?;
+        let file = crate::inroot::open_in_root(&self.pid_dir(pid).join("root"), &log).ok()?;
+        let mut head = Vec::new();
+        file.take(LOG_HEAD_BYTES).read_to_end(&mut head).ok()?;
+        resource_id_from_log(&String::from_utf8_lossy(&head))
+            .filter(|id| log_id_fits(id, listen_ports))
     }
 
     /// `<java.home>/release`, found from `/proc/PID/exe` (`…/bin/java`), read inside the JVM's
@@ -469,13 +500,34 @@ mod tests {
     }
 
     #[test]
-    fn listening_sockets_of_a_tcp_table() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:A3B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+    fn resource_id_from_a_taskmanager_log() {
+        let log = "2026-12-02 11:05:03,973 INFO  org.apache.flink.runtime.taskexecutor.TaskManagerRunner      [] - Using working directory: WorkingDirectory(/tmp/tm_localhost:38897-da7bf7)
+2026-12-02 11:05:04,323 INFO  org.apache.flink.runtime.taskexecutor.TaskManagerRunner      [] - Starting TaskManager with ResourceID: localhost:38897-da7bf7
 ";
-        assert_eq!(parse_listening_sockets(table), vec![(4242, 8080)]);
-        assert!(parse_listening_sockets("garbage\nmore garbage").is_empty());
+        assert_eq!(
+            resource_id_from_log(log).as_deref(),
+            Some("localhost:38897-da7bf7")
+        );
+        // A log appended to by two runs: the last run's id.
+        let two =
+            format!("{log}... - Starting TaskManager with ResourceID: 10.0.0.7:6122-0a0b0c\n");
+        assert_eq!(
+            resource_id_from_log(&two).as_deref(),
+            Some("10.0.0.7:6122-0a0b0c")
+        );
+        assert_eq!(resource_id_from_log("no such line\n"), None);
+        assert!(log_id_fits("localhost:38897-da7bf7", &[35277, 38897]));
+        assert!(!log_id_fits("localhost:38897-da7bf7", &[35277, 40000]));
+        // A configured id says nothing about ports.
+        assert!(log_id_fits("tm-7", &[]));
+        assert_eq!(
+            log_file_from_argv(&argv("java -Dlog.file=/opt/flink/log/tm.log -cp x Main")),
+            Some(PathBuf::from("/opt/flink/log/tm.log"))
+        );
+        assert_eq!(
+            log_file_from_argv(&argv("java -Dlog.file=rel.log Main")),
+            None
+        );
     }
 
     #[test]

@@ -26,3 +26,4 @@ pub mod seq;
 pub mod shipper;
 pub mod spool;
 pub mod tally;
+pub mod whereabouts;

@@ -182,6 +182,21 @@ pub struct AgentStatus {
     /// Task threads of its last batches that could not be placed, with the reason.
     #[serde(default)]
     pub unresolved: Vec<String>,
+    /// The TaskManager JVMs of its last batch: which TaskManager each is, and how that was
+    /// told, or why none.
+    #[serde(default)]
+    pub jvms: Vec<AgentJvm>,
+}
+
+/// One JVM an agent reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentJvm {
+    pub pid: u32,
+    pub taskmanager_id: Option<String>,
+    /// `TaskManager X by <evidence>`, or why it matched none.
+    pub placement: String,
+    /// What the agent saw of it: resource id, listening ports, addresses, host name.
+    pub seen: String,
 }
 
 /// An error answer.

@@ -40,6 +40,19 @@ use crate::model::{
     VertexSnapshot,
 };
 
+/// How long a TaskManager host name's addresses are trusted.
+const HOST_LOOKUP_TTL: Duration = Duration::from_secs(60);
+/// How long one host name lookup may take.
+const HOST_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+type HostCache = std::sync::Mutex<HashMap<String, (Instant, Vec<std::net::IpAddr>)>>;
+
+fn lock_hosts(
+    cache: &HostCache,
+) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Vec<std::net::IpAddr>)>> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Requests in flight at once per client (Flink's REST server has a small thread pool).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 
@@ -140,6 +153,8 @@ pub struct FlinkRestClient {
     http: reqwest::Client,
     timeout: Duration,
     in_flight: Semaphore,
+    /// TaskManager host name → its addresses, and when they were looked up.
+    host_cache: HostCache,
 }
 
 impl FlinkRestClient {
@@ -182,7 +197,53 @@ impl FlinkRestClient {
             http,
             timeout,
             in_flight: Semaphore::new(max_in_flight),
+            host_cache: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Resolves the host names TaskManagers registered under (an FQDN, an alias), so that they
+    /// can be compared with the addresses an agent sees inside a JVM. IP literals and loopback
+    /// names need no lookup; answers are kept for [`HOST_LOOKUP_TTL`], and a name that does not
+    /// resolve in time stays unresolved (the TaskManager is then matched by other evidence).
+    async fn resolve_hosts(&self, tms: &mut [TaskManagerRef]) {
+        for tm in tms.iter_mut() {
+            let Some(host) = tm.host.clone() else {
+                continue;
+            };
+            if host.parse::<std::net::IpAddr>().is_ok() || crate::locate::is_loopback_name(&host) {
+                continue;
+            }
+            let cached = lock_hosts(&self.host_cache)
+                .get(&host)
+                .filter(|(at, _)| at.elapsed() < HOST_LOOKUP_TTL)
+                .map(|(_, a)| a.clone());
+            let addresses = match cached {
+                Some(a) => a,
+                None => {
+                    let looked_up = tokio::time::timeout(
+                        HOST_LOOKUP_TIMEOUT,
+                        tokio::net::lookup_host((host.as_str(), 0)),
+                    )
+                    .await;
+                    let mut a: Vec<std::net::IpAddr> = match looked_up {
+                        Ok(Ok(addrs)) => addrs.map(|s| s.ip()).collect(),
+                        Ok(Err(e)) => {
+                            tracing::debug!(host = %host, error = %e, "TaskManager host does not resolve");
+                            Vec::new()
+                        }
+                        Err(_) => {
+                            tracing::debug!(host = %host, "TaskManager host lookup timed out");
+                            Vec::new()
+                        }
+                    };
+                    a.sort();
+                    a.dedup();
+                    lock_hosts(&self.host_cache).insert(host.clone(), (Instant::now(), a.clone()));
+                    a
+                }
+            };
+            tm.addresses = addresses;
+        }
     }
 
     /// The base URL, without trailing slash.
@@ -224,11 +285,15 @@ impl FlinkRestClient {
             }
         };
         let taskmanagers = match taskmanagers {
-            Ok(list) => list
-                .taskmanagers
-                .into_iter()
-                .map(|t| taskmanager_ref(&t.id, t.path.as_deref(), t.data_port))
-                .collect(),
+            Ok(list) => {
+                let mut tms: Vec<TaskManagerRef> = list
+                    .taskmanagers
+                    .into_iter()
+                    .map(|t| taskmanager_ref(&t.id, t.path.as_deref(), t.data_port))
+                    .collect();
+                self.resolve_hosts(&mut tms).await;
+                tms
+            }
             Err(e) => {
                 errors.push(e.to_string());
                 Vec::new()
@@ -671,17 +736,14 @@ pub fn taskmanager_ref(id: &str, path: Option<&str>, data_port: Option<u32>) -> 
         Some((h, p)) => (Some(h), p),
         None => (None, None),
     };
-    let mut ports: Vec<u16> = rpc_port.into_iter().collect();
-    if let Some(p) = data_port
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p > 0)
-    {
-        ports.push(p);
-    }
     TaskManagerRef {
         id: id.to_string(),
         host,
-        ports,
+        rpc_port,
+        data_port: data_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0),
+        addresses: Vec::new(),
     }
 }
 
@@ -1043,19 +1105,20 @@ mod tests {
             Some(40001),
         );
         assert_eq!(t.host.as_deref(), Some("127.0.0.1"));
-        assert_eq!(t.ports, vec![36265, 40001]);
+        assert_eq!(t.ports(), vec![36265, 40001]);
+        assert_eq!((t.rpc_port, t.data_port), (Some(36265), Some(40001)));
         let t = taskmanager_ref("10.0.0.7:41233-6e0c2a", None, Some(0));
         assert_eq!(t.host.as_deref(), Some("10.0.0.7"));
-        assert_eq!(t.ports, vec![41233]);
+        assert_eq!(t.ports(), vec![41233]);
         let t = taskmanager_ref(
             "x",
             Some("akka.tcp://flink@[::1]:6122/user/rpc/taskmanager_0"),
             None,
         );
         assert_eq!(t.host.as_deref(), Some("::1"));
-        assert_eq!(t.ports, vec![6122]);
+        assert_eq!(t.ports(), vec![6122]);
         let t = taskmanager_ref("my-tm", Some("pekko://flink/user/rpc/tm"), None);
-        assert_eq!((t.host, t.ports), (None, vec![]));
+        assert_eq!((t.host.clone(), t.ports()), (None, vec![]));
     }
 
     #[test]

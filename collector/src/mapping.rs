@@ -2,10 +2,11 @@
 //!
 //! Thread names carry no job id, and two jobs can run identically named vertices on one
 //! TaskManager (even their vertex ids can be equal: Flink derives them from the topology's shape).
-//! A thread is resolved in three steps:
+//! A thread of a report whose JVM is a known TaskManager ([`crate::locate`]) is resolved in
+//! up to four steps:
 //!
-//! 1. its TaskManager: the report's `taskmanager.resource-id`, or the one TaskManager on the
-//!    agent's host whose port is among the JVM's listening ports;
+//! 1. with the in-process sampler, the exact job, vertex and attempt ids it read from Flink's
+//!    `Task`: nothing to infer;
 //! 2. the candidates: subtasks placed on that TaskManager whose vertex name, index, parallelism and
 //!    attempt are the thread's;
 //! 3. among several candidates, the thread's age: a task thread starts when its subtask is
@@ -19,10 +20,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use bpmon_proto::{ExactTask, JvmInfo, SampleReport, TaskSamples};
+use bpmon_proto::{ExactTask, SampleReport, TaskSamples};
 
 use crate::model::JobSnapshot;
-pub use crate::model::TaskManagerRef;
 
 /// How far a thread's start may lie from its subtask's `start-time` and still identify it.
 pub const START_TOLERANCE_MS: f64 = 5_000.0;
@@ -57,40 +57,7 @@ pub enum Resolution {
     },
 }
 
-/// Step 1: the TaskManager a report's JVM is. `agent_hosts` are the names and addresses the
-/// agent's host is known by.
-pub fn resolve_taskmanager(
-    jvm: &JvmInfo,
-    agent_hosts: &[String],
-    tms: &[TaskManagerRef],
-) -> Result<String, String> {
-    if let Some(rid) = &jvm.resource_id {
-        if tms.iter().any(|t| &t.id == rid) {
-            return Ok(rid.clone());
-        }
-    }
-    let on_host: Vec<&TaskManagerRef> = tms
-        .iter()
-        .filter(|t| t.host.as_ref().is_some_and(|h| agent_hosts.contains(h)))
-        .filter(|t| t.ports.iter().any(|p| jvm.listen_ports.contains(p)))
-        .collect();
-    match on_host.as_slice() {
-        [one] => Ok(one.id.clone()),
-        [] => Err(format!(
-            "no TaskManager of this cluster on {agent_hosts:?} listens on {:?}",
-            jvm.listen_ports
-        )),
-        many => Err(format!(
-            "several TaskManagers match this JVM: {}",
-            many.iter()
-                .map(|t| t.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
-/// Steps 2 and 3 for every task of one report, whose JVM is TaskManager `tm_id`.
+/// Every task of one report, whose JVM is TaskManager `tm_id`.
 pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -> Vec<Resolution> {
     let report_end_ms = (report.started_at_ms + report.elapsed_ms) as f64;
     let candidates_of =
@@ -245,7 +212,7 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
 
 /// A task whose job and vertex ids the agent read inside the JVM: no guessing, only a check that
 /// the collector knows that subtask (a job too new for the last poll is unknown for a moment).
-fn resolve_exact(t: &TaskSamples, exact: &ExactTask, jobs: &[JobSnapshot]) -> Resolution {
+pub fn resolve_exact(t: &TaskSamples, exact: &ExactTask, jobs: &[JobSnapshot]) -> Resolution {
     let Some(job) = jobs.iter().find(|j| j.job_id == exact.job_id) else {
         return Resolution::Unknown {
             why: format!(
@@ -357,7 +324,7 @@ mod tests {
         SampleReport {
             pid: 1,
             backend: "attach".into(),
-            jvm: JvmInfo::default(),
+            jvm: bpmon_proto::JvmInfo::default(),
             samples: 10,
             delay_ms: 50,
             started_at_ms: 1_000_000,
@@ -519,37 +486,5 @@ mod tests {
         t.identity.attempt = Some(3);
         let r = resolve_tasks(&report(vec![t]), "tm0", &[job("j1", "Map", 0)]);
         assert!(matches!(&r[0], Resolution::Unknown { .. }));
-    }
-
-    #[test]
-    fn taskmanager_by_resource_id_then_by_host_and_port() {
-        let tms = [
-            TaskManagerRef {
-                id: "tm-a".into(),
-                host: Some("10.0.0.1".into()),
-                ports: vec![6121, 40001],
-            },
-            TaskManagerRef {
-                id: "tm-b".into(),
-                host: Some("10.0.0.2".into()),
-                ports: vec![6121, 40002],
-            },
-        ];
-        let jvm = JvmInfo {
-            resource_id: Some("tm-b".into()),
-            ..Default::default()
-        };
-        assert_eq!(resolve_taskmanager(&jvm, &[], &tms).unwrap(), "tm-b");
-        // Same data port on every host: the host decides.
-        let jvm = JvmInfo {
-            listen_ports: vec![6121, 40001],
-            ..Default::default()
-        };
-        assert_eq!(
-            resolve_taskmanager(&jvm, &["10.0.0.1".into()], &tms).unwrap(),
-            "tm-a"
-        );
-        let e = resolve_taskmanager(&jvm, &["10.0.0.9".into()], &tms).unwrap_err();
-        assert!(e.contains("no TaskManager"), "{e}");
     }
 }

@@ -97,8 +97,20 @@ pub struct SubtaskMetrics {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskManagerRef {
     pub id: String,
-    /// Host of its RPC address (from `path`) or of its resource id.
+    /// Host of its RPC address (from `path`) or of its resource id: what it registered under.
     pub host: Option<String>,
-    /// Its RPC port and `dataPort`, as far as known.
-    pub ports: Vec<u16>,
+    /// Its RPC port (from `path` or a generated resource id).
+    pub rpc_port: Option<u16>,
+    /// Its `dataPort` (shuffle), when Flink names one.
+    pub data_port: Option<u16>,
+    /// What `host` resolves to, when it is a name the collector could resolve.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl TaskManagerRef {
+    /// Its RPC and data ports, as far as known.
+    pub fn ports(&self) -> Vec<u16> {
+        self.rpc_port.into_iter().chain(self.data_port).collect()
+    }
 }

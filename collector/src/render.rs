@@ -315,6 +315,15 @@ pub fn agents(view: &AgentsView, color: bool, now_ms: u64) -> String {
         ]);
     }
     let mut out = t.render(color);
+    for a in view.agents.iter().filter(|a| !a.jvms.is_empty()) {
+        let _ = writeln!(out, "\nTaskManager JVMs of {}:", a.agent_id);
+        for j in &a.jvms {
+            let _ = writeln!(out, "  pid {}: {}", j.pid, j.placement);
+            if j.taskmanager_id.is_none() {
+                let _ = writeln!(out, "    seen: {}", j.seen);
+            }
+        }
+    }
     for a in view.agents.iter().filter(|a| !a.unresolved.is_empty()) {
         let _ = writeln!(out, "\nunresolved task threads of {}:", a.agent_id);
         for u in &a.unresolved {
@@ -657,7 +666,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::api::{AgentStatus, HistoryWindow, JobSummary, VertexStatus};
+    use crate::api::{AgentJvm, AgentStatus, HistoryWindow, JobSummary, VertexStatus};
 
     const NOW: u64 = 1_714_564_815_000; // 2024-05-01T12:00:15Z
 
@@ -1067,9 +1076,25 @@ mod tests {
                 last_batch_ms: NOW - 3_000,
                 dropped_batches: 2,
                 unresolved: vec!["Map (1/2)#0: ambiguous between two jobs".into()],
+                jvms: vec![
+                    AgentJvm {
+                        pid: 7,
+                        taskmanager_id: Some("localhost:36151-3b680b".into()),
+                        placement: "TaskManager localhost:36151-3b680b by resource id localhost:36151-3b680b".into(),
+                        seen: "resource id localhost:36151-3b680b (from its log)".into(),
+                    },
+                    AgentJvm {
+                        pid: 8,
+                        taskmanager_id: None,
+                        placement: "no TaskManager of the watched clusters is this JVM".into(),
+                        seen: "no resource id, listening on [9]".into(),
+                    },
+                ],
             }],
         };
         let text = agents(&a, false, NOW);
+        assert!(text.contains("TaskManager JVMs of worker-1:\n  pid 7: TaskManager localhost:36151-3b680b by resource id"), "{text}");
+        assert!(text.contains("  pid 8: no TaskManager of the watched clusters is this JVM\n    seen: no resource id, listening on [9]\n"), "{text}");
         assert!(
             text.lines()
                 .nth(1)

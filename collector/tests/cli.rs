@@ -280,6 +280,7 @@ async fn answer(method: &Method, path: &str, body: &[u8]) -> Response {
                     last_batch_ms: now_ms() - 3_000,
                     dropped_batches: 2,
                     unresolved: vec!["Map (1/2)#0: ambiguous between two jobs".into()],
+                    jvms: vec![],
                 }],
             },
         ),

@@ -205,7 +205,7 @@ fn real_cluster_snapshot(version: &str) -> Result<()> {
             t.host.as_deref() == Some("127.0.0.1") || t.host.as_deref() == Some("localhost"),
             "{t:?}"
         );
-        ensure!(t.ports.len() == 2, "rpc and data port: {t:?}");
+        ensure!(t.ports().len() == 2, "rpc and data port: {t:?}");
     }
     // /config + /jobs/overview + /taskmanagers + per job (details + per vertex (placement +
     // metrics)).
@@ -724,7 +724,9 @@ fn malformed_json_is_reported_and_the_rest_is_returned() -> Result<()> {
             == vec![bpmon_collector::model::TaskManagerRef {
                 id: "tm0".into(),
                 host: Some("h1".into()),
-                ports: vec![6122, 1],
+                rpc_port: Some(6122),
+                data_port: Some(1),
+                addresses: vec![],
             }],
         "{:?}",
         snap.taskmanagers

@@ -157,6 +157,7 @@ fn batch(seq: u64) -> ReportBatch {
                 flink_version: Some("2.3.0".into()),
                 resource_id: Some(TM.into()),
                 listen_ports: vec![6121, 6122],
+                ..Default::default()
             },
             samples: 100,
             delay_ms: 50,

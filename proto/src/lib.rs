@@ -1,6 +1,6 @@
 //! Types shared by `bpmon-agent` and `bpmon-collector`: the back-pressure [`Level`], the identity a
 //! Flink task thread carries in its name ([`identity`]), the JSON report the agent emits
-//! ([`report`]), what agents and the collector exchange ([`ingest`]) and what the agent and the
+//! ([`report`]), what agents and the collector exchange ([`ingest`]) and where a TaskManager JVM lives on the network ([`whereabouts`]), what the agent and the
 //! in-process sampler inside a TaskManager exchange ([`inprocess`]). Pure data and pure functions only: no I/O lives here.
 
 pub mod identity;
@@ -10,9 +10,11 @@ pub mod level;
 pub mod plan;
 pub mod report;
 pub mod token;
+pub mod whereabouts;
 
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
 pub use level::Level;
 pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
 pub use report::{ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};
+pub use whereabouts::{JvmNetwork, ResourceIdSource};

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::SamplingSettings;
+use crate::whereabouts::{JvmNetwork, ResourceIdSource};
 use crate::TaskIdentity;
 
 /// `POST /api/v1/plan` body.
@@ -27,8 +28,12 @@ pub struct PlanJvm {
     pub pid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id_source: Option<ResourceIdSource>,
     #[serde(default)]
     pub listen_ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<JvmNetwork>,
 }
 
 /// `POST /api/v1/plan` answer.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::identity::TaskIdentity;
+use crate::whereabouts::{JvmNetwork, ResourceIdSource};
 
 /// One sampling run over one JVM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,12 +36,18 @@ pub struct JvmInfo {
     /// Flink version, read from the `flink-dist` jar on the class path when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flink_version: Option<String>,
-    /// `taskmanager.resource-id` when its command line sets it.
+    /// `taskmanager.resource-id`, when its command line sets it or its log names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
+    /// Where `resource_id` was read (absent from older agents: the command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id_source: Option<ResourceIdSource>,
     /// TCP ports the JVM listens on (RPC and data ports): finds the TaskManager in Flink's REST API.
     #[serde(default)]
     pub listen_ports: Vec<u16>,
+    /// Its network namespace seen from inside (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<JvmNetwork>,
 }
 
 /// Sample counts of one task thread.

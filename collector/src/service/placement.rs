@@ -4,7 +4,8 @@
 
 use bpmon_proto::{ReportBatch, SampleReport};
 
-use crate::mapping::{resolve_taskmanager, resolve_tasks, Resolution, SubtaskRef};
+use crate::locate::{locate, JvmClues};
+use crate::mapping::{resolve_exact, resolve_tasks, Resolution, SubtaskRef};
 use crate::merge::{merge_subtask, SampleCounts};
 use crate::model::{ClusterSnapshot, SubtaskSnapshot};
 use crate::store::WindowRow;
@@ -22,11 +23,26 @@ pub struct Unplaced {
     pub no_taskmanager: bool,
 }
 
+/// Which TaskManager a report's JVM turned out to be, or why none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JvmOutcome {
+    pub pid: u32,
+    pub taskmanager_id: Option<String>,
+    /// How it was matched, or why it was not.
+    pub text: String,
+    /// What the agent saw of the JVM, in words.
+    pub clues: String,
+    /// When not matched: per TaskManager id, why the JVM is not it.
+    pub misses: Vec<(String, String)>,
+}
+
 /// What a batch became.
 #[derive(Debug, Default)]
 pub struct Placement {
     pub windows: Vec<WindowRow>,
     pub unplaced: Vec<Unplaced>,
+    /// One entry per report.
+    pub jvms: Vec<JvmOutcome>,
 }
 
 /// Places every task of every report of `batch` in `clusters`.
@@ -44,44 +60,61 @@ fn place_report(
     clusters: &[&ClusterSnapshot],
     out: &mut Placement,
 ) {
-    let mut reasons = Vec::new();
-    let found = clusters.iter().find_map(|c| {
-        match resolve_taskmanager(&report.jvm, host_names, &c.taskmanagers) {
-            Ok(tm) => Some((*c, tm)),
-            Err(why) => {
-                reasons.push(format!("{}: {why}", c.flink_url));
-                None
-            }
-        }
+    let clues = JvmClues::of_report(&report.jvm, host_names);
+    let located = locate(&clues, clusters);
+    out.jvms.push(JvmOutcome {
+        clues: clues.describe(),
+        misses: located
+            .as_ref()
+            .err()
+            .map(|e| e.per_taskmanager.clone())
+            .unwrap_or_default(),
+        pid: report.pid,
+        taskmanager_id: located.as_ref().ok().map(|l| l.taskmanager_id.clone()),
+        text: match &located {
+            Ok(l) => format!("TaskManager {} by {}", l.taskmanager_id, l.how),
+            Err(e) => e.why.clone(),
+        },
     });
-    let Some((cluster, tm_id)) = found else {
-        let why = if clusters.is_empty() {
-            "no Flink cluster has been read yet".to_string()
-        } else {
-            format!(
-                "JVM {} is no TaskManager of the watched clusters ({})",
-                report.pid,
-                reasons.join("; ")
-            )
-        };
-        for t in &report.tasks {
-            out.unplaced.push(Unplaced {
-                pid: report.pid,
-                thread: t.thread.clone(),
-                why: why.clone(),
-                candidates: Vec::new(),
-                no_taskmanager: true,
-            });
-        }
-        return;
-    };
     let start = report.started_at_ms;
     let end = report.started_at_ms + report.elapsed_ms;
-    for (task, resolution) in report
+    // The in-process sampler's exact ids name the subtask in whichever cluster runs the job,
+    // with or without the TaskManager.
+    let exact: Vec<Option<(usize, Resolution)>> = report
         .tasks
         .iter()
-        .zip(resolve_tasks(report, &tm_id, &cluster.jobs))
-    {
+        .map(|t| {
+            let e = t.exact.as_ref()?;
+            let c = clusters
+                .iter()
+                .position(|c| c.jobs.iter().any(|j| j.job_id == e.job_id))
+                .or(located.as_ref().ok().map(|l| l.cluster))?;
+            Some((c, resolve_exact(t, e, &clusters[c].jobs)))
+        })
+        .collect();
+    let by_name: Vec<Option<Resolution>> = match &located {
+        Ok(l) => resolve_tasks(report, &l.taskmanager_id, &clusters[l.cluster].jobs)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        Err(_) => vec![None; report.tasks.len()],
+    };
+    for ((task, exact), by_name) in report.tasks.iter().zip(exact).zip(by_name) {
+        let (cluster, resolution) = match (exact, by_name, &located) {
+            (Some((c, r)), _, _) => (clusters[c], r),
+            (None, Some(r), Ok(l)) => (clusters[l.cluster], r),
+            (None, _, Err(e)) => {
+                out.unplaced.push(Unplaced {
+                    pid: report.pid,
+                    thread: task.thread.clone(),
+                    why: format!("JVM {}: {}", report.pid, e.why),
+                    candidates: Vec::new(),
+                    no_taskmanager: true,
+                });
+                continue;
+            }
+            (None, None, Ok(_)) => continue,
+        };
         match resolution {
             Resolution::Resolved(at) => {
                 let Some(subtask) = find_subtask(cluster, &at) else {
@@ -102,14 +135,20 @@ fn place_report(
                     subtask.metrics.clone(),
                     task.top_frames.clone(),
                 );
-                row.taskmanager_id = Some(tm_id.clone());
+                row.taskmanager_id = subtask
+                    .taskmanager_id
+                    .clone()
+                    .or_else(|| located.as_ref().ok().map(|l| l.taskmanager_id.clone()));
                 row.host = subtask.host.clone();
                 out.windows.push(row);
             }
             Resolution::Ambiguous { candidates, why } => out.unplaced.push(Unplaced {
                 pid: report.pid,
                 thread: task.thread.clone(),
-                why: format!("ambiguous on TaskManager {tm_id}: {why}"),
+                why: format!(
+                    "ambiguous on TaskManager {}: {why}",
+                    located.as_ref().map_or("?", |l| l.taskmanager_id.as_str())
+                ),
                 candidates,
                 no_taskmanager: false,
             }),
@@ -178,7 +217,9 @@ mod tests {
             taskmanagers: vec![TaskManagerRef {
                 id: "tm-a".into(),
                 host: Some("10.0.0.1".into()),
-                ports: vec![6122],
+                rpc_port: Some(6122),
+                data_port: None,
+                addresses: vec![],
             }],
             errors: vec![],
         }

@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use bpmon_proto::{
-    AgentPlan, JvmInfo, JvmPlan, PlanRequest, SamplingSettings, TaskIdentity, TaskPlan,
-};
+use bpmon_proto::{AgentPlan, JvmPlan, PlanRequest, SamplingSettings, TaskIdentity, TaskPlan};
 
-use crate::mapping::resolve_taskmanager;
+use crate::locate::{locate, JvmClues};
 use crate::model::ClusterSnapshot;
 
 /// Subtask states in which a task thread exists or is about to.
@@ -23,32 +21,16 @@ pub fn plan_for(
         .jvms
         .iter()
         .map(|j| {
-            let info = JvmInfo {
-                resource_id: j.resource_id.clone(),
-                listen_ports: j.listen_ports.clone(),
-                ..Default::default()
-            };
-            let mut reasons = Vec::new();
-            let found = clusters.iter().find_map(|c| {
-                match resolve_taskmanager(&info, &request.host_names, &c.taskmanagers) {
-                    Ok(tm) => Some((*c, tm)),
-                    Err(why) => {
-                        reasons.push(format!("{}: {why}", c.flink_url));
-                        None
+            let (cluster, tm) = match locate(&JvmClues::of_plan(j, &request.host_names), clusters) {
+                Ok(l) => (clusters[l.cluster], l.taskmanager_id),
+                Err(e) => {
+                    return JvmPlan {
+                        pid: j.pid,
+                        taskmanager_id: None,
+                        why: Some(e.why),
+                        tasks: Vec::new(),
                     }
                 }
-            });
-            let Some((cluster, tm)) = found else {
-                return JvmPlan {
-                    pid: j.pid,
-                    taskmanager_id: None,
-                    why: Some(if clusters.is_empty() {
-                        "no Flink cluster has been read yet".into()
-                    } else {
-                        reasons.join("; ")
-                    }),
-                    tasks: Vec::new(),
-                };
             };
             let mut tasks = Vec::new();
             for job in &cluster.jobs {
@@ -120,12 +102,16 @@ mod tests {
                 TaskManagerRef {
                     id: "tm-a".into(),
                     host: Some("h".into()),
-                    ports: vec![1],
+                    rpc_port: Some(1),
+                    data_port: None,
+                    addresses: vec![],
                 },
                 TaskManagerRef {
                     id: "tm-b".into(),
                     host: Some("h".into()),
-                    ports: vec![2],
+                    rpc_port: Some(2),
+                    data_port: None,
+                    addresses: vec![],
                 },
             ],
             errors: vec![],
@@ -143,11 +129,15 @@ mod tests {
                 PlanJvm {
                     pid: 10,
                     resource_id: None,
+                    resource_id_source: None,
+                    network: None,
                     listen_ports: vec![2, 99],
                 },
                 PlanJvm {
                     pid: 11,
                     resource_id: None,
+                    resource_id_source: None,
+                    network: None,
                     listen_ports: vec![3],
                 },
             ],

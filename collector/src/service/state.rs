@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bpmon_proto::{AgentPlan, PlanRequest, ReportBatch, SamplingSettings};
 
 use crate::api::{
-    AgentStatus, AgentsView, ConfigUpdate, ConfigView, HistoryView, HistoryWindow, JobsView,
-    StatusView,
+    AgentJvm, AgentStatus, AgentsView, ConfigUpdate, ConfigView, HistoryView, HistoryWindow,
+    JobsView, StatusView,
 };
 use crate::flink_rest::FlinkRestClient;
 use crate::model::ClusterSnapshot;
@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError, VertexRow, DEFAULT_SCOPE};
 
 use super::levels::LevelLog;
 use super::metrics::{BatchOutcome, ServiceMetrics};
-use super::placement::{place_batch, Unplaced};
+use super::placement::{place_batch, JvmOutcome, Unplaced};
 use super::plan::plan_for;
 use super::status::{status_view, summary, ClusterHealth, StatusInputs};
 
@@ -58,6 +58,24 @@ struct ClusterState {
     health: ClusterHealth,
 }
 
+impl Misplaced {
+    /// TaskManager id → why each JVM that matched no TaskManager is not it.
+    fn misses_by_taskmanager(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for (agent, jvms) in &self.jvms_by_agent {
+            for j in jvms.iter().filter(|j| j.taskmanager_id.is_none()) {
+                for (tm, why) in &j.misses {
+                    out.entry(tm.clone()).or_default().push(format!(
+                        "JVM {} of agent {agent} ({}): {why}",
+                        j.pid, j.clues
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Placement failures kept for `status` and `agents`.
 #[derive(Default)]
 struct Misplaced {
@@ -65,6 +83,8 @@ struct Misplaced {
     by_job: HashMap<String, HashMap<(String, u32), String>>,
     /// agent id → its last batch's unplaced threads.
     by_agent: HashMap<String, Vec<String>>,
+    /// agent id → which TaskManager each JVM of its last batch is, or why none.
+    jvms_by_agent: HashMap<String, Vec<JvmOutcome>>,
     /// agent id → batches it reported dropped.
     dropped: HashMap<String, u64>,
 }
@@ -425,7 +445,7 @@ impl Collector {
             .map_err(|_| "the store writer has stopped".to_string())??;
         if new {
             self.metrics.stored(n, placement.unplaced.len());
-            self.note_unplaced(&batch, &placement.unplaced);
+            self.note_unplaced(&batch, &placement.unplaced, placement.jvms);
             self.note_levels(observed);
             tracing::debug!(agent = %batch.agent_id, seq, windows = n, unplaced = placement.unplaced.len(), "batch stored");
         }
@@ -459,8 +479,12 @@ impl Collector {
         }
     }
 
-    fn note_unplaced(&self, batch: &ReportBatch, unplaced: &[Unplaced]) {
+    fn note_unplaced(&self, batch: &ReportBatch, unplaced: &[Unplaced], jvms: Vec<JvmOutcome>) {
         let mut m = lock(&self.misplaced);
+        for j in jvms.iter().filter(|j| j.taskmanager_id.is_none()) {
+            tracing::debug!(agent = %batch.agent_id, pid = j.pid, why = %j.text, "JVM matched no TaskManager");
+        }
+        m.jvms_by_agent.insert(batch.agent_id.clone(), jvms);
         if batch.dropped_before > 0 {
             let prev = m
                 .dropped
@@ -529,6 +553,34 @@ impl Collector {
                     .any(|w| w.vertex_id == k.0 && w.subtask == k.1)
             })
             .collect();
+        let mut unplaced = unplaced;
+        // Subtasks on a TaskManager no reported JVM matched: say what was compared.
+        if let Some((snap, idx)) = &live {
+            let misses = lock(&self.misplaced).misses_by_taskmanager();
+            for v in &snap.jobs[*idx].vertices {
+                for s in &v.subtasks {
+                    let Some(reasons) = s.taskmanager_id.as_ref().and_then(|t| misses.get(t))
+                    else {
+                        continue;
+                    };
+                    if windows
+                        .iter()
+                        .any(|w| w.vertex_id == v.vertex_id && w.subtask == s.subtask)
+                    {
+                        continue;
+                    }
+                    unplaced
+                        .entry((v.vertex_id.clone(), s.subtask))
+                        .or_insert_with(|| {
+                            format!(
+                                "no JVM an agent reported is TaskManager {}: {}",
+                                s.taskmanager_id.as_deref().unwrap_or("?"),
+                                reasons.join("; ")
+                            )
+                        });
+                }
+            }
+        }
         Ok(status_view(&StatusInputs {
             job: &job,
             live: live.as_ref().map(|(s, i)| &s.jobs[*i]),
@@ -753,6 +805,20 @@ impl Collector {
                     .map(|a| AgentStatus {
                         dropped_batches: m.dropped.get(&a.agent_id).copied().unwrap_or(0),
                         unresolved: m.by_agent.get(&a.agent_id).cloned().unwrap_or_default(),
+                        jvms: m
+                            .jvms_by_agent
+                            .get(&a.agent_id)
+                            .map(|js| {
+                                js.iter()
+                                    .map(|j| AgentJvm {
+                                        pid: j.pid,
+                                        taskmanager_id: j.taskmanager_id.clone(),
+                                        placement: j.text.clone(),
+                                        seen: j.clues.clone(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                         agent_id: a.agent_id,
                         highest_seq: a.highest_seq,
                         last_batch_ms: a.last_batch_ms,
