@@ -230,6 +230,15 @@ pub fn resource_id_from_log(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `CONTAINER_ID` from a NUL-separated `/proc/PID/environ`.
+pub fn container_id_from_environ(environ: &[u8]) -> Option<String> {
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| kv.strip_prefix(b"CONTAINER_ID="))
+        .map(|v| String::from_utf8_lossy(v).trim().to_string())
+        .find(|v| !v.is_empty())
+}
+
 /// The log file a Flink daemon writes (`-Dlog.file=…`, set by Flink's scripts).
 pub fn log_file_from_argv(argv: &[String]) -> Option<PathBuf> {
     argv.iter()
@@ -340,12 +349,14 @@ impl ProcFs {
         let mut listen_ports: Vec<u16> = network.listen.iter().map(|a| a.port()).collect();
         listen_ports.sort_unstable();
         listen_ports.dedup();
-        let (resource_id, resource_id_source) = match resource_id_from_argv(&argv) {
-            Some(id) => (Some(id), Some(ResourceIdSource::CommandLine)),
-            None => match self.resource_id_from_log(pid, &argv, &listen_ports) {
-                Some(id) => (Some(id), Some(ResourceIdSource::Log)),
-                None => (None, None),
-            },
+        let (resource_id, resource_id_source) = if let Some(id) = resource_id_from_argv(&argv) {
+            (Some(id), Some(ResourceIdSource::CommandLine))
+        } else if let Some(id) = self.yarn_container_id(pid, &main_class) {
+            (Some(id), Some(ResourceIdSource::Environment))
+        } else if let Some(id) = self.resource_id_from_log(pid, &argv, &listen_ports) {
+            (Some(id), Some(ResourceIdSource::Log))
+        } else {
+            (None, None)
         };
         Some(JvmProcess {
             pid,
@@ -384,6 +395,15 @@ impl ProcFs {
         ports.sort_unstable();
         ports.dedup();
         ports
+    }
+
+    /// A YARN TaskManager's resource id: the container id in its environment.
+    fn yarn_container_id(&self, pid: u32, main_class: &str) -> Option<String> {
+        if main_class != "org.apache.flink.yarn.YarnTaskExecutorRunner" {
+            return None;
+        }
+        let environ = std::fs::read(self.pid_dir(pid).join("environ")).ok()?;
+        container_id_from_environ(&environ)
     }
 
     /// The resource id the JVM's own log names, read inside its root (a container's log is in

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub enum ResourceIdSource {
     /// `-D taskmanager.resource-id=…` on its command line (YARN, Kubernetes, or set by hand).
     CommandLine,
+    /// The YARN container id in its environment (`CONTAINER_ID`), which
+    /// `YarnTaskExecutorRunner` makes the resource id.
+    Environment,
     /// The `Starting TaskManager with ResourceID: …` line of the log file it writes: Flink's
     /// generated id (`host:rpcPort-xxxxxx`), whose random suffix no other TaskManager shares.
     Log,
