@@ -103,6 +103,10 @@ pub struct DaemonSection {
     pub plan_refresh_interval: Duration,
     /// Where `GET /metrics` (Prometheus) listens; off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether the head of a TaskManager's own log (`-Dlog.file`) is read for the resource id
+    /// Flink generated: the surest way to tell which TaskManager a JVM is when no
+    /// `taskmanager.resource-id` is set. Off: matched by addresses and ports alone.
+    pub read_taskmanager_logs: bool,
 }
 
 impl Default for DaemonSection {
@@ -115,6 +119,7 @@ impl Default for DaemonSection {
             discovery_interval: Duration::from_secs(10),
             plan_refresh_interval: Duration::from_secs(10),
             metrics_listen: None,
+            read_taskmanager_logs: true,
         }
     }
 }
@@ -388,6 +393,7 @@ mod tests {
         assert_eq!(c.daemon.spool_max_bytes, d.spool_max_bytes);
         assert_eq!(c.daemon.discovery_interval, Duration::from_secs(10));
         assert_eq!(c.daemon.plan_refresh_interval, Duration::from_secs(10));
+        assert!(c.daemon.read_taskmanager_logs);
         assert_eq!(c.collector.request_timeout, Duration::from_secs(10));
         assert_eq!(c.collector.token_file, None);
         assert_eq!(c.collector.ca_file, None);

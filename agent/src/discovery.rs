@@ -270,19 +270,28 @@ pub fn java_version_from_release(text: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct ProcFs {
     root: PathBuf,
+    /// Whether TaskManagers' logs are read for their generated resource id.
+    read_logs: bool,
 }
 
 impl Default for ProcFs {
     fn default() -> Self {
-        ProcFs {
-            root: PathBuf::from("/proc"),
-        }
+        ProcFs::new("/proc")
     }
 }
 
 impl ProcFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ProcFs { root: root.into() }
+        ProcFs {
+            root: root.into(),
+            read_logs: true,
+        }
+    }
+
+    /// With or without reading TaskManagers' logs for their resource id.
+    pub fn reading_logs(mut self, on: bool) -> Self {
+        self.read_logs = on;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -415,6 +424,9 @@ impl ProcFs {
         listen_ports: &[u16],
     ) -> Option<String> {
         use std::io::Read;
+        if !self.read_logs {
+            return None;
+        }
         let log = log_file_from_argv(argv)?;
         let file = crate::inroot::open_in_root(&self.pid_dir(pid).join("root"), &log).ok()?;
         let mut head = Vec::new();

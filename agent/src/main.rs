@@ -132,6 +132,10 @@ struct RunArgs {
     /// config: daemon.plan_refresh_interval].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     plan_refresh_interval: Option<Duration>,
+    /// Do not read TaskManagers' logs for their generated resource id; match them by addresses
+    /// and ports alone [config: daemon.read_taskmanager_logs].
+    #[arg(long)]
+    no_read_taskmanager_logs: bool,
     /// Sample only the TaskManager JVM with this host pid (repeatable) [default: every one].
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
@@ -332,7 +336,8 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
     d.attach = AttachOptions::from(&config.attach);
     d.jvmti = config.jvmti.options(&config.attach);
     d.classifier = Arc::new(Classifier::with_user_rules(config.classify.rules.clone()));
-    d.proc = proc;
+    d.proc =
+        proc.reading_logs(config.daemon.read_taskmanager_logs && !args.no_read_taskmanager_logs);
     if !args.pids.is_empty() {
         d.select = JvmSelect::Pids(args.pids);
     }

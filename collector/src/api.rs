@@ -182,8 +182,8 @@ pub struct AgentStatus {
     /// Task threads of its last batches that could not be placed, with the reason.
     #[serde(default)]
     pub unresolved: Vec<String>,
-    /// The TaskManager JVMs of its last batch: which TaskManager each is, and how that was
-    /// told, or why none.
+    /// The TaskManager JVMs it reported in the last minutes: which TaskManager each is, and how
+    /// that was told, or why none.
     #[serde(default)]
     pub jvms: Vec<AgentJvm>,
 }

@@ -2,19 +2,41 @@
 //!
 //! Every cluster gets its own directory under [`work_dir`]`/clusters/<tag>/` with a private
 //! conf dir (a flattened copy of the distribution's, edited), log dir, pid dir and tmp dir,
-//! free ports picked at start, and every address bound to localhost. The JobManager is started
-//! with `bin/jobmanager.sh start`, each TaskManager with `bin/taskmanager.sh start -D
-//! taskmanager.resource-id=<unique id>` and its own `FLINK_IDENT_STRING`, which gives each
-//! daemon its own pid file and log file.
+//! and free ports picked at start. The JobManager is started with `bin/jobmanager.sh start`;
+//! each TaskManager in one of the ways of [`TaskManagerLaunch`], chosen per TaskManager by
+//! [`ClusterOptions::launch`] (by default TaskManager 0 as Flink's scripts start it, the others
+//! with an explicit resource id). Each daemon gets its own `FLINK_IDENT_STRING`
+//! (`bpmon-<tag>-tm<i>` for TaskManager `i`), which gives it its own pid file and log file.
+//!
+//! **Addresses.** Every address is bound to localhost, unless the cluster has an
+//! [`TaskManagerLaunch::OwnNamespaces`] TaskManager. That one runs in a network namespace of
+//! its own (see [`crate::netns`]), joined to the host by a veth pair `198.18.<n>.1` (host) ↔
+//! `198.18.<n>.2` (namespace), and must reach the JobManager and the other TaskManagers, and
+//! they it. So in such a cluster the JobManager's RPC and blob server
+//! (`jobmanager.rpc.address`, `jobmanager.bind-host`) and the TaskManagers in the host's
+//! namespace (`taskmanager.host`, `taskmanager.bind-host`) bind to and announce the host side
+//! `198.18.<n>.1` instead of localhost; REST stays on 127.0.0.1. A `Script` TaskManager of such a
+//! cluster therefore registers as `198.18.<n>.1:<rpcPort>-<6 hex>`. Flink 1.x's JobManager
+//! uploads the jars of jobs submitted through REST to its own blob server at `localhost`
+//! whatever the server is bound to, so such a cluster also gets a forwarder (in this process)
+//! from `127.0.0.1:<blob port>` to `198.18.<n>.1:<blob port>`. The namespace's TaskManager
+//! gets a conf dir of its own without `taskmanager.host` and with `taskmanager.bind-host:
+//! 0.0.0.0`, so that Flink finds its address itself, by connecting to the JobManager, as in a
+//! container. At most one `OwnNamespaces` TaskManager per cluster: two namespaces could only
+//! reach each other through the host's IP forwarding, which the harness does not turn on.
 //!
 //! Before [`FlinkCluster::start`] returns, it checks that the REST endpoint answers for *our*
 //! cluster: exactly our TaskManager resource ids are registered, with our slot count and Flink
-//! version (see [`verify_cluster_identity`]). Processes are stopped by PID only (SIGTERM, then
-//! SIGKILL), on [`FlinkCluster::stop`] and on drop; a small watchdog process also stops them
-//! if the owning process dies without running destructors (e.g. SIGKILL, Ctrl-C in `cargo test`).
+//! version (see [`verify_cluster_identity`]). The ids of TaskManagers started without an
+//! explicit one are read from their logs first (`Starting TaskManager with ResourceID: <id>`,
+//! logged by Flink 1.18 to 2.3 before the TaskManager registers). Processes are stopped by PID
+//! only (SIGTERM, then SIGKILL), on [`FlinkCluster::stop`] and on drop, after which the network
+//! namespaces are deleted; a small watchdog process also does both if the owning process dies
+//! without running destructors (e.g. SIGKILL, Ctrl-C in `cargo test`).
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,8 +51,42 @@ use serde::Serialize;
 
 use crate::conf::{conf_file_name, FlinkConf};
 use crate::flink_dist::{work_dir, FlinkDist};
-use crate::process::{is_alive, is_ours, tail_file, terminate_all};
+use crate::netns::{self, Netns, NetnsInfo};
+use crate::process::{is_alive, is_ours, nspid, tail_file, terminate_all};
+use crate::proxy::TcpProxy;
 use crate::rest::{FlinkRest, Overview, TaskManagerInfo};
+
+/// How a TaskManager is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum TaskManagerLaunch {
+    /// `bin/taskmanager.sh start` and nothing else, as users start one. Flink gives it its
+    /// default resource id, `<taskmanager.host>:<rpcPort>-<6 hex>` (`localhost:…` here), which
+    /// the harness reads from the TaskManager's log. A restart gets a new id.
+    Script,
+    /// `bin/taskmanager.sh start -D taskmanager.resource-id=bpmon-<tag>-tm<i>`.
+    ResourceId,
+    /// As Docker runs a TaskManager container on its bridge network: `bin/taskmanager.sh
+    /// start-foreground` (which `exec`s the JVM, so the JVM is PID 1 of its namespace) under
+    /// `ip netns exec <ns> unshare --pid --mount --uts --fork --mount-proc`, with a tmpfs `/tmp`,
+    /// host name `tm-<n>`, an `/etc/hosts` naming it (`198.18.<n>.2 tm-<n>`) and no name
+    /// servers. Its conf dir has no `taskmanager.host`, so it registers under the address Flink
+    /// finds by connecting to the JobManager (`198.18.<n>.2:<rpcPort>-<6 hex>`). Its
+    /// [`TaskManagerProc::pid`] is the JVM's PID as seen from the host; tools outside reach its
+    /// `/tmp` only through `/proc/<pid>/root`. Needs root (network namespaces, mounts).
+    OwnNamespaces,
+}
+
+impl TaskManagerLaunch {
+    /// The style of TaskManager `i` when [`ClusterOptions::launch`] has no entry for it:
+    /// `Script` for the first, `ResourceId` for the others.
+    pub fn default_for(i: usize) -> Self {
+        if i == 0 {
+            TaskManagerLaunch::Script
+        } else {
+            TaskManagerLaunch::ResourceId
+        }
+    }
+}
 
 /// How a test cluster is shaped.
 #[derive(Debug, Clone)]
@@ -41,6 +97,9 @@ pub struct ClusterOptions {
     pub java_home: Option<PathBuf>,
     /// Extra configuration, applied last: key → raw YAML scalar (e.g. `("rest.flamegraph.enabled", "true")`).
     pub extra_conf: Vec<(String, String)>,
+    /// How TaskManager `i` is started: `launch[i]`, or [`TaskManagerLaunch::default_for`]`(i)`
+    /// where the list is shorter (empty by default).
+    pub launch: Vec<TaskManagerLaunch>,
 }
 
 impl ClusterOptions {
@@ -55,6 +114,14 @@ impl ClusterOptions {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+
+    /// How TaskManager `i` is started.
+    pub fn launch_of(&self, i: usize) -> TaskManagerLaunch {
+        self.launch
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| TaskManagerLaunch::default_for(i))
     }
 }
 
@@ -80,6 +147,7 @@ impl Default for ClusterOptions {
             slots_per_tm: 4,
             java_home: None,
             extra_conf: Vec::new(),
+            launch: Vec::new(),
         }
     }
 }
@@ -87,14 +155,22 @@ impl Default for ClusterOptions {
 /// A TaskManager JVM we started.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskManagerProc {
-    /// `taskmanager.resource-id`: the `id` in `GET /taskmanagers` and the `taskmanager-id` of subtasks.
+    /// Its resource id: the `id` in `GET /taskmanagers` and the `taskmanager-id` of subtasks.
+    /// `taskmanager.resource-id` for [`TaskManagerLaunch::ResourceId`], else the one Flink
+    /// chose, read from its log.
     pub resource_id: String,
-    /// PID of the TaskManager JVM.
+    /// PID of the TaskManager JVM (in the host's PID namespace).
     pub pid: u32,
     /// `FLINK_IDENT_STRING` it was started with (names its pid and log files).
     pub ident: String,
     pub log_file: PathBuf,
     pub out_file: PathBuf,
+    /// How it was started.
+    pub launch: TaskManagerLaunch,
+    /// Its network namespace ([`TaskManagerLaunch::OwnNamespaces`] only).
+    pub netns: Option<NetnsInfo>,
+    /// Its host name in its own UTS namespace (`tm-<n>`; [`TaskManagerLaunch::OwnNamespaces`] only).
+    pub hostname: Option<String>,
 }
 
 /// What the REST endpoint must show for the cluster to be ours.
@@ -146,13 +222,61 @@ pub fn verify_cluster_identity(
     Ok(())
 }
 
+/// What a TaskManager logs, in Flink 1.18 to 2.3, right after it chose its resource id and
+/// before it registers.
+pub const RESOURCE_ID_LOG_LINE: &str = "Starting TaskManager with ResourceID: ";
+
+/// The id in the last [`RESOURCE_ID_LOG_LINE`] of a TaskManager's log, if any.
+pub fn resource_id_from_log(log_file: &Path) -> Option<String> {
+    let bytes = std::fs::read(log_file).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_once(RESOURCE_ID_LOG_LINE))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// The host PID of the TaskManager JVM whose command line contains `marker`, whose
+/// `--configDir` is `conf_dir`, and which runs in a PID namespace of its own (two `NSpid`
+/// entries in `/proc/<pid>/status`).
+pub fn find_namespaced_taskmanager(marker: &str, conf_dir: &str) -> Option<u32> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    for entry in rd.filter_map(|e| e.ok()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let runner = args.iter().any(|a| a.ends_with(".TaskManagerRunner"));
+        let conf = args
+            .windows(2)
+            .any(|w| w[0] == "--configDir" && w[1] == conf_dir);
+        let ours = args.iter().any(|a| a.contains(marker));
+        if runner && conf && ours && nspid(pid).is_some_and(|ids| ids.len() == 2) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 /// A running session cluster; stopped by PID on [`stop`](Self::stop) or drop.
 pub struct FlinkCluster {
     version: String,
     dir: PathBuf,
     conf_dir: PathBuf,
     log_dir: PathBuf,
-    /// Unique string in every one of our JVMs' command lines (the conf dir path).
+    /// Unique string in every one of our JVMs' command lines (the conf dir path; the conf dirs
+    /// of namespace TaskManagers, `<conf dir>-tm<i>`, start with it).
     marker: String,
     rest_port: u16,
     rpc_port: u16,
@@ -163,16 +287,26 @@ pub struct FlinkCluster {
     rest: FlinkRest,
     watchdog: Option<Child>,
     /// How daemons are started (to restart a TaskManager).
-    launch: Launch,
+    env: DaemonEnv,
     /// Watchdogs of TaskManagers restarted after the start.
     more_watchdogs: Vec<Child>,
     identity: ClusterIdentity,
+    /// Ids of TaskManagers restarted under a new id: the JobManager lists them until it notices
+    /// they are gone, and they are not foreign meanwhile.
+    retired_ids: Vec<String>,
+    /// Network namespaces of `OwnNamespaces` TaskManagers; deleted on stop.
+    netns: Vec<Netns>,
+    /// The `ip netns exec … unshare …` processes (our children) of namespace TaskManagers, by
+    /// TaskManager index.
+    ns_children: Vec<(usize, Child)>,
+    /// `localhost:<blob port>` → the blob server, when it is bound to a namespace's host side.
+    blob_proxy: Option<TcpProxy>,
     stopped: bool,
 }
 
 /// What starting a Flink daemon script needs.
 #[derive(Debug, Clone)]
-struct Launch {
+struct DaemonEnv {
     bin_dir: PathBuf,
     conf_dir: PathBuf,
     log_dir: PathBuf,
@@ -181,13 +315,23 @@ struct Launch {
     java_opts_override: Option<String>,
 }
 
-impl Launch {
-    fn command(&self, script: &str, ident: &str) -> Command {
+impl DaemonEnv {
+    /// `bin/<script> start` with our environment.
+    fn script(&self, script: &str, ident: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(script));
         cmd.arg("start")
-            .env("FLINK_CONF_DIR", &self.conf_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.apply(&mut cmd, &self.conf_dir, &self.pid_dir, ident);
+        cmd
+    }
+
+    /// Our environment for a daemon with conf dir `conf_dir` and pid dir `pid_dir`.
+    fn apply(&self, cmd: &mut Command, conf_dir: &Path, pid_dir: &Path, ident: &str) {
+        cmd.env("FLINK_CONF_DIR", conf_dir)
             .env("FLINK_LOG_DIR", &self.log_dir)
-            .env("FLINK_PID_DIR", &self.pid_dir)
+            .env("FLINK_PID_DIR", pid_dir)
             .env("FLINK_IDENT_STRING", ident)
             // Settings from the caller's environment would leak into our cluster.
             .env_remove("FLINK_ENV_JAVA_OPTS")
@@ -198,9 +342,7 @@ impl Launch {
             .env_remove("FLINK_PLUGINS_DIR")
             .env_remove("FLINK_OPT_DIR")
             .env_remove("_FLINK_HOME_DETERMINED")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env_remove("STD_REDIRECT_TO_FILE");
         if let Some(jh) = &self.java_home {
             cmd.env("JAVA_HOME", jh);
         }
@@ -209,10 +351,20 @@ impl Launch {
         }
         // Own process group: a terminal Ctrl-C must not hit the JVMs behind our back;
         // we stop them ourselves (by PID).
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        cmd
+        std::os::unix::process::CommandExt::process_group(cmd, 0);
     }
 }
+
+/// Run by `sh` as PID 1 of a namespace TaskManager's new PID namespace, in its new mount and
+/// UTS namespaces: `$1` = hosts file, `$2` = resolv.conf, `$3` = host name, then the command.
+const NS_INIT: &str = r#"set -e
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount --bind "$1" /etc/hosts
+if [ -e /etc/resolv.conf ]; then mount --bind "$2" /etc/resolv.conf; fi
+hostname "$3"
+shift 3
+exec "$@"
+"#;
 
 impl fmt::Debug for FlinkCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -251,6 +403,14 @@ impl FlinkCluster {
             opts.taskmanagers >= 1 && opts.slots_per_tm >= 1,
             "need at least one TaskManager and one slot"
         );
+        let own_ns = (0..opts.taskmanagers)
+            .filter(|i| opts.launch_of(*i) == TaskManagerLaunch::OwnNamespaces)
+            .count();
+        ensure!(
+            own_ns <= 1,
+            "{own_ns} OwnNamespaces TaskManagers asked for; at most one per cluster is supported \
+             (two namespaces would need the host's IP forwarding to reach each other)"
+        );
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
         let tag = format!(
             "{}-{}-{:06}",
@@ -259,6 +419,9 @@ impl FlinkCluster {
             nanos % 1_000_000
         );
         prune_cluster_dirs(&work_dir().join("clusters"), 30);
+        if own_ns > 0 {
+            netns::prune_leftovers();
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -285,7 +448,30 @@ impl FlinkCluster {
         }
         let conf_dir = conf_dir.canonicalize()?;
         let marker = conf_dir.to_string_lossy().into_owned();
+        let launches: Vec<TaskManagerLaunch> =
+            (0..opts.taskmanagers).map(|i| opts.launch_of(i)).collect();
 
+        // The namespace first: the JobManager binds to its host side. Dropped (deleted) on
+        // every error path until the cluster owns it.
+        let netns: Vec<Netns> = if launches.contains(&TaskManagerLaunch::OwnNamespaces) {
+            vec![Netns::create()?]
+        } else {
+            Vec::new()
+        };
+        // Where every daemon in the host's network namespace binds and what it announces.
+        let host_addr = netns
+            .first()
+            .map(|n| n.host_ip().to_string())
+            .unwrap_or_else(|| "localhost".to_string());
+
+        // Flink 1.x's JobManager uploads the jars of jobs submitted through REST to its own
+        // blob server at `localhost` (the host name Flink gives a local RPC gateway), whatever
+        // address the server is bound to. So when it is bound to the namespace's host side,
+        // `localhost:<blob port>` forwards there (its port is the blob server's).
+        let blob_proxy = match netns.first() {
+            Some(ns) => Some(TcpProxy::mirror(ns.host_ip().into())?),
+            None => None,
+        };
         let rest_port = free_port()?;
         let rpc_port = free_port()?;
         let conf = write_conf(
@@ -293,15 +479,19 @@ impl FlinkCluster {
             opts,
             &conf_dir,
             &tmp_dir.canonicalize()?,
-            rest_port,
-            rpc_port,
+            &Addresses {
+                host: host_addr,
+                rest_port,
+                rpc_port,
+                blob_port: blob_proxy.as_ref().map_or(0, TcpProxy::port),
+            },
         )?;
 
         let java_opts_override = java_opts_override(opts.java_home.as_deref(), &conf)?;
-        let resource_ids: Vec<String> = (0..opts.taskmanagers)
+        let idents: Vec<String> = (0..opts.taskmanagers)
             .map(|i| format!("bpmon-{tag}-tm{i}"))
             .collect();
-        let launch = Launch {
+        let env = DaemonEnv {
             bin_dir: dist.bin_dir(),
             conf_dir: conf_dir.clone(),
             log_dir: log_dir.clone(),
@@ -309,114 +499,347 @@ impl FlinkCluster {
             java_home: opts.java_home.clone(),
             java_opts_override: java_opts_override.clone(),
         };
-        let daemon_cmd = |script: &str, ident: &str| launch.command(script, ident);
 
-        // Start all daemons at once; the scripts serialise on a lock of the pid dir themselves.
-        // A spawn failure is only recorded, so that the daemons already started are still
-        // waited for, picked up from their pid files and stopped below.
+        // Every TaskManager as the cluster will know it; PIDs (0 = not known yet) and log
+        // files are filled in once the daemons run. The cluster owns the namespace and every
+        // process from here on, so that every error path below stops them (drop).
         let jm_ident = format!("bpmon-{tag}-jm");
-        let mut launches: Vec<(String, Command)> = vec![(
+        let tms: Vec<TaskManagerProc> = idents
+            .iter()
+            .zip(&launches)
+            .map(|(ident, &launch)| {
+                let (netns_info, hostname) = match launch {
+                    TaskManagerLaunch::OwnNamespaces => {
+                        let info = netns[0].info().clone();
+                        let hostname = format!("tm-{}", info.ns_ip.octets()[2]);
+                        (Some(info), Some(hostname))
+                    }
+                    _ => (None, None),
+                };
+                let (log_file, out_file) = match &hostname {
+                    Some(h) => console_logs(&log_dir, ident, h),
+                    None => daemon_logs(&log_dir, ident, TM_DAEMON),
+                };
+                TaskManagerProc {
+                    // The ident doubles as the explicit resource id.
+                    resource_id: if launch == TaskManagerLaunch::ResourceId {
+                        ident.clone()
+                    } else {
+                        String::new()
+                    },
+                    pid: 0,
+                    ident: ident.clone(),
+                    log_file,
+                    out_file,
+                    launch,
+                    netns: netns_info,
+                    hostname,
+                }
+            })
+            .collect();
+        let mut cluster = FlinkCluster {
+            version: dist.version().to_string(),
+            dir: dir.to_path_buf(),
+            conf_dir,
+            log_dir: log_dir.clone(),
+            marker,
+            rest_port,
+            rpc_port,
+            jm_pid: None,
+            jm_logs: daemon_logs(&log_dir, &jm_ident, JM_DAEMON),
+            identity: ClusterIdentity {
+                flink_version: dist.version().to_string(),
+                resource_ids: tms.iter().map(|t| t.resource_id.clone()).collect(),
+                slots_per_tm: opts.slots_per_tm as u32,
+            },
+            tms,
+            rest: FlinkRest::new(&format!("http://127.0.0.1:{rest_port}"))?,
+            watchdog: None,
+            env,
+            more_watchdogs: Vec::new(),
+            retired_ids: Vec::new(),
+            netns,
+            ns_children: Vec::new(),
+            blob_proxy,
+            stopped: false,
+        };
+
+        // Start every daemon at once; the scripts serialise on a lock of the pid dir
+        // themselves. A spawn failure is only recorded, so that the daemons already started
+        // are still waited for, picked up from their pid files and stopped.
+        let mut launch_cmds: Vec<(String, Command)> = vec![(
             "jobmanager.sh".into(),
-            daemon_cmd("jobmanager.sh", &jm_ident),
+            cluster.env.script("jobmanager.sh", &jm_ident),
         )];
-        for rid in &resource_ids {
-            // The resource id doubles as FLINK_IDENT_STRING: it names the pid and log files.
-            let mut cmd = daemon_cmd("taskmanager.sh", rid);
-            cmd.arg("-D").arg(format!("taskmanager.resource-id={rid}"));
-            launches.push((format!("taskmanager.sh ({rid})"), cmd));
+        for tm in &cluster.tms {
+            let mut cmd = cluster.env.script("taskmanager.sh", &tm.ident);
+            match tm.launch {
+                TaskManagerLaunch::Script => {}
+                TaskManagerLaunch::ResourceId => {
+                    cmd.arg("-D")
+                        .arg(format!("taskmanager.resource-id={}", tm.resource_id));
+                }
+                TaskManagerLaunch::OwnNamespaces => continue,
+            }
+            launch_cmds.push((
+                format!("taskmanager.sh ({}, {:?})", tm.ident, tm.launch),
+                cmd,
+            ));
         }
-        let mut script_errors = Vec::new();
+        let mut errors = Vec::new();
         let mut scripts: Vec<(String, Child)> = Vec::new();
-        for (name, mut cmd) in launches {
+        for (name, mut cmd) in launch_cmds {
             match cmd.spawn() {
                 Ok(child) => scripts.push((name, child)),
-                Err(e) => script_errors.push(format!("spawning {name}: {e}")),
+                Err(e) => errors.push(format!("spawning {name}: {e}")),
+            }
+        }
+        let ns_tms: Vec<usize> = (0..cluster.tms.len())
+            .filter(|i| cluster.tms[*i].launch == TaskManagerLaunch::OwnNamespaces)
+            .collect();
+        for &i in &ns_tms {
+            if let Err(e) = cluster.spawn_ns_taskmanager(i) {
+                errors.push(format!("{e:#}"));
             }
         }
         for (name, child) in scripts {
             match child.wait_with_output() {
                 Ok(out) if out.status.success() => {}
-                Ok(out) => script_errors.push(format!(
+                Ok(out) => errors.push(format!(
                     "{name} exited {}: {}{}",
                     out.status,
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 )),
-                Err(e) => script_errors.push(format!("waiting for {name}: {e}")),
+                Err(e) => errors.push(format!("waiting for {name}: {e}")),
             }
         }
-
-        // Whatever did start is handed to a FlinkCluster now, so that every error path below
-        // stops it (drop).
-        let jm_pid = read_pid_file(&pid_dir, &jm_ident, JM_DAEMON);
-        let mut tms = Vec::new();
-        for rid in &resource_ids {
-            if let Some(pid) = read_pid_file(&pid_dir, rid, TM_DAEMON) {
-                let (log_file, out_file) = daemon_logs(&log_dir, rid, TM_DAEMON);
-                tms.push(TaskManagerProc {
-                    resource_id: rid.clone(),
-                    pid,
-                    ident: rid.clone(),
-                    log_file,
-                    out_file,
-                });
+        cluster.jm_pid = read_pid_file(&pid_dir, &jm_ident, JM_DAEMON);
+        cluster.jm_logs = daemon_logs(&log_dir, &jm_ident, JM_DAEMON);
+        for tm in &mut cluster.tms {
+            if tm.launch != TaskManagerLaunch::OwnNamespaces {
+                tm.pid = read_pid_file(&pid_dir, &tm.ident, TM_DAEMON).unwrap_or(0);
+                (tm.log_file, tm.out_file) = daemon_logs(&log_dir, &tm.ident, TM_DAEMON);
             }
         }
-        let jm_logs = daemon_logs(&log_dir, &jm_ident, JM_DAEMON);
-        let mut cluster = FlinkCluster {
-            version: dist.version().to_string(),
-            dir: dir.to_path_buf(),
-            conf_dir,
-            log_dir,
-            marker,
-            rest_port,
-            rpc_port,
-            jm_pid,
-            jm_logs,
-            tms,
-            rest: FlinkRest::new(&format!("http://127.0.0.1:{rest_port}"))?,
-            watchdog: None,
-            launch,
-            more_watchdogs: Vec::new(),
-            identity: ClusterIdentity {
-                flink_version: dist.version().to_string(),
-                resource_ids: resource_ids.clone(),
-                slots_per_tm: opts.slots_per_tm as u32,
-            },
-            stopped: false,
-        };
         cluster.watchdog = Some(cluster.spawn_watchdog()?);
-        if !script_errors.is_empty() {
+        for &i in &ns_tms {
+            if cluster.ns_children.iter().any(|(j, _)| *j == i) {
+                if let Err(e) = cluster.find_ns_jvm(i) {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        if !errors.is_empty() {
             bail!(
                 "starting Flink daemons failed:\n{}\n{}",
-                script_errors.join("\n"),
+                errors.join("\n"),
                 cluster.log_tails(40)
             );
         }
         ensure!(
-            jm_pid.is_some(),
+            cluster.jm_pid.is_some(),
             "no JobManager pid file in {}\n{}",
             pid_dir.display(),
             cluster.log_tails(40)
         );
+        let no_pid: Vec<&str> = cluster
+            .tms
+            .iter()
+            .filter(|t| t.pid == 0)
+            .map(|t| t.ident.as_str())
+            .collect();
         ensure!(
-            cluster.tms.len() == opts.taskmanagers,
-            "only {} of {} TaskManager pid files\n{}",
-            cluster.tms.len(),
-            opts.taskmanagers,
+            no_pid.is_empty(),
+            "no PID for TaskManagers {no_pid:?}\n{}",
             cluster.log_tails(40)
         );
         cluster.wait_registered(startup_timeout())?;
         Ok(cluster)
     }
 
-    /// Polls `/overview` and `/taskmanagers` until all our TaskManagers are registered, and
-    /// checks the cluster is ours; fails fast (with log tails) if one of our JVMs dies.
-    fn wait_registered(&self, timeout: Duration) -> Result<()> {
+    /// The conf dir of namespace TaskManager `i`: `<conf dir>-tm<i>`, so that it, too, contains
+    /// the marker.
+    fn ns_conf_dir(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!("{}-tm{i}", self.conf_dir.display()))
+    }
+
+    /// Starts `OwnNamespaces` TaskManager `i` (see [`TaskManagerLaunch::OwnNamespaces`]); its
+    /// JVM's PID is found by [`find_ns_jvm`](Self::find_ns_jvm).
+    fn spawn_ns_taskmanager(&mut self, i: usize) -> Result<()> {
+        let tm = self.tms[i].clone();
+        let info = tm.netns.clone().context("not a namespace TaskManager")?;
+        let hostname = tm
+            .hostname
+            .clone()
+            .context("namespace TaskManager without host name")?;
+
+        // Its own conf dir: the cluster's, but Flink must find its address itself, and inside
+        // its network namespace there is only lo and the veth to bind to.
+        let conf_dir = self.ns_conf_dir(i);
+        std::fs::create_dir_all(&conf_dir)
+            .with_context(|| format!("creating {}", conf_dir.display()))?;
+        for entry in std::fs::read_dir(&self.conf_dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), conf_dir.join(entry.file_name()))?;
+            }
+        }
+        let mut conf = FlinkConf::read_dir(&self.conf_dir)?;
+        conf.remove("taskmanager.host");
+        conf.set("taskmanager.bind-host", "0.0.0.0");
+        // As in a container: scratch space in its own /tmp.
+        conf.set("io.tmp.dirs", "/tmp");
+        let conf_file = conf_dir.join(conf_file_name(&self.conf_dir));
+        std::fs::write(&conf_file, conf.render())
+            .with_context(|| format!("writing {}", conf_file.display()))?;
+
+        // What Docker gives a container: /etc/hosts naming it, and (here) no name server.
+        let etc = self.dir.join(format!("etc-tm{i}"));
+        std::fs::create_dir_all(&etc)?;
+        let hosts = etc.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
+                info.ns_ip
+            ),
+        )?;
+        let resolv = etc.join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            "# bpmon-e2e: no name servers inside TaskManager namespaces\nnameserver 127.0.0.1\n",
+        )?;
+        // Its pid file holds its PID inside its namespace (1); a stale one would change the
+        // log file's name.
+        let pid_dir = self.dir.join(format!("pid-tm{i}"));
+        std::fs::create_dir_all(&pid_dir)?;
+        let _ = std::fs::remove_file(pid_dir.join(format!("flink-{}-{TM_DAEMON}.pid", tm.ident)));
+
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&tm.out_file)
+            .with_context(|| format!("opening {}", tm.out_file.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &info.name])
+            .args([
+                "unshare",
+                "--pid",
+                "--mount",
+                "--uts",
+                "--fork",
+                "--mount-proc",
+            ])
+            .args(["sh", "-c", NS_INIT, "bpmon-tm-init"])
+            .arg(&hosts)
+            .arg(&resolv)
+            .arg(&hostname)
+            .arg(self.env.bin_dir.join("taskmanager.sh"))
+            .arg("start-foreground");
+        self.env.apply(&mut cmd, &conf_dir, &pid_dir, &tm.ident);
+        cmd.env("HOSTNAME", &hostname)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning TaskManager {i} in {}", info.name))?;
+        self.ns_children.push((i, child));
+        Ok(())
+    }
+
+    /// Waits (up to 60 s) for the JVM of namespace TaskManager `i` and records its host PID.
+    fn find_ns_jvm(&mut self, i: usize) -> Result<()> {
+        let tm = self.tms[i].clone();
+        let name = tm
+            .netns
+            .as_ref()
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let conf_arg = self.ns_conf_dir(i).to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(pid) = find_namespaced_taskmanager(&self.marker, &conf_arg) {
+                self.tms[i].pid = pid;
+                return Ok(());
+            }
+            if let Some((_, child)) = self.ns_children.iter_mut().find(|(j, _)| *j == i) {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "TaskManager {i} in namespace {name} exited ({status}) before its JVM was found\n{}",
+                        tail_file(&tm.out_file, 40)
+                    );
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no TaskManager JVM with --configDir {conf_arg} in its own PID namespace after 60 s\n{}",
+                tail_file(&tm.out_file, 40)
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the `ip netns exec … unshare …` process of namespace TaskManager `i` (it
+    /// exits once its JVM, PID 1 of its namespace, is gone); kills it after 5 s.
+    fn reap_ns_child(&mut self, i: usize) {
+        let mut keep = Vec::new();
+        for (j, mut child) in self.ns_children.drain(..) {
+            if j != i {
+                keep.push((j, child));
+                continue;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(50)),
+                    Ok(None) => {
+                        // Our own unreaped child: its PID cannot have been reused.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(Some(_)) | Err(_) => break,
+                }
+            }
+        }
+        self.ns_children = keep;
+    }
+
+    /// Fills in the resource ids not known yet from the TaskManagers' logs; returns the idents
+    /// of the TaskManagers whose id is still unknown.
+    fn learn_resource_ids(&mut self) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for tm in &mut self.tms {
+            if !tm.resource_id.is_empty() {
+                continue;
+            }
+            if tm.launch == TaskManagerLaunch::Script {
+                // The .log file may have been created after we first looked.
+                (tm.log_file, tm.out_file) = daemon_logs(&self.log_dir, &tm.ident, TM_DAEMON);
+            }
+            match resource_id_from_log(&tm.log_file) {
+                // A retired id is the previous JVM's, in a log not rotated yet.
+                Some(id) if !self.retired_ids.contains(&id) => tm.resource_id = id,
+                _ => unknown.push(tm.ident.clone()),
+            }
+        }
+        if unknown.is_empty() {
+            self.identity.resource_ids = self.tms.iter().map(|t| t.resource_id.clone()).collect();
+        }
+        unknown
+    }
+
+    /// Learns the TaskManagers' resource ids from their logs, then polls `/overview` and
+    /// `/taskmanagers` until all our TaskManagers are registered, and checks the cluster is
+    /// ours; fails fast (with log tails) if one of our JVMs dies.
+    fn wait_registered(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last: String;
         loop {
-            // The PIDs came from our pid files seconds ago, so plain liveness is the right test.
+            // The PIDs came from our pid files (or /proc) seconds ago, so plain liveness is
+            // the right test.
             for (pid, what) in self.daemons() {
                 if !is_alive(pid) {
                     let tails = self.log_tails(60);
@@ -429,32 +852,46 @@ impl FlinkCluster {
                     bail!("{what} (pid {pid}) exited during startup\n{tails}");
                 }
             }
-            // /taskmanagers first: /overview, read after it, is at least as fresh.
-            match self
-                .rest
-                .taskmanagers()
-                .and_then(|t| Ok((t, self.rest.overview()?)))
-            {
-                Ok((tms, overview)) => {
-                    // Another Flink or other TaskManagers mean the port is not ours: fail now.
-                    // Counts may lag registration for a moment, so those are only retried.
-                    let foreign: Vec<&str> = tms
-                        .iter()
-                        .map(|t| t.id.as_str())
-                        .filter(|id| !self.identity.resource_ids.iter().any(|r| r == id))
-                        .collect();
-                    ensure!(
-                        overview.flink_version == self.identity.flink_version && foreign.is_empty(),
-                        "REST endpoint {} is not our cluster: Flink {}, foreign TaskManagers {foreign:?}",
-                        self.rest_url(),
-                        overview.flink_version
-                    );
-                    match verify_cluster_identity(&self.identity, &overview, &tms) {
-                        Ok(()) => return Ok(()),
-                        Err(e) => last = format!("{e:#}"),
+            let unknown = self.learn_resource_ids();
+            if !unknown.is_empty() {
+                last = format!("no `{RESOURCE_ID_LOG_LINE}` line yet in the logs of {unknown:?}");
+            } else {
+                // /taskmanagers first: /overview, read after it, is at least as fresh.
+                match self
+                    .rest
+                    .taskmanagers()
+                    .and_then(|t| Ok((t, self.rest.overview()?)))
+                {
+                    Ok((tms, overview)) => {
+                        // Another Flink or other TaskManagers mean the port is not ours: fail
+                        // now. Counts may lag registration for a moment, and a TaskManager
+                        // restarted under a new id leaves its old one behind for a while, so
+                        // those are only retried.
+                        let foreign: Vec<&str> = tms
+                            .iter()
+                            .map(|t| t.id.as_str())
+                            .filter(|id| {
+                                !self.identity.resource_ids.iter().any(|r| r == id)
+                                    && !self.retired_ids.iter().any(|r| r == id)
+                            })
+                            .collect();
+                        ensure!(
+                            overview.flink_version == self.identity.flink_version
+                                && foreign.is_empty(),
+                            "REST endpoint {} is not our cluster: Flink {}, foreign TaskManagers {foreign:?}",
+                            self.rest_url(),
+                            overview.flink_version
+                        );
+                        match verify_cluster_identity(&self.identity, &overview, &tms) {
+                            Ok(()) => {
+                                self.retired_ids.clear();
+                                return Ok(());
+                            }
+                            Err(e) => last = format!("{e:#}"),
+                        }
                     }
+                    Err(e) => last = format!("{e:#}"),
                 }
-                Err(e) => last = format!("{e:#}"),
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -466,23 +903,33 @@ impl FlinkCluster {
         }
     }
 
-    /// A detached shell that stops our JVMs (by PID, ownership-checked) once this process is gone.
+    /// A detached shell that, once this process is gone, stops our JVMs (by PID,
+    /// ownership-checked, including any of ours inside our network namespaces) and deletes
+    /// the namespaces.
     fn spawn_watchdog(&self) -> Result<Child> {
-        self.spawn_watchdog_for(&self.pids())
+        let names: Vec<&str> = self.netns.iter().map(Netns::name).collect();
+        self.spawn_watchdog_for(&self.pids(), &names)
     }
 
-    fn spawn_watchdog_for(&self, pids: &[u32]) -> Result<Child> {
+    fn spawn_watchdog_for(&self, pids: &[u32], netns: &[&str]) -> Result<Child> {
         const SCRIPT: &str = r#"
-parent=$1; marker=$2; shift 2
+parent=$1; marker=$2; namespaces=$3; shift 3
 mine() { grep -qaF -- "$marker" "/proc/$1/cmdline" 2>/dev/null; }
 while kill -0 "$parent" 2>/dev/null; do sleep 1; done
-for p in "$@"; do mine "$p" && kill -TERM "$p"; done
+pids="$*"
+for ns in $namespaces; do pids="$pids $(ip netns pids "$ns" 2>/dev/null)"; done
+for p in $pids; do mine "$p" && kill -TERM "$p"; done
 for i in $(seq 30); do
-  left=0; for p in "$@"; do mine "$p" && left=1; done
-  [ "$left" = 0 ] && exit 0
+  left=0; for p in $pids; do mine "$p" && left=1; done
+  [ "$left" = 0 ] && break
   sleep 0.5
 done
-for p in "$@"; do mine "$p" && kill -KILL "$p"; done
+for p in $pids; do mine "$p" && kill -KILL "$p"; done
+sleep 1
+for ns in $namespaces; do
+  ip link del "bpmon${ns##*-}h" 2>/dev/null
+  ip netns del "$ns" 2>/dev/null
+done
 exit 0
 "#;
         let mut cmd = Command::new("bash");
@@ -491,6 +938,7 @@ exit 0
             .arg("bpmon-e2e-watchdog")
             .arg(std::process::id().to_string())
             .arg(&self.marker)
+            .arg(netns.join(" "))
             .args(pids.iter().map(u32::to_string))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -521,19 +969,26 @@ exit 0
         self.jm_pid.unwrap_or(0)
     }
 
-    /// (pid, description) of every daemon.
+    /// (pid, description) of every daemon whose PID is known.
     fn daemons(&self) -> Vec<(u32, String)> {
-        let tms = self
-            .tms
-            .iter()
-            .map(|t| (t.pid, format!("TaskManager {}", t.resource_id)));
+        let tms = self.tms.iter().filter(|t| t.pid != 0).map(|t| {
+            (
+                t.pid,
+                format!("TaskManager {} ({:?} {})", t.ident, t.launch, t.resource_id),
+            )
+        });
         tms.chain(self.jm_pid.map(|p| (p, "JobManager".to_string())))
             .collect()
     }
 
-    /// All our JVM PIDs (TaskManagers first).
+    /// All our JVM PIDs (TaskManagers first), as seen from the host.
     pub fn pids(&self) -> Vec<u32> {
-        self.tms.iter().map(|t| t.pid).chain(self.jm_pid).collect()
+        self.tms
+            .iter()
+            .map(|t| t.pid)
+            .filter(|p| *p != 0)
+            .chain(self.jm_pid)
+            .collect()
     }
 
     pub fn rest_port(&self) -> u16 {
@@ -571,6 +1026,11 @@ exit 0
         &self.identity
     }
 
+    /// The network namespaces of the cluster's `OwnNamespaces` TaskManagers.
+    pub fn namespaces(&self) -> Vec<NetnsInfo> {
+        self.netns.iter().map(|n| n.info().clone()).collect()
+    }
+
     /// Checks, right now, that the REST endpoint still shows exactly our cluster.
     pub fn verify_identity(&self) -> Result<()> {
         let overview = self.rest.overview()?;
@@ -599,7 +1059,8 @@ exit 0
         out
     }
 
-    /// Stops every JVM of the cluster by PID: SIGTERM, up to 15 s grace, then SIGKILL.
+    /// Stops every JVM of the cluster by PID: SIGTERM, up to 15 s grace, then SIGKILL. Then
+    /// deletes the cluster's network namespaces, also when stopping failed.
     pub fn stop(&mut self) -> Result<()> {
         if self.stopped {
             return Ok(());
@@ -616,23 +1077,53 @@ exit 0
             let _ = w.wait();
         }
         let pids = self.pids();
-        terminate_all(&pids, &self.marker, Duration::from_secs(15))
-            .with_context(|| format!("stopping Flink cluster {}", self.dir.display()))?;
+        let mut result = terminate_all(&pids, &self.marker, Duration::from_secs(15))
+            .with_context(|| format!("stopping Flink cluster {}", self.dir.display()));
+        // Anything of ours still inside a namespace (e.g. a JVM whose PID was never found).
+        for ns in &self.netns {
+            let left: Vec<u32> = ns
+                .pids()
+                .into_iter()
+                .filter(|p| is_ours(*p, &self.marker))
+                .collect();
+            if !left.is_empty() {
+                if let Err(e) = terminate_all(&left, &self.marker, Duration::from_secs(15)) {
+                    result = result.and(Err(
+                        e.context(format!("stopping processes in {}", ns.name()))
+                    ));
+                }
+            }
+        }
+        let children: Vec<usize> = self.ns_children.iter().map(|(i, _)| *i).collect();
+        for i in children {
+            self.reap_ns_child(i);
+        }
+        if let Some(mut proxy) = self.blob_proxy.take() {
+            proxy.down();
+        }
+        for ns in &mut self.netns {
+            if let Err(e) = ns.delete() {
+                result = result.and(Err(e));
+            }
+        }
         // The tmp dir holds uploaded jars and blobs; logs stay for post-mortems.
         let _ = std::fs::remove_dir_all(self.dir.join("tmp"));
-        Ok(())
+        result
     }
 
-    /// Restarts TaskManager `i`: SIGKILL by PID (a crash), then the same `taskmanager.sh` with the
-    /// same resource id, and waits until it is registered again. Running jobs fail over, so
-    /// their subtasks get a new attempt number.
+    /// Restarts TaskManager `i`: SIGKILL by PID (a crash), then the same start again, and
+    /// waits until it is registered again. Running jobs fail over, so their subtasks get a new
+    /// attempt number. A `ResourceId` TaskManager comes back under its id; the others get a new
+    /// one (read from the log as at start), and the old one may stay listed by the JobManager
+    /// until its heartbeat times out: this waits until it is gone, so that the identity is
+    /// exact again.
     pub fn restart_taskmanager(&mut self, i: usize) -> Result<TaskManagerProc> {
         let old = self.tms.get(i).context("no such TaskManager")?.clone();
-        if is_ours(old.pid, &self.marker) {
+        if old.pid != 0 && is_ours(old.pid, &self.marker) {
             kill(Pid::from_raw(old.pid as i32), Signal::SIGKILL)?;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while is_alive(old.pid) {
+        while old.pid != 0 && is_alive(old.pid) {
             ensure!(
                 Instant::now() < deadline,
                 "TaskManager {} survived SIGKILL",
@@ -640,30 +1131,46 @@ exit 0
             );
             sleep(Duration::from_millis(50));
         }
-        // flink-daemon.sh appends to the pid file; the dead PID must not be read back.
-        let _ = std::fs::remove_file(
-            self.launch
-                .pid_dir
-                .join(format!("flink-{}-{TM_DAEMON}.pid", old.ident)),
-        );
-        let mut cmd = self.launch.command("taskmanager.sh", &old.ident);
-        cmd.arg("-D")
-            .arg(format!("taskmanager.resource-id={}", old.resource_id));
-        let out = cmd.output().context("running taskmanager.sh")?;
-        ensure!(
-            out.status.success(),
-            "taskmanager.sh exited {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pid = read_pid_file(&self.launch.pid_dir, &old.ident, TM_DAEMON)
-            .context("no pid file for the restarted TaskManager")?;
-        let new = TaskManagerProc { pid, ..old };
-        self.tms[i] = new.clone();
-        let watchdog = self.spawn_watchdog_for(&[pid])?;
+        if old.launch != TaskManagerLaunch::ResourceId {
+            self.retired_ids.push(old.resource_id.clone());
+            self.tms[i].resource_id.clear();
+        }
+        match old.launch {
+            TaskManagerLaunch::Script | TaskManagerLaunch::ResourceId => {
+                // flink-daemon.sh appends to the pid file; the dead PID must not be read back.
+                let _ = std::fs::remove_file(
+                    self.env
+                        .pid_dir
+                        .join(format!("flink-{}-{TM_DAEMON}.pid", old.ident)),
+                );
+                let mut cmd = self.env.script("taskmanager.sh", &old.ident);
+                if old.launch == TaskManagerLaunch::ResourceId {
+                    cmd.arg("-D")
+                        .arg(format!("taskmanager.resource-id={}", old.resource_id));
+                }
+                let out = cmd.output().context("running taskmanager.sh")?;
+                ensure!(
+                    out.status.success(),
+                    "taskmanager.sh exited {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let pid = read_pid_file(&self.env.pid_dir, &old.ident, TM_DAEMON)
+                    .context("no pid file for the restarted TaskManager")?;
+                self.tms[i].pid = pid;
+            }
+            TaskManagerLaunch::OwnNamespaces => {
+                self.tms[i].pid = 0;
+                self.reap_ns_child(i);
+                self.spawn_ns_taskmanager(i)?;
+                self.find_ns_jvm(i)?;
+            }
+        }
+        let pid = self.tms[i].pid;
+        let watchdog = self.spawn_watchdog_for(&[pid], &[])?;
         self.more_watchdogs.push(watchdog);
         self.wait_registered(startup_timeout())?;
-        Ok(new)
+        Ok(self.tms[i].clone())
     }
 
     /// Whether any of our JVMs is still running.
@@ -723,6 +1230,18 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Where the cluster's daemons in the host's network namespace listen.
+#[derive(Debug, Clone)]
+struct Addresses {
+    /// The address the JobManager's RPC and blob server and the TaskManagers bind to and
+    /// announce.
+    host: String,
+    rest_port: u16,
+    rpc_port: u16,
+    /// The blob server's port; 0 = any.
+    blob_port: u16,
+}
+
 /// Copies the distribution's conf dir (log4j/logback files etc.) and writes a flat config file
 /// with our overrides. Returns the effective configuration.
 fn write_conf(
@@ -730,9 +1249,15 @@ fn write_conf(
     opts: &ClusterOptions,
     conf_dir: &Path,
     tmp_dir: &Path,
-    rest_port: u16,
-    rpc_port: u16,
+    net: &Addresses,
 ) -> Result<FlinkConf> {
+    let Addresses {
+        host,
+        rest_port,
+        rpc_port,
+        blob_port,
+    } = net;
+    let host = host.as_str();
     let src = dist.conf_dir();
     let file_name = conf_file_name(&src);
     for entry in std::fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {
@@ -748,17 +1273,18 @@ fn write_conf(
     let mut conf = FlinkConf::read_dir(&src)?;
     let tmp = tmp_dir.to_string_lossy();
     let settings: Vec<(&str, String)> = vec![
-        // Everything on localhost, on ports of our own.
-        ("jobmanager.rpc.address", "localhost".into()),
+        // Everything on `host` (localhost, or the host side of a TaskManager's network
+        // namespace), on ports of our own; REST always on localhost.
+        ("jobmanager.rpc.address", host.into()),
         ("jobmanager.rpc.port", rpc_port.to_string()),
-        ("jobmanager.bind-host", "localhost".into()),
+        ("jobmanager.bind-host", host.into()),
         ("rest.address", "localhost".into()),
         ("rest.bind-address", "127.0.0.1".into()),
         ("rest.port", rest_port.to_string()),
-        ("taskmanager.bind-host", "localhost".into()),
-        ("taskmanager.host", "localhost".into()),
+        ("taskmanager.bind-host", host.into()),
+        ("taskmanager.host", host.into()),
         // Dynamic ports for everything else.
-        ("blob.server.port", "0".into()),
+        ("blob.server.port", blob_port.to_string()),
         ("taskmanager.rpc.port", "0".into()),
         ("taskmanager.data.port", "0".into()),
         ("metrics.internal.query-service.port", "0".into()),
@@ -868,6 +1394,17 @@ fn daemon_logs(log_dir: &Path, ident: &str, daemon: &str) -> (PathBuf, PathBuf) 
     )
 }
 
+/// The `.log` and `.out` paths of a TaskManager run by `taskmanager.sh start-foreground` with
+/// host name `hostname` and a fresh pid dir: flink-console.sh names the log
+/// `flink-<ident>-taskexecutor-0-<hostname>.log`; the `.out` is where we send its console.
+fn console_logs(log_dir: &Path, ident: &str, hostname: &str) -> (PathBuf, PathBuf) {
+    let stem = format!("flink-{ident}-{TM_DAEMON}-0-{hostname}");
+    (
+        log_dir.join(format!("{stem}.log")),
+        log_dir.join(format!("{stem}.out")),
+    )
+}
+
 /// Serialises the clusters of one test binary: two at once would fight over the machine's two
 /// cores and skew both Flink's metrics and whatever samples them. Hold the guard for the test.
 pub fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -952,6 +1489,62 @@ mod tests {
         assert!(
             verify_cluster_identity(&ours(), &overview("2.3.0", 1, 4), &[tm("bpmon-x-tm0")])
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn launch_defaults_to_one_script_taskmanager() {
+        let opts = ClusterOptions {
+            taskmanagers: 3,
+            ..ClusterOptions::default()
+        };
+        assert_eq!(opts.launch_of(0), TaskManagerLaunch::Script);
+        assert_eq!(opts.launch_of(1), TaskManagerLaunch::ResourceId);
+        assert_eq!(opts.launch_of(2), TaskManagerLaunch::ResourceId);
+        let opts = ClusterOptions {
+            launch: vec![TaskManagerLaunch::OwnNamespaces],
+            ..opts
+        };
+        assert_eq!(opts.launch_of(0), TaskManagerLaunch::OwnNamespaces);
+        assert_eq!(opts.launch_of(1), TaskManagerLaunch::ResourceId);
+    }
+
+    #[test]
+    fn resource_id_from_the_log() {
+        let dir = std::env::temp_dir().join(format!("bpmon-e2e-rid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("tm.log");
+        assert_eq!(resource_id_from_log(&log), None);
+        std::fs::write(
+            &log,
+            "2026-01-01 00:00:00,000 INFO  x [] - Preconfiguration:\n",
+        )
+        .unwrap();
+        assert_eq!(resource_id_from_log(&log), None);
+        std::fs::write(
+            &log,
+            "2026-01-01 00:00:00,000 INFO  org.apache.flink.runtime.taskexecutor.TaskManagerRunner      [] - Starting TaskManager with ResourceID: localhost:40123-3fa2b1\n\
+             2026-01-01 00:00:01,000 INFO  org.apache.flink.runtime.taskexecutor.TaskManagerRunner      [] - Starting TaskManager with ResourceID: 198.18.7.2:38001-a0b1c2\n",
+        )
+        .unwrap();
+        // The newest start wins.
+        assert_eq!(
+            resource_id_from_log(&log).as_deref(),
+            Some("198.18.7.2:38001-a0b1c2")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn console_log_names() {
+        let (log, out) = console_logs(Path::new("/l"), "bpmon-1-tm0", "tm-7");
+        assert_eq!(
+            log,
+            Path::new("/l/flink-bpmon-1-tm0-taskexecutor-0-tm-7.log")
+        );
+        assert_eq!(
+            out,
+            Path::new("/l/flink-bpmon-1-tm0-taskexecutor-0-tm-7.out")
         );
     }
 

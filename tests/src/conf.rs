@@ -178,6 +178,41 @@ rest:
         assert_eq!(again, conf);
     }
 
+    /// Flink 1.18 reads `flink-conf.yaml` line by line (`key: value`, `#` starts a comment, no
+    /// nesting, quotes kept): what `render` writes must be exactly that.
+    #[test]
+    fn renders_flat_lines_for_flink_1_18() {
+        let dir = std::env::temp_dir().join(format!("bpmon-e2e-conf118-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shipped = "\
+#==============================================================================
+# Common
+#==============================================================================
+jobmanager.rpc.address: localhost
+jobmanager.rpc.port: 6123
+env.java.opts.all: --add-exports=java.base/sun.net.util=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED
+taskmanager.numberOfTaskSlots: 1
+# high-availability.type: zookeeper
+";
+        std::fs::write(dir.join("flink-conf.yaml"), shipped).unwrap();
+        assert_eq!(conf_file_name(&dir), "flink-conf.yaml");
+        let mut conf = FlinkConf::read_dir(&dir).unwrap();
+        conf.set("restart-strategy.fixed-delay.delay", "1 s");
+        conf.set("taskmanager.host", "198.18.7.1");
+        conf.remove("taskmanager.numberOfTaskSlots");
+        let text = conf.render();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (k, v) = line.split_once(": ").unwrap();
+            assert!(!k.contains(' ') && !k.is_empty() && !v.is_empty(), "{line}");
+            assert!(!v.contains('#'), "{line}");
+        }
+        assert!(text.contains("\njobmanager.rpc.address: localhost\n"));
+        assert!(text.contains("\nrestart-strategy.fixed-delay.delay: 1 s\n"));
+        assert!(text.contains("\ntaskmanager.host: 198.18.7.1\n"));
+        assert!(!text.contains("numberOfTaskSlots") && !text.contains("high-availability"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn rejects_lists() {
         assert!(FlinkConf::parse("a:\n  - x\n").is_err());

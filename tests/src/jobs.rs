@@ -3,11 +3,14 @@
 //! [`TestJobs::build`] compiles the sources with `javac --release 17` against the
 //! distribution's `lib/*.jar` and packages them with `jar`. The jar is cached under
 //! [`work_dir`]`/jobs/`, keyed by Flink version and a hash of the sources, so only the first
-//! run per version pays for javac. The same sources compile against Flink 1.20 and 2.x.
+//! run per version pays for javac. The same sources compile against Flink 1.18, 1.20 and 2.x,
+//! plus the classes of `flink-jobs/src-flink<major>` whose API differs between 1.x and 2.x (the
+//! legacy `SourceFunction`, and the Sink V2 "discard" sink, which 1.18 lacks and 1.x gets from
+//! its own copy).
 //!
 //! [`JobMode`] lists the behaviours, and [`JobMode::vertices`] the vertex names Flink gives
-//! them (identical on 1.20 and 2.3), with the expected back-pressure behaviour of each and the
-//! user-code frames a stack sampler should see in it.
+//! them (identical on 1.18, 1.20 and 2.3), with the expected back-pressure behaviour of each
+//! and the user-code frames a stack sampler should see in it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -304,7 +307,8 @@ impl TestJobs {
         let src_root = Self::source_dir();
         let mut sources = Vec::new();
         collect_java(&src_root, &mut sources)?;
-        // Classes whose Flink API differs by major version (the legacy SourceFunction).
+        // Classes whose Flink API differs by major version (the legacy SourceFunction, the
+        // discarding Sink V2).
         let version_root = src_root.with_file_name(format!("src-flink{}", dist.major()));
         if version_root.is_dir() {
             collect_java(&version_root, &mut sources)?;

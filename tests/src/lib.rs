@@ -6,7 +6,11 @@
 //! * [`conf`]: reads the distribution's `config.yaml` / `flink-conf.yaml` and writes a flat
 //!   private copy (both formats accept flat `key: value` lines).
 //! * [`cluster`]: starts a private session cluster (ports, conf, log and pid dirs of its own,
-//!   bound to localhost), proves it is ours, and stops it by PID (also on drop).
+//!   bound to localhost), its TaskManagers started as users do, with an explicit resource id,
+//!   or in namespaces of their own ([`TaskManagerLaunch`]), proves it is ours, and stops it by
+//!   PID (also on drop).
+//! * [`netns`]: network namespaces with a veth pair to the host, for TaskManagers started as
+//!   in a container ([`TaskManagerLaunch::OwnNamespaces`]).
 //! * [`proxy`]: a TCP proxy a test can take down, to play an unreachable Flink REST.
 //! * [`process`]: PID-level helpers (liveness, ownership check, SIGTERM-then-SIGKILL).
 //! * [`rest`]: a small blocking client for the Flink REST endpoints bpmon cares about.
@@ -21,6 +25,7 @@ pub mod conf;
 pub mod flink_dist;
 pub mod jobs;
 pub mod jvmti;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod readings;
@@ -29,10 +34,11 @@ pub mod services;
 
 pub use cluster::{
     jdk25_home, one_cluster_at_a_time, verify_cluster_identity, ClusterIdentity, ClusterOptions,
-    FlinkCluster, TaskManagerProc,
+    FlinkCluster, TaskManagerLaunch, TaskManagerProc,
 };
 pub use flink_dist::{repo_root, work_dir, FlinkDist, DEFAULT_FLINK_VERSION};
 pub use jobs::{Behaviour, ExpectedVertex, JobMode, TestJobs};
+pub use netns::NetnsInfo;
 pub use rest::FlinkRest;
 
 /// Polls `f` every 500 ms until it gives `Some`, or fails after `timeout` with the last error it

@@ -28,6 +28,14 @@ pub fn cmdline(pid: u32) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// The `NSpid:` entries of `/proc/<pid>/status`: the PID in each PID namespace the process is
+/// in, outermost (ours) first. Two entries for a process in a PID namespace of its own.
+pub fn nspid(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().map(|p| p.parse().ok()).collect()
+}
+
 /// Who a PID belongs to now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {

@@ -1,7 +1,9 @@
 //! A TCP proxy in front of a Flink REST endpoint that a test can take down and bring back on the
-//! same port: "Flink REST unreachable" without touching the cluster.
+//! same port: "Flink REST unreachable" without touching the cluster. Also what lets a
+//! JobManager bound to another address reach its own blob server at `localhost`
+//! ([`TcpProxy::mirror`]).
 
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,6 +29,25 @@ impl TcpProxy {
         };
         p.serve(listener)?;
         Ok(p)
+    }
+
+    /// Listens on `127.0.0.1:<p>` for a free port `<p>` and forwards to `<upstream_ip>:<p>`.
+    pub fn mirror(upstream_ip: IpAddr) -> Result<TcpProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let mut p = TcpProxy {
+            addr,
+            upstream: SocketAddr::new(upstream_ip, addr.port()),
+            running: None,
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        p.serve(listener)?;
+        Ok(p)
+    }
+
+    /// The port it listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn url(&self) -> String {

@@ -308,7 +308,9 @@ fn check_cluster_is_ours(cluster: &FlinkCluster) -> Result<()> {
         );
         let cmd = bpmon_e2e::process::cmdline(tm.pid).context("TM pid not running")?;
         ensure!(
-            cmd.contains("TaskManagerRunner") && cmd.contains(&tm.resource_id),
+            // The ident names its log file (`-Dlog.file`) whatever the launch style; a
+            // script-started TaskManager's command line has no resource id.
+            cmd.contains("TaskManagerRunner") && cmd.contains(&tm.ident),
             "pid {} is not TM {}: {cmd}",
             tm.pid,
             tm.resource_id

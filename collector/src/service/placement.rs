@@ -312,6 +312,35 @@ mod tests {
     }
 
     #[test]
+    fn exact_ids_place_a_task_whatever_the_taskmanager_match() {
+        let c = cluster();
+        let mut t = task(1, 100.0);
+        t.exact = Some(bpmon_proto::ExactTask {
+            job_id: "b".into(),
+            vertex_id: "v".repeat(32),
+            execution_attempt_id: "x".into(),
+        });
+        // Port 9999: no TaskManager matches this JVM, yet its exact task is placed.
+        let p = place_batch(&batch(vec![t, task(0, 100.0)], vec![9999]), &[&c]);
+        assert_eq!(p.windows.len(), 1, "{:?}", p.unplaced);
+        assert_eq!(
+            (p.windows[0].job_id.as_str(), p.windows[0].subtask),
+            ("b", 1)
+        );
+        assert_eq!(p.windows[0].taskmanager_id.as_deref(), Some("tm-a"));
+        // The thread without exact ids cannot be placed, and says why.
+        assert_eq!(p.unplaced.len(), 1);
+        assert!(p.unplaced[0].no_taskmanager);
+        assert_eq!(p.jvms.len(), 1);
+        assert!(p.jvms[0].taskmanager_id.is_none());
+        assert!(
+            p.jvms[0].misses[0].1.contains("does not listen on 6122"),
+            "{:?}",
+            p.jvms[0]
+        );
+    }
+
+    #[test]
     fn a_jvm_of_no_watched_cluster_says_so() {
         let c = cluster();
         let p = place_batch(&batch(vec![task(0, 100.0)], vec![9999]), &[&c]);

@@ -63,7 +63,7 @@ impl Misplaced {
     fn misses_by_taskmanager(&self) -> HashMap<String, Vec<String>> {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
         for (agent, jvms) in &self.jvms_by_agent {
-            for j in jvms.iter().filter(|j| j.taskmanager_id.is_none()) {
+            for (j, _) in jvms.values().filter(|(j, _)| j.taskmanager_id.is_none()) {
                 for (tm, why) in &j.misses {
                     out.entry(tm.clone()).or_default().push(format!(
                         "JVM {} of agent {agent} ({}): {why}",
@@ -76,6 +76,9 @@ impl Misplaced {
     }
 }
 
+/// How long a JVM's placement outcome is kept after the last report from it.
+const JVM_OUTCOME_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// Placement failures kept for `status` and `agents`.
 #[derive(Default)]
 struct Misplaced {
@@ -83,8 +86,9 @@ struct Misplaced {
     by_job: HashMap<String, HashMap<(String, u32), String>>,
     /// agent id → its last batch's unplaced threads.
     by_agent: HashMap<String, Vec<String>>,
-    /// agent id → which TaskManager each JVM of its last batch is, or why none.
-    jvms_by_agent: HashMap<String, Vec<JvmOutcome>>,
+    /// agent id → pid → which TaskManager that JVM is (or why none), as of its latest report,
+    /// and when that was; a JVM not reported for [`JVM_OUTCOME_TTL_MS`] is forgotten.
+    jvms_by_agent: HashMap<String, BTreeMap<u32, (JvmOutcome, u64)>>,
     /// agent id → batches it reported dropped.
     dropped: HashMap<String, u64>,
 }
@@ -484,7 +488,12 @@ impl Collector {
         for j in jvms.iter().filter(|j| j.taskmanager_id.is_none()) {
             tracing::debug!(agent = %batch.agent_id, pid = j.pid, why = %j.text, "JVM matched no TaskManager");
         }
-        m.jvms_by_agent.insert(batch.agent_id.clone(), jvms);
+        let now = now_ms();
+        let known = m.jvms_by_agent.entry(batch.agent_id.clone()).or_default();
+        for j in jvms {
+            known.insert(j.pid, (j, now));
+        }
+        known.retain(|_, (_, at)| now.saturating_sub(*at) < JVM_OUTCOME_TTL_MS);
         if batch.dropped_before > 0 {
             let prev = m
                 .dropped
@@ -809,8 +818,8 @@ impl Collector {
                             .jvms_by_agent
                             .get(&a.agent_id)
                             .map(|js| {
-                                js.iter()
-                                    .map(|j| AgentJvm {
+                                js.values()
+                                    .map(|(j, _)| AgentJvm {
                                         pid: j.pid,
                                         taskmanager_id: j.taskmanager_id.clone(),
                                         placement: j.text.clone(),

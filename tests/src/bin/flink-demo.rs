@@ -126,6 +126,7 @@ fn run(args: Args) -> Result<()> {
             slots_per_tm: slots,
             java_home: args.java_home.clone(),
             extra_conf: args.conf.clone(),
+            ..ClusterOptions::default()
         },
     )?;
     eprintln!(

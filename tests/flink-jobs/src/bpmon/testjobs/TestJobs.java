@@ -4,7 +4,6 @@ import java.util.concurrent.TimeUnit;
 import org.apache.flink.streaming.api.datastream.AsyncDataStream;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
-import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
 
 /**
  * Streaming jobs whose back-pressure behaviour is known in advance, for bpmon's end-to-end tests.
@@ -13,11 +12,12 @@ import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
  * {@code idle}, {@code busy}. Vertex names do not contain the job name, so submitting the same
  * mode twice yields two jobs with identical vertex names.
  *
- * <p>Only APIs present in both Flink 1.20 and 2.x are used here: the FLIP-27 {@code fromSequence}
- * source and the Sink V2 {@code DiscardingSink}. The legacy {@code SourceFunction} moved packages
- * in 2.0, so {@link LegacyNumbers} has one copy per major version ({@code src-flink1},
- * {@code src-flink2}). Every vertex boundary is placed explicitly with {@code rebalance()} or
- * {@code startNewChain()} so the vertex names are predictable.
+ * <p>Only APIs present in Flink 1.18, 1.20 and 2.x are used here: the FLIP-27 {@code fromSequence}
+ * source and Sink V2. The legacy {@code SourceFunction} moved packages in 2.0, so {@link
+ * LegacyNumbers} has one copy per major version ({@code src-flink1}, {@code src-flink2}); so has
+ * {@link Discard}, the "discard" sink (Flink's Sink V2 {@code DiscardingSink}, missing in 1.18).
+ * Every vertex boundary is placed explicitly with {@code rebalance()} or {@code startNewChain()}
+ * so the vertex names are predictable.
  */
 public final class TestJobs {
     private TestJobs() {}
@@ -86,7 +86,7 @@ public final class TestJobs {
                 .map(new Slow<byte[]>(1))
                 .name("slow consumer")
                 .setParallelism(2)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
     }
@@ -104,7 +104,7 @@ public final class TestJobs {
                 .map(new Slow<Long>(1))
                 .name("slow consumer")
                 .setParallelism(2)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
     }
@@ -124,7 +124,7 @@ public final class TestJobs {
                 .map(new Slow<Long>(0))
                 .name("idle sink")
                 .setParallelism(2)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
     }
@@ -142,7 +142,7 @@ public final class TestJobs {
                 .name("work")
                 .setParallelism(2)
                 .rebalance()
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
     }
@@ -159,7 +159,7 @@ public final class TestJobs {
                 .name("spin")
                 .setParallelism(1)
                 .startNewChain()
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(1);
     }
@@ -176,7 +176,7 @@ public final class TestJobs {
                 .map(new Slow<Long>(1))
                 .name("slow consumer")
                 .setParallelism(1)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(1);
     }
@@ -192,7 +192,7 @@ public final class TestJobs {
         AsyncDataStream.unorderedWait(numbers, new SlowLookup(5), 10, TimeUnit.SECONDS, 1)
                 .name("async lookup")
                 .setParallelism(1)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(1);
     }
@@ -210,7 +210,7 @@ public final class TestJobs {
                 .map(new SkewedSlow<Long>(1))
                 .name("skewed consumer")
                 .setParallelism(2)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
     }
@@ -232,7 +232,7 @@ public final class TestJobs {
                 .map(new Slow<byte[]>(1))
                 .name("idle sink")
                 .setParallelism(2)
-                .sinkTo(new DiscardingSink<>())
+                .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
     }
