@@ -1,6 +1,8 @@
-//! bpmon's agent: it finds Flink TaskManager JVMs on its host ([`discovery`]), takes their thread
-//! dumps through HotSpot's attach protocol ([`attach`]) or the JDK's `jcmd` ([`jcmd`]), and turns
-//! each run of dumps into per-task sample counts ([`sampler`], [`tally`]).
+//! bpmon's agent: it finds Flink TaskManager JVMs on its host ([`discovery`]) and describes where
+//! each lives on the network from inside its namespaces ([`whereabouts`]), samples their task
+//! threads through HotSpot's attach protocol ([`attach`]), the JDK's `jcmd` ([`jcmd`]) or the
+//! in-process JVMTI sampler ([`jvmti`]), and turns each run of samples into per-task counts
+//! ([`sampler`], [`tally`]).
 //!
 //! Data flows one way: dump text → `bpmon_stacks` parse and classify → tally → report.
 //!
