@@ -284,6 +284,15 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
     let Some(url) = args.collector.or(config.collector.url) else {
         bail!("no collector: pass --collector URL or set collector.url in the config file");
     };
+    // Refused now rather than warned about at every plan refresh.
+    match reqwest::Url::parse(url.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(u) => bail!(
+            "collector URL {url:?} must be http:// or https:// with a host (scheme {:?})",
+            u.scheme()
+        ),
+        Err(e) => bail!("collector URL {url:?} is not a URL: {e}"),
+    }
     let host_names = bpmon_agent::host::host_names();
     let agent_id = match args.agent_id.or(config.daemon.agent_id) {
         Some(id) => id,

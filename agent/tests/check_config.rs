@@ -145,3 +145,29 @@ fn no_file_or_an_unreadable_one_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("/nonexistent/agent.toml: cannot read"));
 }
+
+#[test]
+fn run_refuses_a_collector_url_that_is_none() {
+    let spool = scratch("bad-url-spool");
+    for (url, says) in [
+        ("not a url", "is not a URL"),
+        ("ftp://collector", "must be http:// or https://"),
+    ] {
+        let out = run(
+            &[
+                "run",
+                "--collector",
+                url,
+                "--spool-dir",
+                spool.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(1), "{url}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(says),
+            "{url}: {}",
+            text(&out.stderr)
+        );
+    }
+}

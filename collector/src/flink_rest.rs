@@ -53,6 +53,43 @@ fn lock_hosts(
     cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Largest Flink response body read: a 1,000-vertex job's details are a few MB.
+pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// `url` with any password replaced by `***`, for logs and messages.
+pub fn redact_credentials(url: &str) -> String {
+    match Url::parse(url.trim()) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        Ok(_) => url.trim().to_string(),
+        // Not a URL: whatever sits between "://" and "@" may be a secret.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
+            _ => url.to_string(),
+        },
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Requests in flight at once per client (Flink's REST server has a small thread pool).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 
@@ -115,6 +152,9 @@ pub enum FetchError {
     /// Anything else on the wire (connection reset mid-response, …).
     #[error("GET {url}: {reason}")]
     Transport { url: String, reason: String },
+    /// The body ran past [`MAX_RESPONSE_BYTES`]; reading stopped there.
+    #[error("GET {url}: response larger than {limit} bytes; not read further")]
+    TooLarge { url: String, limit: usize },
 }
 
 impl FetchError {
@@ -127,7 +167,8 @@ impl FetchError {
             | FetchError::Status { url, .. }
             | FetchError::InvalidJson { url, .. }
             | FetchError::UnexpectedJson { url, .. }
-            | FetchError::Transport { url, .. } => url,
+            | FetchError::Transport { url, .. }
+            | FetchError::TooLarge { url, .. } => url,
         }
     }
 
@@ -155,6 +196,8 @@ pub struct FlinkRestClient {
     in_flight: Semaphore,
     /// TaskManager host name → its addresses, and when they were looked up.
     host_cache: HostCache,
+    /// User and password from the URL, sent as HTTP basic authentication.
+    credentials: Option<(String, Option<String>)>,
 }
 
 impl FlinkRestClient {
@@ -171,11 +214,22 @@ impl FlinkRestClient {
         max_in_flight: usize,
     ) -> Result<Self, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidUrl {
-            url: base_url.to_string(),
+            url: redact_credentials(base_url),
             reason: reason.to_string(),
         };
         let trimmed = base_url.trim().trim_end_matches('/');
-        let url = Url::parse(trimmed).map_err(|e| invalid(&e.to_string()))?;
+        let mut url = Url::parse(trimmed).map_err(|e| invalid(&e.to_string()))?;
+        // Credentials in the URL go into an Authorization header and nowhere else: the base
+        // URL is the cluster's name in logs, the API and /metrics.
+        let credentials = (!url.username().is_empty()).then(|| {
+            (
+                percent_decode(url.username()),
+                url.password().map(percent_decode),
+            )
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let clean = url.as_str().trim_end_matches('/').to_string();
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid("scheme must be http or https"));
         }
@@ -192,7 +246,8 @@ impl FlinkRestClient {
             .build()
             .map_err(ClientError::Build)?;
         Ok(Self {
-            base: trimmed.to_string(),
+            base: clean,
+            credentials,
             base_path_len,
             http,
             timeout,
@@ -484,14 +539,23 @@ impl FlinkRestClient {
     }
 
     async fn fetch(&self, url: &str) -> Result<impl AsRef<[u8]>, FetchError> {
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| self.classify(url, &e))?;
+        let mut request = self.http.get(url);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, password.as_deref());
+        }
+        let mut resp = request.send().await.map_err(|e| self.classify(url, &e))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| self.classify(url, &e))?;
+        // A broken or hostile endpoint must not make the collector buffer without bound.
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.classify(url, &e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                    limit: MAX_RESPONSE_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(FetchError::Status {
                 url: url.to_string(),
@@ -1096,6 +1160,27 @@ impl MetricWire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_for_a_header() {
+        let c = FlinkRestClient::new(
+            "http://admin:s%40cret@127.0.0.1:8081/",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:8081");
+        assert_eq!(
+            c.credentials,
+            Some(("admin".to_string(), Some("s@cret".to_string())))
+        );
+        assert_eq!(
+            redact_credentials("https://u:p@flink:8081/x"),
+            "https://u:***@flink:8081/x"
+        );
+        assert_eq!(redact_credentials("http://flink:8081"), "http://flink:8081");
+        let e = FlinkRestClient::new("ftp://u:pw@flink", Duration::from_secs(1)).unwrap_err();
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
 
     #[test]
     fn taskmanager_host_and_ports_come_from_path_or_id() {

@@ -116,7 +116,8 @@ pub fn merge_subtask(counts: &SampleCounts, metrics: &SubtaskMetrics) -> MergedS
     let ratio = if counts.samples == 0 {
         f64::NAN
     } else {
-        f64::from(counts.blocked + soft) / f64::from(counts.samples)
+        // In f64: counts near u32::MAX must not wrap (the ingest edge bounds them too).
+        ((f64::from(counts.blocked) + f64::from(soft)) / f64::from(counts.samples)).min(1.0)
     };
     MergedSubtask {
         samples: counts.samples,

@@ -138,6 +138,17 @@ async fn post_reports<I: Ingest>(
         Ok(b) => b,
         Err((status, message)) => return error(status, message),
     };
+    // Bounds and counts, at the edge: a bad batch is the agent's to fix (4xx, never retried),
+    // and never reaches the store.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if let Err(problem) = batch.validate(now_ms) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("batch {} refused: {problem}", batch.seq),
+        );
+    }
     let seq = batch.seq;
     match state.ingest.ingest(batch).await {
         Ok(outcome) => Json(IngestReply {

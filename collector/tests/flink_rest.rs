@@ -997,3 +997,73 @@ fn pump(mut from: TcpStream, mut to: TcpStream, record: Option<&Mutex<Vec<String
     }
     let _ = to.shutdown(Shutdown::Write);
 }
+
+/// One connection's request head, answered by `reply` (which gets the stream to write to).
+fn one_shot_server(
+    reply: impl FnOnce(&mut TcpStream) + Send + 'static,
+) -> Result<(String, Arc<Mutex<String>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let head = Arc::new(Mutex::new(String::new()));
+    let seen = Arc::clone(&head);
+    thread::spawn(move || {
+        if let Some(mut conn) = listener.incoming().flatten().next() {
+            if let Ok(h) = read_head(&mut conn) {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = h;
+            }
+            reply(&mut conn);
+        }
+    });
+    Ok((url, head))
+}
+
+#[test]
+fn credentials_in_the_url_become_basic_auth_and_are_shown_nowhere() -> Result<()> {
+    let (url, head) = one_shot_server(|conn| {
+        let _ = write!(
+            conn,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+    })?;
+    let with_secret = url.replace("http://", "http://admin:s3cret@");
+    let client = FlinkRestClient::new(&with_secret, Duration::from_secs(2))?;
+    let snap = runtime()?.block_on(client.snapshot());
+    let head = head.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // base64("admin:s3cret")
+    ensure!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("authorization: Basic YWRtaW46czNjcmV0")),
+        "{head}"
+    );
+    ensure!(snap.flink_url == url, "{}", snap.flink_url);
+    let shown = format!("{snap:?}");
+    ensure!(!shown.contains("s3cret"), "{shown}");
+    Ok(())
+}
+
+#[test]
+fn an_endless_body_is_cut_at_the_bound() -> Result<()> {
+    let (url, _) = one_shot_server(|conn| {
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n[\"x\""
+        );
+        let chunk = vec![b' '; 1 << 20];
+        // At most 4x the client's bound, then stop: the test never runs away.
+        for _ in 0..((4 * bpmon_collector::flink_rest::MAX_RESPONSE_BYTES) >> 20) {
+            if conn.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    })?;
+    let client = FlinkRestClient::new(&url, Duration::from_secs(20))?;
+    let snap = runtime()?.block_on(client.snapshot());
+    ensure!(
+        snap.errors
+            .iter()
+            .any(|e| e.contains("/config: response larger than")),
+        "{:?}",
+        snap.errors
+    );
+    Ok(())
+}

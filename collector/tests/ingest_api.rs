@@ -214,3 +214,53 @@ async fn agents_read_their_settings() {
     assert_eq!(v.default, SamplingSettings::default());
     assert_eq!(v.jobs["a1b2"].samples, 20);
 }
+
+#[tokio::test]
+async fn out_of_bounds_batches_are_422_and_never_stored() {
+    let memory = Memory::default();
+    let url = serve(memory).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A seq SQLite cannot hold: the agent's fault, not "retry later".
+    let (status, reply) = post(&url, serde_json::to_vec(&batch(1 << 63)).unwrap(), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("seq"), "{reply}");
+    // A window from the future would stay a subtask's newest forever.
+    let mut b = serde_json::to_value(batch(2)).unwrap();
+    b["reports"] = serde_json::json!([{
+        "pid": 1, "backend": "attach", "jvm": {"version": null, "main_class": "M"},
+        "samples": 10, "delay_ms": 50, "started_at_ms": now + 3_600_000, "elapsed_ms": 500,
+        "cost": serde_json::to_value(bpmon_proto::SampleCost::default()).unwrap(),
+        "errors": [], "tasks": []
+    }]);
+    let (status, reply) = post(&url, serde_json::to_vec(&b).unwrap(), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("past the collector's clock"),
+        "{reply}"
+    );
+    // Counts that cannot add up: more blocked samples than samples.
+    b["reports"][0]["started_at_ms"] = serde_json::json!(now - 1_000);
+    b["reports"][0]["tasks"] = serde_json::json!([{
+        "thread": "Map (1/2)#0", "thread_id": 1, "elapsed_s": 1.0, "task": "Map", "subtask": 0,
+        "parallelism": 2, "attempt": 0, "samples": 10, "blocked": 4294967295u32, "waiting": 1,
+        "busy": 0, "top_frames": []
+    }]);
+    let (status, reply) = post(&url, serde_json::to_vec(&b).unwrap(), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("must not exceed"),
+        "{reply}"
+    );
+    // The same batch with sane counts is stored, and as new: none of the refused ones with
+    // its seq got as far as the store.
+    b["reports"][0]["tasks"][0]["blocked"] = serde_json::json!(4);
+    let (status, reply) = post(&url, serde_json::to_vec(&b).unwrap(), None).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["duplicate"], false, "{reply}");
+}

@@ -27,6 +27,127 @@ pub struct ReportBatch {
     pub reports: Vec<SampleReport>,
 }
 
+/// Bounds a batch must keep to be stored: each protects the collector's memory, its SQLite
+/// integers, or the meaning of `status` (a window from the future would stay the newest forever).
+pub mod bounds {
+    /// Longest `agent_id`, in bytes.
+    pub const AGENT_ID_MAX: usize = 128;
+    /// Most host names per batch, and the longest, in bytes.
+    pub const HOST_NAMES_MAX: usize = 64;
+    pub const HOST_NAME_MAX: usize = 255;
+    /// Most reports (JVMs) per batch.
+    pub const REPORTS_MAX: usize = 1_000;
+    /// Most task threads per report, and per batch.
+    pub const TASKS_PER_REPORT_MAX: usize = 10_000;
+    pub const TASKS_PER_BATCH_MAX: usize = 100_000;
+    /// Most samples in one window.
+    pub const SAMPLES_MAX: u32 = 100_000;
+    /// How far a window's end may lie ahead of the collector's clock.
+    pub const CLOCK_SKEW_MAX_MS: u64 = 5 * 60 * 1000;
+    /// Largest number SQLite stores (its integers are signed 64-bit).
+    pub const SQL_INT_MAX: u64 = i64::MAX as u64;
+}
+
+/// Why a well-formed batch is refused: the agent's fault, never worth a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchProblem(pub String);
+
+impl std::fmt::Display for BatchProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BatchProblem {}
+
+impl ReportBatch {
+    /// Checks every bound of [`bounds`] and that counts add up, against the collector's clock
+    /// `now_ms`. The first problem found is named with where it is.
+    pub fn validate(&self, now_ms: u64) -> Result<(), BatchProblem> {
+        use bounds::*;
+        let bad = |m: String| Err(BatchProblem(m));
+        if self.agent_id.is_empty() || self.agent_id.len() > AGENT_ID_MAX {
+            return bad(format!(
+                "agent_id must be 1 to {AGENT_ID_MAX} bytes, not {}",
+                self.agent_id.len()
+            ));
+        }
+        if self.agent_id.chars().any(char::is_control) {
+            return bad("agent_id contains control characters".into());
+        }
+        for (what, v) in [
+            ("seq", self.seq),
+            ("created_at_ms", self.created_at_ms),
+            ("dropped_before", self.dropped_before),
+        ] {
+            if v > SQL_INT_MAX {
+                return bad(format!("{what} {v} exceeds {SQL_INT_MAX}"));
+            }
+        }
+        if self.host_names.len() > HOST_NAMES_MAX
+            || self.host_names.iter().any(|h| h.len() > HOST_NAME_MAX)
+        {
+            return bad(format!(
+                "at most {HOST_NAMES_MAX} host names of at most {HOST_NAME_MAX} bytes"
+            ));
+        }
+        if self.reports.len() > REPORTS_MAX {
+            return bad(format!(
+                "{} reports in one batch; at most {REPORTS_MAX}",
+                self.reports.len()
+            ));
+        }
+        let tasks: usize = self.reports.iter().map(|r| r.tasks.len()).sum();
+        if tasks > TASKS_PER_BATCH_MAX {
+            return bad(format!(
+                "{tasks} task threads in one batch; at most {TASKS_PER_BATCH_MAX}"
+            ));
+        }
+        let latest_end = now_ms.saturating_add(CLOCK_SKEW_MAX_MS);
+        for (i, r) in self.reports.iter().enumerate() {
+            let at = format!("report {i} (pid {})", r.pid);
+            if r.tasks.len() > TASKS_PER_REPORT_MAX {
+                return bad(format!(
+                    "{at}: {} task threads; at most {TASKS_PER_REPORT_MAX}",
+                    r.tasks.len()
+                ));
+            }
+            if r.samples == 0 || r.samples > SAMPLES_MAX {
+                return bad(format!(
+                    "{at}: samples {} not in 1..={SAMPLES_MAX}",
+                    r.samples
+                ));
+            }
+            let end = r.started_at_ms.checked_add(r.elapsed_ms);
+            match end {
+                Some(end) if end <= latest_end => {}
+                _ => {
+                    return bad(format!(
+                        "{at}: the window ends at {} ms, past the collector's clock ({now_ms} ms) by more than {CLOCK_SKEW_MAX_MS} ms",
+                        r.started_at_ms.saturating_add(r.elapsed_ms)
+                    ))
+                }
+            }
+            if r.delay_ms > SQL_INT_MAX {
+                return bad(format!(
+                    "{at}: delay_ms {} exceeds {SQL_INT_MAX}",
+                    r.delay_ms
+                ));
+            }
+            for t in &r.tasks {
+                let sum = u64::from(t.blocked) + u64::from(t.waiting) + u64::from(t.busy);
+                if t.samples > r.samples || sum > u64::from(t.samples) {
+                    return bad(format!(
+                        "{at}, thread {:?}: blocked {} + waiting {} + busy {} must not exceed its samples {}, nor those the report's {}",
+                        t.thread, t.blocked, t.waiting, t.busy, t.samples, r.samples
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How an agent samples one job (or every job, as the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamplingSettings {
@@ -84,6 +205,47 @@ mod tests {
         let e = s.validate().unwrap_err();
         assert!(e.contains("4950 ms"), "{e}");
         assert!(SamplingSettings { samples: 0, ..s }.validate().is_err());
+    }
+
+    fn sample_batch() -> ReportBatch {
+        let text = r#"{"schema_version":1,"agent_id":"a","seq":1,"host_names":["h"],"created_at_ms":1000,
+            "reports":[{"pid":1,"backend":"attach","jvm":{"version":null,"main_class":"M"},"samples":10,"delay_ms":50,
+            "started_at_ms":1000,"elapsed_ms":500,"cost":COST,"errors":[],
+            "tasks":[{"thread":"Map (1/2)#0","thread_id":1,"elapsed_s":1.0,"task":"Map","subtask":0,"parallelism":2,
+                      "attempt":0,"samples":10,"blocked":4,"waiting":6,"busy":0,"top_frames":[]}]}]}"#;
+        let cost = serde_json::to_string(&crate::SampleCost::default()).unwrap();
+        serde_json::from_str(&text.replace("COST", &cost)).unwrap()
+    }
+
+    #[test]
+    fn bad_batches_are_named_with_where_they_are_bad() {
+        let now = 2_000;
+        assert_eq!(sample_batch().validate(now), Ok(()));
+        let refuse = |f: &dyn Fn(&mut ReportBatch), says: &str| {
+            let mut b = sample_batch();
+            f(&mut b);
+            let e = b.validate(now).unwrap_err().0;
+            assert!(e.contains(says), "{e}");
+        };
+        refuse(&|b| b.agent_id = "x".repeat(129), "agent_id");
+        refuse(&|b| b.agent_id.clear(), "agent_id");
+        refuse(&|b| b.agent_id = "a\nb".into(), "control");
+        refuse(&|b| b.seq = 1 << 63, "seq");
+        refuse(
+            &|b| b.reports[0].started_at_ms = now + 10 * 60 * 1000,
+            "past the collector's clock",
+        );
+        refuse(
+            &|b| b.reports[0].elapsed_ms = u64::MAX,
+            "past the collector's clock",
+        );
+        refuse(
+            &|b| b.reports[0].tasks[0].blocked = u32::MAX,
+            "must not exceed",
+        );
+        refuse(&|b| b.reports[0].tasks[0].samples = 11, "must not exceed");
+        refuse(&|b| b.reports[0].samples = 0, "samples 0");
+        refuse(&|b| b.host_names = vec!["h".into(); 65], "host names");
     }
 
     #[test]

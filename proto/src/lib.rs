@@ -13,7 +13,7 @@ pub mod token;
 pub mod whereabouts;
 
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
-pub use ingest::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
+pub use ingest::{BatchProblem, ReportBatch, SamplingSettings, SCHEMA_VERSION};
 pub use level::Level;
 pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
 pub use report::{ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};

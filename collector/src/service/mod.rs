@@ -188,7 +188,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let local = listener.local_addr()?;
     warn_if_exposed(local, &auth, tls.is_some());
     let background = spawn_background(&collector, config.storage.retention);
-    tracing::info!(listen = %local, flink = ?config.flink.urls, data_dir = %config.data_dir.display(),
+    let flink: Vec<String> = config
+        .flink
+        .urls
+        .iter()
+        .map(|u| crate::flink_rest::redact_credentials(u))
+        .collect();
+    tracing::info!(listen = %local, flink = ?flink, data_dir = %config.data_dir.display(),
         tls = tls.is_some(), tokens = auth.token_count(), "bpmon-collector serving");
     // Tests and scripts read the bound address from here (the port may have been 0).
     println!("listening on {local}");
