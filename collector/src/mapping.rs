@@ -60,32 +60,47 @@ pub enum Resolution {
 /// Every task of one report, whose JVM is TaskManager `tm_id`.
 pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -> Vec<Resolution> {
     let report_end_ms = (report.started_at_ms + report.elapsed_ms) as f64;
-    let candidates_of =
-        |t: &TaskSamples| -> Vec<(SubtaskRef, Option<i64>)> {
-            let mut out = Vec::new();
-            for job in jobs {
-                for v in job.vertices.iter().filter(|v| {
-                    v.name == t.identity.task && v.parallelism == t.identity.parallelism
-                }) {
-                    for s in v.subtasks.iter().filter(|s| {
-                        s.subtask == t.identity.subtask
-                            && s.taskmanager_id.as_deref() == Some(tm_id)
-                            && t.identity.attempt.is_none_or(|a| a == s.attempt)
-                    }) {
-                        out.push((
-                            SubtaskRef {
-                                job_id: job.job_id.clone(),
-                                vertex_id: v.vertex_id.clone(),
-                                subtask: s.subtask,
-                                attempt: s.attempt,
-                            },
-                            s.start_time_ms,
-                        ));
-                    }
-                }
+    // The subtasks on this TaskManager, indexed once by what a thread name carries (vertex
+    // name, subtask index, parallelism): each thread's candidates are then one look-up.
+    let mut placed: std::collections::HashMap<(&str, u32, u32), Vec<(SubtaskRef, Option<i64>)>> =
+        std::collections::HashMap::new();
+    for job in jobs {
+        for v in &job.vertices {
+            for s in v
+                .subtasks
+                .iter()
+                .filter(|s| s.taskmanager_id.as_deref() == Some(tm_id))
+            {
+                placed
+                    .entry((v.name.as_str(), s.subtask, v.parallelism))
+                    .or_default()
+                    .push((
+                        SubtaskRef {
+                            job_id: job.job_id.clone(),
+                            vertex_id: v.vertex_id.clone(),
+                            subtask: s.subtask,
+                            attempt: s.attempt,
+                        },
+                        s.start_time_ms,
+                    ));
             }
-            out
-        };
+        }
+    }
+    let candidates_of = |t: &TaskSamples| -> Vec<(SubtaskRef, Option<i64>)> {
+        placed
+            .get(&(
+                t.identity.task.as_str(),
+                t.identity.subtask,
+                t.identity.parallelism,
+            ))
+            .map(|c| {
+                c.iter()
+                    .filter(|(r, _)| t.identity.attempt.is_none_or(|a| a == r.attempt))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let mut out: Vec<Option<Resolution>> = vec![None; report.tasks.len()];
     // Step 0: the in-process sampler read the exact ids from Flink's own objects.
     for (i, t) in report.tasks.iter().enumerate() {
@@ -94,14 +109,19 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
         }
     }
     // Group the threads that compete for the same candidates (same name on this TaskManager).
+    // By name through a map: linear in the threads, however many a report carries.
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut group_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, t) in report.tasks.iter().enumerate() {
         if out[i].is_some() {
             continue;
         }
-        match groups.iter_mut().find(|(name, _)| *name == t.thread) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((t.thread.clone(), vec![i])),
+        match group_of.get(t.thread.as_str()) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                group_of.insert(t.thread.as_str(), groups.len());
+                groups.push((t.thread.clone(), vec![i]));
+            }
         }
     }
     for (_, members) in groups {

@@ -401,12 +401,22 @@ impl Collector {
     }
 
     async fn take_batch(self: &Arc<Self>, batch: ReportBatch) -> Result<IngestOutcome, String> {
-        let place = |batch: &ReportBatch, me: &Collector| {
-            let snaps = me.snapshots();
-            let refs: Vec<&ClusterSnapshot> = snaps.iter().map(|s| s.as_ref()).collect();
-            place_batch(batch, &refs)
+        // Placing is CPU work proportional to the batch: on a blocking thread, so that one huge
+        // batch cannot hold up the async workers that answer queries and /metrics.
+        let batch = Arc::new(batch);
+        let place = |batch: &Arc<ReportBatch>, me: &Arc<Collector>| {
+            let (batch, me) = (Arc::clone(batch), Arc::clone(me));
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let snaps = me.snapshots();
+                    let refs: Vec<&ClusterSnapshot> = snaps.iter().map(|s| s.as_ref()).collect();
+                    place_batch(&batch, &refs)
+                })
+                .await
+                .map_err(|e| format!("placing the batch failed: {e}"))
+            }
         };
-        let mut placement = place(&batch, self);
+        let mut placement = place(&batch, self).await?;
         // A thread of a job deployed since the last poll: read Flink again, once. (Ambiguous
         // threads have their candidates already; a new poll would not help them.)
         if placement.unplaced.iter().any(|u| u.candidates.is_empty()) {
@@ -415,9 +425,11 @@ impl Collector {
                 .iter()
                 .map(|r| r.started_at_ms)
                 .max()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                // A batch's own clock must not force polls: never newer than ours.
+                .min(now_ms());
             self.refresh_older_than(newest_start).await;
-            placement = place(&batch, self);
+            placement = place(&batch, self).await?;
         }
         if placement.unplaced.iter().any(|u| u.no_taskmanager) {
             let unhealthy = self.unhealthy();
