@@ -57,12 +57,15 @@ pub enum Resolution {
     },
 }
 
+/// A subtask a thread could be, with its `start-time`.
+type Candidate = (SubtaskRef, Option<i64>);
+
 /// Every task of one report, whose JVM is TaskManager `tm_id`.
 pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -> Vec<Resolution> {
     let report_end_ms = (report.started_at_ms + report.elapsed_ms) as f64;
     // The subtasks on this TaskManager, indexed once by what a thread name carries (vertex
     // name, subtask index, parallelism): each thread's candidates are then one look-up.
-    let mut placed: std::collections::HashMap<(&str, u32, u32), Vec<(SubtaskRef, Option<i64>)>> =
+    let mut placed: std::collections::HashMap<(&str, u32, u32), Vec<Candidate>> =
         std::collections::HashMap::new();
     for job in jobs {
         for v in &job.vertices {
@@ -86,7 +89,7 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
             }
         }
     }
-    let candidates_of = |t: &TaskSamples| -> Vec<(SubtaskRef, Option<i64>)> {
+    let candidates_of = |t: &TaskSamples| -> Vec<Candidate> {
         placed
             .get(&(
                 t.identity.task.as_str(),
