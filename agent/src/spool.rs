@@ -38,6 +38,18 @@ pub struct Spool {
 
 const SUFFIX: &str = ".batch";
 const DROPPED_FILE: &str = "dropped";
+/// What an entry that could not be read is renamed to end with.
+const UNREADABLE_SUFFIX: &str = ".unreadable";
+
+/// fsync of a directory: makes the renames and creations in it durable.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| SpoolError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
 
 impl Spool {
     /// Opens (or creates, mode 0700) the spool in `dir`, and clears temporaries a crash left.
@@ -83,17 +95,34 @@ impl Spool {
         f.write_all(body).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
+        // The rename is durable only once the directory is: a power loss must not lose a
+        // batch the agent already counts as spooled.
+        sync_dir(&self.dir)?;
         self.enforce_limits(seq)
     }
 
     /// The oldest stored batch.
     pub fn oldest(&self) -> Result<Option<(u64, Vec<u8>)>, SpoolError> {
-        let Some((seq, _)) = self.entries()?.into_iter().next() else {
-            return Ok(None);
-        };
-        let path = self.path_of(seq);
-        let body = fs::read(&path).map_err(|source| SpoolError::Io { path, source })?;
-        Ok(Some((seq, body)))
+        for (seq, _) in self.entries()? {
+            let path = self.path_of(seq);
+            match fs::read(&path) {
+                Ok(body) => return Ok(Some((seq, body))),
+                // Gone between listing and reading (removed by the limits): the next one.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // One entry that cannot be read must not hold up every batch behind it: it is
+                // set aside under another name, said in the log, and kept for a person.
+                Err(e) => {
+                    let aside = self.dir.join(format!("{seq:020}{UNREADABLE_SUFFIX}"));
+                    tracing::error!(path = %path.display(), error = %e, aside = %aside.display(),
+                        "spooled batch cannot be read; set aside, delivering the next");
+                    fs::rename(&path, &aside).map_err(|source| SpoolError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Forgets a batch (the collector acknowledged it).
@@ -118,7 +147,14 @@ impl Spool {
             .filter_map(|e| {
                 let name = e.file_name();
                 let seq = name.to_str()?.strip_suffix(SUFFIX)?.parse().ok()?;
-                Some((seq, e.metadata().ok()?.len()))
+                // A directory or other non-file under a batch's name is not a batch (oldest()
+                // sets it aside); it counts with no bytes.
+                let len = e
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map_or(0, |m| m.len());
+                Some((seq, len))
             })
             .collect();
         out.sort_unstable();
@@ -147,9 +183,20 @@ impl Spool {
         }
         if dropped_now > 0 {
             self.dropped += dropped_now;
+            // Written aside and renamed over: a crash leaves the old count or the new one,
+            // never a torn file.
             let path = self.dir.join(DROPPED_FILE);
-            fs::write(&path, self.dropped.to_string())
-                .map_err(|source| SpoolError::Io { path, source })?;
+            let tmp = self.dir.join(format!("{DROPPED_FILE}.tmp"));
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| SpoolError::Io { path, source }
+            };
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(self.dropped.to_string().as_bytes())
+                .map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))?;
+            sync_dir(&self.dir)?;
             tracing::warn!(
                 dropped_now,
                 dropped_total = self.dropped,
@@ -174,6 +221,22 @@ mod tests {
         max_batches: 100,
         max_bytes: 1 << 20,
     };
+
+    #[test]
+    fn an_unreadable_entry_is_set_aside_and_the_next_delivered() {
+        let d = dir("unreadable");
+        let mut s = Spool::open(&d, ROOMY).unwrap();
+        s.push(2, b"batch 2").unwrap();
+        // A directory under the oldest batch's name: cannot be read as a batch.
+        fs::create_dir_all(d.join(format!("{:020}{SUFFIX}", 1))).unwrap();
+        assert_eq!(s.oldest().unwrap(), Some((2, b"batch 2".to_vec())));
+        assert!(d.join(format!("{:020}{UNREADABLE_SUFFIX}", 1)).is_dir());
+        assert_eq!(
+            s.entries().unwrap().iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![2]
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn replays_in_sequence_order_and_survives_reopening() {
