@@ -5,6 +5,10 @@
 //! answered 401 with a JSON `{"error": …}` that never repeats what was sent, and counted. Tokens
 //! are compared in constant time. Without a token file there is no authentication at all (the
 //! collector then listens on loopback by default, and warns when told to listen elsewhere).
+//!
+//! Each token has a role ([`Role`]): `agent` may post reports and plans and read the settings,
+//! `reader` may read the query API, `admin` may do all and change settings. A token used
+//! beyond its role gets 403, naming the role needed.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -13,11 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use bpmon_proto::token::{self, NamedToken, TokenFileError};
+use bpmon_proto::token::{self, NamedToken, Role, TokenFileError};
 
 use crate::api::ErrorBody;
 
@@ -30,6 +35,7 @@ pub struct Auth {
     tokens: Vec<NamedToken>,
     missing: AtomicU64,
     wrong: AtomicU64,
+    forbidden: AtomicU64,
 }
 
 /// Why a request was refused.
@@ -89,10 +95,18 @@ impl Auth {
         self.wrong.load(Ordering::Relaxed)
     }
 
-    /// Checks an `Authorization` header. `Ok(None)` when authentication is off, else the name of
-    /// the token that matched. Every configured token is compared, in constant time each, so the
+    /// Requests refused with 403: a valid token used beyond its role.
+    pub fn forbidden_total(&self) -> u64 {
+        self.forbidden.load(Ordering::Relaxed)
+    }
+
+    /// Checks an `Authorization` header. `Ok(None)` when authentication is off, else the token
+    /// that matched. Every configured token is compared, in constant time each, so the
     /// time taken does not say which token (or which prefix of one) was close.
-    pub fn check(&self, authorization: Option<&HeaderValue>) -> Result<Option<&str>, Refusal> {
+    pub fn check(
+        &self,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Option<&NamedToken>, Refusal> {
         if self.tokens.is_empty() {
             return Ok(None);
         }
@@ -105,7 +119,7 @@ impl Auth {
         let mut matched = None;
         for t in &self.tokens {
             if token::constant_time_eq(t.secret().as_bytes(), presented) && matched.is_none() {
-                matched = Some(t.name.as_str());
+                matched = Some(t);
             }
         }
         matched.map(Some).ok_or(Refusal::Wrong)
@@ -118,6 +132,16 @@ impl Auth {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.unauthorized_total()
+    }
+}
+
+/// The role a request needs: agents' routes, changes to settings, and reading.
+pub fn role_needed(method: &Method, path: &str) -> Role {
+    match (method, path) {
+        (&Method::POST, "/api/v1/reports" | "/api/v1/plan")
+        | (&Method::GET, "/api/v1/settings") => Role::Agent,
+        (&Method::GET | &Method::HEAD, _) => Role::Reader,
+        _ => Role::Admin,
     }
 }
 
@@ -167,9 +191,32 @@ async fn require_token(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
         return next.run(req).await;
     }
     match auth.check(req.headers().get(header::AUTHORIZATION)) {
-        Ok(name) => {
-            if let Some(name) = name {
-                req.extensions_mut().insert(TokenName(name.to_string()));
+        Ok(Some(t)) if !t.role.allows(role_needed(req.method(), req.uri().path())) => {
+            let needed = role_needed(req.method(), req.uri().path());
+            let n = auth.forbidden.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(token = %t.name, role = t.role.as_str(), needed = needed.as_str(),
+                    method = %req.method(), path = %req.uri().path(), refused_so_far = n,
+                    "request refused: token used beyond its role");
+            }
+            (
+                StatusCode::FORBIDDEN,
+                Json(ErrorBody {
+                    error: format!(
+                        "token '{}' has role {}; {} {} needs {} (or admin)",
+                        t.name,
+                        t.role.as_str(),
+                        req.method(),
+                        req.uri().path(),
+                        needed.as_str()
+                    ),
+                }),
+            )
+                .into_response()
+        }
+        Ok(token) => {
+            if let Some(t) = token {
+                req.extensions_mut().insert(TokenName(t.name.clone()));
             }
             next.run(req).await
         }
@@ -236,8 +283,15 @@ mod tests {
     fn tokens_are_checked_and_refusals_counted() {
         let a = auth();
         let h = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert_eq!(a.check(Some(&h("Bearer cccc3333"))), Ok(Some("cli")));
-        assert_eq!(a.check(Some(&h("Bearer aaaa1111"))), Ok(Some("agent-a")));
+        let name = |r: Result<Option<&NamedToken>, Refusal>| r.map(|t| t.map(|t| t.name.clone()));
+        assert_eq!(
+            name(a.check(Some(&h("Bearer cccc3333")))),
+            Ok(Some("cli".into()))
+        );
+        assert_eq!(
+            name(a.check(Some(&h("Bearer aaaa1111")))),
+            Ok(Some("agent-a".into()))
+        );
         assert_eq!(a.check(Some(&h("Bearer aaaa111"))), Err(Refusal::Wrong));
         assert_eq!(a.check(Some(&h("Basic aaaa1111"))), Err(Refusal::Missing));
         assert_eq!(a.check(None), Err(Refusal::Missing));
@@ -245,6 +299,17 @@ mod tests {
         assert_eq!(a.count(Refusal::Missing), 2);
         assert_eq!((a.unauthorized_missing(), a.unauthorized_wrong()), (1, 1));
         assert_eq!(Auth::disabled().check(None), Ok(None));
+        assert_eq!(role_needed(&Method::POST, "/api/v1/reports"), Role::Agent);
+        assert_eq!(role_needed(&Method::GET, "/api/v1/settings"), Role::Agent);
+        assert_eq!(
+            role_needed(&Method::GET, "/api/v1/jobs/x/status"),
+            Role::Reader
+        );
+        assert_eq!(role_needed(&Method::PUT, "/api/v1/config/x"), Role::Admin);
+        assert_eq!(
+            role_needed(&Method::DELETE, "/api/v1/config/x"),
+            Role::Admin
+        );
         assert!(!Auth::disabled().enabled());
     }
 }

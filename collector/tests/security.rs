@@ -525,3 +525,97 @@ fn tls_needs_both_files_and_says_which_is_bad() {
     assert!(err.contains("--tls-key"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn each_token_may_do_what_its_role_allows_and_no_more() {
+    let dir = temp_dir("roles");
+    let tokens = dir.join("roles");
+    write_file(
+        &tokens,
+        "tm-1@agent: agent-role-token-1\ncli@reader: reader-role-token-1\nops@admin: admin-role-token-1\n",
+        0o600,
+    );
+    let auth = Arc::new(Auth::from_file(&tokens).unwrap());
+    let url = serve_in_process(&dir, Arc::clone(&auth)).await;
+    let http = reqwest::Client::new();
+    let set = serde_json::json!({"samples": 10});
+    // (method, path, body) → may the agent, the reader, the admin?
+    let cases: [(reqwest::Method, &str, Option<serde_json::Value>, [bool; 3]); 5] = [
+        (
+            reqwest::Method::POST,
+            "/api/v1/reports",
+            Some(serde_json::to_value(batch(1)).unwrap()),
+            [true, false, true],
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/settings",
+            None,
+            [true, false, true],
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/jobs",
+            None,
+            [false, true, true],
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/agents",
+            None,
+            [false, true, true],
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/config/%2A",
+            Some(set),
+            [false, false, true],
+        ),
+    ];
+    let mut forbidden = 0;
+    for (method, path, body, allowed) in cases {
+        for (token, may) in [
+            "agent-role-token-1",
+            "reader-role-token-1",
+            "admin-role-token-1",
+        ]
+        .into_iter()
+        .zip(allowed)
+        {
+            let mut req = http.request(method.clone(), format!("{url}{path}"));
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let (status, _, text) = send(req, Some(token)).await;
+            if may {
+                assert!(
+                    status.is_success(),
+                    "{token} {method} {path}: {status} {text}"
+                );
+            } else {
+                forbidden += 1;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{token} {method} {path}: {text}"
+                );
+                assert!(text.contains("needs"), "{text}");
+                assert!(!text.contains(token), "the token is echoed: {text}");
+            }
+        }
+    }
+    assert_eq!(auth.forbidden_total(), forbidden);
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("bpmon_api_forbidden_total {forbidden}")),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,7 +3,9 @@
 //!
 //! Parsing only (this crate does no I/O): the caller reads the file and its mode.
 //!
-//! The format: one token per line, optionally named (`name:token`); blank lines and lines starting
+//! The format: one token per line, optionally named (`name:token`) and given a role
+//! (`name@role:token`, role `agent`, `reader` or `admin`; without one, `admin`, which may do
+//! everything, as every token could before roles existed); blank lines and lines starting
 //! with `#` are ignored. A token is visible ASCII without spaces (what an `Authorization: Bearer`
 //! header can carry). A file that every user may read (`mode & 0o004`) is refused: a token is a
 //! password.
@@ -11,18 +13,51 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// What a token may do at the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Post reports and plan requests, read the sampling settings: what an agent does.
+    Agent,
+    /// Read jobs, status, history, config and agents: what the CLI and dashboards do.
+    Reader,
+    /// Everything, changing sampling settings included.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Reader => "reader",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether a token of this role may do what `needed` allows.
+    pub fn allows(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
 /// One accepted token and the name it goes by in logs (never the token itself).
 #[derive(Clone, PartialEq, Eq)]
 pub struct NamedToken {
     /// `name` of a `name:token` line, else `line N`.
     pub name: String,
+    pub role: Role,
     secret: String,
 }
 
 impl NamedToken {
+    /// An admin token.
     pub fn new(name: impl Into<String>, secret: impl Into<String>) -> NamedToken {
+        NamedToken::with_role(name, Role::Admin, secret)
+    }
+
+    pub fn with_role(name: impl Into<String>, role: Role, secret: impl Into<String>) -> NamedToken {
         NamedToken {
             name: name.into(),
+            role,
             secret: secret.into(),
         }
     }
@@ -38,6 +73,7 @@ impl fmt::Debug for NamedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NamedToken")
             .field("name", &self.name)
+            .field("role", &self.role)
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -149,15 +185,28 @@ pub fn parse_token_list(text: &str) -> Result<Vec<NamedToken>, (usize, &'static 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, secret) = match line.split_once(':') {
-            Some((name, secret)) => {
-                let name = name.trim();
+        let (name, role, secret) = match line.split_once(':') {
+            Some((head, secret)) => {
+                let (name, role) = match head.trim().split_once('@') {
+                    Some((name, role)) => (
+                        name.trim(),
+                        match role.trim() {
+                            "agent" => Role::Agent,
+                            "reader" => Role::Reader,
+                            "admin" => Role::Admin,
+                            _ => {
+                                return Err((n, "unknown role after '@' (agent, reader or admin)"))
+                            }
+                        },
+                    ),
+                    None => (head.trim(), Role::Admin),
+                };
                 if name.is_empty() {
                     return Err((n, "empty name before ':'"));
                 }
-                (name.to_string(), secret.trim())
+                (name.to_string(), role, secret.trim())
             }
-            None => (format!("line {n}"), line),
+            None => (format!("line {n}"), Role::Admin, line),
         };
         if secret.is_empty() {
             return Err((n, "empty token"));
@@ -170,6 +219,7 @@ pub fn parse_token_list(text: &str) -> Result<Vec<NamedToken>, (usize, &'static 
         }
         out.push(NamedToken {
             name,
+            role,
             secret: secret.to_string(),
         });
     }
@@ -192,6 +242,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_after_the_name() {
+        let t =
+            parse_token_list("tm-1@agent: a1\ncli@reader:r1\nops@admin: x1\nold: o1\n").unwrap();
+        let roles: Vec<Role> = t.iter().map(|t| t.role).collect();
+        assert_eq!(roles, [Role::Agent, Role::Reader, Role::Admin, Role::Admin]);
+        assert_eq!((t[0].name.as_str(), t[0].secret()), ("tm-1", "a1"));
+        assert_eq!(parse_token_list("x@root: s").unwrap_err().0, 1);
+        assert!(Role::Admin.allows(Role::Agent) && Role::Admin.allows(Role::Reader));
+        assert!(!Role::Agent.allows(Role::Reader) && !Role::Reader.allows(Role::Admin));
+        assert!(!Role::Reader.allows(Role::Agent));
+    }
 
     #[test]
     fn named_unnamed_comments_and_blank_lines() {

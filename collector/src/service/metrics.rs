@@ -203,6 +203,13 @@ impl ServiceMetrics {
             "API requests refused with 401, by reason (no token, wrong token)",
             refused,
         );
+        let forbidden: Counter = Counter::default();
+        forbidden.inc_by(self.auth.get().map_or(0, |a| a.forbidden_total()));
+        r.register(
+            "api_forbidden",
+            "API requests refused with 403: a valid token used beyond its role",
+            forbidden,
+        );
         r.register(
             "flink_last_poll_success_timestamp_seconds",
             "When a poll of a Flink cluster last gave usable data (Unix time)",
