@@ -211,3 +211,61 @@ fn num(v: Option<f64>, decimals: usize) -> String {
         None => "-".into(),
     }
 }
+
+/// Every subtask of a `bpmon-collector status --output json` answer.
+pub fn status_subtasks(status: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    status["vertices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v["subtasks"].as_array().into_iter().flatten())
+}
+
+/// Prints bpmon's level (from `status` answers, by job name) and Flink's `/backpressure` level
+/// side by side, subtask by subtask; returns (agreeing, compared). A subtask Flink does not list
+/// is an error.
+pub fn agreement<'a>(
+    statuses: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
+    flink: &[SubtaskReading],
+) -> Result<(usize, usize)> {
+    let (mut agree, mut total) = (0, 0);
+    eprintln!(
+        "{:<20} {:<36} {:>2}  {:<6} {:>6}  {:<6} {:>6}  {:>4} {:>4} {:>4} {:>4}  taskmanager",
+        "job", "vertex", "#", "bpmon", "ratio", "flink", "ratio", "blk", "soft", "idle", "busy"
+    );
+    for (name, s) in statuses {
+        for v in s["vertices"].as_array().context("vertices")? {
+            let vname = v["name"].as_str().unwrap_or_default();
+            for st in v["subtasks"].as_array().context("subtasks")? {
+                let i = st["subtask"].as_u64().unwrap_or(0) as u32;
+                let f = flink
+                    .iter()
+                    .find(|r| r.job_name == name && r.vertex_name == vname && r.subtask == i)
+                    .with_context(|| format!("Flink has no {name}/{vname}#{i}"))?;
+                let ours = st["level"].as_str().unwrap_or("-");
+                let theirs = f.bp_level.as_deref().unwrap_or("-");
+                total += 1;
+                if ours == theirs {
+                    agree += 1;
+                }
+                eprintln!(
+                    "{:<20} {:<36} {:>2}  {:<6} {:>6.2}  {:<6} {:>6.2}  {:>4} {:>4} {:>4} {:>4}  {}{}",
+                    name,
+                    vname,
+                    i,
+                    ours,
+                    st["ratio"].as_f64().unwrap_or(f64::NAN),
+                    theirs,
+                    f.bp_ratio.unwrap_or(f64::NAN),
+                    st["blocked"],
+                    st["soft"],
+                    st["idle"],
+                    st["busy"],
+                    st["taskmanager_id"].as_str().unwrap_or("?"),
+                    if ours == theirs { "" } else { "   <- differs" }
+                );
+            }
+        }
+    }
+    Ok((agree, total))
+}

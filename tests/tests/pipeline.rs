@@ -204,7 +204,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
             missing.clear();
             for j in &jobs {
                 let s = collector.cli_json(&["status", &j.jid])?;
-                for st in all_subtasks(&s).filter(|st| {
+                for st in readings::status_subtasks(&s).filter(|st| {
                     !st["level"].is_string()
                         || st["window_start_ms"].as_u64().unwrap_or(0) < settled_ms
                 }) {
@@ -226,7 +226,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
     for j in &jobs {
         flink.extend(readings::read_job(&rest, &j.jid)?);
     }
-    let (agree, total) = agreement_table(&statuses, &flink)?;
+    let (agree, total) = readings::agreement(statuses.iter().map(|(n, s)| (*n, s)), &flink)?;
     log(
         t0,
         format!(
@@ -276,7 +276,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
     // mimic): every subtask has its own windows, and the levels above prove the pairing.
     for name in ["bpmon-hard", "bpmon-hard-twin", "bpmon-idle", "bpmon-mimic"] {
         ensure!(
-            all_subtasks(&statuses[name]).all(|st| st["why"].is_null()),
+            readings::status_subtasks(&statuses[name]).all(|st| st["why"].is_null()),
             "{name}"
         );
     }
@@ -535,7 +535,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
         || {
             let s = collector.cli_json(&["status", "bpmon-hard"])?;
             let readings = readings::read_job(&rest, &jobs[0].jid)?;
-            let all = all_subtasks(&s).all(|st| {
+            let all = readings::status_subtasks(&s).all(|st| {
                 readings.iter().any(|r| {
                     r.attempt > 0
                         && Some(r.subtask as u64) == st["subtask"].as_u64()
@@ -552,7 +552,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
         format!(
             "after the TaskManager restart bpmon-hard is {} with attempts {:?}",
             s["level"],
-            all_subtasks(&s)
+            readings::status_subtasks(&s)
                 .map(|st| st["attempt"].clone())
                 .collect::<Vec<_>>()
         ),
@@ -564,58 +564,4 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
     cluster.stop()?;
     log(t0, "done");
     Ok(())
-}
-
-fn all_subtasks(status: &Value) -> impl Iterator<Item = &Value> {
-    status["vertices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|v| v["subtasks"].as_array().into_iter().flatten())
-}
-
-/// Prints bpmon's and Flink's level side by side; (agreeing, compared).
-fn agreement_table(
-    statuses: &BTreeMap<&str, Value>,
-    flink: &[SubtaskReading],
-) -> Result<(usize, usize)> {
-    let (mut agree, mut total) = (0, 0);
-    eprintln!(
-        "{:<16} {:<36} {:>2}  {:<6} {:>6}  {:<6} {:>6}  {:>4} {:>4} {:>4} {:>4}",
-        "job", "vertex", "#", "bpmon", "ratio", "flink", "ratio", "blk", "soft", "idle", "busy"
-    );
-    for (name, s) in statuses {
-        for v in s["vertices"].as_array().context("vertices")? {
-            let vname = v["name"].as_str().unwrap_or_default();
-            for st in v["subtasks"].as_array().context("subtasks")? {
-                let i = st["subtask"].as_u64().unwrap_or(0) as u32;
-                let f = flink
-                    .iter()
-                    .find(|r| r.job_name == *name && r.vertex_name == vname && r.subtask == i)
-                    .with_context(|| format!("Flink has no {name}/{vname}#{i}"))?;
-                let ours = st["level"].as_str().unwrap_or("-");
-                let theirs = f.bp_level.as_deref().unwrap_or("-");
-                total += 1;
-                if ours == theirs {
-                    agree += 1;
-                }
-                eprintln!(
-                    "{:<16} {:<36} {:>2}  {:<6} {:>6.2}  {:<6} {:>6.2}  {:>4} {:>4} {:>4} {:>4}{}",
-                    name,
-                    vname,
-                    i,
-                    ours,
-                    st["ratio"].as_f64().unwrap_or(f64::NAN),
-                    theirs,
-                    f.bp_ratio.unwrap_or(f64::NAN),
-                    st["blocked"],
-                    st["soft"],
-                    st["idle"],
-                    st["busy"],
-                    if ours == theirs { "" } else { "   <- differs" }
-                );
-            }
-        }
-    }
-    Ok((agree, total))
 }

@@ -388,7 +388,7 @@ fn product_agrees(
                 let mut out = Vec::new();
                 for (_, name, jid) in jobs {
                     let s = collector.cli_json(&["status", jid])?;
-                    for st in all_subtasks(&s).filter(|st| {
+                    for st in readings::status_subtasks(&s).filter(|st| {
                         !st["level"].is_string()
                             || st["window_start_ms"].as_u64().unwrap_or(0) < settled_ms
                     }) {
@@ -411,7 +411,8 @@ fn product_agrees(
         for (_, _, jid) in jobs {
             flink.extend(readings::read_job(cluster.rest(), jid)?);
         }
-        let (agree, total) = agreement(&statuses, &flink)?;
+        let (agree, total) =
+            readings::agreement(statuses.iter().map(|(n, s)| (n.as_str(), s)), &flink)?;
         log(
             t0,
             format!(
@@ -478,45 +479,6 @@ fn product_agrees(
         collector.daemon.stop(Duration::from_secs(10))?;
     }
     Ok(())
-}
-
-fn all_subtasks(status: &Value) -> impl Iterator<Item = &Value> {
-    status["vertices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|v| v["subtasks"].as_array().into_iter().flatten())
-}
-
-/// Prints bpmon's and Flink's level side by side; (agreeing, compared).
-fn agreement(statuses: &[(String, Value)], flink: &[SubtaskReading]) -> Result<(usize, usize)> {
-    let (mut agree, mut total) = (0, 0);
-    for (name, s) in statuses {
-        for v in s["vertices"].as_array().context("vertices")? {
-            let vname = v["name"].as_str().unwrap_or_default();
-            for st in v["subtasks"].as_array().context("subtasks")? {
-                let i = st["subtask"].as_u64().unwrap_or(0) as u32;
-                let f = flink
-                    .iter()
-                    .find(|r| r.job_name == *name && r.vertex_name == vname && r.subtask == i)
-                    .with_context(|| format!("Flink has no {name}/{vname}#{i}"))?;
-                let ours = st["level"].as_str().unwrap_or("-");
-                let theirs = f.bp_level.as_deref().unwrap_or("-");
-                total += 1;
-                if ours == theirs {
-                    agree += 1;
-                }
-                eprintln!(
-                    "  {name:<22} {vname:<34} #{i}  bpmon {ours:<4} {:>5.2}  flink {theirs:<4} {:>5.2}  on {}{}",
-                    st["ratio"].as_f64().unwrap_or(f64::NAN),
-                    f.bp_ratio.unwrap_or(f64::NAN),
-                    st["taskmanager_id"].as_str().unwrap_or("?"),
-                    if ours == theirs { "" } else { "   <- differs" }
-                );
-            }
-        }
-    }
-    Ok((agree, total))
 }
 
 fn registration<'a>(registered: &'a [TaskManagerInfo], id: &str) -> Result<&'a TaskManagerInfo> {
