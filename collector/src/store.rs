@@ -878,12 +878,20 @@ impl Store {
                 params![cutoff],
             )
             .map_err(sql("prune jobs", path))?;
+        // Agents silent for the whole retention: their state (and their /metrics series) goes,
+        // so ids that come and go cannot pile up without bound.
+        let agents = tx
+            .execute(
+                "DELETE FROM agents WHERE last_batch_ms < ?1",
+                params![cutoff],
+            )
+            .map_err(sql("prune agents", path))?;
         tx.commit().map_err(sql("commit pruning jobs", path))?;
         if subtasks > 0 {
             self.ids.clear();
         }
-        tracing::debug!(windows, batches, subtasks, jobs, "pruned");
-        Ok(windows + batches + jobs)
+        tracing::debug!(windows, batches, subtasks, jobs, agents, "pruned");
+        Ok(windows + batches + jobs + agents)
     }
 
     /// Runs `delete` (which takes the cutoff and a row limit) until it deletes fewer than
@@ -1750,11 +1758,20 @@ mod tests {
         for (seq, at) in [(1, 1_000), (2, 2_000), (3, 4_000)] {
             assert!(store.record_batch_at("tm-1", seq, at).unwrap());
         }
+        // An agent silent since before the cutoff.
+        assert!(store.record_batch_at("gone", 1, 2_500).unwrap());
 
         // Chunks of 3 rows, so several transactions run.
         let removed = store.prune_in_chunks(3_000, 3).unwrap();
-        // 4 + 1 windows, 2 batch records, job "old".
-        assert_eq!(removed, 8);
+        // 4 + 1 windows, 3 batch records, job "old", agent "gone".
+        assert_eq!(removed, 10);
+        let agents: Vec<String> = store
+            .agent_seqs()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.agent_id)
+            .collect();
+        assert_eq!(agents, vec!["tm-1"]);
         let left = store.history("live", None, 0).unwrap();
         assert_eq!(left.len(), 6);
         assert!(left.iter().all(|r| r.window_start_ms >= 3_000));

@@ -853,8 +853,21 @@ impl Collector {
     /// Retention: deletes what is older than `retention`.
     pub async fn prune(self: &Arc<Self>, retention: Duration) -> Result<usize, QueryError> {
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-        self.blocking(move |me| Ok(lock(&me.writer).prune(cutoff)?))
-            .await?
+        self.blocking(move |me| {
+            let removed = lock(&me.writer).prune(cutoff)?;
+            // What is kept in memory per agent goes with the agent's row.
+            let known: std::collections::HashSet<String> = lock(&me.writer)
+                .agent_seqs()?
+                .into_iter()
+                .map(|a| a.agent_id)
+                .collect();
+            let mut m = lock(&me.misplaced);
+            m.by_agent.retain(|a, _| known.contains(a));
+            m.jvms_by_agent.retain(|a, _| known.contains(a));
+            m.dropped.retain(|a, _| known.contains(a));
+            Ok(removed)
+        })
+        .await?
     }
 }
 
