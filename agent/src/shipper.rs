@@ -269,15 +269,68 @@ impl Shipper {
             })?;
             self.queue.lock().remove(seq)?;
             tracing::error!(seq, %reason, kept = %path.display(), "collector rejected a report batch");
+            bound_rejected(&self.rejected_dir, REJECTED_MAX);
             return Ok(ShipOutcome::Rejected { seq, reason });
         }
         retry(self, reason)
     }
 }
 
+/// Most batches kept in `rejected/`: past it the oldest go, logged (a collector that refuses
+/// everything must not fill the disk).
+pub const REJECTED_MAX: usize = 1_000;
+
+/// Removes the oldest rejected batches past `max`, saying how many.
+fn bound_rejected(dir: &std::path::Path, max: usize) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<PathBuf> = read
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "batch"))
+        .collect();
+    if names.len() <= max {
+        return;
+    }
+    // Names are zero-padded sequence numbers: sorted is oldest first.
+    names.sort();
+    let excess = names.len() - max;
+    let removed = names[..excess]
+        .iter()
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count();
+    tracing::warn!(removed, kept = max, dir = %dir.display(),
+        "too many rejected report batches kept; removed the oldest");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejected_batches_are_bounded_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("bpmon-rejected-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for seq in 1..=5u64 {
+            std::fs::write(dir.join(format!("{seq:020}.batch")), b"x").unwrap();
+        }
+        bound_rejected(&dir, 3);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            (3..=5u64)
+                .map(|s| format!("{s:020}.batch"))
+                .collect::<Vec<_>>()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {
