@@ -53,6 +53,9 @@ fn lock_hosts(
     cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Flink's largest parallelism (`maxParallelism` ≤ 2^15).
+pub const MAX_PARALLELISM: u32 = 1 << 15;
+
 /// Largest Flink response body read: a 1,000-vertex job's details are a few MB.
 pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
@@ -479,9 +482,21 @@ impl FlinkRestClient {
         let vid = v.id.as_str();
         let details_path = format!("/jobs/{jid}/vertices/{vid}");
         let metrics_path = format!("/jobs/{jid}/vertices/{vid}/metrics");
+        // Flink's own ceiling is 32768: a larger claim is a broken endpoint, and would have
+        // the collector build requests without bound. Its metrics are not asked for.
+        let mut bound_errors = Vec::new();
+        let parallelism = if v.parallelism > MAX_PARALLELISM {
+            bound_errors.push(format!(
+                "GET {}{details_path}: vertex {vid} claims parallelism {}, above Flink's maximum {MAX_PARALLELISM}; its metrics are not read",
+                self.base, v.parallelism
+            ));
+            0
+        } else {
+            v.parallelism
+        };
         let queries = metric_queries(
             &metrics_path,
-            v.parallelism,
+            parallelism,
             &requested_metric_ids(),
             MAX_REQUEST_TARGET_LEN.saturating_sub(self.base_path_len),
         );
@@ -489,7 +504,7 @@ impl FlinkRestClient {
         let metrics_fut = join_all(queries.iter().map(|q| self.get::<Vec<MetricWire>>(q)));
         let (details, metric_results) = futures_util::join!(details_fut, metrics_fut);
 
-        let mut errors = Vec::new();
+        let mut errors = bound_errors;
         let mut pairs = Vec::new();
         for r in metric_results {
             match r {

@@ -1067,3 +1067,43 @@ fn an_endless_body_is_cut_at_the_bound() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn an_absurd_parallelism_is_reported_not_requested() -> Result<()> {
+    let a = "a".repeat(32);
+    let details = format!(
+        r#"{{"jid":"j1","name":"job","state":"RUNNING","start-time":5,
+            "vertices":[{{"id":"{a}","name":"src","parallelism":2147483647,"status":"RUNNING"}}]}}"#
+    );
+    let server = CannedServer::start(vec![
+        ("/config".into(), 200, r#"{"flink-version":"2.3.0"}"#.into()),
+        (
+            "/jobs/overview".into(),
+            200,
+            r#"{"jobs":[{"jid":"j1","name":"job","state":"RUNNING"}]}"#.into(),
+        ),
+        ("/jobs/j1".into(), 200, details),
+        ("/taskmanagers".into(), 200, r#"{"taskmanagers":[]}"#.into()),
+        (
+            format!("/jobs/j1/vertices/{a}"),
+            200,
+            r#"{"subtasks":[]}"#.into(),
+        ),
+    ])?;
+    let client = FlinkRestClient::new(&server.url, Duration::from_secs(2))?;
+    let snap = runtime()?.block_on(client.snapshot());
+    ensure!(
+        snap.errors
+            .iter()
+            .any(|e| e.contains("claims parallelism 2147483647")),
+        "{:?}",
+        snap.errors
+    );
+    // Not one metrics request for it.
+    ensure!(
+        !server.paths().iter().any(|p| p.ends_with("/metrics")),
+        "{:?}",
+        server.paths()
+    );
+    Ok(())
+}
