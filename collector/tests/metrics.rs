@@ -484,3 +484,72 @@ async fn a_failing_poll_is_counted() {
         2.0
     );
 }
+
+/// A JVM that is no TaskManager of the cluster: `agents` says what was compared with which
+/// TaskManager, and so does every subtask of that TaskManager in `status`.
+#[tokio::test]
+async fn a_jvm_matching_no_taskmanager_says_why_in_agents_and_status() {
+    let s = start("unplaced").await;
+    let mut b = batch(1);
+    // Another TaskManager: its own id (from its log), other ports, another address.
+    b.reports[0].jvm.resource_id = Some("10.1.0.9:6122-ffffff".into());
+    b.reports[0].jvm.resource_id_source = Some(bpmon_proto::ResourceIdSource::Log);
+    b.reports[0].jvm.listen_ports = vec![16121, 16122];
+    b.reports[0].jvm.network = Some(bpmon_proto::JvmNetwork {
+        addresses: vec!["127.0.0.1".parse().unwrap(), "10.1.0.9".parse().unwrap()],
+        listen: vec!["0.0.0.0:16122".parse().unwrap()],
+        host_name: Some("pod-x".into()),
+        host_netns: false,
+    });
+    assert_eq!(
+        post(&s.url, serde_json::to_vec(&b).unwrap()).await,
+        reqwest::StatusCode::OK
+    );
+    let agents: serde_json::Value = reqwest::get(format!("{}/api/v1/agents", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jvm = &agents["agents"][0]["jvms"][0];
+    assert_eq!(jvm["pid"], 4242, "{agents}");
+    assert!(jvm["taskmanager_id"].is_null(), "{agents}");
+    let placement = jvm["placement"].as_str().unwrap();
+    assert!(
+        placement.contains("no TaskManager of the watched clusters is this JVM")
+            && placement.contains(&format!(
+                "{} {TM}: the JVM's resource id is 10.1.0.9:6122-ffffff",
+                s.flink_url
+            )),
+        "{placement}"
+    );
+    assert!(
+        jvm["seen"]
+            .as_str()
+            .unwrap()
+            .contains("addresses [\"127.0.0.1\", \"10.1.0.9\"]"),
+        "{agents}"
+    );
+    let status: serde_json::Value = reqwest::get(format!("{}/api/v1/jobs/{JOB}/status", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let whys: Vec<&str> = status["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["subtasks"].as_array().unwrap())
+        .map(|st| st["why"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(whys.len(), 3, "{status}");
+    for why in whys {
+        assert!(
+            why.contains(&format!("no JVM an agent reported is TaskManager {TM}"))
+                && why.contains("JVM 4242 of agent agent-a")
+                && why.contains("the JVM's resource id is 10.1.0.9:6122-ffffff"),
+            "{why}"
+        );
+    }
+}
