@@ -362,7 +362,11 @@ impl ProcFs {
             (Some(id), Some(ResourceIdSource::CommandLine))
         } else if let Some(id) = self.yarn_container_id(pid, &main_class) {
             (Some(id), Some(ResourceIdSource::Environment))
-        } else if let Some(id) = self.resource_id_from_log(pid, &argv, &listen_ports) {
+        } else if let Some(id) = TASKMANAGER_MAIN_CLASSES
+            .contains(&main_class.as_str())
+            .then(|| self.resource_id_from_log(pid, &argv, &listen_ports))
+            .flatten()
+        {
             (Some(id), Some(ResourceIdSource::Log))
         } else {
             (None, None)
