@@ -212,6 +212,15 @@ pub fn resource_id_from_argv(argv: &[String]) -> Option<String> {
     found
 }
 
+/// The TCP ports a JVM listens on, from its listening sockets: what Flink's REST API names a
+/// TaskManager's RPC and data port by.
+pub fn listen_ports(network: &JvmNetwork) -> Vec<u16> {
+    let mut ports: Vec<u16> = network.listen.iter().map(|a| a.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The line Flink's `TaskManagerRunner` logs at start-up, followed by the resource id.
 const RESOURCE_ID_LOG_LINE: &str = "Starting TaskManager with ResourceID: ";
 
@@ -355,9 +364,7 @@ impl ProcFs {
             .and_then(|pd| pd.java_version().map(str::to_string))
             .or_else(|| self.java_version_from_home(pid));
         let network = crate::whereabouts::read(&self.root, pid);
-        let mut listen_ports: Vec<u16> = network.listen.iter().map(|a| a.port()).collect();
-        listen_ports.sort_unstable();
-        listen_ports.dedup();
+        let listen_ports = listen_ports(&network);
         let (resource_id, resource_id_source) = if let Some(id) = resource_id_from_argv(&argv) {
             (Some(id), Some(ResourceIdSource::CommandLine))
         } else if let Some(id) = self.yarn_container_id(pid, &main_class) {
@@ -395,19 +402,6 @@ impl ProcFs {
                 .and_then(|pd| pd.text("java.property.java.vm.name").map(str::to_string)),
             attach_enabled: perf.as_ref().and_then(PerfData::attach_enabled),
         })
-    }
-
-    /// TCP ports `pid` listens on: the listening sockets of its network namespace whose inodes
-    /// are among its open file descriptors. Empty when its fds are not readable.
-    pub fn listening_ports(&self, pid: u32) -> Vec<u16> {
-        let mut ports: Vec<u16> = crate::whereabouts::read(&self.root, pid)
-            .listen
-            .iter()
-            .map(|a| a.port())
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
     }
 
     /// A YARN TaskManager's resource id: the container id in its environment.
@@ -570,7 +564,10 @@ mod tests {
     fn this_process_listening_port_is_found() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let ports = ProcFs::default().listening_ports(std::process::id());
+        let ports = listen_ports(&crate::whereabouts::read(
+            Path::new("/proc"),
+            std::process::id(),
+        ));
         assert!(ports.contains(&port), "{port} not in {ports:?}");
     }
 
