@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod diagnosis;
 pub mod flink_rest;
+pub mod listen;
 pub mod locate;
 pub mod mapping;
 pub mod merge;

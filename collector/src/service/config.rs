@@ -38,6 +38,7 @@ pub struct CollectorConfig {
     pub flink: FlinkConfig,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    pub http: HttpConfig,
     /// Bearer tokens the API accepts (one per line, optionally `name:token`); none: no
     /// authentication. Also `[auth] token_file`.
     pub token_file: Option<PathBuf>,
@@ -106,6 +107,41 @@ pub struct IngestConfig {
     pub max_decoded_bytes: usize,
 }
 
+/// The listener's bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections open at once; more are closed on arrival (and counted).
+    pub max_connections: usize,
+    /// Time a client has to send a request's head; also how long an idle keep-alive connection
+    /// stays open.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a request has, body and answer included; past it: 408 (agents retry).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let d = crate::listen::ConnectionLimits::default();
+        HttpConfig {
+            max_connections: d.max_connections,
+            header_timeout: d.header_timeout,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> crate::listen::ConnectionLimits {
+        crate::listen::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+        }
+    }
+}
+
 impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
@@ -116,6 +152,7 @@ impl Default for CollectorConfig {
             flink: FlinkConfig::default(),
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
+            http: HttpConfig::default(),
             token_file: None,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
@@ -215,6 +252,26 @@ impl CollectorConfig {
         ] {
             if n == 0 {
                 bad(KeyPath::new(&["ingest", key]), "must be at least 1".into());
+            }
+        }
+        if self.http.max_connections == 0 {
+            bad(
+                KeyPath::new(&["http", "max_connections"]),
+                "must be at least 1".into(),
+            );
+        }
+        for (key, d) in [
+            ("header_timeout", self.http.header_timeout),
+            ("request_timeout", self.http.request_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                bad(
+                    KeyPath::new(&["http", key]),
+                    format!(
+                        "{} is too short; at least 100ms",
+                        humantime::format_duration(d)
+                    ),
+                );
             }
         }
         let token_key = if self.token_file.is_some() {

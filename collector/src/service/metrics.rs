@@ -95,6 +95,8 @@ pub struct ServiceMetrics {
     per_subtask: AtomicBool,
     /// The API's token check, whose refusals are exported (set when auth is configured).
     auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
+    /// The listener's connection counts (set when it serves).
+    connections: std::sync::OnceLock<Arc<crate::listen::ConnectionCounters>>,
 }
 
 impl ServiceMetrics {
@@ -109,6 +111,7 @@ impl ServiceMetrics {
             poll_success: Family::default(),
             per_subtask: AtomicBool::new(true),
             auth: std::sync::OnceLock::new(),
+            connections: std::sync::OnceLock::new(),
         };
         for o in BatchOutcome::ALL {
             m.batches.get_or_create(&outcome(o)).inc_by(0);
@@ -127,6 +130,12 @@ impl ServiceMetrics {
     /// Exports `auth`'s refusals as `bpmon_api_unauthorized_total{reason}`.
     pub fn set_auth(&self, auth: Arc<crate::auth::Auth>) {
         let _ = self.auth.set(auth);
+    }
+
+    /// Exports the listener's counts as `bpmon_http_connections_open` and
+    /// `bpmon_http_connections_refused_total`.
+    pub fn set_connections(&self, counters: Arc<crate::listen::ConnectionCounters>) {
+        let _ = self.connections.set(counters);
     }
 
     pub fn per_subtask(&self) -> bool {
@@ -210,6 +219,22 @@ impl ServiceMetrics {
             "API requests refused with 403: a valid token used beyond its role",
             forbidden,
         );
+        if let Some(c) = self.connections.get() {
+            let open: Gauge = Gauge::default();
+            open.set(c.open.load(Ordering::Relaxed) as i64);
+            r.register(
+                "http_connections_open",
+                "Connections to the API open now",
+                open,
+            );
+            let refused: Counter = Counter::default();
+            refused.inc_by(c.refused.load(Ordering::Relaxed));
+            r.register(
+                "http_connections_refused",
+                "Connections closed on arrival because [http] max_connections were open",
+                refused,
+            );
+        }
         r.register(
             "flink_last_poll_success_timestamp_seconds",
             "When a poll of a Flink cluster last gave usable data (Unix time)",

@@ -211,17 +211,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "listening on {local}, watching {} Flink cluster(s)",
         config.flink.urls.len()
     ));
-    let app = crate::auth::protect(app(Arc::clone(&collector), &config), Arc::clone(&auth));
-    match tls {
-        Some(tls) => axum::serve(crate::tls::TlsListener::new(listener, tls)?, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving the API")?,
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving the API")?,
-    }
+    let app = crate::auth::protect(app(Arc::clone(&collector), &config), Arc::clone(&auth))
+        // A client trickling its body (or a store that does not answer) gets 408, which agents
+        // retry, instead of holding a connection for ever.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            config.http.request_timeout,
+        ));
+    let counters = Arc::new(crate::listen::ConnectionCounters::default());
+    collector.metrics().set_connections(Arc::clone(&counters));
+    crate::listen::serve(
+        listener,
+        tls,
+        app,
+        config.http.limits(),
+        counters,
+        shutdown_signal(),
+    )
+    .await;
     // In-flight requests are answered; stop the rest and close the database.
     for task in background.into_iter().chain(watchdog) {
         task.abort();
