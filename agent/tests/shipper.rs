@@ -345,8 +345,16 @@ async fn https_with_the_collectors_ca_delivers_and_without_it_says_why() {
     let recorder = Recorder::default();
     let app = router(recorder.clone(), IngestLimits::default());
     let server = tokio::spawn(async move {
-        let listener = bpmon_collector::tls::TlsListener::new(listener, tls).unwrap();
-        let _ = axum::serve(listener, app).await;
+        // The collector's own listener, TLS on.
+        bpmon_collector::listen::serve(
+            listener,
+            Some(tls),
+            app,
+            bpmon_collector::listen::ConnectionLimits::default(),
+            Default::default(),
+            std::future::pending(),
+        )
+        .await;
     });
     let url = format!("https://localhost:{port}");
     let spool_at = dir.join("spool");

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bpmon_stacks::classify::SampleClass;
+use crate::SampleClass;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; the library refuses other versions in `hello`.

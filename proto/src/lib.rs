@@ -1,8 +1,13 @@
-//! Types shared by `bpmon-agent` and `bpmon-collector`: the back-pressure [`Level`], the identity a
-//! Flink task thread carries in its name ([`identity`]), the JSON report the agent emits
-//! ([`report`]), what agents and the collector exchange ([`ingest`]) and where a TaskManager JVM lives on the network ([`whereabouts`]), what the agent and the
-//! in-process sampler inside a TaskManager exchange ([`inprocess`]). Pure data and pure functions only: no I/O lives here.
+//! Types shared by `bpmon-agent` and `bpmon-collector`, pure data and pure functions only (no
+//! I/O, and no dependency on any agent crate):
+//! - the back-pressure [`Level`] and the [`SampleClass`] of one stack sample;
+//! - the identity a Flink task thread carries in its name ([`identity`]);
+//! - the JSON report the agent emits ([`report`]) and what agents and the collector exchange
+//!   ([`ingest`], [`plan`], [`token`]);
+//! - where a TaskManager JVM lives on the network ([`whereabouts`]);
+//! - what the agent and the in-process sampler inside a TaskManager exchange ([`inprocess`]).
 
+pub mod class;
 pub mod identity;
 pub mod ingest;
 pub mod inprocess;
@@ -12,6 +17,7 @@ pub mod report;
 pub mod token;
 pub mod whereabouts;
 
+pub use class::SampleClass;
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{BatchProblem, ReportBatch, SamplingSettings, SCHEMA_VERSION};
 pub use level::Level;

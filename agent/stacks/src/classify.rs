@@ -42,27 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::threaddump::Frame;
 
-/// The class of one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SampleClass {
-    /// Hard back-pressure: blocked requesting an output network buffer.
-    Blocked,
-    /// Parked in the task's mailbox: idle or soft back-pressure.
-    Waiting,
-    /// Anything else, including an empty stack.
-    Busy,
-}
-
-impl fmt::Display for SampleClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SampleClass::Blocked => "blocked",
-            SampleClass::Waiting => "waiting",
-            SampleClass::Busy => "busy",
-        })
-    }
-}
+// The class is part of the wire (reports, the in-process protocol), so it lives in `bpmon-proto`.
+pub use bpmon_proto::SampleClass;
 
 /// Why a frame pattern was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -108,6 +108,9 @@ struct Args {
     /// Batches of the in-process store baseline (each stored as the collector stores a batch).
     #[arg(long, default_value_t = 2000)]
     store_baseline_batches: usize,
+    /// Worst batches posted (one after another) while the status clients run; 0: skip.
+    #[arg(long, default_value_t = 3)]
+    worst_batches: u64,
     /// Record a CPU profile of the collector during ingest with `perf record -g` into this file.
     #[arg(long)]
     perf: Option<PathBuf>,
@@ -423,6 +426,45 @@ fn make_batch(topo: &Topology, agents: usize, a: usize, seq: u64) -> ReportBatch
         dropped_before: 0,
         reports,
     }
+}
+
+/// The worst batch the collector accepts: as many reports and task threads as its bounds allow
+/// (`bpmon_proto::ingest::bounds`), each thread named like one of the job's subtasks, so every
+/// one of them goes through placement and matching. The TaskManagers it claims exist, so the
+/// threads are matched, not set aside.
+fn worst_batch(topo: &Topology, seq: u64, threads: usize) -> ReportBatch {
+    use bpmon_proto::ingest::bounds;
+    let per_report = bounds::TASKS_PER_REPORT_MAX;
+    let reports = threads.div_ceil(per_report).min(topo.taskmanagers.len());
+    let all: Vec<(usize, u32)> = (0..topo.vertices.len())
+        .flat_map(|v| (0..topo.parallelism).map(move |i| (v, i)))
+        .collect();
+    let mut batch = make_batch(topo, topo.taskmanagers.len(), 0, 1);
+    batch.agent_id = "bench-worst-agent".into();
+    batch.seq = seq;
+    batch.reports.truncate(1);
+    let template = batch.reports.pop().expect("agent 0 watches a TaskManager");
+    batch.reports = (0..reports)
+        .map(|t| {
+            let tm = &topo.taskmanagers[t];
+            let mut r = template.clone();
+            r.pid = 50_000 + t as u32;
+            r.jvm.resource_id = Some(tm.id.clone());
+            r.jvm.listen_ports = vec![tm.rpc_port, tm.data_port];
+            r.tasks = (0..per_report.min(threads - t * per_report))
+                .map(|k| {
+                    let (v, i) = all[(t * per_report + k) % all.len()];
+                    task_samples(topo, v, i, 1, 1_000_000 + (t * per_report + k) as u64)
+                })
+                .collect();
+            r
+        })
+        .collect();
+    batch.host_names = topo.taskmanagers[..reports]
+        .iter()
+        .map(|tm| tm.host.clone())
+        .collect();
+    batch
 }
 
 /// As the agent's spool writes it: gzip (fast) JSON.
@@ -1054,6 +1096,83 @@ async fn stop_status_clients(
     Ok(all)
 }
 
+/// What the status clients saw while the worst batches went in.
+struct WorstBatchPhase {
+    threads: usize,
+    json_bytes: usize,
+    gzip_bytes: usize,
+    post: Latencies,
+    errors: Vec<String>,
+    status: StatusTally,
+}
+
+/// Posts `--worst-batches` worst batches, one after the other, while the status clients call as
+/// before: whether queries keep answering while the collector ingests the worst it accepts.
+async fn worst_batch_phase(
+    args: &Args,
+    topo: &Topology,
+    http: &reqwest::Client,
+    collector_url: &str,
+    status_url: &str,
+) -> Result<Option<WorstBatchPhase>> {
+    if args.worst_batches == 0 {
+        return Ok(None);
+    }
+    let mut bodies = Vec::new();
+    let (mut threads, mut json_bytes, mut gzip_bytes) = (0, 0, 0);
+    // As many threads as the bounds allow, as long as the JSON fits the collector's decoded-size
+    // limit (its default, as the bench runs it).
+    let max_json = bpmon_collector::server::IngestLimits::default().max_decoded_bytes;
+    let mut budget = bpmon_proto::ingest::bounds::TASKS_PER_BATCH_MAX;
+    loop {
+        let len = serde_json::to_vec(&worst_batch(topo, 1, budget))?.len();
+        if len <= max_json {
+            break;
+        }
+        budget = budget * max_json / len * 99 / 100;
+    }
+    for seq in 1..=args.worst_batches {
+        let batch = worst_batch(topo, seq, budget);
+        threads = batch.reports.iter().map(|r| r.tasks.len()).sum();
+        json_bytes = serde_json::to_vec(&batch)?.len();
+        let gz = gzip_json(&batch)?;
+        gzip_bytes = gz.len();
+        bodies.push(gz);
+    }
+    let url = format!("{collector_url}/api/v1/reports");
+    let (stop, handles) = start_status_clients(args, http, status_url);
+    // Let the clients settle before the first batch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut post = Latencies::default();
+    let mut errors = Vec::new();
+    for body in bodies {
+        let started = Instant::now();
+        let r = http
+            .post(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(body)
+            .send()
+            .await?;
+        let code = r.status();
+        let text = r.text().await?;
+        post.push(started.elapsed());
+        if !code.is_success() {
+            errors.push(format!("HTTP {code}: {text}"));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = stop_status_clients(stop, handles).await?;
+    Ok(Some(WorstBatchPhase {
+        threads,
+        json_bytes,
+        gzip_bytes,
+        post,
+        errors,
+        status,
+    }))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Baselines in this process: each ingest stage alone
 
@@ -1381,6 +1500,7 @@ async fn run(args: Args) -> Result<()> {
     let cpu_per_status =
         (!idle.latency.0.is_empty()).then(|| idle_cpu / idle.latency.0.len() as f64);
     let ingest_cpu = collector_cpu - cpu_per_status.unwrap_or(0.0) * loaded.latency.0.len() as f64;
+    let worst = worst_batch_phase(&args, &topo, &http, &collector.url, &status_url).await?;
     let rss = proc_status_field(pid, "VmHWM").unwrap_or_else(|| "?".into());
     collector.stop()?;
 
@@ -1526,6 +1646,19 @@ async fn run(args: Args) -> Result<()> {
             t.latency.max()
         )?;
     }
+    if let Some(w) = &worst {
+        let t = &w.status;
+        writeln!(
+            out,
+            "| while {} worst batches go in | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            w.post.0.len(),
+            t.latency.0.len(),
+            t.latency.q(0.5),
+            t.latency.q(0.9),
+            t.latency.q(0.99),
+            t.latency.max()
+        )?;
+    }
     writeln!(
         out,
         "| baseline: `GET /api/v1/settings` (no-op), idle | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
@@ -1535,6 +1668,22 @@ async fn run(args: Args) -> Result<()> {
         noop.q(0.99),
         noop.max()
     )?;
+    if let Some(w) = &worst {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Worst batch accepted: {} task threads in {} reports ({:.1} MiB JSON, {:.1} MiB gzip); POST p50 {:.0} ms, max {:.0} ms; {} refused. `status` p99 while it goes in / idle: {:.2}x, max / idle max: {:.2}x.",
+            w.threads,
+            w.threads.div_ceil(bpmon_proto::ingest::bounds::TASKS_PER_REPORT_MAX),
+            w.json_bytes as f64 / (1024.0 * 1024.0),
+            w.gzip_bytes as f64 / (1024.0 * 1024.0),
+            w.post.q(0.5),
+            w.post.max(),
+            w.errors.len(),
+            w.status.latency.q(0.99) / idle.latency.q(0.99).max(1e-9),
+            w.status.latency.max() / idle.latency.max().max(1e-9)
+        )?;
+    }
     writeln!(out)?;
     let per = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n.max(1) as f64;
     let rate_of = |d: Duration, n: usize| n as f64 / d.as_secs_f64().max(1e-9);
@@ -1582,6 +1731,15 @@ async fn run(args: Args) -> Result<()> {
             "bench-collector: {} batches rejected, first: {}",
             ingest.rejected.len(),
             ingest.rejected[0]
+        );
+    }
+    if let Some(w) = &worst {
+        ensure!(
+            w.errors.is_empty() && w.status.errors.is_empty(),
+            "worst batches: {:?}; status calls meanwhile: {:?}; collector log: {}",
+            w.errors.first(),
+            w.status.errors.first(),
+            collector.log.display()
         );
     }
     if !loaded.errors.is_empty() || !idle.errors.is_empty() {
