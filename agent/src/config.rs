@@ -12,9 +12,10 @@ use bpmon_telemetry::logging::{self, LogFormat};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::attach::AttachOptions;
-use crate::jvmti::JvmtiOptions;
-use crate::sampler::{BackendKind, SampleSettings};
+use crate::backends::attach::AttachOptions;
+use crate::backends::jvmti::JvmtiOptions;
+use crate::backends::BackendKind;
+use crate::sampling::SampleSettings;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -296,16 +297,16 @@ impl AgentConfig {
             }
         }
         if let Some(path) = &self.collector.token_file {
-            if let Err(e) = crate::access::Token::from_file(path) {
+            if let Err(e) = crate::delivery::access::Token::from_file(path) {
                 bad(&["collector", "token_file"], e.to_string());
             }
         }
         if let Some(path) = &self.collector.ca_file {
-            let access = crate::access::CollectorAccess {
+            let access = crate::delivery::access::CollectorAccess {
                 token: None,
                 ca_file: Some(path.clone()),
             };
-            if let Err(e) = crate::access::client(Duration::from_secs(1), &access) {
+            if let Err(e) = crate::delivery::access::client(Duration::from_secs(1), &access) {
                 bad(&["collector", "ca_file"], e.to_string());
             }
         }

@@ -9,7 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::spool::SpoolError;
+use crate::delivery::spool::SpoolError;
 
 const SEQ_FILE: &str = "seq";
 

@@ -19,9 +19,9 @@ use bpmon_proto::inprocess::{
 };
 use thiserror::Error;
 
-use crate::attach::{AttachError, AttachOptions, Attacher};
+use super::attach::{AttachError, AttachOptions, Attacher};
+use super::dump::{ClassifiedDump, DumpThread};
 use crate::discovery::{JvmProcess, ProcFs};
-use crate::sampler::{ClassifiedDump, DumpThread};
 
 /// The library's file name, as built and as packaged.
 pub const LIBRARY_NAME: &str = "libbpmon_jvmti.so";
