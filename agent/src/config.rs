@@ -291,6 +291,17 @@ impl AgentConfig {
                 bad(&["attach", key], "must be above zero".into());
             }
         }
+        out.extend(self.collector_problems());
+        out.extend(self.daemon_problems());
+        out.extend(window_problem);
+        out
+    }
+
+    /// The `[collector]` section's problems.
+    fn collector_problems(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut bad =
+            |keys: &[&str], message: String| out.push(Finding::new(KeyPath::new(keys), message));
         if let Some(url) = &self.collector.url {
             if let Err(e) = check_http_url(url) {
                 bad(&["collector", "url"], e);
@@ -316,6 +327,14 @@ impl AgentConfig {
                 "must be above zero".into(),
             );
         }
+        out
+    }
+
+    /// The `[daemon]` section's problems.
+    fn daemon_problems(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut bad =
+            |keys: &[&str], message: String| out.push(Finding::new(KeyPath::new(keys), message));
         if self
             .daemon
             .agent_id
@@ -341,7 +360,6 @@ impl AgentConfig {
         if self.daemon.spool_max_bytes == 0 {
             bad(&["daemon", "spool_max_bytes"], "must be at least 1".into());
         }
-        out.extend(window_problem);
         out
     }
 }

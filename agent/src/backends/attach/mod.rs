@@ -742,7 +742,8 @@ fn push_cstr(buf: &mut Vec<u8>, s: &str) {
     buf.push(0);
 }
 
-fn is_timeout(e: &io::Error) -> bool {
+/// Whether a socket read or write ran out of its time limit (also the in-process backend's).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
