@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::access::{AccessError, CollectorAccess};
+use super::access::{is_auth_refusal, AccessError, CollectorAccess};
 use super::collector::{BatchAnswer, CollectorClient};
 use super::spool::{Spool, SpoolError};
 use crate::backoff::Backoff;
@@ -224,7 +224,7 @@ impl Shipper {
     /// `Some` when the collector refused the agent's credentials (said once until it accepts
     /// them again); the batch stays in the spool.
     fn check_credentials(&mut self, seq: u64, answer: &BatchAnswer) -> Option<ShipOutcome> {
-        if crate::delivery::access::is_auth_refusal(answer.status) {
+        if is_auth_refusal(answer.status) {
             let after = self.backoff.fail();
             let reason = self.client.batch_refusal(answer).to_string();
             if !self.refused {
