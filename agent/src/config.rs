@@ -12,9 +12,10 @@ use bpmon_telemetry::logging::{self, LogFormat};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::attach::AttachOptions;
-use crate::jvmti::JvmtiOptions;
-use crate::sampler::{BackendKind, SampleSettings};
+use crate::backends::attach::AttachOptions;
+use crate::backends::jvmti::JvmtiOptions;
+use crate::backends::BackendKind;
+use crate::sampling::SampleSettings;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -290,22 +291,33 @@ impl AgentConfig {
                 bad(&["attach", key], "must be above zero".into());
             }
         }
+        out.extend(self.collector_problems());
+        out.extend(self.daemon_problems());
+        out.extend(window_problem);
+        out
+    }
+
+    /// The `[collector]` section's problems.
+    fn collector_problems(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut bad =
+            |keys: &[&str], message: String| out.push(Finding::new(KeyPath::new(keys), message));
         if let Some(url) = &self.collector.url {
             if let Err(e) = check_http_url(url) {
                 bad(&["collector", "url"], e);
             }
         }
         if let Some(path) = &self.collector.token_file {
-            if let Err(e) = crate::access::Token::from_file(path) {
+            if let Err(e) = crate::delivery::access::Token::from_file(path) {
                 bad(&["collector", "token_file"], e.to_string());
             }
         }
         if let Some(path) = &self.collector.ca_file {
-            let access = crate::access::CollectorAccess {
+            let access = crate::delivery::access::CollectorAccess {
                 token: None,
                 ca_file: Some(path.clone()),
             };
-            if let Err(e) = crate::access::client(Duration::from_secs(1), &access) {
+            if let Err(e) = crate::delivery::access::client(Duration::from_secs(1), &access) {
                 bad(&["collector", "ca_file"], e.to_string());
             }
         }
@@ -315,6 +327,14 @@ impl AgentConfig {
                 "must be above zero".into(),
             );
         }
+        out
+    }
+
+    /// The `[daemon]` section's problems.
+    fn daemon_problems(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut bad =
+            |keys: &[&str], message: String| out.push(Finding::new(KeyPath::new(keys), message));
         if self
             .daemon
             .agent_id
@@ -340,7 +360,6 @@ impl AgentConfig {
         if self.daemon.spool_max_bytes == 0 {
             bad(&["daemon", "spool_max_bytes"], "must be at least 1".into());
         }
-        out.extend(window_problem);
         out
     }
 }

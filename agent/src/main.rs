@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bpmon_agent::attach::{AttachOptions, Attacher};
+use bpmon_agent::backends::attach::{AttachOptions, Attacher};
+use bpmon_agent::backends::{Backend, BackendKind};
 use bpmon_agent::config::AgentConfig;
 use bpmon_agent::daemon::{self, DaemonConfig, JvmSelect};
+use bpmon_agent::delivery::spool::SpoolLimits;
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::render;
-use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
-use bpmon_agent::spool::SpoolLimits;
+use bpmon_agent::sampling::{self, SampleSettings};
 use bpmon_stacks::classify::Classifier;
 use bpmon_telemetry::logging::{self, LogFormat, LogSettings};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -249,7 +250,7 @@ fn run(cli: Cli, config: AgentConfig) -> Result<ExitCode> {
             .with_context(|| {
                 format!("cannot sample pid {pid} with the {} backend", kind.as_str())
             })?;
-            let report = sampler::sample(&jvm, &mut backend, &classifier, &settings);
+            let report = sampling::sample(&jvm, &mut backend, &classifier, &settings);
             match output {
                 Output::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?,
                 Output::Table => write!(stdout, "{}", render::sample_table(&report))?,
@@ -293,10 +294,10 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
         ),
         Err(e) => bail!("collector URL {url:?} is not a URL: {e}"),
     }
-    let host_names = bpmon_agent::host::host_names();
+    let host_names = bpmon_agent::discovery::host::host_names();
     let agent_id = match args.agent_id.or(config.daemon.agent_id) {
         Some(id) => id,
-        None => bpmon_agent::host::host_name()
+        None => bpmon_agent::discovery::host::host_name()
             .context("cannot read the host name for the agent id; pass --agent-id")?,
     };
     if agent_id.trim().is_empty() {
@@ -316,11 +317,11 @@ fn daemon_config(args: RunArgs, config: AgentConfig, proc: ProcFs) -> Result<Dae
         bail!("discovery and plan refresh intervals must be above zero");
     }
     let token = match args.token_file.or(config.collector.token_file) {
-        Some(path) => Some(bpmon_agent::access::Token::from_file(&path)?),
+        Some(path) => Some(bpmon_agent::delivery::access::Token::from_file(&path)?),
         None => None,
     };
     let mut d = DaemonConfig::new(url, agent_id);
-    d.access = bpmon_agent::access::CollectorAccess {
+    d.access = bpmon_agent::delivery::access::CollectorAccess {
         token,
         ca_file: args.ca_file.or(config.collector.ca_file),
     };

@@ -26,7 +26,7 @@ use bpmon_telemetry::metrics::prometheus_client::metrics::histogram::{
 use bpmon_telemetry::metrics::prometheus_client::registry::Registry;
 
 #[cfg(doc)]
-use crate::sampler::DumpError;
+use crate::backends::DumpError;
 
 type Reason = [(&'static str, &'static str); 1];
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bpmon_agent::attach::{AttachError, AttachOptions, Attacher, Protocol};
+use bpmon_agent::backends::attach::{AttachError, AttachOptions, Attacher, Protocol};
 
 /// Compiles FakeTaskManager.java once per test binary, into a directory anyone can read.
 fn classes() -> &'static Path {
@@ -682,14 +682,14 @@ fn a_jvm_whose_tmp_is_a_symlink_is_refused_before_any_signal() {
 /// /tmp, loads it from there, and samples through the socket in that /tmp.
 #[test]
 fn jvmti_library_is_copied_into_a_containerized_jvm() {
-    use bpmon_agent::jvmti::{JvmtiClient, JvmtiOptions};
+    use bpmon_agent::backends::jvmti::{JvmtiClient, JvmtiOptions};
     if !is_root() {
         eprintln!("not root: cannot create namespaces");
         return;
     }
     let host_dir = PathBuf::from(format!("/tmp/bpmon-jvmti-test-{}", std::process::id()));
     std::fs::create_dir_all(&host_dir).unwrap();
-    let lib = host_dir.join(bpmon_agent::jvmti::LIBRARY_NAME);
+    let lib = host_dir.join(bpmon_agent::backends::jvmti::LIBRARY_NAME);
     std::fs::copy(jvmti_library(), &lib).unwrap();
     let (mut unshare, jvm) = container_jvm("jvmti");
     let proc = bpmon_agent::discovery::ProcFs::default();
@@ -731,7 +731,7 @@ fn jvmti_library_is_copied_into_a_containerized_jvm() {
 /// and the JVM runs on.
 #[test]
 fn jvmti_load_refused_by_the_jdk_says_what_to_do() {
-    use bpmon_agent::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
+    use bpmon_agent::backends::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
     let lib = jvmti_library();
     let mut jvm = Jvm::start(&jdk25(), &["-XX:-EnableDynamicAgentLoading"], None);
     let proc = bpmon_agent::discovery::ProcFs::default();

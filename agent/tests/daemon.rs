@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bpmon_agent::backoff::Backoff;
 use bpmon_agent::daemon::{self, DaemonConfig, JvmSelect, RunSummary};
-use bpmon_agent::shipper::Backoff;
-use bpmon_agent::spool::SpoolLimits;
+use bpmon_agent::delivery::spool::SpoolLimits;
 use bpmon_collector::server::{router, Ingest, IngestLimits, IngestOutcome, SettingsView};
 use bpmon_proto::{
     AgentPlan, JvmPlan, PlanRequest, ReportBatch, SampleReport, SamplingSettings, TaskIdentity,
@@ -1156,7 +1156,7 @@ async fn metrics_count_dumps_and_deliveries_and_logs_are_json() {
 /// the configuration points) is sampled with the attach backend instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_jvmti_backend_falls_back_to_attach_for_a_jvm_that_cannot_load_it() {
-    use bpmon_agent::sampler::BackendKind;
+    use bpmon_agent::backends::BackendKind;
     let library = tokio::task::spawn_blocking(jvmti_library).await.unwrap();
     assert!(library.is_file(), "{}", library.display());
     let (loads, refuses) = tokio::task::spawn_blocking(|| {

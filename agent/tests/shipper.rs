@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bpmon_agent::shipper::{Backoff, ShipOutcome, Shipper};
-use bpmon_agent::spool::{Spool, SpoolLimits};
+use bpmon_agent::backoff::Backoff;
+use bpmon_agent::delivery::shipper::{ShipOutcome, Shipper};
+use bpmon_agent::delivery::spool::{Spool, SpoolLimits};
 use bpmon_collector::server::{router, Ingest, IngestLimits, IngestOutcome, SettingsView};
 use bpmon_proto::{ReportBatch, SCHEMA_VERSION};
 
@@ -203,7 +204,7 @@ impl Captured {
 
 #[tokio::test]
 async fn a_wrong_token_keeps_the_batch_spooled_and_says_why_the_right_one_delivers() {
-    use bpmon_agent::access::{CollectorAccess, Token};
+    use bpmon_agent::delivery::access::{CollectorAccess, Token};
     use bpmon_collector::auth::{protect, Auth};
     use bpmon_proto::token::NamedToken;
 
@@ -317,7 +318,7 @@ async fn a_wrong_token_keeps_the_batch_spooled_and_says_why_the_right_one_delive
 
 #[tokio::test]
 async fn https_with_the_collectors_ca_delivers_and_without_it_says_why() {
-    use bpmon_agent::access::CollectorAccess;
+    use bpmon_agent::delivery::access::CollectorAccess;
     use std::os::unix::fs::PermissionsExt;
 
     let dir = spool_dir("tls");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use bpmon_agent::jvmti::{JvmtiOptions, LIBRARY_NAME};
+use bpmon_agent::backends::jvmti::{JvmtiOptions, LIBRARY_NAME};
 use bpmon_proto::SampleReport;
 
 use crate::flink_dist::repo_root;

@@ -9,9 +9,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bpmon_agent::attach::AttachOptions;
+use bpmon_agent::backends::attach::AttachOptions;
+use bpmon_agent::backends::{Backend, BackendKind};
 use bpmon_agent::discovery::ProcFs;
-use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
+use bpmon_agent::sampling::{self as sampler, SampleSettings};
 use bpmon_e2e::jvmti;
 use bpmon_e2e::readings::{self, SubtaskReading};
 use bpmon_e2e::{
@@ -421,10 +422,11 @@ fn agent_samples_a_taskmanager_on_jdk25() -> Result<()> {
         "{jvm:?}"
     );
     let mut attacher =
-        bpmon_agent::attach::Attacher::new(&jvm, proc.clone(), AttachOptions::default())?;
+        bpmon_agent::backends::attach::Attacher::new(&jvm, proc.clone(), AttachOptions::default())?;
     attacher.thread_dump()?;
     ensure!(
-        attacher.protocol() == Some(bpmon_agent::attach::Protocol::V2 { streaming: true }),
+        attacher.protocol()
+            == Some(bpmon_agent::backends::attach::Protocol::V2 { streaming: true }),
         "JDK 25 should speak attach v2 with the streaming option: {:?}",
         attacher.protocol()
     );

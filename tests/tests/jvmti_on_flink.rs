@@ -18,10 +18,11 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bpmon_agent::attach::AttachOptions;
+use bpmon_agent::backends::attach::AttachOptions;
+use bpmon_agent::backends::jvmti::{socket_name, JvmtiClient};
+use bpmon_agent::backends::{Backend, BackendKind};
 use bpmon_agent::discovery::{JvmProcess, ProcFs};
-use bpmon_agent::jvmti::{socket_name, JvmtiClient};
-use bpmon_agent::sampler::{self, Backend, BackendKind, SampleSettings};
+use bpmon_agent::sampling::{self as sampler, SampleSettings};
 use bpmon_e2e::jvmti::{exact_of, library, options, placed_on};
 use bpmon_e2e::readings;
 use bpmon_e2e::services::{AgentProc, CollectorProc};

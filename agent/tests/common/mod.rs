@@ -18,7 +18,9 @@ pub fn jvmti_library() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let lib = target.join("debug").join(bpmon_agent::jvmti::LIBRARY_NAME);
+    let lib = target
+        .join("debug")
+        .join(bpmon_agent::backends::jvmti::LIBRARY_NAME);
     assert!(lib.is_file(), "no {}", lib.display());
     lib
 }

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bpmon_agent::attach::AttachOptions;
+use bpmon_agent::backends::attach::AttachOptions;
+use bpmon_agent::backends::jvmti::{JvmtiOptions, LIBRARY_NAME};
+use bpmon_agent::backends::{Backend, BackendKind};
+use bpmon_agent::discovery::hsperf::SafepointProbe;
 use bpmon_agent::discovery::ProcFs;
-use bpmon_agent::hsperf::SafepointProbe;
-use bpmon_agent::jvmti::{JvmtiOptions, LIBRARY_NAME};
-use bpmon_agent::sampler::{take_dump, Backend, BackendKind};
+use bpmon_agent::sampling::take_dump;
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, JobMode, TestJobs};
 use bpmon_stacks::classify::Classifier;
 

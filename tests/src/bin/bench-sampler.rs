@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bpmon_agent::attach::{AttachOptions, Attacher};
+use bpmon_agent::backends::attach::{AttachOptions, Attacher};
+use bpmon_agent::discovery::hsperf::{PerfData, SafepointCounters};
 use bpmon_agent::discovery::ProcFs;
-use bpmon_agent::hsperf::{PerfData, SafepointCounters};
-use bpmon_agent::sampler::tally_dump;
-use bpmon_agent::tally::Tally;
+use bpmon_agent::sampling::tally::Tally;
+use bpmon_agent::sampling::tally_dump;
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, JobMode, TestJobs};
 use bpmon_stacks::classify::Classifier;
 

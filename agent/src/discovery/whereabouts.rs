@@ -157,7 +157,7 @@ fn same_namespace(proc_root: &Path, pid: u32, kind: &str) -> bool {
 /// else its root's `/etc/hostname`.
 fn uts_host_name(proc_root: &Path, pid: u32) -> Option<String> {
     if same_namespace(proc_root, pid, "uts") {
-        return crate::host::host_name();
+        return super::host::host_name();
     }
     let ns = proc_root.join(pid.to_string()).join("ns/uts");
     let joined = std::thread::spawn(move || -> Option<String> {
@@ -171,7 +171,7 @@ fn uts_host_name(proc_root: &Path, pid: u32) -> Option<String> {
     joined
         .or_else(|| {
             let root = proc_root.join(pid.to_string()).join("root");
-            let text = crate::inroot::read_in_root(&root, Path::new("/etc/hostname")).ok()?;
+            let text = super::inroot::read_in_root(&root, Path::new("/etc/hostname")).ok()?;
             Some(String::from_utf8_lossy(&text).into_owned())
         })
         .map(|n| n.trim().to_string())
@@ -271,6 +271,6 @@ zz 1
             "{n:?}"
         );
         assert!(n.host_netns);
-        assert_eq!(n.host_name, crate::host::host_name());
+        assert_eq!(n.host_name, crate::discovery::host::host_name());
     }
 }

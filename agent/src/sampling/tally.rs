@@ -66,85 +66,43 @@ impl Tally {
 
     /// Adds one dump's task threads. Non-task threads are ignored.
     pub fn add_dump(&mut self, threads: &[ThreadSample<'_>]) {
-        let mut tasks: Vec<DumpTask> = Vec::new();
-        let mut legacies: Vec<(&ThreadSample, TaskIdentity)> = Vec::new();
-        for t in threads {
-            match parse_task_thread_name(t.name) {
-                Some((identity, ThreadRole::Main)) => tasks.push(DumpTask {
-                    key: TaskKey {
-                        main_thread: t.name.to_string(),
-                        id: t.java_id.or(t.os_tid),
-                    },
-                    identity,
-                    thread: t,
-                    class: t.class,
-                    frame: t.top_frame.clone(),
-                    legacy: false,
-                }),
-                Some((identity, ThreadRole::LegacySource)) => legacies.push((t, identity)),
-                None => {}
-            }
+        for task in dump_tasks(threads) {
+            self.count(task);
         }
-        for (legacy, identity) in legacies {
-            let main_name = identity.main_thread_name();
-            match pick_main(&tasks, &main_name, legacy.elapsed_s) {
-                Some(i) => {
-                    let task = &mut tasks[i];
-                    let (class, frame) = combine(
-                        task.class,
-                        task.frame.take(),
-                        legacy.class,
-                        legacy.top_frame.clone(),
-                    );
-                    task.class = class;
-                    task.frame = frame;
-                    task.legacy = true;
-                }
-                None => tasks.push(DumpTask {
-                    key: TaskKey {
-                        main_thread: main_name,
-                        id: legacy.java_id.or(legacy.os_tid),
-                    },
-                    identity,
-                    thread: legacy,
-                    class: legacy.class,
-                    frame: legacy.top_frame.clone(),
-                    legacy: true,
-                }),
-            }
-        }
-        for task in tasks {
-            let t = self.tasks.entry(task.key).or_insert_with(|| TaskTally {
-                identity: task.identity,
-                os_tid: None,
-                elapsed_s: None,
-                legacy: false,
-                exact: None,
-                samples: 0,
-                blocked: 0,
-                waiting: 0,
-                busy: 0,
-                frames: HashMap::new(),
+    }
+
+    /// Counts one task's sample.
+    fn count(&mut self, task: DumpTask) {
+        let t = self.tasks.entry(task.key).or_insert_with(|| TaskTally {
+            identity: task.identity,
+            os_tid: None,
+            elapsed_s: None,
+            legacy: false,
+            exact: None,
+            samples: 0,
+            blocked: 0,
+            waiting: 0,
+            busy: 0,
+            frames: HashMap::new(),
+        });
+        t.os_tid = task.thread.os_tid.or(t.os_tid);
+        t.elapsed_s = task.thread.elapsed_s.or(t.elapsed_s);
+        t.legacy |= task.legacy;
+        if t.exact.is_none() {
+            t.exact = task.thread.task.map(|r| ExactTask {
+                job_id: r.job_id.clone(),
+                vertex_id: r.vertex_id.clone(),
+                execution_attempt_id: r.execution_attempt_id.clone(),
             });
-            t.os_tid = task.thread.os_tid.or(t.os_tid);
-            t.elapsed_s = task.thread.elapsed_s.or(t.elapsed_s);
-            t.legacy |= task.legacy;
-            if t.exact.is_none() {
-                t.exact = task.thread.task.map(|r| ExactTask {
-                    job_id: r.job_id.clone(),
-                    vertex_id: r.vertex_id.clone(),
-                    execution_attempt_id: r.execution_attempt_id.clone(),
-                });
-            }
-            t.samples += 1;
-            match task.class {
-                SampleClass::Blocked => t.blocked += 1,
-                SampleClass::Waiting => t.waiting += 1,
-                SampleClass::Busy => {
-                    t.busy += 1;
-                    if let Some(f) = task.frame {
-                        *t.frames.entry(f).or_insert(0) += 1;
-                    }
+        }
+        t.samples += 1;
+        match task.class {
+            SampleClass::Blocked => t.blocked += 1,
+            SampleClass::Waiting => t.waiting += 1,
+            SampleClass::Busy => {
+                t.busy += 1;
+                if let Some(f) = task.frame {
+                    *t.frames.entry(f).or_insert(0) += 1;
                 }
             }
         }
@@ -197,6 +155,59 @@ struct DumpTask<'d, 'n> {
     class: SampleClass,
     frame: Option<String>,
     legacy: bool,
+}
+
+/// One dump's tasks: each main task thread, with the legacy source thread that speaks for it
+/// folded in (or standing alone when its main thread is not in the dump).
+fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> {
+    let mut tasks: Vec<DumpTask> = Vec::new();
+    let mut legacies: Vec<(&ThreadSample, TaskIdentity)> = Vec::new();
+    for t in threads {
+        match parse_task_thread_name(t.name) {
+            Some((identity, ThreadRole::Main)) => tasks.push(DumpTask {
+                key: TaskKey {
+                    main_thread: t.name.to_string(),
+                    id: t.java_id.or(t.os_tid),
+                },
+                identity,
+                thread: t,
+                class: t.class,
+                frame: t.top_frame.clone(),
+                legacy: false,
+            }),
+            Some((identity, ThreadRole::LegacySource)) => legacies.push((t, identity)),
+            None => {}
+        }
+    }
+    for (legacy, identity) in legacies {
+        let main_name = identity.main_thread_name();
+        match pick_main(&tasks, &main_name, legacy.elapsed_s) {
+            Some(i) => {
+                let task = &mut tasks[i];
+                let (class, frame) = combine(
+                    task.class,
+                    task.frame.take(),
+                    legacy.class,
+                    legacy.top_frame.clone(),
+                );
+                task.class = class;
+                task.frame = frame;
+                task.legacy = true;
+            }
+            None => tasks.push(DumpTask {
+                key: TaskKey {
+                    main_thread: main_name,
+                    id: legacy.java_id.or(legacy.os_tid),
+                },
+                identity,
+                thread: legacy,
+                class: legacy.class,
+                frame: legacy.top_frame.clone(),
+                legacy: true,
+            }),
+        }
+    }
+    tasks
 }
 
 /// The main thread a legacy source thread belongs to: the one with its name; among same-named

@@ -9,7 +9,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::spool::SpoolError;
+use super::spool::SpoolError;
+use crate::clock::now_ms;
 
 const SEQ_FILE: &str = "seq";
 
@@ -70,11 +71,9 @@ impl SeqCounter {
     }
 }
 
+/// The clock as a floor: ms since the epoch lie above any number an earlier run handed out.
 fn clock_floor() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    now_ms()
 }
 
 #[cfg(test)]

@@ -4,13 +4,28 @@
 //! with `-XX:-UsePerfData`), its credentials and namespaced pid from `/proc/PID/status`, and its
 //! version from hsperfdata or the `release` file of its Java home. JVMs in containers are seen
 //! through `/proc/PID/root`, so no `setns` is needed.
+//!
+//! What a JVM is, and where it lives, is read from the outside, through `/proc`:
+//! - this module: the TaskManager JVMs ([`ProcFs`], [`JvmProcess`]) with their ids, users,
+//!   versions and resource id;
+//! - [`whereabouts`]: a JVM's network identity, read inside its namespaces (addresses,
+//!   listening sockets, UTS host name);
+//! - [`hsperf`]: HotSpot's performance data (version, attach enabled, safepoint counters);
+//! - [`inroot`]: paths inside a JVM's root resolved with `openat2`, never by a plain path under
+//!   `/proc/PID/root` (shared with the attach backend);
+//! - [`host`]: the agent host's own names and addresses.
+
+pub mod host;
+pub mod hsperf;
+pub mod inroot;
+pub mod whereabouts;
 
 use std::path::{Path, PathBuf};
 
 use bpmon_proto::{JvmNetwork, ResourceIdSource};
 use serde::Serialize;
 
-use crate::hsperf::{self, PerfData};
+use self::hsperf::PerfData;
 
 /// Main classes of Flink TaskManagers, across deployment modes and versions.
 pub const TASKMANAGER_MAIN_CLASSES: &[&str] = &[
@@ -139,7 +154,7 @@ const OPTIONS_WITH_VALUE: &[&str] = &[
     "--enable-native-access",
 ];
 
-/// Whether argv[0] names a Java launcher.
+/// Whether `argv[0]` names a Java launcher.
 pub fn is_java_launcher(argv0: &str) -> bool {
     Path::new(argv0)
         .file_name()
@@ -363,7 +378,7 @@ impl ProcFs {
             .as_ref()
             .and_then(|pd| pd.java_version().map(str::to_string))
             .or_else(|| self.java_version_from_home(pid));
-        let network = crate::whereabouts::read(&self.root, pid);
+        let network = whereabouts::read(&self.root, pid);
         let listen_ports = listen_ports(&network);
         let (resource_id, resource_id_source) = if let Some(id) = resource_id_from_argv(&argv) {
             (Some(id), Some(ResourceIdSource::CommandLine))
@@ -426,7 +441,7 @@ impl ProcFs {
             return None;
         }
         let log = log_file_from_argv(argv)?;
-        let file = crate::inroot::open_in_root(&self.pid_dir(pid).join("root"), &log).ok()?;
+        let file = inroot::open_in_root(&self.pid_dir(pid).join("root"), &log).ok()?;
         let mut head = Vec::new();
         file.take(LOG_HEAD_BYTES).read_to_end(&mut head).ok()?;
         resource_id_from_log(&String::from_utf8_lossy(&head))
@@ -440,8 +455,7 @@ impl ProcFs {
         let home = exe.parent()?.parent()?;
         // Resolved inside the JVM's root: its symlinks cannot point the agent at a host file.
         let release =
-            crate::inroot::read_in_root(&self.pid_dir(pid).join("root"), &home.join("release"))
-                .ok()?;
+            inroot::read_in_root(&self.pid_dir(pid).join("root"), &home.join("release")).ok()?;
         java_version_from_release(&String::from_utf8_lossy(&release))
     }
 }
@@ -564,10 +578,7 @@ mod tests {
     fn this_process_listening_port_is_found() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let ports = listen_ports(&crate::whereabouts::read(
-            Path::new("/proc"),
-            std::process::id(),
-        ));
+        let ports = listen_ports(&whereabouts::read(Path::new("/proc"), std::process::id()));
         assert!(ports.contains(&port), "{port} not in {ports:?}");
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::inroot;
+use super::inroot;
 
 #[derive(Debug, Error)]
 pub enum PerfDataError {

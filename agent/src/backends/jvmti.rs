@@ -19,9 +19,9 @@ use bpmon_proto::inprocess::{
 };
 use thiserror::Error;
 
-use crate::attach::{AttachError, AttachOptions, Attacher};
+use super::attach::{is_timeout, AttachError, AttachOptions, Attacher};
+use super::dump::{ClassifiedDump, DumpThread};
 use crate::discovery::{JvmProcess, ProcFs};
-use crate::sampler::{ClassifiedDump, DumpThread};
 
 /// The library's file name, as built and as packaged.
 pub const LIBRARY_NAME: &str = "libbpmon_jvmti.so";
@@ -489,13 +489,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 /// Whether `path` names a readable library file.

@@ -6,132 +6,17 @@
 //! it is given into a report. The one-shot [`sample`] runs one window; the daemon runs many, one
 //! per settings group, feeding each dump to every window it serves.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bpmon_proto::inprocess::TaskRef;
-use bpmon_proto::{parse_task_thread_name, JvmInfo, SampleCost, SampleReport, TaskIdentity};
-use bpmon_stacks::classify::{Classifier, SampleClass};
+use bpmon_proto::{JvmInfo, SampleCost, SampleReport};
+use bpmon_stacks::classify::Classifier;
 use bpmon_stacks::threaddump;
-use thiserror::Error;
 
-use crate::attach::{AttachError, AttachOptions, Attacher};
-use crate::discovery::{JvmProcess, ProcFs};
-use crate::hsperf::SafepointProbe;
-use crate::jcmd::{JcmdClient, JcmdError};
-use crate::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
-use crate::tally::{Tally, ThreadSample};
-
-/// How thread dumps are taken.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Native HotSpot attach from the agent itself: no JDK tools, a few ms per dump.
-    Attach,
-    /// The JDK's `jcmd Thread.print` (or `jstack`) as a child process: slow, for fallback.
-    Jcmd,
-    /// bpmon's JVMTI library inside the TaskManager (loaded through attach): task threads only,
-    /// one thread at a time, no global pause; exact job ids. The daemon falls back to `attach`
-    /// when the JVM will not load it.
-    Jvmti,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Attach => "attach",
-            BackendKind::Jcmd => "jcmd",
-            BackendKind::Jvmti => "jvmti",
-        }
-    }
-}
-
-#[derive(Debug, Error)]
-pub enum DumpError {
-    #[error(transparent)]
-    Attach(#[from] AttachError),
-    #[error(transparent)]
-    Jcmd(#[from] JcmdError),
-    #[error(transparent)]
-    Jvmti(#[from] JvmtiError),
-}
-
-impl DumpError {
-    /// A short label for logs and metrics: [`AttachError::reason`], or the jcmd backend's.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            DumpError::Attach(e) => e.reason(),
-            DumpError::Jcmd(JcmdError::NotFound { .. }) => "jcmd_not_found",
-            DumpError::Jcmd(JcmdError::Spawn { .. }) => "jcmd_spawn",
-            DumpError::Jcmd(JcmdError::Failed { .. }) => "jcmd_failed",
-            DumpError::Jcmd(JcmdError::Timeout { .. }) => "timeout",
-            DumpError::Jvmti(e) => e.reason(),
-        }
-    }
-
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            DumpError::Attach(e) => e.is_permanent(),
-            DumpError::Jcmd(JcmdError::NotFound { .. }) => true,
-            DumpError::Jcmd(_) => false,
-            DumpError::Jvmti(e) => e.is_permanent(),
-        }
-    }
-}
-
-/// A way to take one thread dump of one JVM.
-#[derive(Debug)]
-pub enum Backend {
-    Attach(Box<Attacher>),
-    Jcmd(JcmdClient),
-    Jvmti(Box<JvmtiClient>),
-}
-
-/// What one request to a backend gave: dump text to parse, or samples already classified.
-pub enum Fetched {
-    Text(Vec<u8>),
-    Classified(ClassifiedDump),
-}
-
-impl Backend {
-    pub fn open(
-        kind: BackendKind,
-        jvm: &JvmProcess,
-        proc: &ProcFs,
-        options: AttachOptions,
-        jvmti: &JvmtiOptions,
-    ) -> Result<Backend, DumpError> {
-        Ok(match kind {
-            BackendKind::Attach => {
-                Backend::Attach(Box::new(Attacher::new(jvm, proc.clone(), options)?))
-            }
-            BackendKind::Jcmd => Backend::Jcmd(JcmdClient::new(jvm, proc, options.io_timeout)?),
-            BackendKind::Jvmti => Backend::Jvmti(Box::new(JvmtiClient::open(
-                jvm,
-                proc,
-                options,
-                jvmti.clone(),
-            )?)),
-        })
-    }
-
-    pub fn kind(&self) -> BackendKind {
-        match self {
-            Backend::Attach(_) => BackendKind::Attach,
-            Backend::Jcmd(_) => BackendKind::Jcmd,
-            Backend::Jvmti(_) => BackendKind::Jvmti,
-        }
-    }
-
-    pub fn fetch(&mut self) -> Result<Fetched, DumpError> {
-        match self {
-            Backend::Attach(a) => Ok(Fetched::Text(a.thread_dump()?)),
-            Backend::Jcmd(j) => Ok(Fetched::Text(j.thread_dump()?)),
-            Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample()?.1)),
-        }
-    }
-}
+use super::tally::{Tally, ThreadSample};
+use crate::backends::{Backend, BackendKind, ClassifiedDump, DumpError, DumpThread, Fetched};
+use crate::clock::now_ms;
+use crate::discovery::hsperf::SafepointProbe;
+use crate::discovery::JvmProcess;
 
 /// How many samples, how far apart.
 #[derive(Debug, Clone)]
@@ -160,50 +45,6 @@ pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 #[derive(Debug, Default)]
 pub struct DumpStats {
     pub skipped_lines: u64,
-}
-
-/// One task thread (main or legacy source thread) of one dump, classified.
-#[derive(Debug, Clone)]
-pub struct DumpThread {
-    pub name: String,
-    pub java_id: Option<u64>,
-    pub os_tid: Option<u64>,
-    pub elapsed_s: Option<f64>,
-    pub class: SampleClass,
-    /// For busy samples: what the thread was doing.
-    pub top_frame: Option<String>,
-    /// The task's exact ids (in-process backend only).
-    pub task: Option<TaskRef>,
-}
-
-impl DumpThread {
-    /// The task this thread works for, from its name.
-    pub fn identity(&self) -> Option<TaskIdentity> {
-        parse_task_thread_name(&self.name).map(|(identity, _)| identity)
-    }
-
-    fn as_sample(&self) -> ThreadSample<'_> {
-        ThreadSample {
-            name: &self.name,
-            java_id: self.java_id,
-            os_tid: self.os_tid,
-            elapsed_s: self.elapsed_s,
-            class: self.class,
-            top_frame: self.top_frame.clone(),
-            task: self.task.as_ref(),
-        }
-    }
-}
-
-/// A dump's task threads, parsed and classified once, ready to be added to any number of tallies.
-#[derive(Debug, Clone, Default)]
-pub struct ClassifiedDump {
-    pub threads: Vec<DumpThread>,
-    pub skipped_lines: u64,
-    /// Time the in-process sampler spent inside the JVM on this sample, µs.
-    pub inside_us: Option<u64>,
-    /// CPU time of that, µs.
-    pub inside_cpu_us: Option<u64>,
 }
 
 /// Parses one dump's text and classifies its task threads.
@@ -240,7 +81,7 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
 /// Parses one dump's text, classifies its task threads and adds them to `tally`.
 pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> DumpStats {
     let dump = classify_dump(text, classifier);
-    let samples: Vec<ThreadSample> = dump.threads.iter().map(DumpThread::as_sample).collect();
+    let samples: Vec<ThreadSample> = dump.threads.iter().map(sample_of).collect();
     tally.add_dump(&samples);
     DumpStats {
         skipped_lines: dump.skipped_lines,
@@ -321,14 +162,6 @@ pub struct Window {
     failures_in_row: u32,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Window {
     /// A window of `samples` dumps `delay` apart, starting now.
     pub fn new(jvm: &JvmProcess, samples: u32, delay: Duration, top_frames: usize) -> Window {
@@ -384,7 +217,7 @@ impl Window {
                     .threads
                     .iter()
                     .filter(|t| include(t))
-                    .map(DumpThread::as_sample)
+                    .map(sample_of)
                     .collect();
                 self.tally.add_dump(&samples);
                 Progress::Continue
@@ -482,6 +315,19 @@ pub fn sample(
         }
     }
     window.finish(jvm, backend.kind())
+}
+
+/// A classified thread as the tally counts it.
+fn sample_of(t: &DumpThread) -> ThreadSample<'_> {
+    ThreadSample {
+        name: &t.name,
+        java_id: t.java_id,
+        os_tid: t.os_tid,
+        elapsed_s: t.elapsed_s,
+        class: t.class,
+        top_frame: t.top_frame.clone(),
+        task: t.task.as_ref(),
+    }
 }
 
 fn median(v: &mut [u64]) -> u64 {

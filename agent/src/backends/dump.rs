@@ -1,0 +1,41 @@
+//! What every backend's dump becomes: the task threads of one sample, each classified
+//! (`blocked`, `waiting`, `busy`). The dump backends get here by parsing and classifying text
+//! ([`crate::sampling::classify_dump`]); the in-process backend's samples arrive classified
+//! ([`super::jvmti`]). Kept apart from the backends and from the sampling loop so that both can
+//! use these types without using each other.
+
+use bpmon_proto::inprocess::TaskRef;
+use bpmon_proto::{parse_task_thread_name, TaskIdentity};
+use bpmon_stacks::classify::SampleClass;
+
+/// One task thread (main or legacy source thread) of one dump, classified.
+#[derive(Debug, Clone)]
+pub struct DumpThread {
+    pub name: String,
+    pub java_id: Option<u64>,
+    pub os_tid: Option<u64>,
+    pub elapsed_s: Option<f64>,
+    pub class: SampleClass,
+    /// For busy samples: what the thread was doing.
+    pub top_frame: Option<String>,
+    /// The task's exact ids (in-process backend only).
+    pub task: Option<TaskRef>,
+}
+
+impl DumpThread {
+    /// The task this thread works for, from its name.
+    pub fn identity(&self) -> Option<TaskIdentity> {
+        parse_task_thread_name(&self.name).map(|(identity, _)| identity)
+    }
+}
+
+/// A dump's task threads, parsed and classified once, ready to be added to any number of tallies.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifiedDump {
+    pub threads: Vec<DumpThread>,
+    pub skipped_lines: u64,
+    /// Time the in-process sampler spent inside the JVM on this sample, µs.
+    pub inside_us: Option<u64>,
+    /// CPU time of that, µs.
+    pub inside_cpu_us: Option<u64>,
+}

@@ -1,0 +1,372 @@
+//! A sampling worker: one TaskManager JVM's windows, on a thread of its own (a dump blocks).
+//!
+//! It groups the JVM's task threads by their settings (the collector's plan, else the default)
+//! and runs each group's windows on the [`Scheduler`]'s timetable; one dump serves every window
+//! due at that moment. Each finished window becomes a [`SampleReport`] sent to the batcher. The
+//! supervisor talks to it with [`Control`] orders; it ends with a [`WorkerEnd`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bpmon_proto::{JvmPlan, SampleReport, SamplingSettings, TaskIdentity};
+use bpmon_stacks::classify::Classifier;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::backends::attach::{AttachError, AttachOptions};
+use crate::backends::jvmti::{JvmtiError, JvmtiOptions};
+use crate::backends::{Backend, BackendKind, DumpError, DumpThread};
+use crate::discovery::hsperf::SafepointProbe;
+use crate::discovery::{JvmProcess, ProcFs};
+use crate::metrics::AgentMetrics;
+use crate::sampling::schedule::{self, Scheduler, Slot, WindowId};
+use crate::sampling::{take_dump, Progress, TakenDump, Window};
+
+/// What a worker is told.
+#[derive(Debug)]
+pub(super) enum Control {
+    /// New plan for this JVM (`None`: the plan does not place it) and the default settings.
+    Plan {
+        plan: Option<JvmPlan>,
+        default: SamplingSettings,
+    },
+    /// Fresh discovery data (its listening ports may have changed).
+    Jvm(Box<JvmProcess>),
+    /// End every window now and exit.
+    Stop(StopReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopReason {
+    /// The agent is stopping.
+    Shutdown,
+    /// Discovery no longer sees the JVM.
+    Vanished,
+}
+
+/// How a worker ended.
+#[derive(Debug)]
+pub(super) enum WorkerEnd {
+    /// Told to stop.
+    Stopped,
+    /// The JVM went away.
+    Gone,
+    /// It could not sample the JVM (a permanent error), after `dumps` successful dumps.
+    Failed { error: String, dumps: u64 },
+}
+
+/// A thread's key within a window: its name and JVM thread id.
+type ThreadKey = (String, Option<u64>);
+
+fn key_of(t: &DumpThread) -> ThreadKey {
+    (t.name.clone(), t.java_id)
+}
+
+struct OpenWindow {
+    window: Window,
+    settings: SamplingSettings,
+    /// Threads counted so far: a thread whose settings change mid-window stays in the window it
+    /// started in until that window ends (and joins its new group's windows too).
+    members: HashSet<ThreadKey>,
+}
+
+/// Everything a worker needs, given by the supervisor.
+pub(super) struct Worker {
+    pub(super) jvm: JvmProcess,
+    pub(super) backend: BackendKind,
+    pub(super) attach: AttachOptions,
+    pub(super) jvmti: JvmtiOptions,
+    pub(super) proc: ProcFs,
+    pub(super) classifier: Arc<Classifier>,
+    pub(super) top_frames: usize,
+    pub(super) plan: Option<JvmPlan>,
+    pub(super) default: SamplingSettings,
+    pub(super) reports: tmpsc::UnboundedSender<SampleReport>,
+    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) metrics: Arc<AgentMetrics>,
+}
+
+/// A running worker's state: its open backend, the timetable and the windows it keeps.
+struct Session {
+    backend: Backend,
+    probe: Option<SafepointProbe>,
+    /// The timetable's zero.
+    origin: Instant,
+    sched: Scheduler,
+    windows: HashMap<WindowId, OpenWindow>,
+    /// The task threads of the last good dump.
+    threads: Vec<TaskIdentity>,
+    /// Good dumps so far.
+    dumps: u64,
+}
+
+impl Worker {
+    /// Samples the JVM until told to stop, the JVM goes away, or a permanent error.
+    pub(super) fn run(mut self) -> WorkerEnd {
+        let backend = match self.open_backend() {
+            Ok(b) => b,
+            Err(e) => return self.cannot_open(e),
+        };
+        let mut s = self.start(backend);
+        loop {
+            if let Some(end) = self.obey_until_due(&mut s) {
+                return end;
+            }
+            let slots = s.sched.take(s.origin.elapsed());
+            if slots.is_empty() {
+                continue;
+            }
+            if let Some(end) = self.serve(&mut s, &slots) {
+                return end;
+            }
+        }
+    }
+
+    /// The configured backend; for the in-process one, the attach backend when the JVM cannot
+    /// run it (an old JDK, dynamic loading forbidden, no library), said once in the log and
+    /// counted as that failure.
+    fn open_backend(&self) -> Result<Backend, DumpError> {
+        let open = |kind| Backend::open(kind, &self.jvm, &self.proc, self.attach, &self.jvmti);
+        match open(self.backend) {
+            Err(e)
+                if self.backend == BackendKind::Jvmti
+                    && !matches!(
+                        e,
+                        DumpError::Jvmti(JvmtiError::Attach(AttachError::Gone { .. }))
+                    ) =>
+            {
+                self.metrics.dump_failed(e.reason());
+                tracing::warn!(
+                    pid = self.jvm.pid,
+                    error = %e,
+                    "in-process sampler unavailable; sampling this JVM with the attach backend"
+                );
+                open(BackendKind::Attach)
+            }
+            other => {
+                if let Ok(Backend::Jvmti(client)) = &other {
+                    if let Some(h) = client.hello() {
+                        tracing::info!(
+                            pid = self.jvm.pid,
+                            loaded = client.loaded_it(),
+                            library = %h.library_version,
+                            vm = %h.vm_version,
+                            starts = h.starts,
+                            "sampling with the in-process sampler"
+                        );
+                    }
+                }
+                other
+            }
+        }
+    }
+
+    /// No backend: ends the worker, and (unless the JVM is gone) says why in a report too, so
+    /// the collector shows why this JVM has no samples.
+    fn cannot_open(&self, e: DumpError) -> WorkerEnd {
+        self.metrics.dump_failed(e.reason());
+        let end = ended_by(&e, 0);
+        if !matches!(end, WorkerEnd::Gone) {
+            let mut w = Window::new(
+                &self.jvm,
+                self.default.samples,
+                Duration::from_millis(self.default.delay_ms),
+                self.top_frames,
+            );
+            w.error(format!("cannot sample JVM pid {}: {e}", self.jvm.pid));
+            self.send(w.finish(&self.jvm, self.backend));
+        }
+        end
+    }
+
+    /// A fresh session: the timetable of the settings known before the first dump.
+    fn start(&self, backend: Backend) -> Session {
+        let probe = self
+            .jvm
+            .perf_file
+            .as_deref()
+            .and_then(|p| SafepointProbe::open(p).ok());
+        let mut s = Session {
+            backend,
+            probe,
+            origin: Instant::now(),
+            sched: Scheduler::default(),
+            windows: HashMap::new(),
+            threads: Vec::new(),
+            dumps: 0,
+        };
+        self.replan(&mut s, Duration::ZERO);
+        s
+    }
+
+    /// Tells the timetable which settings groups the known threads want now.
+    fn replan(&self, s: &mut Session, now: Duration) {
+        let wanted = schedule::wanted_groups(&s.threads, self.plan.as_ref(), self.default);
+        s.sched.set_wanted(now, &wanted);
+    }
+
+    /// Carries out orders until the next dump is due; `Some` when told to stop.
+    fn obey_until_due(&mut self, s: &mut Session) -> Option<WorkerEnd> {
+        loop {
+            let order = match self.next_order(s) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => return None,
+                // The supervisor is gone: the agent is stopping.
+                Err(RecvTimeoutError::Disconnected) => Control::Stop(StopReason::Shutdown),
+            };
+            match order {
+                Control::Plan { plan, default } => {
+                    self.plan = plan;
+                    self.default = default;
+                    self.replan(s, s.origin.elapsed());
+                }
+                Control::Jvm(j) => self.jvm = *j,
+                Control::Stop(reason) => {
+                    let why = match reason {
+                        StopReason::Shutdown => "agent stopped",
+                        StopReason::Vanished => "JVM no longer running: stopped",
+                    };
+                    self.end_all(s, |served, samples| {
+                        format!("{why} after {served} of {samples} samples")
+                    });
+                    return Some(WorkerEnd::Stopped);
+                }
+            }
+        }
+    }
+
+    /// The next order, waiting no longer than until the next due dump (`Timeout`: it is due).
+    fn next_order(&self, s: &Session) -> Result<Control, RecvTimeoutError> {
+        let Some(due) = s.sched.next_due() else {
+            return self
+                .control
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected);
+        };
+        let now = s.origin.elapsed();
+        if due > now {
+            return self.control.recv_timeout(due - now);
+        }
+        self.control.try_recv().map_err(|e| match e {
+            mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+            mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+        })
+    }
+
+    /// Takes one dump for the `slots` due now and records it in their windows; `Some` when a
+    /// permanent error ends the worker.
+    fn serve(&self, s: &mut Session, slots: &[Slot]) -> Option<WorkerEnd> {
+        for slot in slots.iter().filter(|slot| slot.opens) {
+            s.windows.insert(
+                slot.window,
+                OpenWindow {
+                    window: Window::new(
+                        &self.jvm,
+                        slot.settings.samples,
+                        Duration::from_millis(slot.settings.delay_ms),
+                        self.top_frames,
+                    ),
+                    settings: slot.settings,
+                    members: HashSet::new(),
+                },
+            );
+        }
+        let dump = take_dump(s.probe.as_ref(), &mut s.backend, &self.classifier);
+        match &dump.result {
+            Ok(_) => self.metrics.dump_taken(dump.took + dump.parse),
+            Err(e) => self.metrics.dump_failed(e.reason()),
+        }
+        self.record(s, slots, &dump);
+        match &dump.result {
+            Ok(d) => {
+                s.dumps += 1;
+                s.threads = d.threads.iter().filter_map(DumpThread::identity).collect();
+                self.replan(s, s.origin.elapsed());
+                None
+            }
+            Err(e) if e.is_permanent() => {
+                let message = e.to_string();
+                self.end_all(s, |served, samples| {
+                    format!("stopped after {served} of {samples} samples: {message}")
+                });
+                Some(ended_by(e, s.dumps))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Records the dump in each slot's window (each counting the threads of its settings
+    /// group), and sends the windows it finished.
+    fn record(&self, s: &mut Session, slots: &[Slot], dump: &TakenDump) {
+        // Each task thread's settings, once per dump.
+        let thread_settings: HashMap<ThreadKey, SamplingSettings> = match &dump.result {
+            Ok(d) => d
+                .threads
+                .iter()
+                .filter_map(|t| {
+                    let id = t.identity()?;
+                    Some((
+                        key_of(t),
+                        schedule::settings_of(&id, self.plan.as_ref(), self.default),
+                    ))
+                })
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
+        for slot in slots {
+            let Some(open) = s.windows.get_mut(&slot.window) else {
+                continue;
+            };
+            let joining: Vec<ThreadKey> = thread_settings
+                .iter()
+                .filter(|(_, st)| **st == open.settings)
+                .map(|(k, _)| k.clone())
+                .collect();
+            open.members.extend(joining);
+            let members = &open.members;
+            let progress = open.window.record(dump, |t| members.contains(&key_of(t)));
+            if slot.closes || progress == Progress::Stop {
+                if !slot.closes {
+                    s.sched.abort(slot.window);
+                }
+                if let Some(done) = s.windows.remove(&slot.window) {
+                    self.send(done.window.finish(&self.jvm, s.backend.kind()));
+                }
+            }
+        }
+    }
+
+    /// Ends every open window with an error saying why, and sends their reports.
+    fn end_all(&self, s: &mut Session, why: impl Fn(u32, u32) -> String) {
+        let kind = s.backend.kind();
+        for (id, _, served) in s.sched.abort_all() {
+            if let Some(mut open) = s.windows.remove(&id) {
+                open.window.error(why(served, open.settings.samples));
+                self.send(open.window.finish(&self.jvm, kind));
+            }
+        }
+        // Windows the scheduler no longer knew of (none expected): still reported.
+        for (_, mut open) in s.windows.drain() {
+            open.window
+                .error(why(open.window.slots(), open.settings.samples));
+            self.send(open.window.finish(&self.jvm, kind));
+        }
+    }
+
+    fn send(&self, report: SampleReport) {
+        if self.reports.send(report).is_err() {
+            tracing::debug!(pid = self.jvm.pid, "report dropped: the batcher has ended");
+        }
+    }
+}
+
+fn ended_by(e: &DumpError, dumps: u64) -> WorkerEnd {
+    match e {
+        DumpError::Attach(AttachError::Gone { .. }) => WorkerEnd::Gone,
+        _ => WorkerEnd::Failed {
+            error: e.to_string(),
+            dumps,
+        },
+    }
+}
