@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bpmon_agent::spool::{Spool, SpoolLimits};
+use bpmon_agent::delivery::spool::{Spool, SpoolLimits};
 use bpmon_e2e::services::AgentProc;
 use bpmon_proto::{ReportBatch, SCHEMA_VERSION};
 
