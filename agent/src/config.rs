@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bpmon_proto::SamplingSettings;
+use bpmon_proto::{SamplingSettings, SettingsProblem};
 use bpmon_stacks::classify::ClassifyConfig;
 use bpmon_telemetry::check::{self, Finding, KeyPath, Problem};
 use bpmon_telemetry::logging::{self, LogFormat};
@@ -219,8 +219,9 @@ impl From<&AttachConfig> for AttachOptions {
 
 impl SamplingConfig {
     /// The default sampling settings `run` uses before (and where) the collector's plan says
-    /// nothing else. Errors when a window does not fit its interval.
-    pub fn settings(&self) -> Result<SamplingSettings, String> {
+    /// nothing else. Errors as [`SamplingSettings::validate`] does (the rule the collector
+    /// applies too).
+    pub fn settings(&self) -> Result<SamplingSettings, SettingsProblem> {
         let s = SamplingSettings {
             samples: self.samples,
             delay_ms: self.delay.as_millis() as u64,
@@ -263,10 +264,12 @@ impl AgentConfig {
             }
         }
         if let Err(e) = self.sampling.settings() {
-            let key = if self.sampling.samples == 0 {
-                "samples"
-            } else {
-                "interval"
+            let key = match e {
+                SettingsProblem::NoSamples | SettingsProblem::TooManySamples(_) => "samples",
+                SettingsProblem::TooLarge {
+                    what: "delay_ms", ..
+                } => "delay",
+                _ => "interval",
             };
             // Reported by itself: the closure above only takes one key.
             let sampling: &[&[&str]] = &[
@@ -275,7 +278,7 @@ impl AgentConfig {
                 &["sampling", "interval"],
             ];
             window_problem =
-                Some(Finding::new(KeyPath::new(&["sampling", key]), e).using(sampling));
+                Some(Finding::new(KeyPath::new(&["sampling", key]), e.to_string()).using(sampling));
         }
         if !self.sampling.delay.subsec_nanos().is_multiple_of(1_000_000) {
             bad(
@@ -456,7 +459,12 @@ mod tests {
             })
         );
         let c = AgentConfig::parse("[sampling]\ninterval = \"1s\"\n").unwrap();
-        assert!(c.sampling.settings().unwrap_err().contains("interval"));
+        assert!(c
+            .sampling
+            .settings()
+            .unwrap_err()
+            .to_string()
+            .contains("interval"));
         assert!(AgentConfig::parse("[daemon]\nspool = \"/x\"\n").is_err());
     }
 

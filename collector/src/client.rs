@@ -254,7 +254,7 @@ impl CollectorClient {
                     (Some(name), id) => format!("job {name:?} ({id})"),
                     (None, id) => format!("job {id}"),
                 },
-                reason,
+                reason: reason.to_string(),
             })?;
         self.config_set(job, update).await
     }

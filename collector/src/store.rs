@@ -762,7 +762,7 @@ impl Store {
                 "the scope must be {DEFAULT_SCOPE:?} or a job id"
             )));
         }
-        settings.validate().map_err(refuse)?;
+        settings.validate().map_err(|e| refuse(e.to_string()))?;
         let delay = to_i64("delay_ms", settings.delay_ms)?;
         let interval = to_i64("interval_ms", settings.interval_ms)?;
         let now = to_i64("now", now_ms())?;

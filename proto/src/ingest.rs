@@ -148,64 +148,9 @@ impl ReportBatch {
     }
 }
 
-/// How an agent samples one job (or every job, as the default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SamplingSettings {
-    /// Samples per window (Flink's monitor: 100).
-    pub samples: u32,
-    /// Time between samples, ms (Flink's monitor: 50).
-    pub delay_ms: u64,
-    /// Time from one window's start to the next, ms.
-    pub interval_ms: u64,
-}
-
-impl Default for SamplingSettings {
-    fn default() -> Self {
-        SamplingSettings {
-            samples: 100,
-            delay_ms: 50,
-            interval_ms: 60_000,
-        }
-    }
-}
-
-impl SamplingSettings {
-    /// Why these settings cannot be used, if they cannot: a window must fit in its interval.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.samples == 0 {
-            return Err("samples must be at least 1".into());
-        }
-        let window = u64::from(self.samples - 1) * self.delay_ms;
-        if window >= self.interval_ms {
-            return Err(format!(
-                "{} samples {} ms apart take {window} ms, longer than the {} ms interval",
-                self.samples, self.delay_ms, self.interval_ms
-            ));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flinks_defaults_fit_a_minute() {
-        assert_eq!(SamplingSettings::default().validate(), Ok(()));
-    }
-
-    #[test]
-    fn a_window_longer_than_its_interval_is_refused() {
-        let s = SamplingSettings {
-            samples: 100,
-            delay_ms: 50,
-            interval_ms: 4_000,
-        };
-        let e = s.validate().unwrap_err();
-        assert!(e.contains("4950 ms"), "{e}");
-        assert!(SamplingSettings { samples: 0, ..s }.validate().is_err());
-    }
 
     fn sample_batch() -> ReportBatch {
         let text = r#"{"schema_version":1,"agent_id":"a","seq":1,"host_names":["h"],"created_at_ms":1000,

@@ -4,6 +4,7 @@
 //! - the identity a Flink task thread carries in its name ([`identity`]);
 //! - the JSON report the agent emits ([`report`]) and what agents and the collector exchange
 //!   ([`ingest`], [`plan`], [`token`]);
+//! - how a job is sampled, and the one rule for it ([`settings`]);
 //! - where a TaskManager JVM lives on the network ([`whereabouts`]);
 //! - what the agent and the in-process sampler inside a TaskManager exchange ([`inprocess`]).
 
@@ -14,13 +15,15 @@ pub mod inprocess;
 pub mod level;
 pub mod plan;
 pub mod report;
+pub mod settings;
 pub mod token;
 pub mod whereabouts;
 
 pub use class::SampleClass;
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
-pub use ingest::{BatchProblem, ReportBatch, SamplingSettings, SCHEMA_VERSION};
+pub use ingest::{BatchProblem, ReportBatch, SCHEMA_VERSION};
 pub use level::Level;
 pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
 pub use report::{ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};
+pub use settings::{SamplingSettings, Scope, SettingsProblem};
 pub use whereabouts::{JvmNetwork, ResourceIdSource};

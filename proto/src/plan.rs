@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::SamplingSettings;
+use crate::settings::SamplingSettings;
 use crate::whereabouts::{JvmNetwork, ResourceIdSource};
 use crate::TaskIdentity;
 

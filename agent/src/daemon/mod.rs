@@ -50,7 +50,7 @@ use batcher::{batch_loop, BatchIds};
 use supervisor::Supervisor;
 
 pub use config::{DaemonConfig, JvmSelect};
-pub use plan::{check_settings, sanitize_plan, MIN_INTERVAL_MS};
+pub use plan::sanitize_plan;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -59,7 +59,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Ship(#[from] ShipError),
     #[error("invalid default sampling settings: {0}")]
-    Settings(String),
+    Settings(#[from] bpmon_proto::SettingsProblem),
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
     #[error(transparent)]
@@ -88,10 +88,7 @@ pub async fn run(
     config: DaemonConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, DaemonError> {
-    config
-        .default_settings
-        .validate()
-        .map_err(DaemonError::Settings)?;
+    config.default_settings.validate()?;
     let (spool, seq) = open_spool(&config)?;
     let client = CollectorClient::new(
         &config.collector_url,

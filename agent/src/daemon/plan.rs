@@ -1,33 +1,20 @@
-//! The collector's plan as the agent applies it. Settings the agent cannot run (a window longer
-//! than its interval, sampling more often than once a second) are refused here, one by one, and
-//! logged: the configured default stands in for them.
+//! The collector's plan as the agent applies it. Settings that break the one rule
+//! ([`SamplingSettings::validate`]: a window longer than its interval, sampling more often than
+//! once a second, …) are refused here, one by one, and logged: the configured default stands in
+//! for them. The collector refuses the same settings before it stores them, so this only happens
+//! with an older or foreign collector.
 
 use bpmon_proto::{AgentPlan, SamplingSettings};
-
-/// Settings a plan may not set: no sampling more often than this.
-pub const MIN_INTERVAL_MS: u64 = 1_000;
-
-/// Why settings from the collector cannot be used, if they cannot.
-pub fn check_settings(s: &SamplingSettings) -> Result<(), String> {
-    s.validate()?;
-    if s.interval_ms < MIN_INTERVAL_MS {
-        return Err(format!(
-            "interval {} ms is below the agent's minimum of {MIN_INTERVAL_MS} ms",
-            s.interval_ms
-        ));
-    }
-    Ok(())
-}
 
 /// The plan as the agent applies it: a default that can be used (the configured one otherwise),
 /// and only task entries whose settings can be used (the others fall back to the default).
 pub fn sanitize_plan(mut plan: AgentPlan, configured: SamplingSettings) -> AgentPlan {
-    if let Err(e) = check_settings(&plan.default) {
+    if let Err(e) = plan.default.validate() {
         tracing::warn!(error = %e, "the collector's default settings cannot be used; keeping the configured ones");
         plan.default = configured;
     }
     for jvm in &mut plan.jvms {
-        jvm.tasks.retain(|t| match check_settings(&t.settings) {
+        jvm.tasks.retain(|t| match t.settings.validate() {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(job = %t.job_id, task = %t.identity.task, error = %e,
