@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod placement;
 pub mod plan;
 pub mod routes;
+pub mod scrape;
 pub mod state;
 pub mod status;
 
@@ -135,7 +136,7 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
     };
     let agents_side = metrics::count_rejections(
         server::router(Service(Arc::clone(&collector)), limits),
-        Arc::clone(&collector),
+        collector.shared_metrics(),
     );
     agents_side.merge(routes::router(collector))
 }

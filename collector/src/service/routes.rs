@@ -106,7 +106,7 @@ async fn agents(State(c): C) -> Response {
     c.agents().await.map(Json).into_response()
 }
 
-/// Prometheus's view (see [`super::metrics`]).
+/// Prometheus's view (see [`super::scrape`]).
 async fn metrics(State(c): C, headers: axum::http::HeaderMap) -> Response {
-    super::metrics::scrape(&c, &headers).await
+    super::scrape::scrape(&c, &headers).await
 }

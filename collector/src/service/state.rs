@@ -105,7 +105,7 @@ pub struct Collector {
     settings: RwLock<SettingsView>,
     poll_interval: Duration,
     /// Counters for `GET /metrics`.
-    metrics: ServiceMetrics,
+    metrics: Arc<ServiceMetrics>,
     /// Each job's last status, with its JSON: reused for [`STATUS_TTL`], so that many clients
     /// asking about a big job cost one computation a second, not one each.
     status_cache: Mutex<HashMap<String, CachedStatus>>,
@@ -193,7 +193,7 @@ impl Collector {
                 .spawn(move || group_commit(&writer, &queue))
                 .map_err(StoreError::Thread)?
         };
-        let metrics = ServiceMetrics::new(clients.iter().map(|c| c.base_url()));
+        let metrics = Arc::new(ServiceMetrics::new(clients.iter().map(|c| c.base_url())));
         Ok(Collector {
             metrics,
             writer,
@@ -269,6 +269,11 @@ impl Collector {
     /// The counters `GET /metrics` exposes.
     pub fn metrics(&self) -> &ServiceMetrics {
         &self.metrics
+    }
+
+    /// The counters, shared (for the middleware that counts refused batches).
+    pub fn shared_metrics(&self) -> Arc<ServiceMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     pub fn cluster_count(&self) -> usize {
