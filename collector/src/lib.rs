@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod diagnosis;
 pub mod flink_rest;
 pub mod locate;

@@ -6,9 +6,9 @@ use bpmon_proto::{ReportBatch, SampleReport};
 
 use crate::locate::{locate, JvmClues};
 use crate::mapping::{resolve_exact, resolve_tasks, Resolution, SubtaskRef};
+use crate::merge::MergedWindow;
 use crate::merge::{merge_subtask, SampleCounts};
 use crate::model::{ClusterSnapshot, SubtaskSnapshot};
-use crate::store::WindowRow;
 
 /// A task thread that got no window, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +39,7 @@ pub struct JvmOutcome {
 /// What a batch became.
 #[derive(Debug, Default)]
 pub struct Placement {
-    pub windows: Vec<WindowRow>,
+    pub windows: Vec<MergedWindow>,
     pub unplaced: Vec<Unplaced>,
     /// One entry per report.
     pub jvms: Vec<JvmOutcome>,
@@ -127,7 +127,7 @@ fn place_report(
                     busy: task.busy,
                 };
                 let merged = merge_subtask(&counts, &subtask.metrics);
-                let mut row = WindowRow::new(
+                let mut row = MergedWindow::new(
                     &at,
                     start,
                     end,

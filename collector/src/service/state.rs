@@ -880,7 +880,7 @@ impl Collector {
 struct WriteJob {
     agent: String,
     seq: u64,
-    windows: Vec<crate::store::WindowRow>,
+    windows: Vec<crate::merge::MergedWindow>,
     done: tokio::sync::oneshot::Sender<Result<bool, String>>,
 }
 
@@ -906,7 +906,7 @@ fn group_commit(writer: &Mutex<Store>, queue: &std::sync::mpsc::Receiver<WriteJo
                 Err(_) => break,
             }
         }
-        let input: Vec<(&str, u64, &[crate::store::WindowRow])> = group
+        let input: Vec<(&str, u64, &[crate::merge::MergedWindow])> = group
             .iter()
             .map(|j| (j.agent.as_str(), j.seq, j.windows.as_slice()))
             .collect();

@@ -9,8 +9,9 @@ use bpmon_proto::{FrameCount, Level, SamplingSettings};
 use crate::api::{flink_metric_names, JobSummary, StatusView, SubtaskStatus, VertexStatus};
 use crate::diagnosis::{diagnose, FindingKind, VertexView};
 use crate::merge::vertex_level;
+use crate::merge::MergedWindow;
 use crate::model::{JobSnapshot, SubtaskMetrics, SubtaskSnapshot, VertexSnapshot};
-use crate::store::{JobRow, WindowRow};
+use crate::store::JobRow;
 
 /// How fresh a cluster's data is, as the poller last saw it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,7 +29,7 @@ pub struct StatusInputs<'a> {
     pub live: Option<&'a JobSnapshot>,
     pub health: &'a ClusterHealth,
     /// The newest window of each subtask.
-    pub windows: &'a [WindowRow],
+    pub windows: &'a [MergedWindow],
     pub settings: SamplingSettings,
     /// Why some subtasks have no window: (vertex id, subtask) → reason.
     pub unplaced: &'a HashMap<(String, u32), String>,
@@ -63,7 +64,7 @@ pub fn status_view(i: &StatusInputs<'_>) -> StatusView {
     }
 
     let job = job_snapshot(i.job, i.live);
-    let by_subtask: HashMap<(&str, u32), &WindowRow> = i
+    let by_subtask: HashMap<(&str, u32), &MergedWindow> = i
         .windows
         .iter()
         .map(|w| ((w.vertex_id.as_str(), w.subtask), w))
@@ -203,7 +204,7 @@ fn job_snapshot(row: &JobRow, live: Option<&JobSnapshot>) -> JobSnapshot {
 fn subtask_status(
     index: u32,
     live: Option<&SubtaskSnapshot>,
-    window: Option<&WindowRow>,
+    window: Option<&MergedWindow>,
     unplaced: Option<&String>,
 ) -> SubtaskStatus {
     let empty = SubtaskMetrics::default();
@@ -374,7 +375,7 @@ mod tests {
         }
     }
 
-    fn window(job: &JobSnapshot, vertex: usize, subtask: u32, counts: [u32; 3]) -> WindowRow {
+    fn window(job: &JobSnapshot, vertex: usize, subtask: u32, counts: [u32; 3]) -> MergedWindow {
         let v = &job.vertices[vertex];
         let s = &v.subtasks[subtask as usize];
         let c = SampleCounts {
@@ -383,7 +384,7 @@ mod tests {
             waiting: counts[1],
             busy: counts[2],
         };
-        let mut w = WindowRow::new(
+        let mut w = MergedWindow::new(
             &SubtaskRef {
                 job_id: "j".into(),
                 vertex_id: v.vertex_id.clone(),
@@ -414,7 +415,7 @@ mod tests {
         job: &'a JobRow,
         live: Option<&'a JobSnapshot>,
         health: &'a ClusterHealth,
-        windows: &'a [WindowRow],
+        windows: &'a [MergedWindow],
         unplaced: &'a HashMap<(String, u32), String>,
     ) -> StatusInputs<'a> {
         StatusInputs {
