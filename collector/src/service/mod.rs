@@ -3,15 +3,23 @@
 //! answers the query API and prunes old windows. Pure parts: [`placement`], [`plan`], [`status`];
 //! state and I/O: [`state`], [`routes`] and this module's wiring.
 
+pub mod clusters;
 pub mod config;
+pub mod ingest;
 pub mod levels;
+mod locks;
 pub mod metrics;
+pub mod misplaced;
 pub mod placement;
 pub mod plan;
+pub mod queries;
 pub mod routes;
 pub mod scrape;
+pub mod settings;
 pub mod state;
 pub mod status;
+pub mod status_cache;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +34,8 @@ use crate::server::{self, IngestLimits};
 use crate::store::Store;
 
 pub use config::CollectorConfig;
-pub use state::{Collector, Service};
+pub use ingest::Service;
+pub use state::Collector;
 
 /// Flags of `serve`; each overrides the config file's value.
 #[derive(Debug, Clone, Default, clap::Args)]
