@@ -172,10 +172,7 @@ async fn post_reports<I: Ingest<E>, E: Into<IngestError> + Send>(
     };
     // Bounds and counts, at the edge: a bad batch is the agent's to fix (4xx, never retried),
     // and never reaches the store.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    if let Err(problem) = batch.validate(now_ms) {
+    if let Err(problem) = batch.validate(crate::clock::now_ms()) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("batch {} refused: {problem}", batch.seq),
@@ -212,7 +209,7 @@ async fn get_settings<I: Ingest<E>, E: Into<IngestError> + Send>(
     }
 }
 
-/// The body as JSON bytes: inflated if gzip-encoded, within `max_decoded` bytes.
+/// `POST /api/v1/plan`: which settings apply to which task threads of the agent's JVMs.
 async fn post_plan<I: Ingest<E>, E: Into<IngestError> + Send>(
     State(state): State<Arc<AppState<I>>>,
     body: Bytes,
@@ -239,6 +236,7 @@ async fn post_plan<I: Ingest<E>, E: Into<IngestError> + Send>(
     }
 }
 
+/// The body as JSON bytes: inflated if gzip-encoded, within `max_decoded` bytes.
 pub fn decode_body(
     headers: &HeaderMap,
     body: &[u8],

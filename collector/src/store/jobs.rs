@@ -1,9 +1,9 @@
 //! The jobs and vertices the pollers saw, found again by id or name after a restart.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+
+use crate::clock::timestamp;
 
 use super::{get_u64, sql, to_i64, Store, StoreError};
 
@@ -146,14 +146,7 @@ impl Store {
                 name: id_or_name.to_owned(),
                 candidates: by_name
                     .into_iter()
-                    .map(|j| {
-                        let seen = UNIX_EPOCH + Duration::from_millis(j.last_seen_ms);
-                        format!(
-                            "{} (last seen {})",
-                            j.job_id,
-                            humantime::format_rfc3339_seconds(seen)
-                        )
-                    })
+                    .map(|j| format!("{} (last seen {})", j.job_id, timestamp(j.last_seen_ms)))
                     .collect(),
             }),
         }
