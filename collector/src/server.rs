@@ -17,6 +17,8 @@ use axum::{Json, Router};
 use bpmon_proto::{AgentPlan, JvmPlan, PlanRequest, ReportBatch, SamplingSettings, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
+use crate::api::ErrorBody;
+
 /// Limits on what agents may send.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
@@ -119,11 +121,6 @@ pub struct IngestReply {
     pub accepted: bool,
     pub duplicate: bool,
     pub seq: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::error_chain::{causes, root_cause};
+
 /// Why a client could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -99,7 +101,7 @@ pub(super) fn classify_reqwest_error(
         };
     }
     let io_kind =
-        source_chain(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
+        causes(e).find_map(|s| s.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
     if io_kind == Some(std::io::ErrorKind::TimedOut) {
         return FetchError::Timeout {
             url,
@@ -115,20 +117,4 @@ pub(super) fn classify_reqwest_error(
     } else {
         FetchError::Transport { url, reason }
     }
-}
-
-pub(super) fn source_chain<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |e: &&'a (dyn std::error::Error + 'static)| {
-        (*e).source()
-    })
-}
-
-/// The innermost message of an error chain (the useful one: "Connection reset by peer", …).
-pub(super) fn root_cause(e: &reqwest::Error) -> String {
-    source_chain(e)
-        .last()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| e.to_string())
 }
