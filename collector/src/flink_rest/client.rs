@@ -210,10 +210,10 @@ impl FlinkRestClient {
             // Down or hanging: every other request would fail the same way, one timeout each.
             Err(e) if e.is_unreachable() => {
                 tracing::debug!(error = %e, "Flink REST unreachable");
-                return self.finish(None, Vec::new(), vec![e.to_string()]);
+                return self.finish(None, Vec::new(), vec![e]);
             }
             Err(e) => {
-                errors.push(e.to_string());
+                errors.push(e);
                 None
             }
         };
@@ -240,7 +240,7 @@ impl FlinkRestClient {
                 tms
             }
             Err(e) => {
-                errors.push(e.to_string());
+                errors.push(e);
                 Vec::new()
             }
         };
@@ -274,7 +274,7 @@ impl FlinkRestClient {
         &self,
         flink_version: Option<String>,
         jobs: Vec<JobSnapshot>,
-        errors: Vec<String>,
+        errors: Vec<FetchError>,
     ) -> ClusterSnapshot {
         ClusterSnapshot {
             flink_url: self.base.clone(),
@@ -282,12 +282,13 @@ impl FlinkRestClient {
             fetched_at_ms: now_ms(),
             jobs,
             taskmanagers: Vec::new(),
-            errors,
+            // What an operator reads in `status`: `GET <url>: <what happened>`.
+            errors: errors.iter().map(ToString::to_string).collect(),
         }
     }
 
     /// `/jobs/overview` (names, states); `/jobs` (ids and states only) if a gateway lacks it.
-    async fn list_jobs(&self) -> Result<Vec<JobListEntry>, Vec<String>> {
+    async fn list_jobs(&self) -> Result<Vec<JobListEntry>, Vec<FetchError>> {
         match self.get::<JobListWire>("/jobs/overview").await {
             Ok(list) => Ok(list.jobs),
             Err(e @ FetchError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
@@ -296,15 +297,15 @@ impl FlinkRestClient {
                         tracing::debug!(error = %e, "using /jobs instead of /jobs/overview");
                         Ok(list.jobs)
                     }
-                    Err(e2) => Err(vec![e.to_string(), e2.to_string()]),
+                    Err(e2) => Err(vec![e, e2]),
                 }
             }
-            Err(e) => Err(vec![e.to_string()]),
+            Err(e) => Err(vec![e]),
         }
     }
 
     /// One job: details, plan (if not embedded), and all its vertices concurrently.
-    async fn job(&self, entry: &JobListEntry) -> (JobSnapshot, Vec<String>) {
+    async fn job(&self, entry: &JobListEntry) -> (JobSnapshot, Vec<FetchError>) {
         let jid = entry.jid.as_str();
         let details = match self.get::<JobDetailsWire>(&format!("/jobs/{jid}")).await {
             Ok(d) => d,
@@ -318,7 +319,7 @@ impl FlinkRestClient {
                     vertices: Vec::new(),
                     edges: Vec::new(),
                 };
-                return (job, vec![e.to_string()]);
+                return (job, vec![e]);
             }
         };
         let mut errors = Vec::new();
@@ -347,7 +348,7 @@ impl FlinkRestClient {
         let edges = match plan {
             Ok(plan) => plan_edges(&plan),
             Err(e) => {
-                errors.push(e.to_string());
+                errors.push(e);
                 Vec::new()
             }
         };
@@ -365,7 +366,7 @@ impl FlinkRestClient {
 
     /// One vertex: subtask placement and all subtasks' metrics, concurrently. The metric
     /// request needs only the parallelism, known from the job details.
-    async fn vertex(&self, jid: &str, v: &JobVertexWire) -> (VertexSnapshot, Vec<String>) {
+    async fn vertex(&self, jid: &str, v: &JobVertexWire) -> (VertexSnapshot, Vec<FetchError>) {
         let vid = v.id.as_str();
         let details_path = format!("/jobs/{jid}/vertices/{vid}");
         let metrics_path = format!("/jobs/{jid}/vertices/{vid}/metrics");
@@ -373,10 +374,12 @@ impl FlinkRestClient {
         // the collector build requests without bound. Its metrics are not asked for.
         let mut bound_errors = Vec::new();
         let parallelism = if v.parallelism > MAX_PARALLELISM {
-            bound_errors.push(format!(
-                "GET {}{details_path}: vertex {vid} claims parallelism {}, above Flink's maximum {MAX_PARALLELISM}; its metrics are not read",
-                self.base, v.parallelism
-            ));
+            bound_errors.push(FetchError::ParallelismTooHigh {
+                url: format!("{}{details_path}", self.base),
+                vertex: vid.to_string(),
+                claimed: v.parallelism,
+                max: MAX_PARALLELISM,
+            });
             0
         } else {
             v.parallelism
@@ -396,7 +399,7 @@ impl FlinkRestClient {
         for r in metric_results {
             match r {
                 Ok(entries) => pairs.extend(entries.into_iter().filter_map(MetricWire::into_pair)),
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => errors.push(e),
             }
         }
         let mut by_subtask = group_by_subtask(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -411,7 +414,7 @@ impl FlinkRestClient {
                 })
                 .collect(),
             Err(e) => {
-                errors.push(e.to_string());
+                errors.push(e);
                 Vec::new()
             }
         };

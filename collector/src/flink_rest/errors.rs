@@ -54,6 +54,15 @@ pub enum FetchError {
     /// Anything else on the wire (connection reset mid-response, …).
     #[error("GET {url}: {reason}")]
     Transport { url: String, reason: String },
+    /// A vertex claims a parallelism above Flink's ceiling: a broken endpoint. Its metrics are
+    /// not asked for, so that requests stay bounded.
+    #[error("GET {url}: vertex {vertex} claims parallelism {claimed}, above Flink's maximum {max}; its metrics are not read")]
+    ParallelismTooHigh {
+        url: String,
+        vertex: String,
+        claimed: u32,
+        max: u32,
+    },
     /// The body ran past [`MAX_RESPONSE_BYTES`]; reading stopped there.
     #[error("GET {url}: response larger than {limit} bytes; not read further")]
     TooLarge { url: String, limit: usize },
@@ -70,7 +79,8 @@ impl FetchError {
             | FetchError::InvalidJson { url, .. }
             | FetchError::UnexpectedJson { url, .. }
             | FetchError::Transport { url, .. }
-            | FetchError::TooLarge { url, .. } => url,
+            | FetchError::TooLarge { url, .. }
+            | FetchError::ParallelismTooHigh { url, .. } => url,
         }
     }
 

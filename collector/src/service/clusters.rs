@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::flink_rest::FlinkRestClient;
-use crate::model::ClusterSnapshot;
+use crate::model::{ClusterSnapshot, PollOutcome};
 
 use super::locks::{read, write};
 use super::metrics::ServiceMetrics;
@@ -67,16 +67,15 @@ impl Clusters {
         let started = std::time::Instant::now();
         let snap = client.snapshot().await;
         let url = snap.flink_url.clone();
-        let failed =
-            !snap.errors.is_empty() && snap.jobs.is_empty() && snap.taskmanagers.is_empty();
+        let outcome = snap.outcome();
         metrics.poll(
             &url,
             started.elapsed(),
-            !failed,
-            !snap.errors.is_empty(),
+            outcome != PollOutcome::Failed,
+            outcome != PollOutcome::Complete,
             snap.fetched_at_ms,
         );
-        if failed {
+        if outcome == PollOutcome::Failed {
             let error = snap.errors.join("; ");
             let mut c = write(&self.clusters[i]);
             let since = c
@@ -91,7 +90,7 @@ impl Clusters {
             c.health.failing = Some((error, since));
             return None;
         }
-        if !snap.errors.is_empty() {
+        if outcome == PollOutcome::Partial {
             tracing::warn!(flink = %url, errors = ?snap.errors, "Flink REST poll was partial");
         }
         let snap = Arc::new(snap);
