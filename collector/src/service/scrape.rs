@@ -54,23 +54,49 @@ pub fn registry(
 ) -> Registry {
     let mut r = bpmon_telemetry::metrics::registry();
     let per_subtask = metrics.per_subtask();
-    let subtask_ratio = Family::<Labels, FloatGauge>::default();
-    let subtask_level = Family::<Labels, Gauge>::default();
-    let vertex_ratio = Family::<Labels, FloatGauge>::default();
-    let vertex_level = Family::<Labels, Gauge>::default();
-    let job_info = Family::<Labels, Gauge>::default();
-    let vertex_info = Family::<Labels, Gauge>::default();
-    let job_stale = Family::<Labels, Gauge>::default();
-    let agent_last = Family::<Labels, FloatGauge>::default();
+    let gauges = JobGauges::default();
     for s in statuses {
-        job_info
+        gauges.add(s, per_subtask);
+    }
+    let agent_last = Family::<Labels, FloatGauge>::default();
+    for a in &agents.agents {
+        agent_last
+            .get_or_create(&vec![("agent_id", a.agent_id.clone())])
+            .set(bpmon_telemetry::metrics::seconds(a.last_batch_ms));
+    }
+    gauges.register(&mut r, per_subtask);
+    r.register(
+        "agent_last_report_timestamp_seconds",
+        "When an agent's newest batch was stored (Unix time)",
+        agent_last,
+    );
+    metrics.register(&mut r);
+    r
+}
+
+/// The gauges read from the jobs' statuses.
+#[derive(Default)]
+struct JobGauges {
+    subtask_ratio: Family<Labels, FloatGauge>,
+    subtask_level: Family<Labels, Gauge>,
+    vertex_ratio: Family<Labels, FloatGauge>,
+    vertex_level: Family<Labels, Gauge>,
+    job_info: Family<Labels, Gauge>,
+    vertex_info: Family<Labels, Gauge>,
+    job_stale: Family<Labels, Gauge>,
+}
+
+impl JobGauges {
+    /// One job's series; its subtasks' only with `per_subtask`.
+    fn add(&self, s: &StatusView, per_subtask: bool) {
+        self.job_info
             .get_or_create(&vec![
                 ("job_id", s.job_id.clone()),
                 ("job_name", s.job_name.clone()),
                 ("flink_url", s.flink_url.clone()),
             ])
             .set(1);
-        job_stale
+        self.job_stale
             .get_or_create(&vec![("job_id", s.job_id.clone())])
             .set(i64::from(s.stale));
         for v in &s.vertices {
@@ -78,7 +104,7 @@ pub fn registry(
                 ("job_id", s.job_id.clone()),
                 ("vertex_id", v.vertex_id.clone()),
             ];
-            vertex_info
+            self.vertex_info
                 .get_or_create(&vec![
                     ("job_id", s.job_id.clone()),
                     ("vertex_id", v.vertex_id.clone()),
@@ -86,8 +112,8 @@ pub fn registry(
                 ])
                 .set(1);
             if let (Some(level), Some(ratio)) = (v.level, v.ratio) {
-                vertex_level.get_or_create(&vl).set(level_value(level));
-                vertex_ratio.get_or_create(&vl).set(ratio);
+                self.vertex_level.get_or_create(&vl).set(level_value(level));
+                self.vertex_ratio.get_or_create(&vl).set(ratio);
             }
             if !per_subtask {
                 continue;
@@ -98,56 +124,54 @@ pub fn registry(
                 };
                 let mut sl = vl.clone();
                 sl.push(("subtask", st.subtask.to_string()));
-                subtask_level.get_or_create(&sl).set(level_value(level));
-                subtask_ratio.get_or_create(&sl).set(ratio);
+                self.subtask_level
+                    .get_or_create(&sl)
+                    .set(level_value(level));
+                self.subtask_ratio.get_or_create(&sl).set(ratio);
             }
         }
     }
-    for a in &agents.agents {
-        agent_last
-            .get_or_create(&vec![("agent_id", a.agent_id.clone())])
-            .set(bpmon_telemetry::metrics::seconds(a.last_batch_ms));
-    }
-    if per_subtask {
+
+    /// Adds the gauges to `r`, in the order they are exposed.
+    fn register(self, r: &mut Registry, per_subtask: bool) {
+        if per_subtask {
+            r.register(
+                "subtask_backpressure_ratio",
+                "Share of a subtask's samples back-pressured (blocked + soft) in its newest window",
+                self.subtask_ratio,
+            );
+            r.register(
+                "subtask_backpressure_level",
+                "A subtask's back-pressure level: 0 ok, 1 low, 2 high (Flink's thresholds)",
+                self.subtask_level,
+            );
+        }
         r.register(
-            "subtask_backpressure_ratio",
-            "Share of a subtask's samples back-pressured (blocked + soft) in its newest window",
-            subtask_ratio,
+            "vertex_backpressure_ratio",
+            "A vertex's back-pressure ratio: its worst subtask's",
+            self.vertex_ratio,
         );
         r.register(
-            "subtask_backpressure_level",
-            "A subtask's back-pressure level: 0 ok, 1 low, 2 high (Flink's thresholds)",
-            subtask_level,
+            "vertex_backpressure_level",
+            "A vertex's back-pressure level: 0 ok, 1 low, 2 high (its worst subtask's)",
+            self.vertex_level,
+        );
+        r.register(
+            "job_info",
+            "A job the collector knows (always 1)",
+            self.job_info,
+        );
+        r.register(
+            "vertex_info",
+            "A vertex of a job, with its name (always 1)",
+            self.vertex_info,
+        );
+        r.register(
+            "job_stale",
+            "1 when a job's status is stale (Flink unreadable, job stopped, windows late)",
+            self.job_stale,
         );
     }
-    r.register(
-        "vertex_backpressure_ratio",
-        "A vertex's back-pressure ratio: its worst subtask's",
-        vertex_ratio,
-    );
-    r.register(
-        "vertex_backpressure_level",
-        "A vertex's back-pressure level: 0 ok, 1 low, 2 high (its worst subtask's)",
-        vertex_level,
-    );
-    r.register("job_info", "A job the collector knows (always 1)", job_info);
-    r.register(
-        "vertex_info",
-        "A vertex of a job, with its name (always 1)",
-        vertex_info,
-    );
-    r.register(
-        "job_stale",
-        "1 when a job's status is stale (Flink unreadable, job stopped, windows late)",
-        job_stale,
-    );
-    r.register(
-        "agent_last_report_timestamp_seconds",
-        "When an agent's newest batch was stored (Unix time)",
-        agent_last,
-    );
-    metrics.register(&mut r);
-    r
 }
 
 /// The `GET /metrics` answer.
