@@ -1,7 +1,10 @@
 //! `bpmon-collector serve`: the service. It polls each Flink cluster's REST API, takes agents'
 //! batches (placing each task thread, merging it with its subtask's metrics, storing the window),
-//! answers the query API and prunes old windows. Pure parts: [`placement`], [`plan`], [`status`];
-//! state and I/O: [`state`], [`routes`] and this module's wiring.
+//! answers the query API and prunes old windows. Pure parts: [`placement`], [`plan`], [`status`],
+//! [`levels`]; the running collector ([`state`]) composes [`writer`] (the store's writing side),
+//! [`clusters`] (polling), [`misplaced`], [`settings`] and [`status_cache`]; agents come in
+//! through [`ingest`], queries through [`queries`] and [`routes`], Prometheus through
+//! [`metrics`] (the counters) and [`scrape`]; this module does the wiring.
 
 pub mod clusters;
 pub mod config;

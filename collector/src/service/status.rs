@@ -242,6 +242,24 @@ fn job_snapshot(row: &JobRow, live: Option<&JobSnapshot>) -> JobSnapshot {
     }
 }
 
+/// Why a subtask without a window has no level: not placed (and why), not running, or no
+/// samples yet from its TaskManager.
+fn why_no_window(live: Option<&SubtaskSnapshot>, unplaced: Option<&String>) -> String {
+    match (unplaced, live) {
+        (Some(reason), _) => format!("no samples placed: {reason}"),
+        (None, Some(s)) if s.status != "RUNNING" => {
+            format!("no samples yet: the subtask is {}", s.status)
+        }
+        (None, Some(s)) => format!(
+            "no samples yet from TaskManager {}",
+            s.taskmanager_id.as_deref().unwrap_or("(unknown)")
+        ),
+        (None, None) => "no samples yet".to_string(),
+    }
+}
+
+/// One subtask's line in `status`: its newest window's counts and level when that window is of
+/// the running attempt, else what Flink says of it and why it has no level.
 fn subtask_status(
     index: u32,
     live: Option<&SubtaskSnapshot>,
@@ -270,19 +288,8 @@ fn subtask_status(
         why: None,
     };
     let Some(w) = window else {
-        let why = match (unplaced, live) {
-            (Some(reason), _) => format!("no samples placed: {reason}"),
-            (None, Some(s)) if s.status != "RUNNING" => {
-                format!("no samples yet: the subtask is {}", s.status)
-            }
-            (None, Some(s)) => format!(
-                "no samples yet from TaskManager {}",
-                s.taskmanager_id.as_deref().unwrap_or("(unknown)")
-            ),
-            (None, None) => "no samples yet".to_string(),
-        };
         return SubtaskStatus {
-            why: Some(why),
+            why: Some(why_no_window(live, unplaced)),
             ..base
         };
     };
