@@ -17,7 +17,7 @@ pub enum ClientError {
 }
 
 /// Why one REST request failed. The `Display` text is what goes into
-/// [`ClusterSnapshot::errors`]: `GET <url>: <what happened>`.
+/// [`ClusterSnapshot::errors`](crate::model::ClusterSnapshot::errors): `GET <url>: <what happened>`.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("GET {url}: connection refused")]
@@ -63,7 +63,7 @@ pub enum FetchError {
         claimed: u32,
         max: u32,
     },
-    /// The body ran past [`MAX_RESPONSE_BYTES`]; reading stopped there.
+    /// The body ran past [`MAX_RESPONSE_BYTES`](super::MAX_RESPONSE_BYTES); reading stopped there.
     #[error("GET {url}: response larger than {limit} bytes; not read further")]
     TooLarge { url: String, limit: usize },
 }

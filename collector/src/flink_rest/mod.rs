@@ -1,7 +1,7 @@
 //! The collector's client for the Flink REST API: one [`FlinkRestClient::snapshot`] call reads a
 //! cluster's version, its active jobs, their vertices in topological order with the edges
 //! between them, where every subtask runs, and each subtask's network and time metrics, into a
-//! [`ClusterSnapshot`].
+//! [`ClusterSnapshot`](crate::model::ClusterSnapshot).
 //!
 //! Works against Flink 1.13 – 2.x. What differs between versions and how it is handled:
 //!
@@ -22,7 +22,7 @@
 //! [`DEFAULT_MAX_IN_FLIGHT`] requests run at once, each bounded by the client's timeout.
 //!
 //! Failures never abort the snapshot: each failed request adds one message naming the URL and
-//! the kind of failure ([`FetchError`]) to [`ClusterSnapshot::errors`], and everything else is
+//! the kind of failure ([`FetchError`]) to [`ClusterSnapshot::errors`](crate::model::ClusterSnapshot::errors), and everything else is
 //! still returned. Only an unreachable cluster (connection refused, timeout on `/config`)
 //! ends the poll early, with an empty snapshot and that one error.
 

@@ -1,6 +1,6 @@
 //! The store's writing side: one connection for every write, a writer thread that commits
-//! agents' batches in groups ([`group_commit`]), and a checkpoint thread that keeps the
-//! write-ahead log short ([`checkpoints`]). The store is synchronous (SQLite), so it is used on
+//! agents' batches in groups (`group_commit`), and a checkpoint thread that keeps the
+//! write-ahead log short (`checkpoints`). The store is synchronous (SQLite), so it is used on
 //! threads of its own or from `spawn_blocking`.
 
 use std::path::Path;
@@ -38,9 +38,9 @@ pub enum WriteError {
 /// The writing connection and its threads.
 pub struct StoreWriter {
     store: Arc<Mutex<Store>>,
-    /// Batches on their way to the writer thread ([`group_commit`]).
+    /// Batches on their way to the writer thread (`group_commit`).
     writes: Sender<WriteJob>,
-    /// The store writer thread, joined by [`StoreWriter::close`].
+    /// The store writer thread, joined by [`StoreWriter::finish`].
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Dropped with the writer, which ends the checkpoint thread.
     _stop_checkpoints: Sender<()>,

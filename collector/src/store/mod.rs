@@ -4,15 +4,15 @@
 //!
 //! It keeps:
 //! - every merged window of every subtask ([`MergedWindow`](crate::merge::MergedWindow)), in
-//!   [`windows`];
-//! - the jobs and vertices seen ([`JobRow`], [`VertexRow`]), in [`jobs`];
+//!   `windows`;
+//! - the jobs and vertices seen ([`JobRow`], [`VertexRow`]), in `jobs`;
 //! - the `(agent, seq)` of every accepted report batch, so a retried batch is recognised, and the
-//!   highest seq per agent, so gaps show ([`AgentSeq`]), in [`agents`];
+//!   highest seq per agent, so gaps show ([`AgentSeq`]), in `agents`;
 //! - the sampling settings: a default (scope [`DEFAULT_SCOPE`]) and per-job overrides, in
-//!   [`settings`].
+//!   `settings`.
 //!
-//! The schema and its migrations are in [`schema`]; deleting what is past the retention
-//! in [`retention`].
+//! The schema and its migrations are in `schema`; deleting what is past the retention
+//! in `retention`.
 //!
 //! The API is synchronous; the server calls it from `spawn_blocking` or a thread of its own. One
 //! process writes at a time (the collector owning the data directory); readers in other processes
