@@ -16,15 +16,14 @@ use crate::model::{ClusterSnapshot, JobSnapshot, TaskManagerRef, VertexSnapshot}
 
 use super::decode::{decode_json, flink_error_message};
 use super::errors::{classify_reqwest_error, ClientError, FetchError};
+use super::limits::{
+    DEFAULT_MAX_IN_FLIGHT, MAX_PARALLELISM, MAX_REQUEST_TARGET_LEN, MAX_RESPONSE_BYTES,
+};
 use super::metrics::{group_by_subtask, metric_queries, requested_metric_ids};
 use super::topology::{plan_edges, taskmanager_ref, topological};
 use super::wire::{
     valid_time, ConfigWire, JobDetailsWire, JobListEntry, JobListWire, JobVertexWire, MetricWire,
     PlanResponseWire, PlanWire, TaskManagersWire, VertexDetailsWire,
-};
-use super::{
-    DEFAULT_MAX_IN_FLIGHT, MAX_PARALLELISM, MAX_REQUEST_TARGET_LEN, MAX_RESPONSE_BYTES,
-    TERMINAL_JOB_STATES,
 };
 
 /// How long a TaskManager host name's addresses are trusted.
@@ -73,6 +72,9 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Job states that need no monitoring: globally or locally terminal.
+const TERMINAL_JOB_STATES: [&str; 4] = ["FINISHED", "CANCELED", "FAILED", "SUSPENDED"];
 
 /// Async client for one Flink cluster's REST API.
 #[derive(Debug)]

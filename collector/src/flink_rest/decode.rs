@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::errors::FetchError;
-use super::BODY_SNIPPET_CHARS;
+use super::limits::BODY_SNIPPET_CHARS;
 
 /// Decodes a body, telling a body that is not JSON from JSON of an unexpected shape.
 pub(super) fn decode_json<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, FetchError> {

@@ -63,7 +63,7 @@ pub enum FetchError {
         claimed: u32,
         max: u32,
     },
-    /// The body ran past [`MAX_RESPONSE_BYTES`](super::MAX_RESPONSE_BYTES); reading stopped there.
+    /// The body ran past [`MAX_RESPONSE_BYTES`](super::limits::MAX_RESPONSE_BYTES); reading stopped there.
     #[error("GET {url}: response larger than {limit} bytes; not read further")]
     TooLarge { url: String, limit: usize },
 }

@@ -29,35 +29,18 @@
 mod client;
 mod decode;
 mod errors;
+mod limits;
 mod metrics;
 mod topology;
 mod wire;
 
 pub use client::{redact_credentials, FlinkRestClient};
 pub use errors::{ClientError, FetchError};
+pub use limits::{
+    DEFAULT_MAX_IN_FLIGHT, MAX_PARALLELISM, MAX_REQUEST_TARGET_LEN, MAX_RESPONSE_BYTES,
+};
 pub use metrics::{group_by_subtask, metric_queries, metrics_from_pairs, requested_metric_ids};
 pub use topology::{taskmanager_ref, topological};
-
-/// Flink's largest parallelism (`maxParallelism` ≤ 2^15).
-pub const MAX_PARALLELISM: u32 = 1 << 15;
-
-/// Largest Flink response body read: a 1,000-vertex job's details are a few MB.
-pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
-
-/// Requests in flight at once per client (Flink's REST server has a small thread pool).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
-
-/// Longest request target (path + query) this client sends. Flink's Netty HTTP codec rejects
-/// request lines over 4096 bytes (`GET <target> HTTP/1.1`), measured on 1.20.3 and 2.3.0:
-/// a 4079-byte target works, 4096 gets `404 Unable to load requested file /bad-request`.
-/// The margin leaves room for proxies that add a prefix.
-pub const MAX_REQUEST_TARGET_LEN: usize = 3800;
-
-/// Job states that need no monitoring: globally or locally terminal.
-pub(crate) const TERMINAL_JOB_STATES: [&str; 4] = ["FINISHED", "CANCELED", "FAILED", "SUSPENDED"];
-
-/// How much of an error body goes into a message.
-pub(crate) const BODY_SNIPPET_CHARS: usize = 200;
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 
-use super::{get_u64, sql, to_i64, Store, StoreError};
+use super::columns::{get_u64, to_i64};
+use super::connection::Store;
+use super::error::{sql, StoreError};
 
 /// The newest batch an agent delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

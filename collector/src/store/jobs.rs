@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::timestamp;
 
-use super::{get_u64, sql, to_i64, Store, StoreError};
+use super::columns::{get_u64, to_i64};
+use super::connection::Store;
+use super::error::{sql, StoreError};
 
 /// A job seen in a Flink cluster, with its vertices in their stored order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{sql, to_i64, Store, StoreError};
+use super::columns::to_i64;
+use super::connection::Store;
+use super::error::{sql, StoreError};
 
 /// Rows one pruning transaction deletes: small enough that it holds the write lock only for
 /// milliseconds.

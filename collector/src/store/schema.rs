@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{sql, StoreError};
+use super::error::{sql, StoreError};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only: never edit one that
 /// has shipped.

@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 
-use super::{get_u64, sql, to_i64, Store, StoreError, DEFAULT_SCOPE};
+use super::columns::{get_u64, to_i64};
+use super::connection::Store;
+use super::error::{sql, StoreError};
+
+/// The scope of the default sampling settings; any other scope is a job id.
+pub const DEFAULT_SCOPE: &str = "*";
 
 /// Sampling settings for a scope: [`DEFAULT_SCOPE`] or a job id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

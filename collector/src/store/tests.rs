@@ -6,7 +6,9 @@ use crate::mapping::SubtaskRef;
 use crate::merge::{MergedWindow, SplitRule};
 use crate::model::SubtaskMetrics;
 use bpmon_proto::{FrameCount, Level, SamplingSettings};
-use rusqlite::params;
+use rusqlite::{params, Connection};
+use std::fs;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A fresh directory under the system temp dir, removed on drop.

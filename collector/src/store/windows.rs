@@ -12,17 +12,9 @@ use crate::merge::{MergedWindow, SplitRule};
 use crate::model::SubtaskMetrics;
 
 use super::agents::insert_batch;
-use super::{get_u64, parse_col, sql, to_i64, Store, StoreError};
-
-/// A job's key and its subtasks' ids by vertex id and subtask index (nested so that lookups
-/// borrow `&str`).
-#[derive(Debug)]
-pub(super) struct JobIds {
-    key: i64,
-    subtasks: HashMap<String, HashMap<u32, i64>>,
-}
-
-pub(super) type Ids = HashMap<String, JobIds>;
+use super::columns::{get_u64, parse_col, to_i64};
+use super::connection::{Ids, JobIds, Store};
+use super::error::{sql, StoreError};
 
 /// Columns of a [`MergedWindow`], in the order [`window_from_row`] reads them.
 const WINDOW_COLUMNS: &str = "k.job_id, s.vertex_id, s.subtask, w.attempt, w.window_start_ms, \
