@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bpmon_collector::mapping::SubtaskRef;
+use bpmon_collector::merge::MergedWindow;
 use bpmon_collector::merge::{merge_subtask, SampleCounts};
 use bpmon_collector::model::SubtaskMetrics;
-use bpmon_collector::store::{Store, VertexRow, WindowRow, DB_FILE};
+use bpmon_collector::store::{Store, VertexRow, DB_FILE};
 use bpmon_proto::FrameCount;
 
 const VERTICES: u32 = 5;
@@ -44,11 +45,11 @@ fn main() -> anyhow::Result<()> {
 
     // Made up front: the benchmark times the store, not the row building.
     let t0 = 1_700_000_000_000;
-    let all: Vec<WindowRow> = (0..windows)
+    let all: Vec<MergedWindow> = (0..windows)
         .flat_map(|w| (0..subtasks).map(move |i| (w, i)))
         .map(|(w, i)| row(job, &vertices, parallelism, i, t0 + w * INTERVAL_MS))
         .collect();
-    let batches: Vec<&[WindowRow]> = all.chunks(per_tx.max(1)).collect();
+    let batches: Vec<&[MergedWindow]> = all.chunks(per_tx.max(1)).collect();
     let rows = all.len();
 
     let start = Instant::now();
@@ -110,7 +111,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A subtask's window: mostly realistic Flink 1.15+ metrics, a few busy frames.
-fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) -> WindowRow {
+fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) -> MergedWindow {
     let v = &vertices[(i / parallelism) as usize];
     let subtask = i % parallelism;
     let x = f64::from((i * 7 + (start / INTERVAL_MS) as u32) % 100) / 100.0;
@@ -155,7 +156,7 @@ fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) 
         subtask,
         attempt: 0,
     };
-    let mut r = WindowRow::new(&at, start, start + 4_950, &merged, metrics, top_frames);
+    let mut r = MergedWindow::new(&at, start, start + 4_950, &merged, metrics, top_frames);
     r.taskmanager_id = Some(format!("10.0.{}.{}:6122-{:06x}", i / 250, i % 250, i));
     r.host = Some(format!("10.0.{}.{}", i / 250, i % 250));
     r

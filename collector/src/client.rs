@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::api::{
     AgentsView, ConfigUpdate, ConfigView, ErrorBody, HistoryView, JobsView, StatusView,
 };
+use crate::error_chain::{error_chain, root_cause, tls_failure};
 
 /// What stays literal in a path segment: RFC 3986's unreserved characters. Everything else
 /// (spaces, `->`, `:`, `/`, `*`, non-ASCII…) is percent-encoded.
@@ -373,23 +374,6 @@ pub fn bearer_headers(token: &str) -> Result<reqwest::header::HeaderMap, String>
     Ok(headers)
 }
 
-/// The TLS cause of a request error (a certificate not trusted, a handshake refused), if any.
-pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if err.is::<tokio_rustls::rustls::Error>() {
-            return Some(err.to_string());
-        }
-        // rustls errors reach us wrapped in io::Error, sometimes as their text only.
-        let text = err.to_string();
-        if text.contains("certificate") || text.contains("peer sent no certificates") {
-            return Some(text);
-        }
-        next = err.source();
-    }
-    None
-}
-
 /// One path segment, percent-encoded.
 pub fn segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
@@ -414,29 +398,6 @@ fn error_message(body: &[u8]) -> String {
         quoted.push('…');
     }
     quoted
-}
-
-/// The innermost cause, which says what actually failed ("Connection refused (os error 111)").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last: &dyn std::error::Error = e;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
-}
-
-/// Every cause, outermost first, without repeats.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = next {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -76,92 +76,19 @@ pub fn diagnose(job: &JobSnapshot, views: &HashMap<String, VertexView>) -> Vec<F
     let mut findings = Vec::new();
 
     for v in &job.vertices {
-        let upstream: Vec<&VertexSnapshot> = job
+        let bp_upstream: Vec<&VertexSnapshot> = job
             .edges
             .iter()
             .filter(|e| e.target == v.vertex_id)
             .filter_map(|e| vertex(&e.source))
-            .collect();
-        let bp_upstream: Vec<&VertexSnapshot> = upstream
-            .iter()
-            .copied()
             .filter(|u| view(&u.vertex_id).back_pressured())
             .collect();
         if bp_upstream.is_empty() || view(&v.vertex_id).back_pressured() {
             continue;
         }
-        let names = bp_upstream
-            .iter()
-            .map(|u| format!("'{}'", u.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // All receivers' input pools low while a sender's output is full: the network, not v.
-        let receivers_low = v
-            .subtasks
-            .iter()
-            .all(|s| s.metrics.in_pool_usage.is_some_and(|u| u <= LOW_USAGE));
-        let senders_full: Vec<&VertexSnapshot> = bp_upstream
-            .iter()
-            .copied()
-            .filter(|u| {
-                u.subtasks
-                    .iter()
-                    .any(|s| s.metrics.out_pool_usage.is_some_and(|o| o >= HIGH_USAGE))
-            })
-            .collect();
-        if receivers_low && !senders_full.is_empty() && !v.subtasks.is_empty() {
-            findings.push(Finding {
-                kind: FindingKind::NetworkBottleneck,
-                vertex_id: v.vertex_id.clone(),
-                subtasks: v.subtasks.iter().map(|s| s.subtask).collect(),
-                message: format!(
-                    "possible network bottleneck between {} and '{}': the sender's outPoolUsage is high \
-                     while every receiver's inPoolUsage is low, so data waits in the network rather \
-                     than in a slow task (check bandwidth and latency; more buffers per channel help \
-                     a high credit round-trip)",
-                    senders_full
-                        .iter()
-                        .map(|u| format!("'{}'", u.name))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    v.name
-                ),
-                top_frames: Vec::new(),
-            });
-            continue;
-        }
-        let busy = busy_subtasks(v, view(&v.vertex_id));
-        let parallelism = v.subtasks.len().max(v.parallelism as usize);
-        let spread = if busy.is_empty() {
-            "none of its subtasks is busy in the samples: look at what it waits on (locks, I/O \
-             outside Flink's mailbox, GC)"
-                .to_string()
-        } else if busy.len() == parallelism {
-            format!(
-                "all {parallelism} subtasks are busy: the vertex is too slow for its load (more \
-                 parallelism, or cheaper work per record)"
-            )
-        } else {
-            format!(
-                "only subtask(s) {} of {parallelism} are busy: skew, either in the data (hot keys) \
-                 or in the resources of the TaskManagers hosting them",
-                busy.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-            )
-        };
-        findings.push(Finding {
-            kind: FindingKind::Bottleneck,
-            vertex_id: v.vertex_id.clone(),
-            subtasks: if busy.is_empty() {
-                v.subtasks.iter().map(|s| s.subtask).collect()
-            } else {
-                busy
-            },
-            message: format!(
-                "'{}' is the bottleneck: {names} upstream is back-pressured and it is not; {spread}",
-                v.name
-            ),
-            top_frames: view(&v.vertex_id).top_frames.clone(),
-        });
+        let finding = network_bottleneck(v, &bp_upstream)
+            .unwrap_or_else(|| bottleneck(v, &bp_upstream, view(&v.vertex_id)));
+        findings.push(finding);
     }
 
     for v in &job.vertices {
@@ -176,6 +103,89 @@ pub fn diagnose(job: &JobSnapshot, views: &HashMap<String, VertexView>) -> Vec<F
         }
     }
     findings
+}
+
+/// `v`, right after back-pressured `bp_upstream`, as a network bottleneck: all its receivers'
+/// input pools low while a sender's output is full, so the network, not `v`, holds data up.
+fn network_bottleneck(v: &VertexSnapshot, bp_upstream: &[&VertexSnapshot]) -> Option<Finding> {
+    let receivers_low = v
+        .subtasks
+        .iter()
+        .all(|s| s.metrics.in_pool_usage.is_some_and(|u| u <= LOW_USAGE));
+    let senders_full: Vec<&VertexSnapshot> = bp_upstream
+        .iter()
+        .copied()
+        .filter(|u| {
+            u.subtasks
+                .iter()
+                .any(|s| s.metrics.out_pool_usage.is_some_and(|o| o >= HIGH_USAGE))
+        })
+        .collect();
+    if !receivers_low || senders_full.is_empty() || v.subtasks.is_empty() {
+        return None;
+    }
+    Some(Finding {
+        kind: FindingKind::NetworkBottleneck,
+        vertex_id: v.vertex_id.clone(),
+        subtasks: v.subtasks.iter().map(|s| s.subtask).collect(),
+        message: format!(
+            "possible network bottleneck between {} and '{}': the sender's outPoolUsage is high \
+             while every receiver's inPoolUsage is low, so data waits in the network rather \
+             than in a slow task (check bandwidth and latency; more buffers per channel help \
+             a high credit round-trip)",
+            quoted_names(&senders_full),
+            v.name
+        ),
+        top_frames: Vec::new(),
+    })
+}
+
+/// `v`, right after back-pressured `bp_upstream` and not back-pressured itself, as the
+/// bottleneck, with how its busy subtasks spread (none, all, or some: skew).
+fn bottleneck(v: &VertexSnapshot, bp_upstream: &[&VertexSnapshot], view: &VertexView) -> Finding {
+    let busy = busy_subtasks(v, view);
+    let parallelism = v.subtasks.len().max(v.parallelism as usize);
+    let spread =
+        if busy.is_empty() {
+            "none of its subtasks is busy in the samples: look at what it waits on (locks, I/O \
+         outside Flink's mailbox, GC)"
+                .to_string()
+        } else if busy.len() == parallelism {
+            format!(
+                "all {parallelism} subtasks are busy: the vertex is too slow for its load (more \
+             parallelism, or cheaper work per record)"
+            )
+        } else {
+            format!(
+            "only subtask(s) {} of {parallelism} are busy: skew, either in the data (hot keys) \
+             or in the resources of the TaskManagers hosting them",
+            busy.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        )
+        };
+    Finding {
+        kind: FindingKind::Bottleneck,
+        vertex_id: v.vertex_id.clone(),
+        subtasks: if busy.is_empty() {
+            v.subtasks.iter().map(|s| s.subtask).collect()
+        } else {
+            busy
+        },
+        message: format!(
+            "'{}' is the bottleneck: {} upstream is back-pressured and it is not; {spread}",
+            v.name,
+            quoted_names(bp_upstream)
+        ),
+        top_frames: view.top_frames.clone(),
+    }
+}
+
+/// `'a', 'b'`.
+fn quoted_names(vertices: &[&VertexSnapshot]) -> String {
+    vertices
+        .iter()
+        .map(|u| format!("'{}'", u.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Subtasks busy in at least [`BUSY_SHARE`] of their samples; without samples, by Flink's

@@ -3,11 +3,12 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bpmon_collector::api::ConfigUpdate;
 use bpmon_collector::client::{ClientSecurity, CollectorClient};
+use bpmon_collector::clock::now_ms;
 use bpmon_collector::render::{self, DiagnosisReport};
 use bpmon_collector::service::{self, CollectorConfig, ServeArgs};
 use bpmon_telemetry::logging::{self, LogFormat, LogSettings};
@@ -321,10 +322,4 @@ fn print(text: String) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -18,6 +18,8 @@
 //!
 //! What stays undecided is reported as ambiguous, with the candidates, never guessed.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use bpmon_proto::{ExactTask, SampleReport, TaskSamples};
@@ -60,13 +62,40 @@ pub enum Resolution {
 /// A subtask a thread could be, with its `start-time`.
 type Candidate = (SubtaskRef, Option<i64>);
 
-/// Every task of one report, whose JVM is TaskManager `tm_id`.
+/// Subtasks placed on one TaskManager, by what a thread name carries (vertex name, subtask
+/// index, parallelism): each thread's candidates are then one look-up.
+type PlacedIndex<'a> = HashMap<(&'a str, u32, u32), Vec<Candidate>>;
+
+/// Every task of one report, whose JVM is TaskManager `tm_id`, in the steps of the module doc.
+/// Step 1 stays here although placement resolves exact ids itself (in whichever cluster runs the
+/// job): it keeps the threads with exact ids out of the name groups, where they would take
+/// candidates from same-named threads without them.
 pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -> Vec<Resolution> {
-    let report_end_ms = (report.started_at_ms + report.elapsed_ms) as f64;
-    // The subtasks on this TaskManager, indexed once by what a thread name carries (vertex
-    // name, subtask index, parallelism): each thread's candidates are then one look-up.
-    let mut placed: std::collections::HashMap<(&str, u32, u32), Vec<Candidate>> =
-        std::collections::HashMap::new();
+    let placed = placed_on(tm_id, jobs);
+    let mut out: Vec<Option<Resolution>> = vec![None; report.tasks.len()];
+    // Step 1: the in-process sampler read the exact ids from Flink's own objects.
+    for (i, t) in report.tasks.iter().enumerate() {
+        if let Some(exact) = &t.exact {
+            out[i] = Some(resolve_exact(t, exact, jobs));
+        }
+    }
+    for members in same_named_threads(report, &out) {
+        // Step 2: the candidates.
+        let candidates = candidates_of(&placed, &report.tasks[members[0]]);
+        resolve_group(report, tm_id, &members, &candidates, &mut out);
+    }
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or(Resolution::Unknown {
+                why: "unresolved".into(),
+            })
+        })
+        .collect()
+}
+
+/// The subtasks on TaskManager `tm_id`, indexed once.
+fn placed_on<'a>(tm_id: &str, jobs: &'a [JobSnapshot]) -> PlacedIndex<'a> {
+    let mut placed: PlacedIndex<'a> = HashMap::new();
     for job in jobs {
         for v in &job.vertices {
             for s in v
@@ -89,148 +118,170 @@ pub fn resolve_tasks(report: &SampleReport, tm_id: &str, jobs: &[JobSnapshot]) -
             }
         }
     }
-    let candidates_of = |t: &TaskSamples| -> Vec<Candidate> {
-        placed
-            .get(&(
-                t.identity.task.as_str(),
-                t.identity.subtask,
-                t.identity.parallelism,
-            ))
-            .map(|c| {
-                c.iter()
-                    .filter(|(r, _)| t.identity.attempt.is_none_or(|a| a == r.attempt))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut out: Vec<Option<Resolution>> = vec![None; report.tasks.len()];
-    // Step 0: the in-process sampler read the exact ids from Flink's own objects.
-    for (i, t) in report.tasks.iter().enumerate() {
-        if let Some(exact) = &t.exact {
-            out[i] = Some(resolve_exact(t, exact, jobs));
-        }
-    }
-    // Group the threads that compete for the same candidates (same name on this TaskManager).
-    // By name through a map: linear in the threads, however many a report carries.
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut group_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    placed
+}
+
+/// The subtasks a thread could be: its name's, of its attempt when it carries one.
+fn candidates_of(placed: &PlacedIndex<'_>, t: &TaskSamples) -> Vec<Candidate> {
+    placed
+        .get(&(
+            t.identity.task.as_str(),
+            t.identity.subtask,
+            t.identity.parallelism,
+        ))
+        .map(|c| {
+            c.iter()
+                .filter(|(r, _)| t.identity.attempt.is_none_or(|a| a == r.attempt))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The threads not yet resolved that compete for the same candidates (same name on this
+/// TaskManager), in order of first appearance. By name through a map: linear in the threads,
+/// however many a report carries.
+fn same_named_threads(report: &SampleReport, out: &[Option<Resolution>]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
     for (i, t) in report.tasks.iter().enumerate() {
         if out[i].is_some() {
             continue;
         }
         match group_of.get(t.thread.as_str()) {
-            Some(&g) => groups[g].1.push(i),
+            Some(&g) => groups[g].push(i),
             None => {
                 group_of.insert(t.thread.as_str(), groups.len());
-                groups.push((t.thread.clone(), vec![i]));
+                groups.push(vec![i]);
             }
         }
     }
-    for (_, members) in groups {
-        let candidates = candidates_of(&report.tasks[members[0]]);
-        if candidates.is_empty() {
-            for &i in &members {
-                out[i] = Some(Resolution::Unknown {
-                    why: format!(
-                        "no running subtask '{}' #{} on TaskManager {tm_id}",
-                        report.tasks[i].identity.task, report.tasks[i].identity.subtask
-                    ),
-                });
+    groups
+}
+
+/// Resolves one group of same-named threads among their candidates: directly when one thread
+/// has one candidate, else by age (step 3), then creation order (step 4); what stays open is
+/// ambiguous, with how close the candidates' deployments were.
+fn resolve_group(
+    report: &SampleReport,
+    tm_id: &str,
+    members: &[usize],
+    candidates: &[Candidate],
+    out: &mut [Option<Resolution>],
+) {
+    if candidates.is_empty() {
+        for &i in members {
+            out[i] = Some(Resolution::Unknown {
+                why: format!(
+                    "no running subtask '{}' #{} on TaskManager {tm_id}",
+                    report.tasks[i].identity.task, report.tasks[i].identity.subtask
+                ),
+            });
+        }
+        return;
+    }
+    if members.len() == 1 && candidates.len() == 1 {
+        out[members[0]] = Some(Resolution::Resolved(candidates[0].0.clone()));
+        return;
+    }
+    // Step 3: age.
+    let used_candidates = pair_by_age(report, members, candidates, out);
+    // Step 4: age could not decide, creation order can. A TaskManager creates task threads in
+    // the order their deployments arrive, and JVM thread ids grow with creation, so the
+    // undecided threads sorted by id pair with the undecided subtasks sorted by `start-time`,
+    // when those lie clearly apart.
+    let open_threads: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|&i| out[i].is_none())
+        .collect();
+    let open_candidates: Vec<usize> = (0..candidates.len())
+        .filter(|c| !used_candidates.contains(c))
+        .collect();
+    if let Some(pairs) =
+        pair_by_creation_order(&report.tasks, &open_threads, candidates, &open_candidates)
+    {
+        for (i, c) in pairs {
+            out[i] = Some(Resolution::Resolved(candidates[c].0.clone()));
+        }
+    }
+    let closest = closest_starts(candidates);
+    for &i in members {
+        if out[i].is_none() {
+            out[i] = Some(Resolution::Ambiguous {
+                candidates: candidates.iter().map(|(r, _)| r.clone()).collect(),
+                why: format!(
+                    "{} threads named '{}' and {} matching subtasks; their start times do not tell them apart{closest}",
+                    members.len(),
+                    report.tasks[i].thread,
+                    candidates.len()
+                ),
+            });
+        }
+    }
+}
+
+/// Pairs threads and subtasks by how close the thread's start (report end − its age) is to the
+/// subtask's `start-time`, closest first, keeping only decisive pairs. Returns the candidates
+/// taken.
+fn pair_by_age(
+    report: &SampleReport,
+    members: &[usize],
+    candidates: &[Candidate],
+    out: &mut [Option<Resolution>],
+) -> Vec<usize> {
+    let report_end_ms = (report.started_at_ms + report.elapsed_ms) as f64;
+    let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+    for &i in members {
+        let Some(age) = report.tasks[i].elapsed_s else {
+            continue;
+        };
+        let thread_start = report_end_ms - age * 1000.0;
+        for (c, (_, start)) in candidates.iter().enumerate() {
+            if let Some(start) = start {
+                pairs.push(((thread_start - *start as f64).abs(), i, c));
             }
+        }
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut used_threads = Vec::new();
+    let mut used_candidates = Vec::new();
+    for (distance, i, c) in &pairs {
+        if used_threads.contains(i) || used_candidates.contains(c) {
             continue;
         }
-        if members.len() == 1 && candidates.len() == 1 {
-            out[members[0]] = Some(Resolution::Resolved(candidates[0].0.clone()));
-            continue;
-        }
-        // Pair threads and subtasks by how close the thread's start is to the subtask's.
-        let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
-        for &i in &members {
-            let Some(age) = report.tasks[i].elapsed_s else {
-                continue;
-            };
-            let thread_start = report_end_ms - age * 1000.0;
-            for (c, (_, start)) in candidates.iter().enumerate() {
-                if let Some(start) = start {
-                    pairs.push(((thread_start - *start as f64).abs(), i, c));
-                }
-            }
-        }
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut used_threads = Vec::new();
-        let mut used_candidates = Vec::new();
-        for (distance, i, c) in &pairs {
-            if used_threads.contains(i) || used_candidates.contains(c) {
-                continue;
-            }
-            // The match must be close, and clearly closer than this thread's next best.
-            let runner_up = pairs
-                .iter()
-                .filter(|(_, i2, c2)| i2 == i && c2 != c && !used_candidates.contains(c2))
-                .map(|(d, _, _)| *d)
-                .next();
-            let decisive = *distance <= START_TOLERANCE_MS
-                && runner_up.is_none_or(|r| r - distance >= MIN_SEPARATION_MS);
-            if decisive {
-                out[*i] = Some(Resolution::Resolved(candidates[*c].0.clone()));
-                used_threads.push(*i);
-                used_candidates.push(*c);
-            }
-        }
-        // Age could not decide: creation order can. A TaskManager creates task threads in the
-        // order their deployments arrive, and JVM thread ids grow with creation, so the
-        // undecided threads sorted by id pair with the undecided subtasks sorted by
-        // `start-time`, when those lie clearly apart.
-        let open_threads: Vec<usize> = members
+        // The match must be close, and clearly closer than this thread's next best.
+        let runner_up = pairs
             .iter()
-            .copied()
-            .filter(|&i| out[i].is_none())
-            .collect();
-        let open_candidates: Vec<usize> = (0..candidates.len())
-            .filter(|c| !used_candidates.contains(c))
-            .collect();
-        if let Some(pairs) =
-            pair_by_creation_order(&report.tasks, &open_threads, &candidates, &open_candidates)
-        {
-            for (i, c) in pairs {
-                out[i] = Some(Resolution::Resolved(candidates[c].0.clone()));
-            }
-        }
-        // What an operator needs to see why: how close the candidates' deployments were.
-        let mut starts: Vec<i64> = candidates.iter().filter_map(|(_, s)| *s).collect();
-        starts.sort_unstable();
-        let closest = starts
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .min()
-            .map(|gap| {
-                format!(
-                    " (closest start-times {gap} ms apart; creation order needs {ORDER_SEPARATION_MS} ms)"
-                )
-            })
-            .unwrap_or_default();
-        for &i in &members {
-            if out[i].is_none() {
-                out[i] = Some(Resolution::Ambiguous {
-                    candidates: candidates.iter().map(|(r, _)| r.clone()).collect(),
-                    why: format!(
-                        "{} threads named '{}' and {} matching subtasks; their start times do not tell them apart{closest}",
-                        members.len(),
-                        report.tasks[i].thread,
-                        candidates.len()
-                    ),
-                });
-            }
+            .filter(|(_, i2, c2)| i2 == i && c2 != c && !used_candidates.contains(c2))
+            .map(|(d, _, _)| *d)
+            .next();
+        let decisive = *distance <= START_TOLERANCE_MS
+            && runner_up.is_none_or(|r| r - distance >= MIN_SEPARATION_MS);
+        if decisive {
+            out[*i] = Some(Resolution::Resolved(candidates[*c].0.clone()));
+            used_threads.push(*i);
+            used_candidates.push(*c);
         }
     }
-    out.into_iter()
-        .map(|r| {
-            r.unwrap_or(Resolution::Unknown {
-                why: "unresolved".into(),
-            })
+    used_candidates
+}
+
+/// What an operator needs to see why a group stays ambiguous: how close the candidates'
+/// deployments were (empty without two start times).
+fn closest_starts(candidates: &[Candidate]) -> String {
+    let mut starts: Vec<i64> = candidates.iter().filter_map(|(_, s)| *s).collect();
+    starts.sort_unstable();
+    starts
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .min()
+        .map(|gap| {
+            format!(
+                " (closest start-times {gap} ms apart; creation order needs {ORDER_SEPARATION_MS} ms)"
+            )
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// A task whose job and vertex ids the agent read inside the JVM: no guessing, only a check that

@@ -17,9 +17,10 @@
 //! The result is `ratio = (blocked + soft) / samples`, with Flink's levels: OK ≤ 0.10 < LOW ≤ 0.5 <
 //! HIGH.
 
-use bpmon_proto::Level;
+use bpmon_proto::{FrameCount, Level};
 use serde::{Deserialize, Serialize};
 
+use crate::mapping::SubtaskRef;
 use crate::model::SubtaskMetrics;
 
 /// `outPoolUsage` at or above which a subtask's output counts as exhausted.
@@ -140,6 +141,90 @@ pub fn vertex_level(subtasks: &[MergedSubtask]) -> (Option<Level>, f64) {
     match worst {
         Some(s) => (s.level, s.ratio),
         None => (None, f64::NAN),
+    }
+}
+
+/// One merged window of one subtask: what a batch yields per subtask, what the store keeps and
+/// what queries read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergedWindow {
+    pub job_id: String,
+    pub vertex_id: String,
+    pub subtask: u32,
+    pub attempt: u32,
+    /// ms since the Unix epoch.
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    pub taskmanager_id: Option<String>,
+    pub host: Option<String>,
+    pub samples: u32,
+    pub blocked: u32,
+    pub soft: u32,
+    pub idle: u32,
+    pub busy: u32,
+    /// `(blocked + soft) / samples`; `None` without samples.
+    pub ratio: Option<f64>,
+    /// `None` without samples.
+    pub level: Option<Level>,
+    pub split: SplitRule,
+    /// The subtask's metrics the window was merged with.
+    pub metrics: SubtaskMetrics,
+    pub top_frames: Vec<FrameCount>,
+}
+
+impl MergedWindow {
+    /// A row for `merged`, without TaskManager and host (set them on the result when known).
+    pub fn new(
+        at: &SubtaskRef,
+        window_start_ms: u64,
+        window_end_ms: u64,
+        merged: &MergedSubtask,
+        metrics: SubtaskMetrics,
+        top_frames: Vec<FrameCount>,
+    ) -> MergedWindow {
+        MergedWindow {
+            job_id: at.job_id.clone(),
+            vertex_id: at.vertex_id.clone(),
+            subtask: at.subtask,
+            attempt: at.attempt,
+            window_start_ms,
+            window_end_ms,
+            taskmanager_id: None,
+            host: None,
+            samples: merged.samples,
+            blocked: merged.blocked,
+            soft: merged.soft,
+            idle: merged.idle,
+            busy: merged.busy,
+            ratio: (!merged.ratio.is_nan()).then_some(merged.ratio),
+            level: merged.level,
+            split: merged.split,
+            metrics,
+            top_frames,
+        }
+    }
+
+    pub fn subtask_ref(&self) -> SubtaskRef {
+        SubtaskRef {
+            job_id: self.job_id.clone(),
+            vertex_id: self.vertex_id.clone(),
+            subtask: self.subtask,
+            attempt: self.attempt,
+        }
+    }
+
+    /// The merge result again (a missing ratio becomes NaN, as `merge` has it).
+    pub fn merged(&self) -> MergedSubtask {
+        MergedSubtask {
+            samples: self.samples,
+            blocked: self.blocked,
+            soft: self.soft,
+            idle: self.idle,
+            busy: self.busy,
+            ratio: self.ratio.unwrap_or(f64::NAN),
+            level: self.level,
+            split: self.split,
+        }
     }
 }
 

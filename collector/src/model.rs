@@ -22,6 +22,31 @@ pub struct ClusterSnapshot {
     pub errors: Vec<String>,
 }
 
+/// How a poll of a cluster went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Every request answered.
+    Complete,
+    /// Some requests failed ([`ClusterSnapshot::errors`] says which); the rest is usable.
+    Partial,
+    /// Requests failed and neither a job nor a TaskManager was read: nothing usable, so the
+    /// cluster's last good snapshot stays (an unreachable cluster ends here).
+    Failed,
+}
+
+impl ClusterSnapshot {
+    /// Whether this snapshot can replace the last good one, and whether anything is missing.
+    pub fn outcome(&self) -> PollOutcome {
+        if self.errors.is_empty() {
+            PollOutcome::Complete
+        } else if self.jobs.is_empty() && self.taskmanagers.is_empty() {
+            PollOutcome::Failed
+        } else {
+            PollOutcome::Partial
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSnapshot {
     pub job_id: String,

@@ -3,12 +3,13 @@
 //! "12 s ago"), and returns the text. JSON output is the serde form of the views themselves.
 
 use std::fmt::Write;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bpmon_proto::{FrameCount, Level, SamplingSettings};
 use serde::Serialize;
 
 use crate::api::{AgentsView, ConfigView, HistoryView, JobsView, StatusView, SubtaskStatus};
+use crate::clock::timestamp;
 use crate::diagnosis::{Finding, FindingKind};
 use crate::merge::SplitRule;
 
@@ -445,11 +446,6 @@ fn usage(u: Option<&f64>) -> String {
 
 fn millis(ms: u64) -> String {
     humantime::format_duration(Duration::from_millis(ms)).to_string()
-}
-
-/// UTC, to the second: `2024-05-01T12:00:03Z`.
-pub fn timestamp(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// `2024-05-01T12:00:03Z (12 s ago)`.

@@ -17,6 +17,8 @@ use axum::{Json, Router};
 use bpmon_proto::{AgentPlan, JvmPlan, PlanRequest, ReportBatch, SamplingSettings, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
+use crate::api::ErrorBody;
+
 /// Limits on what agents may send.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
@@ -42,22 +44,50 @@ pub struct IngestOutcome {
     pub duplicate: bool,
 }
 
+/// Why the ingest side cannot serve an agent now. Never the agent's fault: it is answered 503,
+/// and the agent keeps its batch and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A thread matched no TaskManager while a cluster cannot be read: accepting now would lose
+    /// it for good. Names each such cluster and why.
+    #[error("cannot place reports while Flink is not readable ({0})")]
+    FlinkUnreadable(String),
+    /// The store or the work behind it failed or has stopped.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IngestError {
+    /// The HTTP status an agent gets.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+impl From<String> for IngestError {
+    fn from(message: String) -> Self {
+        IngestError::Unavailable(message)
+    }
+}
+
 /// Where validated batches go, and where settings come from. The service implements it with the
-/// store; tests with memory.
-pub trait Ingest: Send + Sync + 'static {
+/// store, failing with an [`IngestError`]; tests with memory. `E` is the error its methods
+/// return: `String` by default, for implementations outside this crate that predate
+/// [`IngestError`] (taken as [`IngestError::Unavailable`]).
+pub trait Ingest<E: Into<IngestError> + Send = String>: Send + Sync + 'static {
     /// Stores a batch; returns once it is durable.
     fn ingest(
         &self,
         batch: ReportBatch,
-    ) -> impl std::future::Future<Output = Result<IngestOutcome, String>> + Send;
+    ) -> impl std::future::Future<Output = Result<IngestOutcome, E>> + Send;
     /// The default settings and every per-job override.
-    fn settings(&self) -> impl std::future::Future<Output = Result<SettingsView, String>> + Send;
+    fn settings(&self) -> impl std::future::Future<Output = Result<SettingsView, E>> + Send;
     /// Which settings apply to which task threads of the agent's JVMs. The default answer puts
     /// every thread on the default settings.
     fn plan(
         &self,
         request: PlanRequest,
-    ) -> impl std::future::Future<Output = Result<AgentPlan, String>> + Send {
+    ) -> impl std::future::Future<Output = Result<AgentPlan, E>> + Send {
         async move {
             let view = self.settings().await?;
             Ok(AgentPlan {
@@ -93,11 +123,6 @@ pub struct IngestReply {
     pub seq: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
@@ -114,18 +139,22 @@ struct AppState<I> {
 }
 
 /// The agent-facing routes.
-pub fn router<I: Ingest>(ingest: I, limits: IngestLimits) -> Router {
+pub fn router<I, E>(ingest: I, limits: IngestLimits) -> Router
+where
+    I: Ingest<E>,
+    E: Into<IngestError> + Send + 'static,
+{
     let state = Arc::new(AppState { ingest, limits });
     Router::new()
-        .route("/api/v1/reports", post(post_reports::<I>))
-        .route("/api/v1/settings", get(get_settings::<I>))
-        .route("/api/v1/plan", post(post_plan::<I>))
+        .route("/api/v1/reports", post(post_reports::<I, E>))
+        .route("/api/v1/settings", get(get_settings::<I, E>))
+        .route("/api/v1/plan", post(post_plan::<I, E>))
         // Past this, axum answers 413 before our handler runs.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
 }
 
-async fn post_reports<I: Ingest>(
+async fn post_reports<I: Ingest<E>, E: Into<IngestError> + Send>(
     State(state): State<Arc<AppState<I>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -140,10 +169,7 @@ async fn post_reports<I: Ingest>(
     };
     // Bounds and counts, at the edge: a bad batch is the agent's to fix (4xx, never retried),
     // and never reaches the store.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    if let Err(problem) = batch.validate(now_ms) {
+    if let Err(problem) = batch.validate(crate::clock::now_ms()) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("batch {} refused: {problem}", batch.seq),
@@ -158,22 +184,33 @@ async fn post_reports<I: Ingest>(
         })
         .into_response(),
         // Not the agent's fault: it keeps the batch and retries.
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("batch {seq} not stored, retry later: {e}"),
-        ),
+        Err(e) => {
+            let e: IngestError = e.into();
+            error(
+                e.status(),
+                format!("batch {seq} not stored, retry later: {e}"),
+            )
+        }
     }
 }
 
-async fn get_settings<I: Ingest>(State(state): State<Arc<AppState<I>>>) -> Response {
+async fn get_settings<I: Ingest<E>, E: Into<IngestError> + Send>(
+    State(state): State<Arc<AppState<I>>>,
+) -> Response {
     match state.ingest.settings().await {
         Ok(view) => Json(view).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => {
+            let e: IngestError = e.into();
+            error(e.status(), e.to_string())
+        }
     }
 }
 
-/// The body as JSON bytes: inflated if gzip-encoded, within `max_decoded` bytes.
-async fn post_plan<I: Ingest>(State(state): State<Arc<AppState<I>>>, body: Bytes) -> Response {
+/// `POST /api/v1/plan`: which settings apply to which task threads of the agent's JVMs.
+async fn post_plan<I: Ingest<E>, E: Into<IngestError> + Send>(
+    State(state): State<Arc<AppState<I>>>,
+    body: Bytes,
+) -> Response {
     let request: PlanRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -189,10 +226,14 @@ async fn post_plan<I: Ingest>(State(state): State<Arc<AppState<I>>>, body: Bytes
     };
     match state.ingest.plan(request).await {
         Ok(plan) => Json(plan).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => {
+            let e: IngestError = e.into();
+            error(e.status(), e.to_string())
+        }
     }
 }
 
+/// The body as JSON bytes: inflated if gzip-encoded, within `max_decoded` bytes.
 pub fn decode_body(
     headers: &HeaderMap,
     body: &[u8],

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::sync::Mutex;
 
-use bpmon_collector::server::{router, Ingest, IngestLimits, IngestOutcome, SettingsView};
+use bpmon_collector::server::{
+    router, Ingest, IngestError, IngestLimits, IngestOutcome, SettingsView,
+};
 use bpmon_proto::{ReportBatch, SamplingSettings, SCHEMA_VERSION};
 use reqwest::StatusCode;
 
@@ -16,10 +18,10 @@ struct Memory {
     failing: bool,
 }
 
-impl Ingest for Memory {
-    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, String> {
+impl Ingest<IngestError> for Memory {
+    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, IngestError> {
         if self.failing {
-            return Err("database is locked".into());
+            return Err(IngestError::Unavailable("database is locked".into()));
         }
         let new = self
             .seen
@@ -29,7 +31,7 @@ impl Ingest for Memory {
         Ok(IngestOutcome { duplicate: !new })
     }
 
-    async fn settings(&self) -> Result<SettingsView, String> {
+    async fn settings(&self) -> Result<SettingsView, IngestError> {
         let mut jobs = BTreeMap::new();
         jobs.insert(
             "a1b2".to_string(),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bpmon_proto::Level;
 
-use crate::store::WindowRow;
+use crate::merge::MergedWindow;
 
 /// One merged window's level.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +23,7 @@ pub struct Observation {
 }
 
 /// The windows of a batch that have a level.
-pub fn observations(rows: &[WindowRow]) -> Vec<Observation> {
+pub fn observations(rows: &[MergedWindow]) -> Vec<Observation> {
     rows.iter()
         .filter_map(|r| {
             Some(Observation {

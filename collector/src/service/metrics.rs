@@ -1,36 +1,15 @@
-//! `GET /metrics`: the collector in Prometheus's terms.
-//!
-//! Levels and ratios are read from the same [`StatusView`]s the query API answers
-//! ([`Collector::statuses`]), so a dashboard and `bpmon-collector status` never disagree. The
-//! counters are kept by [`ServiceMetrics`] where batches are taken and polls happen.
-//!
-//! | name | type | labels |
-//! | --- | --- | --- |
-//! | `bpmon_subtask_backpressure_ratio`, `bpmon_subtask_backpressure_level` | gauge | job_id, vertex_id, subtask (off with `[metrics] per_subtask = false`) |
-//! | `bpmon_vertex_backpressure_ratio`, `bpmon_vertex_backpressure_level` | gauge | job_id, vertex_id |
-//! | `bpmon_job_info` (= 1) | gauge | job_id, job_name, flink_url |
-//! | `bpmon_vertex_info` (= 1) | gauge | job_id, vertex_id, vertex_name |
-//! | `bpmon_job_stale` (1 when `status` says stale) | gauge | job_id |
-//! | `bpmon_agent_last_report_timestamp_seconds` | gauge | agent_id |
-//! | `bpmon_ingest_batches_total` | counter | outcome = stored, duplicate, rejected, failed |
-//! | `bpmon_ingest_windows_total`, `bpmon_ingest_unplaced_threads_total` | counter | |
-//! | `bpmon_flink_poll_errors_total` | counter | flink_url |
-//! | `bpmon_flink_poll_duration_seconds` | histogram | flink_url |
-//! | `bpmon_flink_last_poll_success_timestamp_seconds` | gauge | flink_url |
-//!
-//! Levels are 0 (ok), 1 (low), 2 (high). A subtask or vertex without a level (no samples yet,
-//! ambiguous) has no series.
+//! The collector's running counters (batches by outcome, windows stored, polls of each Flink
+//! cluster, the API's refusals), kept by [`ServiceMetrics`] where batches are taken and polls
+//! happen. [`super::scrape`] exports them with the jobs' levels on `GET /metrics`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bpmon_proto::Level;
 use bpmon_telemetry::metrics::prometheus_client::metrics::counter::Counter;
 use bpmon_telemetry::metrics::prometheus_client::metrics::family::Family;
 use bpmon_telemetry::metrics::prometheus_client::metrics::gauge::Gauge;
@@ -39,12 +18,8 @@ use bpmon_telemetry::metrics::prometheus_client::metrics::histogram::{
 };
 use bpmon_telemetry::metrics::prometheus_client::registry::Registry;
 
-use crate::api::{AgentsView, StatusView};
-
-use super::state::Collector;
-
-type Labels = Vec<(&'static str, String)>;
-type FloatGauge = Gauge<f64, AtomicU64>;
+pub(super) type Labels = Vec<(&'static str, String)>;
+pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// What an agent's batch came to.
@@ -169,7 +144,8 @@ impl ServiceMetrics {
         }
     }
 
-    fn register(&self, r: &mut Registry) {
+    /// Adds the counters to `r` (the scrape's registry).
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "ingest_batches",
             "Report batches from agents, by outcome (stored, duplicate, rejected, failed)",
@@ -251,130 +227,16 @@ fn flink(url: &str) -> Labels {
     vec![("flink_url", url.to_string())]
 }
 
-/// 0 ok, 1 low, 2 high.
-pub fn level_value(l: Level) -> i64 {
-    match l {
-        Level::Ok => 0,
-        Level::Low => 1,
-        Level::High => 2,
-    }
-}
-
-/// Every metric, as of now, in one registry: the jobs' statuses and agents' last reports as
-/// gauges, and the running counters.
-pub fn registry(
-    metrics: &ServiceMetrics,
-    statuses: &[std::sync::Arc<StatusView>],
-    agents: &AgentsView,
-) -> Registry {
-    let mut r = bpmon_telemetry::metrics::registry();
-    let per_subtask = metrics.per_subtask();
-    let subtask_ratio = Family::<Labels, FloatGauge>::default();
-    let subtask_level = Family::<Labels, Gauge>::default();
-    let vertex_ratio = Family::<Labels, FloatGauge>::default();
-    let vertex_level = Family::<Labels, Gauge>::default();
-    let job_info = Family::<Labels, Gauge>::default();
-    let vertex_info = Family::<Labels, Gauge>::default();
-    let job_stale = Family::<Labels, Gauge>::default();
-    let agent_last = Family::<Labels, FloatGauge>::default();
-    for s in statuses {
-        job_info
-            .get_or_create(&vec![
-                ("job_id", s.job_id.clone()),
-                ("job_name", s.job_name.clone()),
-                ("flink_url", s.flink_url.clone()),
-            ])
-            .set(1);
-        job_stale
-            .get_or_create(&vec![("job_id", s.job_id.clone())])
-            .set(i64::from(s.stale));
-        for v in &s.vertices {
-            let vl = vec![
-                ("job_id", s.job_id.clone()),
-                ("vertex_id", v.vertex_id.clone()),
-            ];
-            vertex_info
-                .get_or_create(&vec![
-                    ("job_id", s.job_id.clone()),
-                    ("vertex_id", v.vertex_id.clone()),
-                    ("vertex_name", v.name.clone()),
-                ])
-                .set(1);
-            if let (Some(level), Some(ratio)) = (v.level, v.ratio) {
-                vertex_level.get_or_create(&vl).set(level_value(level));
-                vertex_ratio.get_or_create(&vl).set(ratio);
-            }
-            if !per_subtask {
-                continue;
-            }
-            for st in &v.subtasks {
-                let (Some(level), Some(ratio)) = (st.level, st.ratio) else {
-                    continue;
-                };
-                let mut sl = vl.clone();
-                sl.push(("subtask", st.subtask.to_string()));
-                subtask_level.get_or_create(&sl).set(level_value(level));
-                subtask_ratio.get_or_create(&sl).set(ratio);
-            }
-        }
-    }
-    for a in &agents.agents {
-        agent_last
-            .get_or_create(&vec![("agent_id", a.agent_id.clone())])
-            .set(bpmon_telemetry::metrics::seconds(a.last_batch_ms));
-    }
-    if per_subtask {
-        r.register(
-            "subtask_backpressure_ratio",
-            "Share of a subtask's samples back-pressured (blocked + soft) in its newest window",
-            subtask_ratio,
-        );
-        r.register(
-            "subtask_backpressure_level",
-            "A subtask's back-pressure level: 0 ok, 1 low, 2 high (Flink's thresholds)",
-            subtask_level,
-        );
-    }
-    r.register(
-        "vertex_backpressure_ratio",
-        "A vertex's back-pressure ratio: its worst subtask's",
-        vertex_ratio,
-    );
-    r.register(
-        "vertex_backpressure_level",
-        "A vertex's back-pressure level: 0 ok, 1 low, 2 high (its worst subtask's)",
-        vertex_level,
-    );
-    r.register("job_info", "A job the collector knows (always 1)", job_info);
-    r.register(
-        "vertex_info",
-        "A vertex of a job, with its name (always 1)",
-        vertex_info,
-    );
-    r.register(
-        "job_stale",
-        "1 when a job's status is stale (Flink unreadable, job stopped, windows late)",
-        job_stale,
-    );
-    r.register(
-        "agent_last_report_timestamp_seconds",
-        "When an agent's newest batch was stored (Unix time)",
-        agent_last,
-    );
-    metrics.register(&mut r);
-    r
-}
-
 /// Counts the report batches `router` refuses as invalid (a 4xx to `POST /api/v1/reports`:
 /// malformed, too large, wrong schema); the ingest side counts the others.
-pub fn count_rejections(router: Router, collector: Arc<Collector>) -> Router {
+pub fn count_rejections(router: Router, metrics: Arc<ServiceMetrics>) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
-        collector,
-        |State(c): State<Arc<Collector>>, req: Request, next: Next| async move {
+        metrics,
+        |State(m): State<Arc<ServiceMetrics>>, req: Request, next: Next| async move {
             let is_report = req.method() == Method::POST && req.uri().path() == REPORTS_PATH;
             let response = next.run(req).await;
             if is_report && response.status().is_client_error() {
-                c.metrics().batch(BatchOutcome::Rejected);
+                m.batch(BatchOutcome::Rejected);
             }
             response
         },
@@ -382,17 +244,3 @@ pub fn count_rejections(router: Router, collector: Arc<Collector>) -> Router {
 }
 
 const REPORTS_PATH: &str = "/api/v1/reports";
-
-/// The `GET /metrics` answer.
-pub async fn scrape(collector: &Arc<Collector>, headers: &HeaderMap) -> Response {
-    let statuses = match collector.statuses().await {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let agents = match collector.agents().await {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let r = registry(collector.metrics(), &statuses, &agents);
-    bpmon_telemetry::metrics::response(&r, headers)
-}

@@ -1,16 +1,28 @@
 //! `bpmon-collector serve`: the service. It polls each Flink cluster's REST API, takes agents'
 //! batches (placing each task thread, merging it with its subtask's metrics, storing the window),
-//! answers the query API and prunes old windows. Pure parts: [`placement`], [`plan`], [`status`];
-//! state and I/O: [`state`], [`routes`] and this module's wiring.
+//! answers the query API and prunes old windows. Pure parts: [`placement`], [`plan`], [`status`],
+//! [`levels`]; the running collector ([`state`]) composes [`writer`] (the store's writing side),
+//! [`clusters`] (polling), [`misplaced`], [`settings`] and [`status_cache`]; agents come in
+//! through [`ingest`], queries through [`queries`] and [`routes`], Prometheus through
+//! [`metrics`] (the counters) and [`scrape`]; this module does the wiring.
 
+pub mod clusters;
 pub mod config;
+pub mod ingest;
 pub mod levels;
+mod locks;
 pub mod metrics;
+pub mod misplaced;
 pub mod placement;
 pub mod plan;
+pub mod queries;
 pub mod routes;
+pub mod scrape;
+pub mod settings;
 pub mod state;
 pub mod status;
+pub mod status_cache;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +37,8 @@ use crate::server::{self, IngestLimits};
 use crate::store::Store;
 
 pub use config::CollectorConfig;
-pub use state::{Collector, Service};
+pub use ingest::Service;
+pub use state::Collector;
 
 /// Flags of `serve`; each overrides the config file's value.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -135,7 +148,7 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
     };
     let agents_side = metrics::count_rejections(
         server::router(Service(Arc::clone(&collector)), limits),
-        Arc::clone(&collector),
+        collector.shared_metrics(),
     );
     agents_side.merge(routes::router(collector))
 }

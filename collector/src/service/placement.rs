@@ -2,13 +2,12 @@
 //! of the watched clusters, each task thread to its subtask (`mapping`), and each thread's counts
 //! are merged with that subtask's metrics (`merge`). Pure: the caller brings the snapshots.
 
-use bpmon_proto::{ReportBatch, SampleReport};
+use bpmon_proto::{ReportBatch, SampleReport, TaskSamples};
 
-use crate::locate::{locate, JvmClues};
+use crate::locate::{locate, JvmClues, Located, NotLocated};
 use crate::mapping::{resolve_exact, resolve_tasks, Resolution, SubtaskRef};
-use crate::merge::{merge_subtask, SampleCounts};
+use crate::merge::{merge_subtask, MergedWindow, SampleCounts};
 use crate::model::{ClusterSnapshot, SubtaskSnapshot};
-use crate::store::WindowRow;
 
 /// A task thread that got no window, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +38,7 @@ pub struct JvmOutcome {
 /// What a batch became.
 #[derive(Debug, Default)]
 pub struct Placement {
-    pub windows: Vec<WindowRow>,
+    pub windows: Vec<MergedWindow>,
     pub unplaced: Vec<Unplaced>,
     /// One entry per report.
     pub jvms: Vec<JvmOutcome>,
@@ -62,36 +61,10 @@ fn place_report(
 ) {
     let clues = JvmClues::of_report(&report.jvm, host_names);
     let located = locate(&clues, clusters);
-    out.jvms.push(JvmOutcome {
-        clues: clues.describe(),
-        misses: located
-            .as_ref()
-            .err()
-            .map(|e| e.per_taskmanager.clone())
-            .unwrap_or_default(),
-        pid: report.pid,
-        taskmanager_id: located.as_ref().ok().map(|l| l.taskmanager_id.clone()),
-        text: match &located {
-            Ok(l) => format!("TaskManager {} by {}", l.taskmanager_id, l.how),
-            Err(e) => e.why.clone(),
-        },
-    });
+    out.jvms.push(jvm_outcome(report.pid, &clues, &located));
     let start = report.started_at_ms;
     let end = report.started_at_ms + report.elapsed_ms;
-    // The in-process sampler's exact ids name the subtask in whichever cluster runs the job,
-    // with or without the TaskManager.
-    let exact: Vec<Option<(usize, Resolution)>> = report
-        .tasks
-        .iter()
-        .map(|t| {
-            let e = t.exact.as_ref()?;
-            let c = clusters
-                .iter()
-                .position(|c| c.jobs.iter().any(|j| j.job_id == e.job_id))
-                .or(located.as_ref().ok().map(|l| l.cluster))?;
-            Some((c, resolve_exact(t, e, &clusters[c].jobs)))
-        })
-        .collect();
+    let exact = exact_resolutions(report, clusters, &located);
     let by_name: Vec<Option<Resolution>> = match &located {
         Ok(l) => resolve_tasks(report, &l.taskmanager_id, &clusters[l.cluster].jobs)
             .into_iter()
@@ -120,26 +93,11 @@ fn place_report(
                 let Some(subtask) = find_subtask(cluster, &at) else {
                     continue;
                 };
-                let counts = SampleCounts {
-                    samples: task.samples,
-                    blocked: task.blocked,
-                    waiting: task.waiting,
-                    busy: task.busy,
-                };
-                let merged = merge_subtask(&counts, &subtask.metrics);
-                let mut row = WindowRow::new(
-                    &at,
-                    start,
-                    end,
-                    &merged,
-                    subtask.metrics.clone(),
-                    task.top_frames.clone(),
-                );
+                let mut row = merged_window(task, &at, subtask, start, end);
                 row.taskmanager_id = subtask
                     .taskmanager_id
                     .clone()
                     .or_else(|| located.as_ref().ok().map(|l| l.taskmanager_id.clone()));
-                row.host = subtask.host.clone();
                 out.windows.push(row);
             }
             Resolution::Ambiguous { candidates, why } => out.unplaced.push(Unplaced {
@@ -161,6 +119,78 @@ fn place_report(
             }),
         }
     }
+}
+
+/// Which TaskManager a report's JVM is, or why none, as `agents` shows it.
+fn jvm_outcome(
+    pid: u32,
+    clues: &JvmClues<'_>,
+    located: &Result<Located, NotLocated>,
+) -> JvmOutcome {
+    JvmOutcome {
+        clues: clues.describe(),
+        misses: located
+            .as_ref()
+            .err()
+            .map(|e| e.per_taskmanager.clone())
+            .unwrap_or_default(),
+        pid,
+        taskmanager_id: located.as_ref().ok().map(|l| l.taskmanager_id.clone()),
+        text: match located {
+            Ok(l) => format!("TaskManager {} by {}", l.taskmanager_id, l.how),
+            Err(e) => e.why.clone(),
+        },
+    }
+}
+
+/// Per task, its resolution by exact ids and the cluster it is in. The in-process sampler's
+/// exact ids name the subtask in whichever cluster runs the job, with or without the
+/// TaskManager.
+fn exact_resolutions(
+    report: &SampleReport,
+    clusters: &[&ClusterSnapshot],
+    located: &Result<Located, NotLocated>,
+) -> Vec<Option<(usize, Resolution)>> {
+    report
+        .tasks
+        .iter()
+        .map(|t| {
+            let e = t.exact.as_ref()?;
+            let c = clusters
+                .iter()
+                .position(|c| c.jobs.iter().any(|j| j.job_id == e.job_id))
+                .or(located.as_ref().ok().map(|l| l.cluster))?;
+            Some((c, resolve_exact(t, e, &clusters[c].jobs)))
+        })
+        .collect()
+}
+
+/// A placed thread's counts merged with its subtask's metrics, over the report's window, with
+/// the subtask's host (the caller sets the TaskManager: Flink's, else the located one).
+fn merged_window(
+    task: &TaskSamples,
+    at: &SubtaskRef,
+    subtask: &SubtaskSnapshot,
+    start: u64,
+    end: u64,
+) -> MergedWindow {
+    let counts = SampleCounts {
+        samples: task.samples,
+        blocked: task.blocked,
+        waiting: task.waiting,
+        busy: task.busy,
+    };
+    let merged = merge_subtask(&counts, &subtask.metrics);
+    let mut row = MergedWindow::new(
+        at,
+        start,
+        end,
+        &merged,
+        subtask.metrics.clone(),
+        task.top_frames.clone(),
+    );
+    row.host = subtask.host.clone();
+    row
 }
 
 fn find_subtask<'a>(cluster: &'a ClusterSnapshot, at: &SubtaskRef) -> Option<&'a SubtaskSnapshot> {

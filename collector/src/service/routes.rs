@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,7 +10,8 @@ use serde::Deserialize;
 
 use crate::api::{ConfigUpdate, ErrorBody};
 
-use super::state::{Collector, QueryError};
+use super::queries::QueryError;
+use super::state::Collector;
 
 /// Largest body the query API takes (`PUT /api/v1/config/{job}`).
 pub const MAX_QUERY_BODY_BYTES: usize = 64 * 1024;
@@ -34,12 +34,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
 
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
-            QueryError::Conflict(_) => StatusCode::CONFLICT,
-            QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
-            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = self.status();
         if status.is_server_error() {
             tracing::error!(error = %self, "query failed");
         }
@@ -91,9 +86,7 @@ async fn config_get(State(c): C, Path(job): Path<String>) -> Response {
 async fn config_set(State(c): C, Path(job): Path<String>, body: axum::body::Bytes) -> Response {
     let update: ConfigUpdate = match serde_json::from_slice(&body) {
         Ok(u) => u,
-        Err(e) => {
-            return QueryError::Invalid(format!("not a settings update: {e}")).into_response()
-        }
+        Err(e) => return QueryError::BadUpdate(e).into_response(),
     };
     c.config_set(job, update).await.map(Json).into_response()
 }
@@ -106,7 +99,7 @@ async fn agents(State(c): C) -> Response {
     c.agents().await.map(Json).into_response()
 }
 
-/// Prometheus's view (see [`super::metrics`]).
+/// Prometheus's view (see [`super::scrape`]).
 async fn metrics(State(c): C, headers: axum::http::HeaderMap) -> Response {
-    super::metrics::scrape(&c, &headers).await
+    super::scrape::scrape(&c, &headers).await
 }

@@ -8,9 +8,9 @@ use bpmon_proto::{FrameCount, Level, SamplingSettings};
 
 use crate::api::{flink_metric_names, JobSummary, StatusView, SubtaskStatus, VertexStatus};
 use crate::diagnosis::{diagnose, FindingKind, VertexView};
-use crate::merge::vertex_level;
+use crate::merge::{vertex_level, MergedWindow};
 use crate::model::{JobSnapshot, SubtaskMetrics, SubtaskSnapshot, VertexSnapshot};
-use crate::store::{JobRow, WindowRow};
+use crate::store::JobRow;
 
 /// How fresh a cluster's data is, as the poller last saw it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,7 +28,7 @@ pub struct StatusInputs<'a> {
     pub live: Option<&'a JobSnapshot>,
     pub health: &'a ClusterHealth,
     /// The newest window of each subtask.
-    pub windows: &'a [WindowRow],
+    pub windows: &'a [MergedWindow],
     pub settings: SamplingSettings,
     /// Why some subtasks have no window: (vertex id, subtask) → reason.
     pub unplaced: &'a HashMap<(String, u32), String>,
@@ -39,7 +39,58 @@ pub struct StatusInputs<'a> {
 /// Slack on top of the sampling interval before a subtask's newest window counts as old.
 pub const WINDOW_GRACE_MS: u64 = 30_000;
 
+/// A job's status: why it may be stale, each vertex's and subtask's level, the diagnosis.
 pub fn status_view(i: &StatusInputs<'_>) -> StatusView {
+    let mut stale_reasons = cluster_stale_reasons(i);
+    let job = job_snapshot(i.job, i.live);
+    let by_subtask: HashMap<(&str, u32), &MergedWindow> = i
+        .windows
+        .iter()
+        .map(|w| ((w.vertex_id.as_str(), w.subtask), w))
+        .collect();
+    let window_len_ms = u64::from(i.settings.samples.saturating_sub(1)) * i.settings.delay_ms;
+    let mut fresh = Freshness {
+        old_before: i
+            .now_ms
+            .saturating_sub(i.settings.interval_ms + window_len_ms + WINDOW_GRACE_MS),
+        old_subtasks: 0,
+        updated_at_ms: 0,
+    };
+    let mut vertices = Vec::with_capacity(job.vertices.len());
+    let mut views: HashMap<String, VertexView> = HashMap::new();
+    for v in &job.vertices {
+        let (status, view) = vertex_status(v, &by_subtask, i.unplaced, &mut fresh);
+        vertices.push(status);
+        views.insert(v.vertex_id.clone(), view);
+    }
+    if fresh.old_subtasks > 0 {
+        stale_reasons.push(format!(
+            "{} subtask(s) have no window newer than {}",
+            fresh.old_subtasks,
+            ago(i.now_ms, fresh.old_before)
+        ));
+    }
+    let level = vertices.iter().filter_map(|v| v.level).max();
+    let diagnosis = diagnose(&with_window_metrics(&job, &by_subtask), &views);
+    StatusView {
+        job_id: i.job.job_id.clone(),
+        job_name: i.job.name.clone(),
+        flink_url: i.job.flink_url.clone(),
+        state: i.live.map(|j| j.state.clone()),
+        level,
+        updated_at_ms: fresh.updated_at_ms,
+        stale: !stale_reasons.is_empty(),
+        stale_reasons,
+        metrics_fetched_at_ms: i.health.fetched_at_ms,
+        settings: i.settings,
+        vertices,
+        diagnosis,
+    }
+}
+
+/// Why what Flink told about the job may be out of date: the cluster fails, was read too long
+/// ago, or no longer runs the job.
+fn cluster_stale_reasons(i: &StatusInputs<'_>) -> Vec<String> {
     let mut stale_reasons = Vec::new();
     let url = &i.job.flink_url;
     if let Some((error, since)) = &i.health.failing {
@@ -61,70 +112,75 @@ pub fn status_view(i: &StatusInputs<'_>) -> StatusView {
             ago(i.now_ms, i.job.last_seen_ms)
         ));
     }
+    stale_reasons
+}
 
-    let job = job_snapshot(i.job, i.live);
-    let by_subtask: HashMap<(&str, u32), &WindowRow> = i
-        .windows
-        .iter()
-        .map(|w| ((w.vertex_id.as_str(), w.subtask), w))
-        .collect();
-    let window_len_ms = u64::from(i.settings.samples.saturating_sub(1)) * i.settings.delay_ms;
-    let old_before = i
-        .now_ms
-        .saturating_sub(i.settings.interval_ms + window_len_ms + WINDOW_GRACE_MS);
+/// How recent the windows with a level are: windows ending before `old_before` are old.
+struct Freshness {
+    old_before: u64,
+    old_subtasks: usize,
+    updated_at_ms: u64,
+}
 
-    let mut vertices = Vec::with_capacity(job.vertices.len());
-    let mut views: HashMap<String, VertexView> = HashMap::new();
-    let mut old_subtasks = 0;
-    let mut updated_at_ms = 0;
-    for v in &job.vertices {
-        let mut subtasks = Vec::with_capacity(v.parallelism as usize);
-        let mut view = VertexView::default();
-        let mut frames: BTreeMap<String, u32> = BTreeMap::new();
-        for index in 0..v.parallelism {
-            let live = v.subtasks.iter().find(|s| s.subtask == index);
-            let window = by_subtask.get(&(v.vertex_id.as_str(), index)).copied();
-            let reason = i.unplaced.get(&(v.vertex_id.clone(), index));
-            let s = subtask_status(index, live, window, reason);
-            if let (Some(w), Some(_)) = (window, s.level) {
-                updated_at_ms = updated_at_ms.max(w.window_end_ms);
-                if w.window_end_ms < old_before {
-                    old_subtasks += 1;
-                }
-                view.subtasks.insert(index, w.merged());
-                for f in &w.top_frames {
-                    *frames.entry(f.frame.clone()).or_default() += f.samples;
-                }
+/// One vertex's status and what the diagnosis reads of it (its subtasks' merged windows and
+/// their top frames).
+fn vertex_status(
+    v: &VertexSnapshot,
+    by_subtask: &HashMap<(&str, u32), &MergedWindow>,
+    unplaced: &HashMap<(String, u32), String>,
+    fresh: &mut Freshness,
+) -> (VertexStatus, VertexView) {
+    let mut subtasks = Vec::with_capacity(v.parallelism as usize);
+    let mut view = VertexView::default();
+    let mut frames: BTreeMap<String, u32> = BTreeMap::new();
+    for index in 0..v.parallelism {
+        let live = v.subtasks.iter().find(|s| s.subtask == index);
+        let window = by_subtask.get(&(v.vertex_id.as_str(), index)).copied();
+        let reason = unplaced.get(&(v.vertex_id.clone(), index));
+        let s = subtask_status(index, live, window, reason);
+        if let (Some(w), Some(_)) = (window, s.level) {
+            fresh.updated_at_ms = fresh.updated_at_ms.max(w.window_end_ms);
+            if w.window_end_ms < fresh.old_before {
+                fresh.old_subtasks += 1;
             }
-            subtasks.push(s);
+            view.subtasks.insert(index, w.merged());
+            for f in &w.top_frames {
+                *frames.entry(f.frame.clone()).or_default() += f.samples;
+            }
         }
-        let mut top: Vec<FrameCount> = frames
-            .into_iter()
-            .map(|(frame, samples)| FrameCount { frame, samples })
-            .collect();
-        top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.frame.cmp(&b.frame)));
-        top.truncate(5);
-        view.top_frames = top;
-        let merged: Vec<_> = view.subtasks.values().copied().collect();
-        let (level, ratio) = vertex_level(&merged);
-        vertices.push(VertexStatus {
-            vertex_id: v.vertex_id.clone(),
-            name: v.name.clone(),
-            parallelism: v.parallelism,
-            level,
-            ratio: level.map(|_| ratio),
-            subtasks,
-        });
-        views.insert(v.vertex_id.clone(), view);
+        subtasks.push(s);
     }
-    if old_subtasks > 0 {
-        stale_reasons.push(format!(
-            "{old_subtasks} subtask(s) have no window newer than {}",
-            ago(i.now_ms, old_before)
-        ));
-    }
-    let level = vertices.iter().filter_map(|v| v.level).max();
-    // The diagnosis reads the metrics each window was merged with, so the two agree.
+    view.top_frames = top_frames(frames);
+    let merged: Vec<_> = view.subtasks.values().copied().collect();
+    let (level, ratio) = vertex_level(&merged);
+    let status = VertexStatus {
+        vertex_id: v.vertex_id.clone(),
+        name: v.name.clone(),
+        parallelism: v.parallelism,
+        level,
+        ratio: level.map(|_| ratio),
+        subtasks,
+    };
+    (status, view)
+}
+
+/// The five frames with the most samples, most first.
+fn top_frames(frames: BTreeMap<String, u32>) -> Vec<FrameCount> {
+    let mut top: Vec<FrameCount> = frames
+        .into_iter()
+        .map(|(frame, samples)| FrameCount { frame, samples })
+        .collect();
+    top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.frame.cmp(&b.frame)));
+    top.truncate(5);
+    top
+}
+
+/// The job with each subtask's metrics as its window was merged with: the diagnosis reads
+/// these, so the two agree.
+fn with_window_metrics(
+    job: &JobSnapshot,
+    by_subtask: &HashMap<(&str, u32), &MergedWindow>,
+) -> JobSnapshot {
     let mut diagnosed = job.clone();
     for v in &mut diagnosed.vertices {
         for s in &mut v.subtasks {
@@ -133,21 +189,7 @@ pub fn status_view(i: &StatusInputs<'_>) -> StatusView {
             }
         }
     }
-    let diagnosis = diagnose(&diagnosed, &views);
-    StatusView {
-        job_id: i.job.job_id.clone(),
-        job_name: i.job.name.clone(),
-        flink_url: url.clone(),
-        state: i.live.map(|j| j.state.clone()),
-        level,
-        updated_at_ms,
-        stale: !stale_reasons.is_empty(),
-        stale_reasons,
-        metrics_fetched_at_ms: i.health.fetched_at_ms,
-        settings: i.settings,
-        vertices,
-        diagnosis,
-    }
+    diagnosed
 }
 
 /// One line of `jobs`, from a full status.
@@ -200,10 +242,28 @@ fn job_snapshot(row: &JobRow, live: Option<&JobSnapshot>) -> JobSnapshot {
     }
 }
 
+/// Why a subtask without a window has no level: not placed (and why), not running, or no
+/// samples yet from its TaskManager.
+fn why_no_window(live: Option<&SubtaskSnapshot>, unplaced: Option<&String>) -> String {
+    match (unplaced, live) {
+        (Some(reason), _) => format!("no samples placed: {reason}"),
+        (None, Some(s)) if s.status != "RUNNING" => {
+            format!("no samples yet: the subtask is {}", s.status)
+        }
+        (None, Some(s)) => format!(
+            "no samples yet from TaskManager {}",
+            s.taskmanager_id.as_deref().unwrap_or("(unknown)")
+        ),
+        (None, None) => "no samples yet".to_string(),
+    }
+}
+
+/// One subtask's line in `status`: its newest window's counts and level when that window is of
+/// the running attempt, else what Flink says of it and why it has no level.
 fn subtask_status(
     index: u32,
     live: Option<&SubtaskSnapshot>,
-    window: Option<&WindowRow>,
+    window: Option<&MergedWindow>,
     unplaced: Option<&String>,
 ) -> SubtaskStatus {
     let empty = SubtaskMetrics::default();
@@ -228,19 +288,8 @@ fn subtask_status(
         why: None,
     };
     let Some(w) = window else {
-        let why = match (unplaced, live) {
-            (Some(reason), _) => format!("no samples placed: {reason}"),
-            (None, Some(s)) if s.status != "RUNNING" => {
-                format!("no samples yet: the subtask is {}", s.status)
-            }
-            (None, Some(s)) => format!(
-                "no samples yet from TaskManager {}",
-                s.taskmanager_id.as_deref().unwrap_or("(unknown)")
-            ),
-            (None, None) => "no samples yet".to_string(),
-        };
         return SubtaskStatus {
-            why: Some(why),
+            why: Some(why_no_window(live, unplaced)),
             ..base
         };
     };
@@ -374,7 +423,7 @@ mod tests {
         }
     }
 
-    fn window(job: &JobSnapshot, vertex: usize, subtask: u32, counts: [u32; 3]) -> WindowRow {
+    fn window(job: &JobSnapshot, vertex: usize, subtask: u32, counts: [u32; 3]) -> MergedWindow {
         let v = &job.vertices[vertex];
         let s = &v.subtasks[subtask as usize];
         let c = SampleCounts {
@@ -383,7 +432,7 @@ mod tests {
             waiting: counts[1],
             busy: counts[2],
         };
-        let mut w = WindowRow::new(
+        let mut w = MergedWindow::new(
             &SubtaskRef {
                 job_id: "j".into(),
                 vertex_id: v.vertex_id.clone(),
@@ -414,7 +463,7 @@ mod tests {
         job: &'a JobRow,
         live: Option<&'a JobSnapshot>,
         health: &'a ClusterHealth,
-        windows: &'a [WindowRow],
+        windows: &'a [MergedWindow],
         unplaced: &'a HashMap<(String, u32), String>,
     ) -> StatusInputs<'a> {
         StatusInputs {

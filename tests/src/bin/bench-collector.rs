@@ -37,7 +37,8 @@ use bpmon_collector::flink_rest::FlinkRestClient;
 use bpmon_collector::model::ClusterSnapshot;
 use bpmon_collector::server::{decode_body, parse_batch};
 use bpmon_collector::service::placement::place_batch;
-use bpmon_collector::store::{Store, VertexRow, WindowRow};
+use bpmon_collector::merge::MergedWindow as WindowRow;
+use bpmon_collector::store::{Store, VertexRow};
 use bpmon_proto::{
     FrameCount, JvmInfo, ReportBatch, SampleCost, SampleReport, TaskIdentity, TaskSamples,
     SCHEMA_VERSION,

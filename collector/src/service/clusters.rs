@@ -1,0 +1,163 @@
+//! The watched Flink clusters: a REST client per cluster, the last good snapshot each poll left
+//! and whether the cluster answers now. A poll that fails keeps the last good snapshot; the
+//! cluster's [`ClusterHealth`] says since when it fails and why.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::flink_rest::FlinkRestClient;
+use crate::model::{ClusterSnapshot, PollOutcome};
+
+use super::locks::{read, write};
+use super::metrics::ServiceMetrics;
+use super::status::ClusterHealth;
+
+/// One watched Flink cluster.
+struct ClusterState {
+    client: Arc<FlinkRestClient>,
+    last_good: Option<Arc<ClusterSnapshot>>,
+    health: ClusterHealth,
+}
+
+/// Every watched cluster, by index (the order of the configured URLs).
+pub struct Clusters {
+    clusters: Vec<RwLock<ClusterState>>,
+    /// Serialises on-demand polls of a cluster, so that a burst of batches causes one.
+    refresh: Vec<tokio::sync::Mutex<()>>,
+    poll_interval: Duration,
+}
+
+impl Clusters {
+    pub fn new(clients: Vec<FlinkRestClient>, poll_interval: Duration) -> Clusters {
+        Clusters {
+            refresh: clients
+                .iter()
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            clusters: clients
+                .into_iter()
+                .map(|client| {
+                    RwLock::new(ClusterState {
+                        client: Arc::new(client),
+                        last_good: None,
+                        health: ClusterHealth::default(),
+                    })
+                })
+                .collect(),
+            poll_interval,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.clusters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// Polls cluster `i` once and takes in the result: the new snapshot when it is usable (kept
+    /// as the last good one), `None` when the poll failed (the last good one stays).
+    pub async fn poll(&self, i: usize, metrics: &ServiceMetrics) -> Option<Arc<ClusterSnapshot>> {
+        let client = Arc::clone(&read(&self.clusters[i]).client);
+        let started = std::time::Instant::now();
+        let snap = client.snapshot().await;
+        let url = snap.flink_url.clone();
+        let outcome = snap.outcome();
+        metrics.poll(
+            &url,
+            started.elapsed(),
+            outcome != PollOutcome::Failed,
+            outcome != PollOutcome::Complete,
+            snap.fetched_at_ms,
+        );
+        if outcome == PollOutcome::Failed {
+            let error = snap.errors.join("; ");
+            let mut c = write(&self.clusters[i]);
+            let since = c
+                .health
+                .failing
+                .as_ref()
+                .map(|f| f.1)
+                .unwrap_or(snap.fetched_at_ms);
+            if c.health.failing.is_none() {
+                tracing::warn!(flink = %url, %error, "Flink REST poll failed; data from it is stale until it answers");
+            }
+            c.health.failing = Some((error, since));
+            return None;
+        }
+        if outcome == PollOutcome::Partial {
+            tracing::warn!(flink = %url, errors = ?snap.errors, "Flink REST poll was partial");
+        }
+        let snap = Arc::new(snap);
+        let mut c = write(&self.clusters[i]);
+        if c.health.failing.is_some() {
+            tracing::info!(flink = %url, "Flink REST answers again");
+        }
+        c.health = ClusterHealth {
+            fetched_at_ms: Some(snap.fetched_at_ms),
+            failing: None,
+        };
+        c.last_good = Some(Arc::clone(&snap));
+        Some(snap)
+    }
+
+    /// Serialises on-demand polls of cluster `i`: hold the guard while deciding and polling.
+    pub async fn refresh_guard(&self, i: usize) -> tokio::sync::MutexGuard<'_, ()> {
+        self.refresh[i].lock().await
+    }
+
+    /// Whether cluster `i` has no good snapshot read at or after `ms`.
+    pub fn older_than(&self, i: usize, ms: u64) -> bool {
+        read(&self.clusters[i])
+            .health
+            .fetched_at_ms
+            .is_none_or(|f| f < ms)
+    }
+
+    /// The last good snapshot of every cluster that has one.
+    pub fn snapshots(&self) -> Vec<Arc<ClusterSnapshot>> {
+        self.clusters
+            .iter()
+            .filter_map(|c| read(c).last_good.clone())
+            .collect()
+    }
+
+    /// Clusters whose data is missing or failing: placing a report may need them.
+    pub fn unhealthy(&self) -> Vec<(usize, String)> {
+        self.clusters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = read(c);
+                match (&c.health.failing, c.last_good.is_some()) {
+                    (Some((e, _)), _) => Some((i, format!("{}: {e}", c.client.base_url()))),
+                    (None, false) => Some((i, format!("{}: not read yet", c.client.base_url()))),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The running job `job_id` in the last good snapshots: the snapshot and the job's index.
+    pub fn live_job(&self, job_id: &str) -> Option<(Arc<ClusterSnapshot>, usize)> {
+        self.snapshots().into_iter().find_map(|s| {
+            let i = s.jobs.iter().position(|j| j.job_id == job_id)?;
+            Some((s, i))
+        })
+    }
+
+    /// The health of the cluster at `url`.
+    pub fn health_of(&self, url: &str) -> ClusterHealth {
+        self.clusters
+            .iter()
+            .map(read)
+            .find(|c| c.client.base_url() == url.trim_end_matches('/'))
+            .map(|c| c.health.clone())
+            .unwrap_or_default()
+    }
+}

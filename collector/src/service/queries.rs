@@ -1,0 +1,289 @@
+//! The query side of the running collector: a job's status (cached for
+//! [`STATUS_TTL`](super::status_cache::STATUS_TTL)), the jobs, history, the sampling settings,
+//! the agents, and retention. Each runs on the blocking pool with the read connection (the
+//! writer's for changes); the pure work is [`status_view`] and [`summary`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+
+use crate::api::{
+    AgentsView, ConfigUpdate, ConfigView, HistoryView, HistoryWindow, JobsView, StatusView,
+};
+use crate::clock::now_ms;
+use crate::merge::MergedWindow;
+use crate::store::{JobRow, Store, StoreError, DEFAULT_SCOPE};
+
+use super::locks::lock;
+use super::state::Collector;
+use super::status::{status_view, summary, StatusInputs};
+use super::status_cache::CachedStatus;
+
+/// Why a query failed; [`QueryError::status`] is its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No job has this id or name.
+    #[error("no job with id or name {0:?}")]
+    NoJob(String),
+    /// `config` for a job the collector has not seen.
+    #[error(
+        "no job with id or name {0:?} (settings are set for jobs the collector has seen; use `default` for all jobs)"
+    )]
+    NoJobForSettings(String),
+    /// A body that is not a settings update.
+    #[error("not a settings update: {0}")]
+    BadUpdate(serde_json::Error),
+    /// What the store answered (an unknown vertex, an ambiguous name, refused settings, or a
+    /// database failure).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task running the query failed.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("cannot encode the status: {0}")]
+    Encode(serde_json::Error),
+}
+
+impl QueryError {
+    /// The HTTP status the routes answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            QueryError::NoJob(_) | QueryError::NoJobForSettings(_) => StatusCode::NOT_FOUND,
+            QueryError::BadUpdate(_) => StatusCode::BAD_REQUEST,
+            QueryError::Store(e) => match e {
+                StoreError::AmbiguousJob { .. } => StatusCode::CONFLICT,
+                StoreError::UnknownVertex { .. } | StoreError::UnknownJob { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                StoreError::InvalidSettings { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            QueryError::Task(_) | QueryError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The stored job with this id or name.
+fn find_job(store: &Store, job: &str) -> Result<JobRow, QueryError> {
+    store
+        .find_job(job)?
+        .ok_or_else(|| QueryError::NoJob(job.to_string()))
+}
+
+/// The scope `job` names, with the job's name: `*` or `default` for the default, else a job id
+/// or name.
+fn scope_of(store: &Store, job: &str) -> Result<(String, Option<String>), QueryError> {
+    if job == DEFAULT_SCOPE || job == "default" {
+        return Ok((DEFAULT_SCOPE.to_string(), None));
+    }
+    match store.find_job(job)? {
+        Some(row) => Ok((row.job_id, Some(row.name))),
+        None => Err(QueryError::NoJobForSettings(job.to_string())),
+    }
+}
+
+impl Collector {
+    fn status_of(&self, job: JobRow, store: &Store) -> Result<StatusView, QueryError> {
+        let windows = store.latest_windows(&job.job_id)?;
+        let settings = self.settings.for_job(&job.job_id);
+        let live = self.clusters.live_job(&job.job_id);
+        let live = live.as_ref().map(|(s, i)| &s.jobs[*i]);
+        let health = self.clusters.health_of(&job.flink_url);
+        let unplaced = lock(&self.misplaced).unplaced_for(&job.job_id, &windows, live);
+        Ok(status_view(&StatusInputs {
+            job: &job,
+            live,
+            health: &health,
+            windows: &windows,
+            settings,
+            unplaced: &unplaced,
+            poll_interval_ms: self.clusters.poll_interval().as_millis() as u64,
+            now_ms: now_ms(),
+        }))
+    }
+
+    /// A job's status as JSON (what `GET …/status` answers).
+    pub async fn status_json(self: &Arc<Self>, job: String) -> Result<Bytes, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = find_job(&store, &job)?;
+            Ok(me.cached_status(row, &store)?.json)
+        })
+        .await?
+    }
+
+    pub async fn status(self: &Arc<Self>, job: String) -> Result<Arc<StatusView>, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = find_job(&store, &job)?;
+            Ok(me.cached_status(row, &store)?.view)
+        })
+        .await?
+    }
+
+    fn cached_status(&self, row: JobRow, store: &Store) -> Result<CachedStatus, QueryError> {
+        if let Some(c) = self.status_cache.fresh(&row.job_id) {
+            return Ok(c);
+        }
+        let job_id = row.job_id.clone();
+        let view = self.status_of(row, store)?;
+        let json = serde_json::to_vec(&view).map_err(QueryError::Encode)?;
+        Ok(self.status_cache.insert(job_id, view, json.into()))
+    }
+
+    /// Every stored job's status (for `/metrics`), computed as `status` computes it.
+    pub async fn statuses(self: &Arc<Self>) -> Result<Vec<Arc<StatusView>>, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let mut out = Vec::new();
+            for row in store.jobs()? {
+                out.push(me.cached_status(row, &store)?.view);
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
+    pub async fn jobs(self: &Arc<Self>) -> Result<JobsView, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let mut jobs = Vec::new();
+            for row in store.jobs()? {
+                jobs.push(summary(&me.cached_status(row, &store)?.view));
+            }
+            Ok(JobsView { jobs })
+        })
+        .await?
+    }
+
+    pub async fn history(
+        self: &Arc<Self>,
+        job: String,
+        vertex: Option<String>,
+        since_ms: u64,
+    ) -> Result<HistoryView, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = find_job(&store, &job)?;
+            let names: HashMap<&str, &str> = row
+                .vertices
+                .iter()
+                .map(|v| (v.vertex_id.as_str(), v.name.as_str()))
+                .collect();
+            let windows = store
+                .history(&row.job_id, vertex.as_deref(), since_ms)?
+                .into_iter()
+                .map(|w| history_window(w, &names))
+                .collect();
+            Ok(HistoryView {
+                job_id: row.job_id,
+                job_name: row.name,
+                since_ms,
+                windows,
+            })
+        })
+        .await?
+    }
+
+    pub async fn config_get(self: &Arc<Self>, job: String) -> Result<ConfigView, QueryError> {
+        self.blocking(move |me| {
+            let (scope, name) = scope_of(&lock(&me.reader), &job)?;
+            Ok(me.settings.config_view(scope, name))
+        })
+        .await?
+    }
+
+    pub async fn config_set(
+        self: &Arc<Self>,
+        job: String,
+        update: ConfigUpdate,
+    ) -> Result<ConfigView, QueryError> {
+        self.blocking(move |me| {
+            let (scope, name) = scope_of(&lock(&me.reader), &job)?;
+            let current = me
+                .settings
+                .config_view(scope.clone(), name.clone())
+                .settings;
+            let next = update.apply(current);
+            {
+                let mut store = me.writer.lock();
+                store.set_settings(&scope, next)?;
+                me.settings.reload(&store)?;
+            }
+            me.status_cache.clear();
+            tracing::info!(%scope, ?next, "sampling settings changed");
+            Ok(me.settings.config_view(scope, name))
+        })
+        .await?
+    }
+
+    pub async fn config_reset(self: &Arc<Self>, job: String) -> Result<ConfigView, QueryError> {
+        self.blocking(move |me| {
+            let (scope, name) = scope_of(&lock(&me.reader), &job)?;
+            {
+                let mut store = me.writer.lock();
+                store.remove_settings(&scope)?;
+                me.settings.reload(&store)?;
+            }
+            me.status_cache.clear();
+            Ok(me.settings.config_view(scope, name))
+        })
+        .await?
+    }
+
+    pub async fn agents(self: &Arc<Self>) -> Result<AgentsView, QueryError> {
+        self.blocking(move |me| {
+            let seqs = lock(&me.reader).agent_seqs()?;
+            let m = lock(&me.misplaced);
+            Ok(AgentsView {
+                agents: seqs.into_iter().map(|a| m.agent_status(a)).collect(),
+            })
+        })
+        .await?
+    }
+
+    /// Retention: deletes what is older than `retention`.
+    pub async fn prune(self: &Arc<Self>, retention: Duration) -> Result<usize, QueryError> {
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        self.blocking(move |me| {
+            let removed = me.writer.lock().prune(cutoff)?;
+            // What is kept in memory per agent goes with the agent's row.
+            let known: HashSet<String> = me
+                .writer
+                .lock()
+                .agent_seqs()?
+                .into_iter()
+                .map(|a| a.agent_id)
+                .collect();
+            lock(&me.misplaced).keep_agents(&known);
+            Ok(removed)
+        })
+        .await?
+    }
+}
+
+/// A stored window as `history` answers it, with its vertex's name.
+fn history_window(w: MergedWindow, names: &HashMap<&str, &str>) -> HistoryWindow {
+    HistoryWindow {
+        vertex_name: names
+            .get(w.vertex_id.as_str())
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        vertex_id: w.vertex_id,
+        subtask: w.subtask,
+        attempt: w.attempt,
+        window_start_ms: w.window_start_ms,
+        window_end_ms: w.window_end_ms,
+        samples: w.samples,
+        blocked: w.blocked,
+        soft: w.soft,
+        idle: w.idle,
+        busy: w.busy,
+        ratio: w.ratio,
+        level: w.level,
+        taskmanager_id: w.taskmanager_id,
+    }
+}

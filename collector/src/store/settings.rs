@@ -1,0 +1,111 @@
+//! The sampling settings: the default (scope [`DEFAULT_SCOPE`]) and per-job overrides.
+
+use bpmon_proto::SamplingSettings;
+use rusqlite::{params, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_ms;
+
+use super::columns::{get_u64, to_i64};
+use super::connection::Store;
+use super::error::{sql, StoreError};
+
+/// The scope of the default sampling settings; any other scope is a job id.
+pub const DEFAULT_SCOPE: &str = "*";
+
+/// Sampling settings for a scope: [`DEFAULT_SCOPE`] or a job id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsRow {
+    pub scope: String,
+    pub settings: SamplingSettings,
+    pub updated_at_ms: u64,
+}
+
+impl Store {
+    /// Sets the sampling settings of `scope` ([`DEFAULT_SCOPE`] or a job id), after checking
+    /// that they can be used.
+    pub fn set_settings(
+        &mut self,
+        scope: &str,
+        settings: SamplingSettings,
+    ) -> Result<(), StoreError> {
+        let refuse = |reason: String| StoreError::InvalidSettings {
+            scope: scope.to_owned(),
+            reason,
+        };
+        if scope.trim().is_empty() {
+            return Err(refuse(format!(
+                "the scope must be {DEFAULT_SCOPE:?} or a job id"
+            )));
+        }
+        settings.validate().map_err(|e| refuse(e.to_string()))?;
+        let delay = to_i64("delay_ms", settings.delay_ms)?;
+        let interval = to_i64("interval_ms", settings.interval_ms)?;
+        let now = to_i64("now", now_ms())?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO settings (scope, samples, delay_ms, interval_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (scope) DO UPDATE SET
+                     samples = excluded.samples, delay_ms = excluded.delay_ms,
+                     interval_ms = excluded.interval_ms, updated_at_ms = excluded.updated_at_ms",
+            )
+            .and_then(|mut s| s.execute(params![scope, settings.samples, delay, interval, now]))
+            .map_err(sql("store sampling settings", &self.path))?;
+        Ok(())
+    }
+
+    /// Removes the settings of `scope`; false if it had none.
+    pub fn remove_settings(&mut self, scope: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM settings WHERE scope = ?1")
+            .and_then(|mut s| s.execute(params![scope]))
+            .map_err(sql("remove sampling settings", &self.path))?;
+        Ok(n > 0)
+    }
+
+    /// How to sample `job_id`: its override, else the stored default, else the built-in default.
+    pub fn settings_for(&self, job_id: &str) -> Result<SamplingSettings, StoreError> {
+        let found = self
+            .conn
+            .prepare_cached(
+                "SELECT scope, samples, delay_ms, interval_ms, updated_at_ms FROM settings
+                 WHERE scope IN (?1, ?2)
+                 ORDER BY scope = ?2
+                 LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![job_id, DEFAULT_SCOPE], settings_from_row)
+                    .optional()
+            })
+            .map_err(sql("read sampling settings", &self.path))?;
+        Ok(found.map(|r| r.settings).unwrap_or_default())
+    }
+
+    /// Every stored setting: the default first, then the job overrides by job id.
+    pub fn all_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT scope, samples, delay_ms, interval_ms, updated_at_ms FROM settings
+                 ORDER BY scope <> ?1, scope",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![DEFAULT_SCOPE], settings_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql("read sampling settings", &self.path))
+    }
+}
+
+fn settings_from_row(r: &Row<'_>) -> rusqlite::Result<SettingsRow> {
+    Ok(SettingsRow {
+        scope: r.get(0)?,
+        settings: SamplingSettings {
+            samples: r.get(1)?,
+            delay_ms: get_u64(r, 2)?,
+            interval_ms: get_u64(r, 3)?,
+        },
+        updated_at_ms: get_u64(r, 4)?,
+    })
+}

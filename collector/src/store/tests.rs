@@ -1,0 +1,624 @@
+use super::schema::user_version;
+use super::windows::{history_sql, latest_sql, split_str};
+use super::*;
+use crate::clock::now_ms;
+use crate::mapping::SubtaskRef;
+use crate::merge::{MergedWindow, SplitRule};
+use crate::model::SubtaskMetrics;
+use bpmon_proto::{FrameCount, Level, SamplingSettings};
+use rusqlite::{params, Connection};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bpmon-store-{name}-{}-{}-{}",
+            std::process::id(),
+            now_ms(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn window(job: &str, vertex: &str, subtask: u32, start_ms: u64) -> MergedWindow {
+    MergedWindow {
+        job_id: job.into(),
+        vertex_id: vertex.into(),
+        subtask,
+        attempt: 0,
+        window_start_ms: start_ms,
+        window_end_ms: start_ms.saturating_add(4_950),
+        taskmanager_id: Some("10.0.0.1:6122-abc123".into()),
+        host: Some("10.0.0.1".into()),
+        samples: 100,
+        blocked: 60,
+        soft: 10,
+        idle: 20,
+        busy: 10,
+        ratio: Some(0.7),
+        level: Some(Level::High),
+        split: SplitRule::SoftIdleTime,
+        metrics: SubtaskMetrics {
+            out_pool_usage: Some(1.0),
+            soft_back_pressured_ms: Some(330.0),
+            idle_ms: Some(660.0),
+            is_back_pressured: Some(true),
+            ..Default::default()
+        },
+        top_frames: vec![FrameCount {
+            frame: "com.example.Slow.map(Slow.java:17)".into(),
+            samples: 7,
+        }],
+    }
+}
+
+fn keys(rows: &[MergedWindow]) -> Vec<(String, u32, u64)> {
+    rows.iter()
+        .map(|r| (r.vertex_id.clone(), r.subtask, r.window_start_ms))
+        .collect()
+}
+
+fn vertex(id: &str, name: &str, parallelism: u32) -> VertexRow {
+    VertexRow {
+        vertex_id: id.into(),
+        name: name.into(),
+        parallelism,
+    }
+}
+
+#[test]
+fn a_retried_batch_is_recognised_and_the_highest_seq_kept() {
+    let dir = TempDir::new("dedup");
+    let mut store = Store::open(&dir.0).unwrap();
+    assert!(store.record_batch("tm-1", 1).unwrap());
+    assert!(store.record_batch("tm-1", 2).unwrap());
+    assert!(
+        !store.record_batch("tm-1", 2).unwrap(),
+        "a retry is not new"
+    );
+    assert!(store.record_batch("tm-2", 2).unwrap(), "seqs are per agent");
+    // A gap (3 and 4 missing), then a late batch below the highest.
+    assert!(store.record_batch("tm-1", 5).unwrap());
+    assert!(store.record_batch("tm-1", 3).unwrap());
+    drop(store);
+
+    let mut store = Store::open(&dir.0).unwrap();
+    assert!(
+        !store.record_batch("tm-1", 5).unwrap(),
+        "dedup survives restarts"
+    );
+    let seqs = store.agent_seqs().unwrap();
+    let highest: Vec<(&str, u64)> = seqs
+        .iter()
+        .map(|a| (a.agent_id.as_str(), a.highest_seq))
+        .collect();
+    assert_eq!(highest, [("tm-1", 5), ("tm-2", 2)]);
+    assert!(seqs[0].last_batch_ms > 0);
+}
+
+#[test]
+fn a_batch_and_its_windows_are_stored_together_or_not_at_all() {
+    let dir = TempDir::new("ingest");
+    let mut store = Store::open(&dir.0).unwrap();
+    assert!(store
+        .ingest_batch("tm-1", 1, &[window("j", "v", 0, 1_000)])
+        .unwrap());
+    // The retry is recognised and stores nothing.
+    let mut changed = window("j", "v", 0, 1_000);
+    changed.blocked = 1;
+    assert!(!store.ingest_batch("tm-1", 1, &[changed]).unwrap());
+    assert_eq!(store.latest_windows("j").unwrap()[0].blocked, 60);
+
+    // A window that cannot be stored fails the batch, which stays unrecorded.
+    let bad = window("j", "v", 1, u64::MAX);
+    let e = store
+        .ingest_batch("tm-1", 2, &[window("j", "v", 2, 2_000), bad])
+        .unwrap_err();
+    assert!(matches!(e, StoreError::OutOfRange { .. }), "{e}");
+    assert_eq!(store.latest_windows("j").unwrap().len(), 1);
+    assert!(store.agent_seqs().unwrap()[0].highest_seq == 1);
+    assert!(store
+        .ingest_batch("tm-1", 2, &[window("j", "v", 2, 2_000)])
+        .unwrap());
+    assert_eq!(store.latest_windows("j").unwrap().len(), 2);
+}
+
+#[test]
+fn a_checkpoint_from_another_connection_empties_the_log_without_blocking_the_writer() {
+    let dir = TempDir::new("checkpoint");
+    let mut writer = Store::open(&dir.0).unwrap();
+    writer.set_autocheckpoint(100_000).unwrap();
+    let other = Store::open(&dir.0).unwrap();
+    writer
+        .insert_windows(&[window("j", "v", 0, 1_000)])
+        .unwrap();
+    let (log, copied) = other.checkpoint().unwrap();
+    assert!(log > 0 && copied == log, "log {log} copied {copied}");
+    // The writer goes on, and what it wrote is there.
+    writer
+        .insert_windows(&[window("j", "v", 1, 2_000)])
+        .unwrap();
+    assert_eq!(other.latest_windows("j").unwrap().len(), 2);
+}
+
+#[test]
+fn batches_stored_as_a_group_are_each_recorded_once() {
+    let dir = TempDir::new("group");
+    let mut store = Store::open(&dir.0).unwrap();
+    let a = [window("j", "v", 0, 1_000)];
+    let b = [window("j", "v", 1, 1_000)];
+    // The same batch twice in one group (a retry that overtook its original) is new once.
+    let news = store
+        .ingest_batches(&[("tm-1", 1, &a), ("tm-2", 1, &b), ("tm-1", 1, &a)])
+        .unwrap();
+    assert_eq!(news, vec![true, true, false]);
+    assert_eq!(store.latest_windows("j").unwrap().len(), 2);
+    assert_eq!(
+        store.ingest_batches(&[("tm-2", 1, &b)]).unwrap(),
+        vec![false]
+    );
+    // One bad batch fails the whole group, which leaves nothing behind.
+    let bad = [window("j", "v", 2, u64::MAX)];
+    let c = [window("j", "v", 3, 1_000)];
+    assert!(store
+        .ingest_batches(&[("tm-3", 1, &c), ("tm-3", 2, &bad)])
+        .is_err());
+    assert_eq!(store.latest_windows("j").unwrap().len(), 2);
+    assert!(store.ingest_batch("tm-3", 1, &c).unwrap());
+}
+
+#[test]
+fn windows_survive_close_and_reopen_unchanged() {
+    let dir = TempDir::new("reopen");
+    let full = window("job-a", "v1", 0, 60_000);
+    let empty = MergedWindow {
+        samples: 0,
+        blocked: 0,
+        soft: 0,
+        idle: 0,
+        busy: 0,
+        ratio: None,
+        level: None,
+        split: SplitRule::NothingWaiting,
+        metrics: SubtaskMetrics::default(),
+        top_frames: vec![],
+        taskmanager_id: None,
+        host: None,
+        ..window("job-a", "v1", 1, 60_000)
+    };
+    {
+        let mut store = Store::open(&dir.0).unwrap();
+        store
+            .insert_windows(&[full.clone(), empty.clone()])
+            .unwrap();
+    }
+    assert!(dir.0.join(DB_FILE).is_file());
+    let store = Store::open(&dir.0).unwrap();
+    assert_eq!(store.latest_windows("job-a").unwrap(), [full, empty]);
+    let version = user_version(&store.conn).unwrap();
+    assert_eq!(version, i64::from(DB_SCHEMA_VERSION));
+    // Metrics Flink did not report take no room.
+    let stored: String = store
+        .conn
+        .query_row("SELECT metrics FROM windows LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    assert!(stored.contains("\"out_pool_usage\":1.0"), "{stored}");
+    assert!(!stored.contains("null"), "{stored}");
+}
+
+#[test]
+fn a_merged_subtask_round_trips_through_a_row() {
+    let at = SubtaskRef {
+        job_id: "j".into(),
+        vertex_id: "v".into(),
+        subtask: 3,
+        attempt: 2,
+    };
+    let none = crate::merge::merge_subtask(
+        &crate::merge::SampleCounts::default(),
+        &SubtaskMetrics::default(),
+    );
+    let row = MergedWindow::new(&at, 1, 2, &none, SubtaskMetrics::default(), vec![]);
+    assert_eq!(row.ratio, None, "NaN is stored as NULL");
+    assert!(row.merged().ratio.is_nan());
+    assert_eq!(row.subtask_ref(), at);
+    // Serde round trip too (NaN would not survive JSON).
+    let json = serde_json::to_string(&row).unwrap();
+    assert_eq!(serde_json::from_str::<MergedWindow>(&json).unwrap(), row);
+}
+
+#[test]
+fn storing_a_window_again_replaces_it() {
+    let dir = TempDir::new("replace");
+    let mut store = Store::open(&dir.0).unwrap();
+    store.insert_windows(&[window("j", "v", 0, 1_000)]).unwrap();
+    let mut again = window("j", "v", 0, 1_000);
+    again.blocked = 5;
+    again.level = Some(Level::Low);
+    store.insert_windows(&[again.clone()]).unwrap();
+    assert_eq!(store.history("j", None, 0).unwrap(), [again]);
+}
+
+#[test]
+fn latest_windows_picks_the_newest_of_each_subtask() {
+    let dir = TempDir::new("latest");
+    let mut store = Store::open(&dir.0).unwrap();
+    store.upsert_job("j", "job", "http://jm:8081", 1).unwrap();
+    // v2 is listed first: the order of the vertices decides the order of the rows.
+    store
+        .upsert_vertices("j", &[vertex("v2", "Sink", 2), vertex("v1", "Source", 2)])
+        .unwrap();
+    // Out of time order, across several transactions, with another job in between.
+    for start in [3_000, 5_000, 1_000] {
+        store
+            .insert_windows(&[
+                window("j", "v1", 0, start),
+                window("j", "v1", 1, start + 1),
+                window("other", "v1", 0, start + 10_000),
+            ])
+            .unwrap();
+    }
+    store
+        .insert_windows(&[window("j", "v2", 0, 4_000), window("j", "v2", 0, 2_000)])
+        .unwrap();
+    store
+        .insert_windows(&[window("j", "v2", 1, 2_000)])
+        .unwrap();
+    // A redeployed subtask: the new attempt's window is the newest.
+    let mut redeployed = window("j", "v2", 1, 6_000);
+    redeployed.attempt = 1;
+    store.insert_windows(&[redeployed]).unwrap();
+
+    let latest = store.latest_windows("j").unwrap();
+    assert_eq!(
+        keys(&latest),
+        [
+            ("v2".into(), 0, 4_000),
+            ("v2".into(), 1, 6_000),
+            ("v1".into(), 0, 5_000),
+            ("v1".into(), 1, 5_001),
+        ]
+    );
+    assert_eq!(latest[1].attempt, 1);
+    assert!(store.latest_windows("nope").unwrap().is_empty());
+}
+
+#[test]
+fn history_filters_by_vertex_id_or_name_and_by_time() {
+    let dir = TempDir::new("history");
+    let mut store = Store::open(&dir.0).unwrap();
+    store.upsert_job("j", "job", "http://jm:8081", 1).unwrap();
+    store
+        .upsert_vertices("j", &[vertex("v1", "Source", 1), vertex("v2", "Map", 1)])
+        .unwrap();
+    let mut rows = Vec::new();
+    for start in [1_000, 2_000, 3_000] {
+        rows.push(window("j", "v2", 0, start));
+        rows.push(window("j", "v1", 0, start));
+        rows.push(window("j2", "v1", 0, start));
+    }
+    // A vertex with windows but not (yet) in the vertex table.
+    rows.push(window("j", "v3", 0, 2_500));
+    store.insert_windows(&rows).unwrap();
+
+    let all = store.history("j", None, 0).unwrap();
+    assert_eq!(all.len(), 7);
+    assert!(all.iter().all(|r| r.job_id == "j"));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].window_start_ms <= w[1].window_start_ms),
+        "oldest first"
+    );
+    // Within a window: vertex order.
+    assert_eq!(all[0].vertex_id, "v1");
+
+    let by_id = store.history("j", Some("v2"), 0).unwrap();
+    assert_eq!(
+        keys(&by_id),
+        [
+            ("v2".into(), 0, 1_000),
+            ("v2".into(), 0, 2_000),
+            ("v2".into(), 0, 3_000)
+        ]
+    );
+    assert_eq!(store.history("j", Some("Map"), 0).unwrap(), by_id);
+    assert_eq!(store.history("j", Some("v3"), 0).unwrap().len(), 1);
+
+    let recent = store.history("j", Some("Source"), 2_000).unwrap();
+    assert_eq!(
+        keys(&recent),
+        [("v1".into(), 0, 2_000), ("v1".into(), 0, 3_000)]
+    );
+    assert!(store.history("j", None, 3_001).unwrap().is_empty());
+
+    let e = store.history("j", Some("Sink"), 0).unwrap_err();
+    assert!(matches!(e, StoreError::UnknownVertex { .. }), "{e}");
+    assert!(e.to_string().contains("\"Sink\""), "{e}");
+}
+
+#[test]
+fn jobs_and_vertices_survive_restarts_and_are_found_by_id_or_name() {
+    let dir = TempDir::new("jobs");
+    {
+        let mut store = Store::open(&dir.0).unwrap();
+        store
+            .upsert_job("a1", "wordcount", "http://jm:8081", 1_000)
+            .unwrap();
+        store
+            .upsert_vertices("a1", &[vertex("v1", "Source", 2), vertex("v2", "Sink", 1)])
+            .unwrap();
+        // Rescaled: the vertex list is replaced, not merged.
+        store
+            .upsert_vertices("a1", &[vertex("v1", "Source", 4)])
+            .unwrap();
+        store
+            .upsert_job("b2", "etl", "http://jm:8081", 2_000)
+            .unwrap();
+        // An older sighting does not move last_seen back.
+        store
+            .upsert_job("b2", "etl", "http://jm:8081", 1_500)
+            .unwrap();
+        let e = store.upsert_vertices("zz", &[]).unwrap_err();
+        assert!(matches!(e, StoreError::UnknownJob { .. }), "{e}");
+    }
+    let mut store = Store::open(&dir.0).unwrap();
+    let jobs = store.jobs().unwrap();
+    let ids: Vec<(&str, u64)> = jobs
+        .iter()
+        .map(|j| (j.job_id.as_str(), j.last_seen_ms))
+        .collect();
+    assert_eq!(ids, [("b2", 2_000), ("a1", 1_000)]);
+    assert_eq!(jobs[1].vertices, [vertex("v1", "Source", 4)]);
+
+    assert_eq!(store.find_job("a1").unwrap().unwrap().name, "wordcount");
+    let by_name = store.find_job("wordcount").unwrap().unwrap();
+    assert_eq!(by_name.job_id, "a1");
+    assert_eq!(by_name.vertices.len(), 1);
+    assert_eq!(store.find_job("nothing").unwrap(), None);
+
+    // Resubmitted: the name now matches two jobs.
+    store
+        .upsert_job("c3", "wordcount", "http://jm:8081", 3_000)
+        .unwrap();
+    let e = store.find_job("wordcount").unwrap_err();
+    match &e {
+        StoreError::AmbiguousJob { candidates, .. } => {
+            assert_eq!(candidates.len(), 2);
+            assert!(candidates[0].starts_with("c3 (last seen 1970-01-01T00:00:03Z)"));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().contains("a1 (last seen"), "{e}");
+    // The id still finds each.
+    assert_eq!(store.find_job("c3").unwrap().unwrap().job_id, "c3");
+}
+
+#[test]
+fn settings_fall_back_from_job_to_default_to_built_in() {
+    let dir = TempDir::new("settings");
+    let mut store = Store::open(&dir.0).unwrap();
+    assert_eq!(
+        store.settings_for("j1").unwrap(),
+        SamplingSettings::default()
+    );
+    let default = SamplingSettings {
+        samples: 50,
+        delay_ms: 20,
+        interval_ms: 30_000,
+    };
+    let fast = SamplingSettings {
+        samples: 20,
+        delay_ms: 10,
+        interval_ms: 5_000,
+    };
+    store.set_settings(DEFAULT_SCOPE, default).unwrap();
+    assert_eq!(store.settings_for("j1").unwrap(), default);
+    store.set_settings("j1", fast).unwrap();
+    drop(store);
+
+    let mut store = Store::open(&dir.0).unwrap();
+    assert_eq!(store.settings_for("j1").unwrap(), fast);
+    assert_eq!(store.settings_for("j2").unwrap(), default);
+    let all = store.all_settings().unwrap();
+    let scopes: Vec<&str> = all.iter().map(|s| s.scope.as_str()).collect();
+    assert_eq!(scopes, ["*", "j1"]);
+    assert_eq!(all[1].settings, fast);
+    assert!(all[1].updated_at_ms > 0);
+
+    assert!(store.remove_settings("j1").unwrap());
+    assert!(!store.remove_settings("j1").unwrap());
+    assert_eq!(store.settings_for("j1").unwrap(), default);
+}
+
+#[test]
+fn invalid_settings_are_refused_and_not_stored() {
+    let dir = TempDir::new("bad-settings");
+    let mut store = Store::open(&dir.0).unwrap();
+    let too_long = SamplingSettings {
+        samples: 100,
+        delay_ms: 50,
+        interval_ms: 4_000,
+    };
+    let e = store.set_settings("j1", too_long).unwrap_err();
+    assert!(matches!(e, StoreError::InvalidSettings { .. }), "{e}");
+    assert!(e.to_string().contains("4950 ms"), "{e}");
+    let e = store
+        .set_settings(" ", SamplingSettings::default())
+        .unwrap_err();
+    assert!(matches!(e, StoreError::InvalidSettings { .. }), "{e}");
+    assert!(store.all_settings().unwrap().is_empty());
+    assert_eq!(
+        store.settings_for("j1").unwrap(),
+        SamplingSettings::default()
+    );
+}
+
+#[test]
+fn prune_removes_old_rows_only() {
+    let dir = TempDir::new("prune");
+    let mut store = Store::open(&dir.0).unwrap();
+    // "old" was last seen long ago and only has old windows; "live" is still reported.
+    store
+        .upsert_job("old", "old", "http://jm:8081", 500)
+        .unwrap();
+    store
+        .upsert_vertices("old", &[vertex("v", "Map", 1)])
+        .unwrap();
+    store
+        .upsert_job("live", "live", "http://jm:8081", 9_000)
+        .unwrap();
+    let mut rows = Vec::new();
+    for start in (1_000..=5_000).step_by(1_000) {
+        rows.push(window("live", "v", 0, start));
+        rows.push(window("live", "v", 1, start));
+    }
+    rows.push(window("old", "v", 0, 1_000));
+    store.insert_windows(&rows).unwrap();
+    for (seq, at) in [(1, 1_000), (2, 2_000), (3, 4_000)] {
+        assert!(store.record_batch_at("tm-1", seq, at).unwrap());
+    }
+    // An agent silent since before the cutoff.
+    assert!(store.record_batch_at("gone", 1, 2_500).unwrap());
+
+    // Chunks of 3 rows, so several transactions run.
+    let removed = store.prune_in_chunks(3_000, 3).unwrap();
+    // 4 + 1 windows, 3 batch records, job "old", agent "gone".
+    assert_eq!(removed, 10);
+    let agents: Vec<String> = store
+        .agent_seqs()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    assert_eq!(agents, vec!["tm-1"]);
+    let left = store.history("live", None, 0).unwrap();
+    assert_eq!(left.len(), 6);
+    assert!(left.iter().all(|r| r.window_start_ms >= 3_000));
+    assert_eq!(store.latest_windows("live").unwrap().len(), 2);
+    let jobs: Vec<String> = store
+        .jobs()
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(jobs, ["live"]);
+    // Batch records after the cutoff still deduplicate; pruned ones are forgotten, but the
+    // agent's highest seq is kept.
+    assert!(!store.record_batch_at("tm-1", 3, 9_000).unwrap());
+    assert!(store.record_batch_at("tm-1", 1, 9_000).unwrap());
+    assert_eq!(store.agent_seqs().unwrap()[0].highest_seq, 3);
+    // Nothing more to do, and windows of a pruned subtask can be stored again.
+    assert_eq!(store.prune(3_000).unwrap(), 0);
+    store
+        .insert_windows(&[window("old", "v", 0, 9_000)])
+        .unwrap();
+    assert_eq!(store.latest_windows("old").unwrap().len(), 1);
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused() {
+    let dir = TempDir::new("future");
+    Store::open(&dir.0).unwrap();
+    let future = i64::from(DB_SCHEMA_VERSION) + 1;
+    {
+        let conn = Connection::open(dir.0.join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", future).unwrap();
+    }
+    let e = Store::open(&dir.0).unwrap_err();
+    match &e {
+        StoreError::NewerSchema { found, .. } => assert_eq!(*found, future),
+        other => panic!("{other}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&dir.0.join(DB_FILE).display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("schema version {future}")), "{msg}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_names_the_file() {
+    let dir = TempDir::new("garbage");
+    fs::create_dir_all(&dir.0).unwrap();
+    fs::write(dir.0.join(DB_FILE), vec![b'x'; 4096]).unwrap();
+    let e = Store::open(&dir.0).unwrap_err().to_string();
+    assert!(e.contains(DB_FILE) && e.contains("not a database"), "{e}");
+}
+
+#[test]
+fn split_rules_are_stored_by_their_serde_names() {
+    use SplitRule::*;
+    for rule in [
+        SoftIdleTime,
+        BackPressuredIdleTime,
+        OutputExhausted,
+        OutputAvailable,
+        NoMetrics,
+        NothingWaiting,
+    ] {
+        assert_eq!(
+            serde_json::to_value(rule).unwrap(),
+            serde_json::Value::String(split_str(rule).into())
+        );
+    }
+    for level in [Level::Ok, Level::Low, Level::High] {
+        assert_eq!(
+            serde_json::to_value(level).unwrap(),
+            serde_json::Value::String(level.as_str().into())
+        );
+    }
+}
+
+#[test]
+fn queries_use_the_indexes() {
+    let dir = TempDir::new("plan");
+    let store = Store::open(&dir.0).unwrap();
+    // With real values bound: SQLite may plan again once it sees them.
+    let plan = |q: &str, params: &[&dyn rusqlite::ToSql]| -> String {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+            .unwrap();
+        let rows = stmt
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows.join("\n")
+    };
+    let prune = plan(
+        "SELECT rowid FROM windows WHERE window_start_ms < ?1 LIMIT 10",
+        params![5],
+    );
+    assert!(prune.contains("windows_by_time"), "{prune}");
+    // No scan of the windows: they are reached through the job's range of windows_by_job.
+    let latest = plan(&latest_sql(), params!["j"]);
+    assert!(
+        latest.contains(
+            "windows_by_job (job_key=? AND window_start_ms=? AND subtask_id=? AND attempt=?)"
+        ),
+        "{latest}"
+    );
+    let history = plan(&history_sql(), params!["j", 5, "v"]);
+    assert!(
+        history.contains("windows_by_job (job_key=? AND window_start_ms>?)"),
+        "{history}"
+    );
+    for p in [latest, history] {
+        assert!(!p.contains("SCAN"), "{p}");
+    }
+}
