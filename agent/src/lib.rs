@@ -37,12 +37,12 @@
 //!   (finished reports into spooled batches) and the shipper.
 //!
 //! Around them: [`config`] (`agent.toml`), [`metrics`] (what `GET /metrics` serves),
-//! [`render`] (the CLI's tables), and two small shared pieces, [`clock`] (wall-clock
-//! milliseconds) and [`backoff`] (waits that double after each failure).
+//! [`render`] (the CLI's tables), and [`backoff`] (waits that double after each failure).
+//! Wall-clock milliseconds come from `bpmon_proto::time`, HTTP client setup and error wording
+//! from `bpmon-http`, both shared with the collector.
 
 pub mod backends;
 pub mod backoff;
-pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -5,6 +5,7 @@
 //! Each test samples only its own JVM (by pid or resource id), so the tests can run side by side.
 
 mod common;
+use bpmon_proto::time::now_ms;
 use common::{jdk17, jvmti_library};
 
 use std::io::{BufRead, BufReader, Read};
@@ -313,13 +314,6 @@ async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cond()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn threads_of(r: &SampleReport) -> Vec<&str> {

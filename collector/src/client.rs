@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::api::{
     AgentsView, ConfigUpdate, ConfigView, ErrorBody, HistoryView, JobsView, StatusView,
 };
-use crate::error_chain::{error_chain, root_cause, tls_failure};
+use bpmon_http::{error_chain, root_cause, tls_failure};
 
 /// What stays literal in a path segment: RFC 3986's unreserved characters. Everything else
 /// (spaces, `->`, `:`, `/`, `*`, non-ASCII…) is percent-encoded.
@@ -151,10 +151,12 @@ impl CollectorClient {
             .connect_timeout(timeout)
             .user_agent(concat!("bpmon-collector/", env!("CARGO_PKG_VERSION")));
         if let Some(token) = &security.token {
-            builder = builder.default_headers(bearer_headers(token).map_err(setup)?);
+            builder = builder.default_headers(
+                bpmon_http::bearer_headers(token).map_err(|e| setup(e.to_string()))?,
+            );
         }
         if let Some(ca) = &security.ca_file {
-            for cert in crate::tls::ca_certificates(ca).map_err(|e| setup(e.to_string()))? {
+            for cert in bpmon_http::ca_certificates(ca).map_err(|e| setup(e.to_string()))? {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -362,16 +364,6 @@ impl CollectorClient {
             }
         }
     }
-}
-
-/// Default headers carrying `Authorization: Bearer <token>`, marked sensitive (never logged).
-pub fn bearer_headers(token: &str) -> Result<reqwest::header::HeaderMap, String> {
-    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| "the token is not a valid header value".to_string())?;
-    value.set_sensitive(true);
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    Ok(headers)
 }
 
 /// One path segment, percent-encoded.

@@ -7,7 +7,6 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod diagnosis;
-pub mod error_chain;
 pub mod flink_rest;
 pub mod listen;
 pub mod locate;

@@ -76,17 +76,3 @@ pub fn read_certs(
     }
     Ok(certs)
 }
-
-/// The certificates of a CA file, for a `reqwest` client to trust besides the public roots.
-pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, TlsError> {
-    read_certs(path, "CA certificate")?
-        .iter()
-        .map(|c| {
-            reqwest::Certificate::from_der(c.as_ref()).map_err(|e| TlsError::Read {
-                what: "CA certificate",
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-        })
-        .collect()
-}

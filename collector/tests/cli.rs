@@ -2,11 +2,12 @@
 //! answers fixed views and records every request. (The real service is tested end to end
 //! elsewhere.)
 
+use bpmon_proto::time::now_ms;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{Method, StatusCode, Uri};
@@ -24,13 +25,6 @@ const JOB_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const JOB_NAME: &str = "WordCount -> Sink: out";
 /// [`JOB_NAME`] as one path segment.
 const JOB_SEGMENT: &str = "WordCount%20-%3E%20Sink%3A%20out";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn status_view() -> StatusView {
     let subtask = |i: u32, level: Option<Level>, ratio: Option<f64>| SubtaskStatus {

@@ -2,9 +2,10 @@
 //! job, two vertices on one TaskManager), an agent's batch posted through the real router; the
 //! scrape is read with a Prometheus text parser and must agree with the status API.
 
+use bpmon_proto::time::now_ms;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -23,13 +24,6 @@ const SOURCE_NAME: &str = "Source: numbers -> explode";
 const SINK: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const SINK_NAME: &str = "Sink: out";
 const TM: &str = "tm-1";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// Per subtask: (hard, soft, idle, busy) time metrics in ms per second.
 fn times(vertex: &str, subtask: u32) -> (u32, u32, u32, u32) {

@@ -476,7 +476,7 @@ fn https_end_to_end_with_a_private_ca_and_tokens() {
         .unwrap();
     rt.block_on(async {
         let mut builder = reqwest::Client::builder();
-        for c in bpmon_collector::tls::ca_certificates(&pki.ca).unwrap() {
+        for c in bpmon_http::ca_certificates(&pki.ca).unwrap() {
             builder = builder.add_root_certificate(c);
         }
         let http = builder.build().unwrap();

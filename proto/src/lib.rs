@@ -1,5 +1,5 @@
 //! Types shared by `bpmon-agent` and `bpmon-collector`, pure data and pure functions only (no
-//! I/O, and no dependency on any agent crate):
+//! I/O but reading the wall clock in [`time`], and no dependency on any agent crate):
 //! - the back-pressure [`Level`] and the [`SampleClass`] of one stack sample;
 //! - the identity a Flink task thread carries in its name ([`identity`]);
 //! - the JSON report the agent emits ([`report`]) and what agents and the collector exchange
@@ -16,6 +16,7 @@ pub mod level;
 pub mod plan;
 pub mod report;
 pub mod settings;
+pub mod time;
 pub mod token;
 pub mod whereabouts;
 

@@ -2,6 +2,7 @@
 //! `bpmon-agent run`, built from this workspace, with private data dirs and log files, stopped by
 //! their PID (SIGTERM, or SIGKILL to play a crash). Plus the collector's CLI.
 
+use bpmon_proto::time::now_ms;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -277,11 +278,4 @@ impl AgentProc {
             spool_dir: spool_dir.to_path_buf(),
         })
     }
-}
-
-fn now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }

@@ -14,6 +14,7 @@
 //! `cargo test -p bpmon-e2e --test packaging -- --nocapture`. Needs dpkg-deb and systemd-analyze
 //! (Debian's `dpkg` and `systemd` packages).
 
+use bpmon_proto::time::now_ms;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bpmon_e2e::services::{AgentProc, CollectorProc};
@@ -38,13 +39,6 @@ const SOURCE: &str = "Source: numbers -> explode";
 
 fn log(t0: Instant, msg: impl AsRef<str>) {
     eprintln!("[{:>6.1}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
-}
-
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 /// Runs `cmd`; fails with its output unless it exits 0.

@@ -13,10 +13,11 @@
 //!    while the agent runs (nothing lost: windows of the downtime arrive later); the agent killed
 //!    mid-window and restarted; a TaskManager restarted (subtasks show the new attempt).
 
+use bpmon_proto::time::now_ms;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_e2e::proxy::TcpProxy;
@@ -35,13 +36,6 @@ const INTERVAL: Duration = Duration::from_secs(5);
 
 fn log(t0: Instant, msg: impl AsRef<str>) {
     eprintln!("[{:>6.1}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Job {

@@ -18,11 +18,11 @@
 //! Every subtask must get a level from each, and ≥ 95 % of them Flink's; `agents` must name
 //! each of our JVMs' TaskManager.
 
+use bpmon_proto::time::now_ms;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use bpmon_e2e::netns;
@@ -316,13 +316,6 @@ fn run_jobs(
     );
     log(t0, format!("3 jobs RUNNING, the hard one on {used:?}"));
     Ok(jobs)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The product on `cluster`: per backend a collector and an agent; once Flink's metrics show

@@ -57,9 +57,10 @@ use jni::sys::{jint, JNI_ERR, JNI_OK};
 
 use crate::jvmti::{Jvmti, JvmtiError};
 use crate::options::{Options, OptionsError};
-use crate::sampler::{now_ms, Sampler};
+use crate::sampler::Sampler;
 use crate::server::{Backend, BindError, Listener};
 use crate::stacks::MethodCache;
+use bpmon_proto::time::now_ms;
 
 /// Every line this library prints starts with this.
 pub const LOG_PREFIX: &str = "bpmon-jvmti:";

@@ -1,7 +1,7 @@
 //! One sample: refresh the task threads if due, read each one's stack, classify it with the
 //! project's shared rule table, attach the task's identity, and time the whole.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bpmon_proto::inprocess::{InProcessSample, SampledThread, MAX_STACK_DEPTH};
 use bpmon_proto::ThreadRole;
@@ -9,18 +9,12 @@ use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleCla
 use bpmon_stacks::threaddump::Frame;
 use jni::Env;
 
+use bpmon_proto::time::now_ms;
+
 use crate::identity::{clear_exception, read_task_ref};
 use crate::jvmti::Jvmti;
 use crate::stacks::{MethodCache, StackError, StackReader};
 use crate::threads::{Identity, TaskThreads};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Frames read first. The rules look at the topmost non-JDK frame and its caller, and a busy
 /// sample reports the topmost user frame: in a Flink task thread all of them are nearly always

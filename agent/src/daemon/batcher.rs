@@ -6,10 +6,10 @@ use std::sync::Arc;
 use bpmon_proto::{ReportBatch, SampleReport, SCHEMA_VERSION};
 use tokio::sync::{mpsc as tmpsc, oneshot, Notify};
 
-use crate::clock::now_ms;
 use crate::delivery::seq::SeqCounter;
 use crate::delivery::shipper::{ShipError, SpoolQueue};
 use crate::metrics::AgentMetrics;
+use bpmon_proto::time::now_ms;
 
 /// What every batch says about its agent, and where its spooling is counted.
 pub(super) struct BatchIds {

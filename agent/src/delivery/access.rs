@@ -52,16 +52,10 @@ pub struct CollectorAccess {
 
 #[derive(Debug, Error)]
 pub enum AccessError {
-    #[error("cannot read CA file {path}: {source}")]
-    CaRead {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("CA file {path}: {reason}")]
-    CaBad { path: PathBuf, reason: String },
-    #[error("the token cannot be sent in an HTTP header (it must be visible ASCII)")]
-    BadToken,
+    #[error(transparent)]
+    Ca(#[from] bpmon_http::CaError),
+    #[error(transparent)]
+    Token(#[from] bpmon_http::TokenNotAHeader),
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
 }
@@ -73,30 +67,10 @@ pub fn client(timeout: Duration, access: &CollectorAccess) -> Result<reqwest::Cl
         .timeout(timeout)
         .user_agent(concat!("bpmon-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(Token(secret)) = &access.token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))
-            .map_err(|_| AccessError::BadToken)?;
-        value.set_sensitive(true);
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-        builder = builder.default_headers(headers);
+        builder = builder.default_headers(bpmon_http::bearer_headers(secret)?);
     }
     if let Some(path) = &access.ca_file {
-        let pem = std::fs::read(path).map_err(|source| AccessError::CaRead {
-            path: path.clone(),
-            source,
-        })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| AccessError::CaBad {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(AccessError::CaBad {
-                path: path.clone(),
-                reason: "no PEM certificate in it".into(),
-            });
-        }
-        for c in certs {
+        for c in bpmon_http::ca_certificates(path)? {
             builder = builder.add_root_certificate(c);
         }
     }
@@ -119,40 +93,15 @@ pub fn auth_refusal_hint(access: &CollectorAccess) -> &'static str {
     }
 }
 
-/// Every cause of an error, outermost first.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// A request that failed in TLS (most often: the collector's certificate is not trusted), in
 /// words that say what to do; `None` for other failures.
-pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let chain = error_chain(e);
-    let lower = chain.to_ascii_lowercase();
-    if !(lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")) {
-        return None;
-    }
-    let cause = {
-        let mut last: &dyn std::error::Error = e;
-        while let Some(next) = last.source() {
-            last = next;
-        }
-        last.to_string()
-    };
-    Some(format!(
-        "TLS with the collector failed: {cause} (a private CA? set [collector] ca_file or \
-         --ca-file)"
-    ))
+pub fn tls_advice(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    bpmon_http::tls_failure(e).map(|cause| {
+        format!(
+            "TLS with the collector failed: {cause} (a private CA? set [collector] ca_file or \
+             --ca-file)"
+        )
+    })
 }
 
 #[cfg(test)]

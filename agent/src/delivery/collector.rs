@@ -142,13 +142,13 @@ impl CollectorClient {
 
 /// A request that got no answer, in a few words: reqwest's own message leaves out the cause.
 fn describe(e: &reqwest::Error) -> String {
-    if let Some(tls) = access::tls_failure(e) {
+    if let Some(tls) = access::tls_advice(e) {
         tls
     } else if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
         "cannot connect (collector down?)".into()
     } else {
-        access::error_chain(e)
+        bpmon_http::error_chain(e)
     }
 }

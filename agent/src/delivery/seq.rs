@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::spool::SpoolError;
-use crate::clock::now_ms;
+use bpmon_proto::time::now_ms;
 
 const SEQ_FILE: &str = "seq";
 

@@ -14,9 +14,9 @@ use bpmon_stacks::threaddump;
 
 use super::tally::{Tally, ThreadSample};
 use crate::backends::{Backend, BackendKind, ClassifiedDump, DumpError, DumpThread, Fetched};
-use crate::clock::now_ms;
 use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::JvmProcess;
+use bpmon_proto::time::now_ms;
 
 /// How many samples, how far apart.
 #[derive(Debug, Clone)]

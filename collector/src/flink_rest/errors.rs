@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::error_chain::{causes, root_cause};
+use bpmon_http::{causes, root_cause};
 
 /// Why a client could not be created.
 #[derive(Debug, thiserror::Error)]

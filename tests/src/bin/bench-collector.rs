@@ -19,13 +19,14 @@
 //!   cargo run --release -p bpmon-e2e --bin bench-collector [-- --help]
 //!   scripts/bench collector
 
+use bpmon_proto::time::now_ms;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use axum::extract::{Path as UrlPath, Query, State};
@@ -34,10 +35,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bpmon_collector::flink_rest::FlinkRestClient;
+use bpmon_collector::merge::MergedWindow as WindowRow;
 use bpmon_collector::model::ClusterSnapshot;
 use bpmon_collector::server::{decode_body, parse_batch};
 use bpmon_collector::service::placement::place_batch;
-use bpmon_collector::merge::MergedWindow as WindowRow;
 use bpmon_collector::store::{Store, VertexRow};
 use bpmon_proto::{
     FrameCount, JvmInfo, ReportBatch, SampleCost, SampleReport, TaskIdentity, TaskSamples,
@@ -915,13 +916,6 @@ impl Latencies {
     fn max(&self) -> f64 {
         self.0.iter().copied().fold(f64::NAN, f64::max)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn thousands(x: f64) -> String {

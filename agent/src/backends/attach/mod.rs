@@ -548,6 +548,15 @@ impl Attacher {
     /// Starts the attach listener (trigger file, SIGQUIT) and returns its checked socket.
     fn start_listener(&mut self, tmp: &OwnedFd) -> Result<OwnedFd, AttachError> {
         let pid = self.pid;
+        // OpenJ9 attaches through files under /tmp/.com_ibm_tools_attach, and answers SIGQUIT
+        // with a javacore file: say what it is instead of signalling it, whatever the state of
+        // its signal handlers (first, so the answer does not depend on when we looked).
+        if is_dir_at(tmp, ".com_ibm_tools_attach") && !self.has_perf_data {
+            return Err(AttachError::NotHotSpot {
+                pid,
+                vm: "OpenJ9 (it publishes /tmp/.com_ibm_tools_attach)".into(),
+            });
+        }
         // Re-read now: a JVM that has not installed its handler yet would die of SIGQUIT.
         let status = self
             .proc
@@ -556,14 +565,6 @@ impl Attacher {
             .ok_or(AttachError::Gone { pid })?;
         if !status.catches_sigquit() {
             return Err(AttachError::NoSignalHandler { pid });
-        }
-        // OpenJ9 attaches through files under /tmp/.com_ibm_tools_attach, and answers SIGQUIT
-        // with a javacore file: say what it is instead of signalling it.
-        if is_dir_at(tmp, ".com_ibm_tools_attach") && !self.has_perf_data {
-            return Err(AttachError::NotHotSpot {
-                pid,
-                vm: "OpenJ9 (it publishes /tmp/.com_ibm_tools_attach)".into(),
-            });
         }
         let trigger = self.create_trigger(tmp)?;
         let result = self.signal_and_wait(tmp);
