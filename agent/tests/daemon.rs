@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use bpmon_agent::backoff::Backoff;
 use bpmon_agent::daemon::{self, DaemonConfig, JvmSelect, RunSummary};
 use bpmon_agent::delivery::spool::SpoolLimits;
-use bpmon_collector::server::{router, Ingest, IngestLimits, IngestOutcome, SettingsView};
+use bpmon_collector::server::{
+    router, Ingest, IngestError, IngestLimits, IngestOutcome, SettingsView,
+};
 use bpmon_proto::{
     AgentPlan, JvmPlan, PlanRequest, ReportBatch, SampleReport, SamplingSettings, TaskIdentity,
     TaskPlan, SCHEMA_VERSION,
@@ -185,9 +187,9 @@ impl Collector {
 }
 
 impl Ingest for Collector {
-    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, String> {
+    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, IngestError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err("store unavailable".into());
+            return Err(IngestError::Unavailable("store unavailable".into()));
         }
         self.received.lock().unwrap().push(batch.seq);
         let mut stored = self.batches.lock().unwrap();
@@ -200,7 +202,7 @@ impl Ingest for Collector {
         Ok(IngestOutcome { duplicate })
     }
 
-    async fn settings(&self) -> Result<SettingsView, String> {
+    async fn settings(&self) -> Result<SettingsView, IngestError> {
         Ok(SettingsView {
             default: self.default,
             jobs: Default::default(),
@@ -208,9 +210,9 @@ impl Ingest for Collector {
     }
 
     /// Places a JVM by its resource id, as the real collector does with Flink's REST API.
-    async fn plan(&self, request: PlanRequest) -> Result<AgentPlan, String> {
+    async fn plan(&self, request: PlanRequest) -> Result<AgentPlan, IngestError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err("store unavailable".into());
+            return Err(IngestError::Unavailable("store unavailable".into()));
         }
         let job = self.job.lock().unwrap().clone();
         let jvms = request

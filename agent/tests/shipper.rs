@@ -8,7 +8,9 @@ use std::time::Duration;
 use bpmon_agent::backoff::Backoff;
 use bpmon_agent::delivery::shipper::{ShipOutcome, Shipper};
 use bpmon_agent::delivery::spool::{Spool, SpoolLimits};
-use bpmon_collector::server::{router, Ingest, IngestLimits, IngestOutcome, SettingsView};
+use bpmon_collector::server::{
+    router, Ingest, IngestError, IngestLimits, IngestOutcome, SettingsView,
+};
 use bpmon_proto::{ReportBatch, SCHEMA_VERSION};
 
 /// Records what it stores; fails the first `fail_first` batches like a busy database.
@@ -19,12 +21,12 @@ struct Recorder {
 }
 
 impl Ingest for Recorder {
-    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, String> {
+    async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, IngestError> {
         {
             let mut left = self.fail_first.lock().unwrap();
             if *left > 0 {
                 *left -= 1;
-                return Err("database is locked".into());
+                return Err(IngestError::Unavailable("database is locked".into()));
             }
         }
         let mut stored = self.stored.lock().unwrap();
@@ -35,8 +37,8 @@ impl Ingest for Recorder {
         Ok(IngestOutcome { duplicate })
     }
 
-    async fn settings(&self) -> Result<SettingsView, String> {
-        Err("not needed".into())
+    async fn settings(&self) -> Result<SettingsView, IngestError> {
+        Err(IngestError::Unavailable("not needed".into()))
     }
 }
 

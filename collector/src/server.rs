@@ -64,30 +64,24 @@ impl IngestError {
     }
 }
 
-impl From<String> for IngestError {
-    fn from(message: String) -> Self {
-        IngestError::Unavailable(message)
-    }
-}
-
 /// Where validated batches go, and where settings come from. The service implements it with the
-/// store, failing with an [`IngestError`]; tests with memory. `E` is the error its methods
-/// return: `String` by default, for implementations outside this crate that predate
-/// [`IngestError`] (taken as [`IngestError::Unavailable`]).
-pub trait Ingest<E: Into<IngestError> + Send = String>: Send + Sync + 'static {
+/// store; tests with memory.
+pub trait Ingest: Send + Sync + 'static {
     /// Stores a batch; returns once it is durable.
     fn ingest(
         &self,
         batch: ReportBatch,
-    ) -> impl std::future::Future<Output = Result<IngestOutcome, E>> + Send;
+    ) -> impl std::future::Future<Output = Result<IngestOutcome, IngestError>> + Send;
     /// The default settings and every per-job override.
-    fn settings(&self) -> impl std::future::Future<Output = Result<SettingsView, E>> + Send;
+    fn settings(
+        &self,
+    ) -> impl std::future::Future<Output = Result<SettingsView, IngestError>> + Send;
     /// Which settings apply to which task threads of the agent's JVMs. The default answer puts
     /// every thread on the default settings.
     fn plan(
         &self,
         request: PlanRequest,
-    ) -> impl std::future::Future<Output = Result<AgentPlan, E>> + Send {
+    ) -> impl std::future::Future<Output = Result<AgentPlan, IngestError>> + Send {
         async move {
             let view = self.settings().await?;
             Ok(AgentPlan {
@@ -139,22 +133,18 @@ struct AppState<I> {
 }
 
 /// The agent-facing routes.
-pub fn router<I, E>(ingest: I, limits: IngestLimits) -> Router
-where
-    I: Ingest<E>,
-    E: Into<IngestError> + Send + 'static,
-{
+pub fn router<I: Ingest>(ingest: I, limits: IngestLimits) -> Router {
     let state = Arc::new(AppState { ingest, limits });
     Router::new()
-        .route("/api/v1/reports", post(post_reports::<I, E>))
-        .route("/api/v1/settings", get(get_settings::<I, E>))
-        .route("/api/v1/plan", post(post_plan::<I, E>))
+        .route("/api/v1/reports", post(post_reports::<I>))
+        .route("/api/v1/settings", get(get_settings::<I>))
+        .route("/api/v1/plan", post(post_plan::<I>))
         // Past this, axum answers 413 before our handler runs.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
 }
 
-async fn post_reports<I: Ingest<E>, E: Into<IngestError> + Send>(
+async fn post_reports<I: Ingest>(
     State(state): State<Arc<AppState<I>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -184,33 +174,22 @@ async fn post_reports<I: Ingest<E>, E: Into<IngestError> + Send>(
         })
         .into_response(),
         // Not the agent's fault: it keeps the batch and retries.
-        Err(e) => {
-            let e: IngestError = e.into();
-            error(
-                e.status(),
-                format!("batch {seq} not stored, retry later: {e}"),
-            )
-        }
+        Err(e) => error(
+            e.status(),
+            format!("batch {seq} not stored, retry later: {e}"),
+        ),
     }
 }
 
-async fn get_settings<I: Ingest<E>, E: Into<IngestError> + Send>(
-    State(state): State<Arc<AppState<I>>>,
-) -> Response {
+async fn get_settings<I: Ingest>(State(state): State<Arc<AppState<I>>>) -> Response {
     match state.ingest.settings().await {
         Ok(view) => Json(view).into_response(),
-        Err(e) => {
-            let e: IngestError = e.into();
-            error(e.status(), e.to_string())
-        }
+        Err(e) => error(e.status(), e.to_string()),
     }
 }
 
 /// `POST /api/v1/plan`: which settings apply to which task threads of the agent's JVMs.
-async fn post_plan<I: Ingest<E>, E: Into<IngestError> + Send>(
-    State(state): State<Arc<AppState<I>>>,
-    body: Bytes,
-) -> Response {
+async fn post_plan<I: Ingest>(State(state): State<Arc<AppState<I>>>, body: Bytes) -> Response {
     let request: PlanRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -226,10 +205,7 @@ async fn post_plan<I: Ingest<E>, E: Into<IngestError> + Send>(
     };
     match state.ingest.plan(request).await {
         Ok(plan) => Json(plan).into_response(),
-        Err(e) => {
-            let e: IngestError = e.into();
-            error(e.status(), e.to_string())
-        }
+        Err(e) => error(e.status(), e.to_string()),
     }
 }
 

@@ -18,7 +18,7 @@ struct Memory {
     failing: bool,
 }
 
-impl Ingest<IngestError> for Memory {
+impl Ingest for Memory {
     async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, IngestError> {
         if self.failing {
             return Err(IngestError::Unavailable("database is locked".into()));

@@ -23,7 +23,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-
 use anyhow::{ensure, Context, Result};
 use bpmon_e2e::netns;
 use bpmon_e2e::process::{cmdline, nspid};

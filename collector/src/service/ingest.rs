@@ -22,7 +22,7 @@ use super::writer::WriteError;
 #[derive(Clone)]
 pub struct Service(pub Arc<Collector>);
 
-impl Ingest<IngestError> for Service {
+impl Ingest for Service {
     async fn ingest(&self, batch: ReportBatch) -> Result<IngestOutcome, IngestError> {
         let result = self.0.take_batch(batch).await;
         self.0.metrics.batch(match &result {
