@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use bpmon_proto::{FrameCount, Level, SamplingSettings};
+use bpmon_proto::{FrameCount, Level, SamplingSettings, Scope};
 use serde::{Deserialize, Serialize};
 
 use crate::diagnosis::Finding;
@@ -141,7 +141,7 @@ pub struct HistoryWindow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigView {
     /// A job id, or `*` for the default.
-    pub scope: String,
+    pub scope: Scope,
     pub job_name: Option<String>,
     pub settings: SamplingSettings,
     /// True when the job has no settings of its own and follows the default.

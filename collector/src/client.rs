@@ -15,6 +15,7 @@ use crate::api::{
     AgentsView, ConfigUpdate, ConfigView, ErrorBody, HistoryView, JobsView, StatusView,
 };
 use bpmon_http::{error_chain, root_cause, tls_failure};
+use bpmon_proto::Scope;
 
 /// What stays literal in a path segment: RFC 3986's unreserved characters. Everything else
 /// (spaces, `->`, `:`, `/`, `*`, non-ASCII…) is percent-encoded.
@@ -211,8 +212,8 @@ impl CollectorClient {
             .await
     }
 
-    /// `GET /api/v1/config/{job}`; `job` is an id, a name, or `*` for the default.
-    pub async fn config_get(&self, job: &str) -> Result<ConfigView, ClientError> {
+    /// `GET /api/v1/config/{job}`: the default's, or a job's (by id or name).
+    pub async fn config_get(&self, job: &Scope) -> Result<ConfigView, ClientError> {
         self.call(
             Method::GET,
             config_path(job),
@@ -226,7 +227,7 @@ impl CollectorClient {
     /// `PUT /api/v1/config/{job}`.
     pub async fn config_set(
         &self,
-        job: &str,
+        job: &Scope,
         update: &ConfigUpdate,
     ) -> Result<ConfigView, ClientError> {
         self.call(
@@ -244,7 +245,7 @@ impl CollectorClient {
     /// cannot work is refused here, and nothing is sent.
     pub async fn config_set_checked(
         &self,
-        job: &str,
+        job: &Scope,
         update: &ConfigUpdate,
     ) -> Result<ConfigView, ClientError> {
         let current = self.config_get(job).await?;
@@ -252,10 +253,10 @@ impl CollectorClient {
             .apply(current.settings)
             .validate()
             .map_err(|reason| ClientError::InvalidSettings {
-                job: match (&current.job_name, current.scope.as_str()) {
-                    (_, "*") => "the default".to_string(),
-                    (Some(name), id) => format!("job {name:?} ({id})"),
-                    (None, id) => format!("job {id}"),
+                job: match (&current.job_name, &current.scope) {
+                    (_, Scope::Default) => "the default".to_string(),
+                    (Some(name), Scope::Job(id)) => format!("job {name:?} ({id})"),
+                    (None, Scope::Job(id)) => format!("job {id}"),
                 },
                 reason: reason.to_string(),
             })?;
@@ -263,7 +264,7 @@ impl CollectorClient {
     }
 
     /// `DELETE /api/v1/config/{job}`: the job falls back to the default.
-    pub async fn config_reset(&self, job: &str) -> Result<ConfigView, ClientError> {
+    pub async fn config_reset(&self, job: &Scope) -> Result<ConfigView, ClientError> {
         self.call(
             Method::DELETE,
             config_path(job),
@@ -371,8 +372,8 @@ pub fn segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-fn config_path(job: &str) -> String {
-    format!("/api/v1/config/{}", segment(job))
+fn config_path(job: &Scope) -> String {
+    format!("/api/v1/config/{}", segment(job.as_str()))
 }
 
 /// The server's `{"error": …}` message, or else what the body says, or else that it is empty.

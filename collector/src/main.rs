@@ -11,6 +11,7 @@ use bpmon_collector::client::{ClientSecurity, CollectorClient};
 use bpmon_collector::clock::now_ms;
 use bpmon_collector::render::{self, DiagnosisReport};
 use bpmon_collector::service::{self, CollectorConfig, ServeArgs};
+use bpmon_proto::Scope;
 use bpmon_telemetry::logging::{self, LogFormat, LogSettings};
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -252,7 +253,7 @@ async fn query(client: &CollectorClient, command: Command, output: Output) -> Re
         }
         Command::Config(c) => {
             let v = match c {
-                ConfigCommand::Get { job } => client.config_get(config_scope(&job)).await?,
+                ConfigCommand::Get { job } => client.config_get(&config_scope(&job)).await?,
                 ConfigCommand::Set {
                     job,
                     samples,
@@ -265,10 +266,10 @@ async fn query(client: &CollectorClient, command: Command, output: Output) -> Re
                         interval_ms: interval.map(|d| whole_ms("--interval", d)).transpose()?,
                     };
                     client
-                        .config_set_checked(config_scope(&job), &update)
+                        .config_set_checked(&config_scope(&job), &update)
                         .await?
                 }
-                ConfigCommand::Reset { job } => client.config_reset(config_scope(&job)).await?,
+                ConfigCommand::Reset { job } => client.config_reset(&config_scope(&job)).await?,
             };
             (to_json(&v)?, render::config(&v, color))
         }
@@ -288,13 +289,9 @@ fn no_color_unset() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// `default` and `*` both name the default settings (`*` in the API).
-fn config_scope(job: &str) -> &str {
-    if job == "default" {
-        "*"
-    } else {
-        job
-    }
+/// `default` and `*` both name the default settings; anything else a job, by id or name.
+fn config_scope(job: &str) -> Scope {
+    Scope::parse(job)
 }
 
 fn whole_ms(flag: &str, d: Duration) -> Result<u64> {

@@ -263,7 +263,7 @@ pub fn history(view: &HistoryView, color: bool, now_ms: u64) -> String {
 
 /// `config get|set|reset`: the settings that apply and where they come from.
 pub fn config(view: &ConfigView, color: bool) -> String {
-    let scope = if view.scope == "*" {
+    let scope = if view.scope.is_default() {
         "default (every job without settings of its own)".to_string()
     } else {
         let name = view
@@ -802,7 +802,7 @@ mod tests {
             diagnosis(&v, false, NOW),
             config(
                 &ConfigView {
-                    scope: "*".into(),
+                    scope: bpmon_proto::Scope::Default,
                     job_name: None,
                     settings: SamplingSettings::default(),
                     inherited: false,

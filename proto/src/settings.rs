@@ -152,6 +152,12 @@ impl From<String> for Scope {
     }
 }
 
+impl From<&str> for Scope {
+    fn from(s: &str) -> Scope {
+        Scope::parse(s)
+    }
+}
+
 impl From<Scope> for String {
     fn from(s: Scope) -> String {
         match s {

@@ -15,7 +15,9 @@ use crate::api::{
 };
 use crate::clock::now_ms;
 use crate::merge::MergedWindow;
-use crate::store::{JobRow, Store, StoreError, DEFAULT_SCOPE};
+use bpmon_proto::Scope;
+
+use crate::store::{JobRow, Store, StoreError};
 
 use super::locks::lock;
 use super::state::Collector;
@@ -75,12 +77,12 @@ fn find_job(store: &Store, job: &str) -> Result<JobRow, QueryError> {
 
 /// The scope `job` names, with the job's name: `*` or `default` for the default, else a job id
 /// or name.
-fn scope_of(store: &Store, job: &str) -> Result<(String, Option<String>), QueryError> {
-    if job == DEFAULT_SCOPE || job == "default" {
-        return Ok((DEFAULT_SCOPE.to_string(), None));
+fn scope_of(store: &Store, job: &str) -> Result<(Scope, Option<String>), QueryError> {
+    if Scope::parse(job).is_default() {
+        return Ok((Scope::Default, None));
     }
     match store.find_job(job)? {
-        Some(row) => Ok((row.job_id, Some(row.name))),
+        Some(row) => Ok((Scope::Job(row.job_id), Some(row.name))),
         None => Err(QueryError::NoJobForSettings(job.to_string())),
     }
 }

@@ -9,7 +9,9 @@ use bpmon_proto::SamplingSettings;
 
 use crate::api::ConfigView;
 use crate::server::SettingsView;
-use crate::store::{Store, StoreError, DEFAULT_SCOPE};
+use bpmon_proto::Scope;
+
+use crate::store::{Store, StoreError};
 
 use super::locks::{read, write};
 
@@ -44,12 +46,11 @@ impl SettingsCache {
     }
 
     /// What `config get` answers for `scope` (the default's scope or a job id).
-    pub fn config_view(&self, scope: String, job_name: Option<String>) -> ConfigView {
+    pub fn config_view(&self, scope: Scope, job_name: Option<String>) -> ConfigView {
         let s = read(&self.view);
-        let own = if scope == DEFAULT_SCOPE {
-            Some(s.default)
-        } else {
-            s.jobs.get(&scope).copied()
+        let own = match &scope {
+            Scope::Default => Some(s.default),
+            Scope::Job(id) => s.jobs.get(id).copied(),
         };
         ConfigView {
             inherited: own.is_none(),
@@ -66,10 +67,11 @@ fn settings_view(store: &Store) -> Result<SettingsView, StoreError> {
         jobs: BTreeMap::new(),
     };
     for row in store.all_settings()? {
-        if row.scope == DEFAULT_SCOPE {
-            view.default = row.settings;
-        } else {
-            view.jobs.insert(row.scope, row.settings);
+        match row.scope {
+            Scope::Default => view.default = row.settings,
+            Scope::Job(id) => {
+                view.jobs.insert(id, row.settings);
+            }
         }
     }
     Ok(view)

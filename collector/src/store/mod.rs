@@ -37,7 +37,7 @@ pub use connection::{Store, DB_FILE};
 pub use error::StoreError;
 pub use jobs::{JobRow, VertexRow};
 pub use schema::DB_SCHEMA_VERSION;
-pub use settings::{SettingsRow, DEFAULT_SCOPE};
+pub use settings::SettingsRow;
 
 #[cfg(test)]
 mod tests;

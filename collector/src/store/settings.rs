@@ -1,6 +1,7 @@
-//! The sampling settings: the default (scope [`DEFAULT_SCOPE`]) and per-job overrides.
+//! The sampling settings: the default ([`Scope::Default`], `*` in the table) and per-job
+//! overrides.
 
-use bpmon_proto::SamplingSettings;
+use bpmon_proto::{SamplingSettings, Scope};
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
@@ -10,32 +11,30 @@ use super::columns::{get_u64, to_i64};
 use super::connection::Store;
 use super::error::{sql, StoreError};
 
-/// The scope of the default sampling settings; any other scope is a job id.
-pub const DEFAULT_SCOPE: &str = "*";
-
-/// Sampling settings for a scope: [`DEFAULT_SCOPE`] or a job id.
+/// Sampling settings for a scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsRow {
-    pub scope: String,
+    pub scope: Scope,
     pub settings: SamplingSettings,
     pub updated_at_ms: u64,
 }
 
 impl Store {
-    /// Sets the sampling settings of `scope` ([`DEFAULT_SCOPE`] or a job id), after checking
+    /// Sets the sampling settings of `scope`, after checking
     /// that they can be used.
     pub fn set_settings(
         &mut self,
-        scope: &str,
+        scope: &Scope,
         settings: SamplingSettings,
     ) -> Result<(), StoreError> {
         let refuse = |reason: String| StoreError::InvalidSettings {
-            scope: scope.to_owned(),
+            scope: scope.to_string(),
             reason,
         };
-        if scope.trim().is_empty() {
+        if scope.as_str().trim().is_empty() {
             return Err(refuse(format!(
-                "the scope must be {DEFAULT_SCOPE:?} or a job id"
+                "the scope must be {:?} or a job id",
+                Scope::DEFAULT
             )));
         }
         settings.validate().map_err(|e| refuse(e.to_string()))?;
@@ -50,17 +49,25 @@ impl Store {
                      samples = excluded.samples, delay_ms = excluded.delay_ms,
                      interval_ms = excluded.interval_ms, updated_at_ms = excluded.updated_at_ms",
             )
-            .and_then(|mut s| s.execute(params![scope, settings.samples, delay, interval, now]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    scope.as_str(),
+                    settings.samples,
+                    delay,
+                    interval,
+                    now
+                ])
+            })
             .map_err(sql("store sampling settings", &self.path))?;
         Ok(())
     }
 
     /// Removes the settings of `scope`; false if it had none.
-    pub fn remove_settings(&mut self, scope: &str) -> Result<bool, StoreError> {
+    pub fn remove_settings(&mut self, scope: &Scope) -> Result<bool, StoreError> {
         let n = self
             .conn
             .prepare_cached("DELETE FROM settings WHERE scope = ?1")
-            .and_then(|mut s| s.execute(params![scope]))
+            .and_then(|mut s| s.execute(params![scope.as_str()]))
             .map_err(sql("remove sampling settings", &self.path))?;
         Ok(n > 0)
     }
@@ -76,7 +83,7 @@ impl Store {
                  LIMIT 1",
             )
             .and_then(|mut s| {
-                s.query_row(params![job_id, DEFAULT_SCOPE], settings_from_row)
+                s.query_row(params![job_id, Scope::DEFAULT], settings_from_row)
                     .optional()
             })
             .map_err(sql("read sampling settings", &self.path))?;
@@ -91,7 +98,7 @@ impl Store {
                  ORDER BY scope <> ?1, scope",
             )
             .and_then(|mut s| {
-                s.query_map(params![DEFAULT_SCOPE], settings_from_row)?
+                s.query_map(params![Scope::DEFAULT], settings_from_row)?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(sql("read sampling settings", &self.path))
@@ -100,7 +107,7 @@ impl Store {
 
 fn settings_from_row(r: &Row<'_>) -> rusqlite::Result<SettingsRow> {
     Ok(SettingsRow {
-        scope: r.get(0)?,
+        scope: Scope::from(r.get::<_, String>(0)?),
         settings: SamplingSettings {
             samples: r.get(1)?,
             delay_ms: get_u64(r, 2)?,

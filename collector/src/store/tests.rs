@@ -5,7 +5,7 @@ use crate::clock::now_ms;
 use crate::mapping::SubtaskRef;
 use crate::merge::{MergedWindow, SplitRule};
 use crate::model::SubtaskMetrics;
-use bpmon_proto::{FrameCount, Level, SamplingSettings};
+use bpmon_proto::{FrameCount, Level, SamplingSettings, Scope};
 use rusqlite::{params, Connection};
 use std::fs;
 use std::path::PathBuf;
@@ -424,9 +424,9 @@ fn settings_fall_back_from_job_to_default_to_built_in() {
         delay_ms: 10,
         interval_ms: 5_000,
     };
-    store.set_settings(DEFAULT_SCOPE, default).unwrap();
+    store.set_settings(&Scope::Default, default).unwrap();
     assert_eq!(store.settings_for("j1").unwrap(), default);
-    store.set_settings("j1", fast).unwrap();
+    store.set_settings(&"j1".into(), fast).unwrap();
     drop(store);
 
     let mut store = Store::open(&dir.0).unwrap();
@@ -438,8 +438,8 @@ fn settings_fall_back_from_job_to_default_to_built_in() {
     assert_eq!(all[1].settings, fast);
     assert!(all[1].updated_at_ms > 0);
 
-    assert!(store.remove_settings("j1").unwrap());
-    assert!(!store.remove_settings("j1").unwrap());
+    assert!(store.remove_settings(&"j1".into()).unwrap());
+    assert!(!store.remove_settings(&"j1".into()).unwrap());
     assert_eq!(store.settings_for("j1").unwrap(), default);
 }
 
@@ -452,11 +452,11 @@ fn invalid_settings_are_refused_and_not_stored() {
         delay_ms: 50,
         interval_ms: 4_000,
     };
-    let e = store.set_settings("j1", too_long).unwrap_err();
+    let e = store.set_settings(&"j1".into(), too_long).unwrap_err();
     assert!(matches!(e, StoreError::InvalidSettings { .. }), "{e}");
     assert!(e.to_string().contains("4950 ms"), "{e}");
     let e = store
-        .set_settings(" ", SamplingSettings::default())
+        .set_settings(&" ".into(), SamplingSettings::default())
         .unwrap_err();
     assert!(matches!(e, StoreError::InvalidSettings { .. }), "{e}");
     assert!(store.all_settings().unwrap().is_empty());
