@@ -64,8 +64,21 @@ impl ReportBatch {
     /// Checks every bound of [`bounds`] and that counts add up, against the collector's clock
     /// `now_ms`. The first problem found is named with where it is.
     pub fn validate(&self, now_ms: u64) -> Result<(), BatchProblem> {
+        self.check_agent_id()?;
+        self.check_header_integers()?;
+        self.check_host_names()?;
+        self.check_sizes()?;
+        let latest_end = now_ms.saturating_add(bounds::CLOCK_SKEW_MAX_MS);
+        for (i, r) in self.reports.iter().enumerate() {
+            check_report(i, r, now_ms, latest_end)?;
+        }
+        Ok(())
+    }
+
+    /// `agent_id` is 1 to [`bounds::AGENT_ID_MAX`] bytes without control characters: it is a
+    /// key in the store and shows in logs.
+    fn check_agent_id(&self) -> Result<(), BatchProblem> {
         use bounds::*;
-        let bad = |m: String| Err(BatchProblem(m));
         if self.agent_id.is_empty() || self.agent_id.len() > AGENT_ID_MAX {
             return bad(format!(
                 "agent_id must be 1 to {AGENT_ID_MAX} bytes, not {}",
@@ -75,6 +88,12 @@ impl ReportBatch {
         if self.agent_id.chars().any(char::is_control) {
             return bad("agent_id contains control characters".into());
         }
+        Ok(())
+    }
+
+    /// The header's counters fit SQLite's signed integers.
+    fn check_header_integers(&self) -> Result<(), BatchProblem> {
+        use bounds::*;
         for (what, v) in [
             ("seq", self.seq),
             ("created_at_ms", self.created_at_ms),
@@ -84,6 +103,12 @@ impl ReportBatch {
                 return bad(format!("{what} {v} exceeds {SQL_INT_MAX}"));
             }
         }
+        Ok(())
+    }
+
+    /// Few enough host names, each short enough, to keep the collector's memory bounded.
+    fn check_host_names(&self) -> Result<(), BatchProblem> {
+        use bounds::*;
         if self.host_names.len() > HOST_NAMES_MAX
             || self.host_names.iter().any(|h| h.len() > HOST_NAME_MAX)
         {
@@ -91,6 +116,12 @@ impl ReportBatch {
                 "at most {HOST_NAMES_MAX} host names of at most {HOST_NAME_MAX} bytes"
             ));
         }
+        Ok(())
+    }
+
+    /// Few enough reports, and task threads over all of them, for one batch.
+    fn check_sizes(&self) -> Result<(), BatchProblem> {
+        use bounds::*;
         if self.reports.len() > REPORTS_MAX {
             return bad(format!(
                 "{} reports in one batch; at most {REPORTS_MAX}",
@@ -103,49 +134,69 @@ impl ReportBatch {
                 "{tasks} task threads in one batch; at most {TASKS_PER_BATCH_MAX}"
             ));
         }
-        let latest_end = now_ms.saturating_add(CLOCK_SKEW_MAX_MS);
-        for (i, r) in self.reports.iter().enumerate() {
-            let at = format!("report {i} (pid {})", r.pid);
-            if r.tasks.len() > TASKS_PER_REPORT_MAX {
-                return bad(format!(
-                    "{at}: {} task threads; at most {TASKS_PER_REPORT_MAX}",
-                    r.tasks.len()
-                ));
-            }
-            if r.samples == 0 || r.samples > SAMPLES_MAX {
-                return bad(format!(
-                    "{at}: samples {} not in 1..={SAMPLES_MAX}",
-                    r.samples
-                ));
-            }
-            let end = r.started_at_ms.checked_add(r.elapsed_ms);
-            match end {
-                Some(end) if end <= latest_end => {}
-                _ => {
-                    return bad(format!(
-                        "{at}: the window ends at {} ms, past the collector's clock ({now_ms} ms) by more than {CLOCK_SKEW_MAX_MS} ms",
-                        r.started_at_ms.saturating_add(r.elapsed_ms)
-                    ))
-                }
-            }
-            if r.delay_ms > SQL_INT_MAX {
-                return bad(format!(
-                    "{at}: delay_ms {} exceeds {SQL_INT_MAX}",
-                    r.delay_ms
-                ));
-            }
-            for t in &r.tasks {
-                let sum = u64::from(t.blocked) + u64::from(t.waiting) + u64::from(t.busy);
-                if t.samples > r.samples || sum > u64::from(t.samples) {
-                    return bad(format!(
-                        "{at}, thread {:?}: blocked {} + waiting {} + busy {} must not exceed its samples {}, nor those the report's {}",
-                        t.thread, t.blocked, t.waiting, t.busy, t.samples, r.samples
-                    ));
-                }
-            }
-        }
         Ok(())
     }
+}
+
+/// A refusal with message `m`.
+fn bad(m: String) -> Result<(), BatchProblem> {
+    Err(BatchProblem(m))
+}
+
+/// Report `i`: its size, its sample count, that its window does not end in the future (past
+/// `latest_end`), its delay, then each of its task threads.
+fn check_report(
+    i: usize,
+    r: &SampleReport,
+    now_ms: u64,
+    latest_end: u64,
+) -> Result<(), BatchProblem> {
+    use bounds::*;
+    let at = format!("report {i} (pid {})", r.pid);
+    if r.tasks.len() > TASKS_PER_REPORT_MAX {
+        return bad(format!(
+            "{at}: {} task threads; at most {TASKS_PER_REPORT_MAX}",
+            r.tasks.len()
+        ));
+    }
+    if r.samples == 0 || r.samples > SAMPLES_MAX {
+        return bad(format!(
+            "{at}: samples {} not in 1..={SAMPLES_MAX}",
+            r.samples
+        ));
+    }
+    let end = r.started_at_ms.checked_add(r.elapsed_ms);
+    match end {
+        Some(end) if end <= latest_end => {}
+        _ => {
+            return bad(format!(
+                "{at}: the window ends at {} ms, past the collector's clock ({now_ms} ms) by more than {CLOCK_SKEW_MAX_MS} ms",
+                r.started_at_ms.saturating_add(r.elapsed_ms)
+            ))
+        }
+    }
+    if r.delay_ms > SQL_INT_MAX {
+        return bad(format!(
+            "{at}: delay_ms {} exceeds {SQL_INT_MAX}",
+            r.delay_ms
+        ));
+    }
+    check_tasks(&at, r)
+}
+
+/// Each task thread of report `r` (named `at`) counts no more states than its samples, nor more
+/// samples than the report took.
+fn check_tasks(at: &str, r: &SampleReport) -> Result<(), BatchProblem> {
+    for t in &r.tasks {
+        let sum = u64::from(t.blocked) + u64::from(t.waiting) + u64::from(t.busy);
+        if t.samples > r.samples || sum > u64::from(t.samples) {
+            return bad(format!(
+                "{at}, thread {:?}: blocked {} + waiting {} + busy {} must not exceed its samples {}, nor those the report's {}",
+                t.thread, t.blocked, t.waiting, t.busy, t.samples, r.samples
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

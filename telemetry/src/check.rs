@@ -163,79 +163,119 @@ pub fn check<T: DeserializeOwned>(
     text: &str,
     semantic: impl FnOnce(&T) -> Vec<Finding>,
 ) -> Vec<Problem> {
-    let doc = match ImDocument::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            return vec![Problem {
-                line: e.span().map(|s| line_of(text, s.start)),
-                key: String::new(),
-                message: format!("TOML syntax error: {}", one_line(e.message())),
-            }]
-        }
+    let (doc, table) = match parse(text) {
+        Ok(parsed) => parsed,
+        Err(p) => return vec![p],
     };
-    let table: Table = match toml::from_str(text) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![Problem {
-                line: e.span().map(|s| line_of(text, s.start)),
-                key: String::new(),
-                message: one_line(e.message()),
-            }]
-        }
+    let mut pass = KeyPass {
+        lines: Lines { text, doc: &doc },
+        problems: Vec::new(),
+        failed: Vec::new(),
+        pruned: Table::new(),
     };
-    let lines = Lines { text, doc: &doc };
-    let mut problems = Vec::new();
-    // Keys (or sections) that failed: left out of what the semantic checks see.
-    let mut failed: Vec<KeyPath> = Vec::new();
-    let mut pruned = Table::new();
     for (key, value) in &table {
-        let path = KeyPath::new(&[key]);
         match value {
-            Value::Table(section) => {
-                // The section itself: known?
-                let mut empty = Table::new();
-                empty.insert(key.clone(), Value::Table(Table::new()));
-                if let Err(e) = try_as::<T>(empty) {
-                    let mut p = lines.problem(&path, e);
-                    p.key = format!("[{key}]");
-                    problems.push(p);
-                    failed.push(path);
-                    continue;
-                }
-                let mut kept = Table::new();
-                for (k, v) in section {
-                    let wrap = |v: Value| {
-                        let mut s = Table::new();
-                        s.insert(k.clone(), v);
-                        let mut root = Table::new();
-                        root.insert(key.clone(), Value::Table(s));
-                        root
-                    };
-                    let key_path = path.clone().key(k);
-                    match check_value::<T>(&lines, key_path.clone(), v, &wrap, &mut problems) {
-                        Some(v) => {
-                            kept.insert(k.clone(), v);
-                        }
-                        None => failed.push(key_path),
-                    }
-                }
-                pruned.insert(key.clone(), Value::Table(kept));
-            }
-            v => {
-                let wrap = |v: Value| {
-                    let mut root = Table::new();
-                    root.insert(key.clone(), v);
-                    root
-                };
-                match check_value::<T>(&lines, path.clone(), v, &wrap, &mut problems) {
-                    Some(v) => {
-                        pruned.insert(key.clone(), v);
-                    }
-                    None => failed.push(path),
-                }
-            }
+            Value::Table(section) => pass.check_section::<T>(key, section),
+            v => pass.check_top_key::<T>(key, v),
         }
     }
+    let KeyPass {
+        lines,
+        mut problems,
+        failed,
+        pruned,
+    } = pass;
+    check_semantics(&lines, pruned, &failed, semantic, &mut problems);
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    problems
+}
+
+/// Step 1, syntax: the document with its spans, and the same as a plain table. A syntax error
+/// is the only problem reported, since nothing after it can be read.
+fn parse(text: &str) -> Result<(ImDocument<&str>, Table), Problem> {
+    let doc = ImDocument::parse(text).map_err(|e| Problem {
+        line: e.span().map(|s| line_of(text, s.start)),
+        key: String::new(),
+        message: format!("TOML syntax error: {}", one_line(e.message())),
+    })?;
+    let table: Table = toml::from_str(text).map_err(|e| Problem {
+        line: e.span().map(|s| line_of(text, s.start)),
+        key: String::new(),
+        message: one_line(e.message()),
+    })?;
+    Ok((doc, table))
+}
+
+/// Step 2, each key alone: what was found so far.
+struct KeyPass<'a> {
+    lines: Lines<'a>,
+    problems: Vec<Problem>,
+    /// Keys (or sections) that failed: left out of what the semantic checks see.
+    failed: Vec<KeyPath>,
+    /// What passed, for the semantic checks.
+    pruned: Table,
+}
+
+impl KeyPass<'_> {
+    /// A section: whether it is known at all (an unknown one fails as a whole, reported as
+    /// `[key]`), then each of its keys alone.
+    fn check_section<T: DeserializeOwned>(&mut self, key: &str, section: &Table) {
+        let path = KeyPath::new(&[key]);
+        let mut empty = Table::new();
+        empty.insert(key.to_string(), Value::Table(Table::new()));
+        if let Err(e) = try_as::<T>(empty) {
+            let mut p = self.lines.problem(&path, e);
+            p.key = format!("[{key}]");
+            self.problems.push(p);
+            self.failed.push(path);
+            return;
+        }
+        let mut kept = Table::new();
+        for (k, v) in section {
+            let wrap = |v: Value| {
+                let mut s = Table::new();
+                s.insert(k.clone(), v);
+                let mut root = Table::new();
+                root.insert(key.to_string(), Value::Table(s));
+                root
+            };
+            let key_path = path.clone().key(k);
+            match check_value::<T>(&self.lines, key_path.clone(), v, &wrap, &mut self.problems) {
+                Some(v) => {
+                    kept.insert(k.clone(), v);
+                }
+                None => self.failed.push(key_path),
+            }
+        }
+        self.pruned.insert(key.to_string(), Value::Table(kept));
+    }
+
+    /// A key outside any section, alone.
+    fn check_top_key<T: DeserializeOwned>(&mut self, key: &str, value: &Value) {
+        let path = KeyPath::new(&[key]);
+        let wrap = |v: Value| {
+            let mut root = Table::new();
+            root.insert(key.to_string(), v);
+            root
+        };
+        match check_value::<T>(&self.lines, path.clone(), value, &wrap, &mut self.problems) {
+            Some(v) => {
+                self.pruned.insert(key.to_string(), v);
+            }
+            None => self.failed.push(path),
+        }
+    }
+}
+
+/// Step 3, the whole file without the keys that `failed`: the caller's semantic checks, except
+/// findings about or using a failed key (a default would stand in for what the user wrote).
+fn check_semantics<T: DeserializeOwned>(
+    lines: &Lines<'_>,
+    pruned: Table,
+    failed: &[KeyPath],
+    semantic: impl FnOnce(&T) -> Vec<Finding>,
+    problems: &mut Vec<Problem>,
+) {
     match try_as::<T>(pruned) {
         Ok(config) => {
             for f in semantic(&config) {
@@ -255,8 +295,6 @@ pub fn check<T: DeserializeOwned>(
         }),
         Err(_) => {}
     }
-    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-    problems
 }
 
 /// Checks one key's value (an array element by element). Returns what of it passed (`None`

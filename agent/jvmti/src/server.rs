@@ -251,6 +251,7 @@ enum Connection {
     Stopped,
 }
 
+/// Serves one client until it leaves, asks to stop, or the stop flag is raised.
 fn serve_connection(
     listener: &Listener,
     mut stream: UnixStream,
@@ -258,56 +259,101 @@ fn serve_connection(
     stop: &AtomicBool,
     allowed_uid: u32,
 ) -> Connection {
-    // accept() does not pass O_NONBLOCK on, but be explicit: reads rely on timeouts.
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(POLL_INTERVAL)).is_err()
-        || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
-    {
+    if !set_timeouts(&stream) || !peer_allowed(&mut stream, allowed_uid) {
         return Connection::Closed;
     }
-    match getsockopt(&stream, PeerCredentials) {
-        Ok(cred) if cred.uid() == 0 || cred.uid() == allowed_uid => {}
-        Ok(cred) => {
-            let message = format!(
-                "uid {} may not use this socket (only root and the JVM's user, uid {allowed_uid}); closing",
-                cred.uid()
-            );
-            let _ = send(&mut stream, &Response::Error { message });
-            return Connection::Closed;
-        }
-        Err(e) => {
-            let message = format!("cannot read the peer's credentials: {e}; closing");
-            let _ = send(&mut stream, &Response::Error { message });
-            return Connection::Closed;
+    let mut lines = LineReader::new(MAX_LINE_BYTES);
+    let mut session = Session {
+        listener,
+        backend,
+        greeted: false,
+        introduced: Introduced::default(),
+    };
+    loop {
+        let request = match next_request(&mut lines, &mut stream, stop) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(end) => return end,
+        };
+        let (response, after) = session.answer(request);
+        let sent = send(&mut stream, &response);
+        match after {
+            Some(after) => return after,
+            None if sent.is_err() => return Connection::Closed,
+            None => {}
         }
     }
-    let mut lines = LineReader::new(MAX_LINE_BYTES);
-    let mut greeted = false;
-    // Names and tasks cross once per connection.
-    let mut introduced = Introduced::default();
-    loop {
-        let line = match lines.next_line(&mut stream, stop) {
-            Next::Line(line) => line,
-            Next::Eof | Next::Failed => return Connection::Closed,
-            Next::Stopped => return Connection::Stopped,
-            Next::TooLong => {
-                let message =
-                    format!("request longer than {MAX_LINE_BYTES} bytes; closing the connection");
-                let _ = send(&mut stream, &Response::Error { message });
-                return Connection::Closed;
+}
+
+/// Blocking reads with [`POLL_INTERVAL`] timeouts (so the stop flag is seen) and writes with
+/// [`WRITE_TIMEOUT`]. `false`: the connection is to be closed.
+fn set_timeouts(stream: &UnixStream) -> bool {
+    // accept() does not pass O_NONBLOCK on, but be explicit: reads rely on timeouts.
+    stream.set_nonblocking(false).is_ok()
+        && stream.set_read_timeout(Some(POLL_INTERVAL)).is_ok()
+        && stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_ok()
+}
+
+/// The peer check that keeps strangers out: only root and the JVM's own user (`allowed_uid`).
+/// Anyone else is told why before the connection is closed (`false`).
+fn peer_allowed(stream: &mut UnixStream, allowed_uid: u32) -> bool {
+    let message = match getsockopt(&*stream, PeerCredentials) {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == allowed_uid => return true,
+        Ok(cred) => format!(
+            "uid {} may not use this socket (only root and the JVM's user, uid {allowed_uid}); closing",
+            cred.uid()
+        ),
+        Err(e) => format!("cannot read the peer's credentials: {e}; closing"),
+    };
+    let _ = send(stream, &Response::Error { message });
+    false
+}
+
+/// Reads the next request. `Ok(None)`: a line that is not a request, already answered with an
+/// error; `Err`: how the connection ends (an over-long line is answered first).
+fn next_request(
+    lines: &mut LineReader,
+    stream: &mut UnixStream,
+    stop: &AtomicBool,
+) -> Result<Option<Request>, Connection> {
+    let line = match lines.next_line(stream, stop) {
+        Next::Line(line) => line,
+        Next::Eof | Next::Failed => return Err(Connection::Closed),
+        Next::Stopped => return Err(Connection::Stopped),
+        Next::TooLong => {
+            let message =
+                format!("request longer than {MAX_LINE_BYTES} bytes; closing the connection");
+            let _ = send(stream, &Response::Error { message });
+            return Err(Connection::Closed);
+        }
+    };
+    match serde_json::from_slice(&line) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            let message = format!("not a request: {e}");
+            match send(stream, &Response::Error { message }) {
+                Ok(()) => Ok(None),
+                Err(_) => Err(Connection::Closed),
             }
-        };
-        let request: Request = match serde_json::from_slice(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                let message = format!("not a request: {e}");
-                if send(&mut stream, &Response::Error { message }).is_err() {
-                    return Connection::Closed;
-                }
-                continue;
-            }
-        };
-        let (response, after) = match request {
+        }
+    }
+}
+
+/// What one connection remembers between requests.
+struct Session<'a> {
+    listener: &'a Listener,
+    backend: &'a mut dyn Backend,
+    /// Whether the client said a supported `hello`: nothing else is answered before.
+    greeted: bool,
+    /// Names and tasks cross once per connection.
+    introduced: Introduced,
+}
+
+impl Session<'_> {
+    /// The response to one request, and how the connection ends after it is sent (`None`: it
+    /// goes on, unless sending fails).
+    fn answer(&mut self, request: Request) -> (Response, Option<Connection>) {
+        match request {
             Request::Hello { protocol } if protocol != INPROCESS_PROTOCOL_VERSION => (
                 Response::Error {
                     message: format!(
@@ -318,33 +364,27 @@ fn serve_connection(
                 Some(Connection::Closed),
             ),
             Request::Hello { .. } => {
-                greeted = true;
-                (Response::Hello(backend.hello()), None)
+                self.greeted = true;
+                (Response::Hello(self.backend.hello()), None)
             }
-            _ if !greeted => (
+            _ if !self.greeted => (
                 Response::Error {
                     message: "say hello first".to_string(),
                 },
                 None,
             ),
-            Request::Sample { max_depth } => match backend.sample(max_depth) {
+            Request::Sample { max_depth } => match self.backend.sample(max_depth) {
                 Ok(mut sample) => {
-                    introduced.compact(&mut sample);
+                    self.introduced.compact(&mut sample);
                     (Response::Sample(sample), None)
                 }
                 Err(message) => (Response::Error { message }, None),
             },
             Request::Stop => {
-                listener.unlink_if_ours();
-                backend.stopping();
+                self.listener.unlink_if_ours();
+                self.backend.stopping();
                 (Response::Stopping, Some(Connection::StopRequested))
             }
-        };
-        let sent = send(&mut stream, &response);
-        match after {
-            Some(after) => return after,
-            None if sent.is_err() => return Connection::Closed,
-            None => {}
         }
     }
 }

@@ -213,98 +213,142 @@ impl CollectorConfig {
     /// read.
     pub fn problems(&self) -> Vec<Finding> {
         let mut out = Vec::new();
-        let mut bad = |path: KeyPath, message: String| out.push(Finding::new(path, message));
+        self.logging_problems(&mut out);
+        self.flink_problems(&mut out);
+        self.storage_problems(&mut out);
+        self.ingest_problems(&mut out);
+        self.http_problems(&mut out);
+        self.auth_problems(&mut out);
+        self.tls_problems(&mut out);
+        out
+    }
+
+    /// `log_level` is a directive tracing accepts.
+    fn logging_problems(&self, out: &mut Vec<Finding>) {
         if let Some(level) = &self.log_level {
             if let Err(e) = logging::check_level(level) {
-                bad(KeyPath::new(&["log_level"]), e);
+                out.push(Finding::new(KeyPath::new(&["log_level"]), e));
             }
         }
+    }
+
+    /// `[flink]`: each URL makes a client; polls are not too frequent; requests can time out.
+    fn flink_problems(&self, out: &mut Vec<Finding>) {
         for (i, url) in self.flink.urls.iter().enumerate() {
             if let Err(e) = crate::flink_rest::FlinkRestClient::new(url, self.flink.timeout) {
-                bad(KeyPath::new(&["flink", "urls"]).index(i), e.to_string());
+                out.push(Finding::new(
+                    KeyPath::new(&["flink", "urls"]).index(i),
+                    e.to_string(),
+                ));
             }
         }
         if self.flink.poll_interval < MIN_POLL_INTERVAL {
-            bad(
+            out.push(Finding::new(
                 KeyPath::new(&["flink", "poll_interval"]),
                 format!(
                     "{} is too short; at least {}",
                     humantime::format_duration(self.flink.poll_interval),
                     humantime::format_duration(MIN_POLL_INTERVAL)
                 ),
-            );
+            ));
         }
         if self.flink.timeout.is_zero() {
-            bad(
+            out.push(Finding::new(
                 KeyPath::new(&["flink", "timeout"]),
-                "must be above zero".into(),
-            );
+                "must be above zero",
+            ));
         }
+    }
+
+    /// `[storage]`: a zero retention would delete every window as it is stored.
+    fn storage_problems(&self, out: &mut Vec<Finding>) {
         if self.storage.retention.is_zero() {
-            bad(
+            out.push(Finding::new(
                 KeyPath::new(&["storage", "retention"]),
-                "must be above zero".into(),
-            );
+                "must be above zero",
+            ));
         }
+    }
+
+    /// `[ingest]`: a zero body limit would refuse every batch.
+    fn ingest_problems(&self, out: &mut Vec<Finding>) {
         for (key, n) in [
             ("max_body_bytes", self.ingest.max_body_bytes),
             ("max_decoded_bytes", self.ingest.max_decoded_bytes),
         ] {
             if n == 0 {
-                bad(KeyPath::new(&["ingest", key]), "must be at least 1".into());
+                out.push(Finding::new(
+                    KeyPath::new(&["ingest", key]),
+                    "must be at least 1",
+                ));
             }
         }
+    }
+
+    /// `[http]`: connections are allowed, and clients get at least 100ms to send a request.
+    fn http_problems(&self, out: &mut Vec<Finding>) {
         if self.http.max_connections == 0 {
-            bad(
+            out.push(Finding::new(
                 KeyPath::new(&["http", "max_connections"]),
-                "must be at least 1".into(),
-            );
+                "must be at least 1",
+            ));
         }
         for (key, d) in [
             ("header_timeout", self.http.header_timeout),
             ("request_timeout", self.http.request_timeout),
         ] {
             if d < Duration::from_millis(100) {
-                bad(
+                out.push(Finding::new(
                     KeyPath::new(&["http", key]),
                     format!(
                         "{} is too short; at least 100ms",
                         humantime::format_duration(d)
                     ),
-                );
+                ));
             }
         }
+    }
+
+    /// The token file: the two keys agree, and the file reads as tokens. Reported at the key
+    /// the user set (the top-level one when both are).
+    fn auth_problems(&self, out: &mut Vec<Finding>) {
         let token_key = if self.token_file.is_some() {
             KeyPath::new(&["token_file"])
         } else {
             KeyPath::new(&["auth", "token_file"])
         };
         match self.token_file() {
-            Err(e) => bad(token_key, e),
+            Err(e) => out.push(Finding::new(token_key, e)),
             Ok(Some(path)) => {
                 if let Err(e) = crate::auth::Auth::from_file(path) {
-                    bad(token_key, e.to_string());
+                    out.push(Finding::new(token_key, e.to_string()));
                 }
             }
             Ok(None) => {}
         }
+    }
+
+    /// `[tls]`: both files or neither, and together they make a server configuration.
+    fn tls_problems(&self, out: &mut Vec<Finding>) {
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(cert), Some(key)) => {
                 if let Err(e) = crate::tls::server_config(cert, key) {
-                    bad(KeyPath::new(&["tls", "cert_file"]), e.to_string());
+                    out.push(Finding::new(
+                        KeyPath::new(&["tls", "cert_file"]),
+                        e.to_string(),
+                    ));
                 }
             }
-            (Some(_), None) => bad(
+            (Some(_), None) => out.push(Finding::new(
                 KeyPath::new(&["tls", "cert_file"]),
-                "needs key_file too".into(),
-            ),
-            (None, Some(_)) => bad(
+                "needs key_file too",
+            )),
+            (None, Some(_)) => out.push(Finding::new(
                 KeyPath::new(&["tls", "key_file"]),
-                "needs cert_file too".into(),
-            ),
+                "needs cert_file too",
+            )),
             (None, None) => {}
         }
-        out
     }
 
     pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
