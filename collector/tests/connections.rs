@@ -2,18 +2,18 @@
 //! file), probed over raw TCP as a careless or hostile client would: a half-sent request head, an
 //! idle keep-alive connection, more connections than allowed, a body that trickles in.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Serve;
 
 /// `bpmon-collector serve` with this `[http]` section, killed when dropped.
 struct Collector {
-    child: Child,
+    serve: Serve,
     addr: String,
-    log: Arc<Mutex<String>>,
     dir: PathBuf,
 }
 
@@ -25,43 +25,14 @@ impl Collector {
         let config = dir.join("collector.toml");
         std::fs::write(
             &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[flink]\nurls = [\"http://127.0.0.1:9\"]\n[http]\n{http}\n",
-                dir.join("data")
-            ),
+            format!("listen = \"127.0.0.1:0\"\n[http]\n{http}\n"),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bpmon-collector"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("BPMON_TOKEN_FILE")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the collector did not start: {line:?}"))
-            .to_string();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
+        let serve = Serve::start(&dir, &["--config", config.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("the collector did not start: {e}"));
         Collector {
-            child,
-            addr,
-            log,
+            addr: serve.addr.clone(),
+            serve,
             dir,
         }
     }
@@ -85,8 +56,6 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -172,11 +141,11 @@ fn connections_beyond_the_bound_are_closed_on_arrival_counted_and_logged() {
         .parse()
         .unwrap();
     assert!(refused >= 1, "{metrics}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !c.log.lock().unwrap().contains("connection limit reached") {
-        assert!(Instant::now() < deadline, "{}", c.log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        c.serve.log_line_with("connection limit reached").is_some(),
+        "{}",
+        c.serve.log.lock().unwrap()
+    );
     drop(held);
 }
 

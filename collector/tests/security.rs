@@ -3,12 +3,13 @@
 //! with `--token-file`, `--tls-cert`/`--tls-key`; the CLI with `--token-file`, `--ca-file`)
 //! against an HTTPS collector whose CA is made here with rcgen.
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+
+mod common;
+use common::Serve;
 
 use bpmon_collector::auth::{self, Auth};
 use bpmon_collector::service::config::FlinkConfig;
@@ -213,85 +214,6 @@ fn the_collector_listens_on_loopback_unless_told_otherwise() {
 
 // ---------------------------------------------------------------------------------------------
 // The binary.
-
-/// `bpmon-collector serve`, killed when dropped; its log is collected as it comes.
-struct Serve {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(dir: &Path, extra: &[&str]) -> Result<Serve, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bpmon-collector"))
-            .args(["serve", "--flink", "http://127.0.0.1:9", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(extra)
-            .env_remove("BPMON_TOKEN_FILE")
-            .env_remove("BPMON_COLLECTOR_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let status = child.wait().unwrap();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return Err(format!("{status}: {err}"));
-        };
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Ok(Serve {
-            addr: addr.to_string(),
-            log,
-            child,
-        })
-    }
-
-    /// The first log line containing `needle`, waiting up to 10 s for it.
-    fn log_line_with(&self, needle: &str) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(l) = self
-                .log
-                .lock()
-                .unwrap()
-                .lines()
-                .find(|l| l.contains(needle))
-            {
-                return Some(l.to_string());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs the CLI; returns (success, stdout, stderr).
 fn cli(args: &[&str]) -> (bool, String, String) {

@@ -2,58 +2,17 @@
 //! collector refuses to store — from the CLI (before anything is sent) and from a raw `PUT` that
 //! bypasses the CLI's check — with the reason, and nothing changes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-struct Serve {
-    child: Child,
-    url: String,
-    dir: std::path::PathBuf,
-}
+mod common;
+use common::Serve;
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn serve() -> Serve {
-    let dir = std::env::temp_dir().join(format!("bpmon-settings-rule-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bpmon-collector"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--flink",
-            "http://127.0.0.1:9",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env_remove("BPMON_TOKEN_FILE")
-        .env_remove("BPMON_COLLECTOR_CONFIG")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("did not start: {line:?}"))
-        .to_string();
-    Serve {
-        child,
-        url: format!("http://{addr}"),
-        dir,
-    }
+/// The real collector, on a port of its own, with a fresh database.
+fn serve(dir: &std::path::Path) -> (Serve, String) {
+    let _ = std::fs::remove_dir_all(dir);
+    let s = Serve::start(dir, &["--listen", "127.0.0.1:0"]).unwrap();
+    let url = format!("http://{}", s.addr);
+    (s, url)
 }
 
 /// The CLI against `url`: (success, stdout, stderr).
@@ -74,10 +33,11 @@ fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn config_set_refuses_what_an_agent_cannot_run_and_says_why() {
-    let s = serve();
+    let dir = std::env::temp_dir().join(format!("bpmon-settings-rule-{}", std::process::id()));
+    let (_serve, url) = serve(&dir);
     // Issue 11: this was accepted and stored, and then every agent threw it away.
     let (ok, _, err) = cli(
-        &s.url,
+        &url,
         &[
             "config",
             "set",
@@ -104,7 +64,7 @@ fn config_set_refuses_what_an_agent_cannot_run_and_says_why() {
         .unwrap();
     let (status, body) = rt.block_on(async {
         let r = reqwest::Client::new()
-            .put(format!("{}/api/v1/config/%2A", s.url))
+            .put(format!("{}/api/v1/config/%2A", url))
             .json(&serde_json::json!({"samples": 5, "delay_ms": 10, "interval_ms": 500}))
             .send()
             .await
@@ -115,12 +75,12 @@ fn config_set_refuses_what_an_agent_cannot_run_and_says_why() {
     assert!(body.contains("below the minimum of 1000 ms"), "{body}");
 
     // Nothing changed; what an agent can run is stored.
-    let (ok, out, err) = cli(&s.url, &["config", "get", "default", "--output", "json"]);
+    let (ok, out, err) = cli(&url, &["config", "get", "default", "--output", "json"]);
     assert!(ok, "{err}");
     let view: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(view["settings"]["interval_ms"], 60_000, "{out}");
     let (ok, _, err) = cli(
-        &s.url,
+        &url,
         &[
             "config",
             "set",
@@ -134,4 +94,5 @@ fn config_set_refuses_what_an_agent_cannot_run_and_says_why() {
         ],
     );
     assert!(ok, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
