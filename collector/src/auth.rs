@@ -10,8 +10,6 @@
 //! `reader` may read the query API, `admin` may do all and change settings. A token used
 //! beyond its role gets 403, naming the role needed.
 
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -156,27 +154,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (token.len() < rest.len() && !token.is_empty()).then(|| token.trim_ascii_end())
 }
 
-/// Reads a token file's permission bits (from the open file: the bits of what is read) and text.
-pub fn read_token_file(path: &Path) -> Result<(u32, String), TokenFileError> {
-    let read_err = |source| TokenFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(read_err)?;
-    let mode = file.metadata().map_err(read_err)?.permissions().mode();
-    let mut text = String::new();
-    // The mode is checked before the content is used, by the caller's parser.
-    if mode & 0o004 == 0 {
-        file.read_to_string(&mut text).map_err(read_err)?;
-    }
-    Ok((mode, text))
-}
-
-/// A client's single token from its token file (the agent's and the CLI's).
-pub fn read_client_token(path: &Path) -> Result<String, TokenFileError> {
-    let (mode, text) = read_token_file(path)?;
-    token::single_token(path, mode, &text)
-}
+pub use bpmon_http::{read_client_token, read_token_file};
 
 /// Puts every `/api/v1/*` route of `router` behind the token check (a no-op without tokens).
 pub fn protect(router: Router, auth: Arc<Auth>) -> Router {

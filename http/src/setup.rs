@@ -1,7 +1,12 @@
-//! Setting a client up: the bearer token on every request, marked sensitive so that it is never
-//! logged, and the certificates of a private CA to trust besides the public roots.
+//! Setting a client up: the token from its file, sent on every request as a bearer token marked
+//! sensitive so that it is never logged, and the certificates of a private CA to trust besides
+//! the public roots.
 
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use bpmon_proto::token::{self, TokenFileError};
 
 /// The token cannot be sent in an HTTP header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +24,30 @@ pub enum CaError {
     },
     #[error("CA certificate {path}: {reason}")]
     Bad { path: PathBuf, reason: String },
+}
+
+/// Reads a token file's permission bits (from the open file: the bits of what is read) and its
+/// text, which is left unread when every user may read the file: the parsers of
+/// [`bpmon_proto::token`] refuse such a file by its mode. The collector's token list and every
+/// client's single token are read here.
+pub fn read_token_file(path: &Path) -> Result<(u32, String), TokenFileError> {
+    let read_err = |source| TokenFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mode = file.metadata().map_err(read_err)?.permissions().mode();
+    let mut text = String::new();
+    if mode & 0o004 == 0 {
+        file.read_to_string(&mut text).map_err(read_err)?;
+    }
+    Ok((mode, text))
+}
+
+/// A client's single token from its token file (the agent's and the CLI's).
+pub fn read_client_token(path: &Path) -> Result<String, TokenFileError> {
+    let (mode, text) = read_token_file(path)?;
+    token::single_token(path, mode, &text)
 }
 
 /// Default headers carrying `Authorization: Bearer <token>`, marked sensitive (never logged).

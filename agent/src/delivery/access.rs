@@ -2,12 +2,10 @@
 //! `--token-file`) and the CA it trusts for an `https://` collector (`ca_file`, `--ca-file`).
 //! Shared by the shipper and the plan requests, so both always carry the same credentials.
 
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bpmon_proto::token::{self, TokenFileError};
+use bpmon_proto::token::TokenFileError;
 use thiserror::Error;
 
 /// A bearer token. Its `Debug` never shows it.
@@ -21,18 +19,7 @@ impl Token {
 
     /// The one token of a token file; refuses a file every user may read.
     pub fn from_file(path: &Path) -> Result<Token, TokenFileError> {
-        let read_err = |source| TokenFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(read_err)?;
-        // The bits of the open file: what is checked is what is read.
-        let mode = file.metadata().map_err(read_err)?.permissions().mode();
-        let mut text = String::new();
-        if mode & 0o004 == 0 {
-            file.read_to_string(&mut text).map_err(read_err)?;
-        }
-        token::single_token(path, mode, &text).map(Token)
+        bpmon_http::read_client_token(path).map(Token)
     }
 }
 
@@ -107,6 +94,7 @@ pub fn tls_advice(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_token_never_shows_in_debug() {
