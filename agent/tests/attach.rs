@@ -213,6 +213,34 @@ fn another_users_jvm_is_refused_with_a_clear_error() {
     assert!(jvm.alive(), "a refused attach must not harm the JVM");
 }
 
+/// SIGSTOP, then waits until every thread of the JVM has stopped (state `T`): `kill` returns
+/// before a thread that is running at that moment has stopped, and such a thread (the attach
+/// listener, just done with the previous command) could still answer.
+fn freeze(pid: nix::unistd::Pid) {
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state == "T" || state == "t")
+                })
+            });
+        if stopped {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "JVM {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_stopped_jvm_times_out() {
     let mut jvm = Jvm::start(&jdk17(), &[], None);
@@ -220,7 +248,7 @@ fn a_stopped_jvm_times_out() {
     let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
     // Listener up first, then freeze the JVM: the command gets no answer.
     dump_text(&mut a);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    freeze(pid);
     let err = a.thread_dump().unwrap_err();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(matches!(err, AttachError::Timeout { .. }), "{err}");
@@ -235,7 +263,7 @@ fn a_frozen_jvm_without_listener_times_out_starting_it() {
     let mut jvm = Jvm::start(&jdk17(), &[], None);
     let pid = nix::unistd::Pid::from_raw(jvm.pid() as i32);
     let mut a = Attacher::for_pid(jvm.pid(), short()).unwrap();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    freeze(pid);
     let err = a.thread_dump().unwrap_err();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(matches!(err, AttachError::ListenerTimeout { .. }), "{err}");
