@@ -148,6 +148,7 @@ fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) 
                 40 + k
             ),
             samples: counts.busy / (k + 1),
+            activity: None,
         })
         .collect();
     let at = SubtaskRef {

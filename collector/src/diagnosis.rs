@@ -308,6 +308,7 @@ mod tests {
             top_frames: vec![FrameCount {
                 frame: "com.example.Slow.map(Slow.java:17)".into(),
                 samples: 90,
+                activity: None,
             }],
         }
     }

@@ -391,6 +391,9 @@ mod tests {
             waiting: 0,
             busy: 0,
             top_frames: vec![],
+            activity: None,
+            locks: Vec::new(),
+            cpu: None,
         }
     }
 
@@ -406,6 +409,7 @@ mod tests {
             tasks,
             cost: SampleCost::default(),
             errors: vec![],
+            resources: None,
         }
     }
 

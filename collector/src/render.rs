@@ -741,6 +741,7 @@ mod tests {
                     top_frames: vec![FrameCount {
                         frame: "com.acme.Parse.parse".into(),
                         samples: 412,
+                        activity: None,
                     }],
                 },
                 Finding {

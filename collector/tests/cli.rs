@@ -49,6 +49,7 @@ fn status_view() -> StatusView {
         top_frames: vec![FrameCount {
             frame: "com.acme.Parse.parse".into(),
             samples: 9,
+            activity: None,
         }],
         why: None,
     };
@@ -96,6 +97,7 @@ fn status_view() -> StatusView {
             top_frames: vec![FrameCount {
                 frame: "com.acme.Parse.parse".into(),
                 samples: 412,
+                activity: None,
             }],
         }],
     }

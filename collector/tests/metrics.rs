@@ -130,6 +130,9 @@ fn task(name: &str, subtask: u32, parallelism: u32, blocked: u32, waiting: u32) 
         waiting,
         busy: 100 - blocked - waiting,
         top_frames: Vec::new(),
+        activity: None,
+        locks: Vec::new(),
+        cpu: None,
     }
 }
 
@@ -169,6 +172,7 @@ fn batch(seq: u64) -> ReportBatch {
                 ..SampleCost::default()
             },
             errors: Vec::new(),
+            resources: None,
         }],
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{Activity, ActivityCounts, JvmResources, LockCount, ThreadCpu};
 use crate::identity::TaskIdentity;
 use crate::whereabouts::{JvmNetwork, ResourceIdSource};
 
@@ -26,6 +27,9 @@ pub struct SampleReport {
     pub cost: SampleCost,
     /// Samples that failed, with the reason (a JVM that exits mid-run ends the run here).
     pub errors: Vec<String>,
+    /// What the JVM, its cgroup and its host spent over the window (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<JvmResources>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -81,6 +85,15 @@ pub struct TaskSamples {
     pub busy: u32,
     /// What the busy samples were doing: the top user frame and how many samples showed it.
     pub top_frames: Vec<FrameCount>,
+    /// The busy samples by what they were doing (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityCounts>,
+    /// Monitors and locks the task's thread waited for, most samples first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<LockCount>,
+    /// CPU time of the task's thread(s) over the window, when the OS let the agent read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<ThreadCpu>,
 }
 
 /// A task's ids in Flink: `job_id`, `vertex_id` (hex, as the REST API writes them) and the
@@ -96,6 +109,9 @@ pub struct ExactTask {
 pub struct FrameCount {
     pub frame: String,
     pub samples: u32,
+    /// What the samples in this frame were doing (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 /// What sampling cost, measured while doing it.
@@ -156,7 +172,11 @@ mod tests {
             top_frames: vec![FrameCount {
                 frame: "com.example.Slow.map(Slow.java:17)".into(),
                 samples: 2,
+                activity: None,
             }],
+            activity: None,
+            locks: Vec::new(),
+            cpu: None,
         };
         let v = serde_json::to_value(&t).unwrap();
         for key in [

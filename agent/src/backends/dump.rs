@@ -5,7 +5,7 @@
 //! use these types without using each other.
 
 use bpmon_proto::inprocess::TaskRef;
-use bpmon_proto::{parse_task_thread_name, TaskIdentity};
+use bpmon_proto::{parse_task_thread_name, Activity, TaskIdentity};
 use bpmon_stacks::classify::SampleClass;
 
 /// One task thread (main or legacy source thread) of one dump, classified.
@@ -20,6 +20,21 @@ pub struct DumpThread {
     pub top_frame: Option<String>,
     /// The task's exact ids (in-process backend only).
     pub task: Option<TaskRef>,
+    /// For busy samples: running, a lock, I/O or sleeping; `None` where the backend cannot tell.
+    pub activity: Option<Activity>,
+    /// For samples waiting for a lock: which one, and who holds it, when the dump says.
+    pub lock: Option<AwaitedLock>,
+    /// CPU time the thread had used by this sample (`cpu=` in JDK 11+ dumps), ms.
+    pub cpu_ms: Option<f64>,
+}
+
+/// A monitor or lock a thread waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AwaitedLock {
+    /// The lock object's class.
+    pub class: String,
+    /// The thread holding it, when another kept thread of the dump shows `- locked` on it.
+    pub owner: Option<String>,
 }
 
 impl DumpThread {

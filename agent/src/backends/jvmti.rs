@@ -473,6 +473,9 @@ fn to_classified(s: &InProcessSample) -> ClassifiedDump {
                 class: t.class,
                 top_frame: t.top_frame.clone(),
                 task: t.task.clone(),
+                activity: None,
+                lock: None,
+                cpu_ms: None,
             })
             .collect(),
         skipped_lines: 0,

@@ -9,9 +9,15 @@ use std::collections::HashMap;
 
 use bpmon_proto::inprocess::TaskRef;
 use bpmon_proto::{
-    parse_task_thread_name, ExactTask, FrameCount, TaskIdentity, TaskSamples, ThreadRole,
+    parse_task_thread_name, Activity, ActivityCounts, ExactTask, FrameCount, LockCount,
+    TaskIdentity, TaskSamples, ThreadCpu, ThreadRole,
 };
 use bpmon_stacks::classify::SampleClass;
+
+use crate::backends::dump::AwaitedLock;
+
+/// Locks kept per task, most samples first.
+const TOP_LOCKS: usize = 3;
 
 /// One task thread as one dump showed it, already classified.
 #[derive(Debug, Clone)]
@@ -25,6 +31,12 @@ pub struct ThreadSample<'a> {
     pub top_frame: Option<String>,
     /// The task's exact ids, when the backend can read them (the in-process sampler).
     pub task: Option<&'a TaskRef>,
+    /// For busy samples: what the thread was doing, when the backend can tell.
+    pub activity: Option<Activity>,
+    /// For lock samples: the lock waited for.
+    pub lock: Option<&'a AwaitedLock>,
+    /// CPU time the thread had used by this sample, ms.
+    pub cpu_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,7 +57,20 @@ struct TaskTally {
     blocked: u32,
     waiting: u32,
     busy: u32,
-    frames: HashMap<String, u32>,
+    frames: HashMap<(String, Option<Activity>), u32>,
+    activity: ActivityCounts,
+    /// Busy samples whose activity the backend could not tell.
+    activity_unknown: u32,
+    locks: HashMap<AwaitedLock, u32>,
+    /// Per thread of the task (main, legacy source): its first and last CPU reading.
+    cpu: HashMap<u64, CpuSpan>,
+}
+
+/// A thread's CPU time at its first and last sample, with when each sample was taken.
+#[derive(Debug, Clone, Copy)]
+struct CpuSpan {
+    first: (u64, f64),
+    last: (u64, f64),
 }
 
 /// Counts per task across a sampling run.
@@ -64,15 +89,15 @@ impl Tally {
         parse_task_thread_name(name).is_some()
     }
 
-    /// Adds one dump's task threads. Non-task threads are ignored.
-    pub fn add_dump(&mut self, threads: &[ThreadSample<'_>]) {
+    /// Adds one dump's task threads, taken `at_ms` into the window. Non-task threads are ignored.
+    pub fn add_dump(&mut self, threads: &[ThreadSample<'_>], at_ms: u64) {
         for task in dump_tasks(threads) {
-            self.count(task);
+            self.count(task, at_ms);
         }
     }
 
     /// Counts one task's sample.
-    fn count(&mut self, task: DumpTask) {
+    fn count(&mut self, task: DumpTask, at_ms: u64) {
         let t = self.tasks.entry(task.key).or_insert_with(|| TaskTally {
             identity: task.identity,
             os_tid: None,
@@ -84,7 +109,14 @@ impl Tally {
             waiting: 0,
             busy: 0,
             frames: HashMap::new(),
+            activity: ActivityCounts::default(),
+            activity_unknown: 0,
+            locks: HashMap::new(),
+            cpu: HashMap::new(),
         });
+        for thread in &task.threads {
+            t.note_cpu(thread, at_ms);
+        }
         t.os_tid = task.thread.os_tid.or(t.os_tid);
         t.elapsed_s = task.thread.elapsed_s.or(t.elapsed_s);
         t.legacy |= task.legacy;
@@ -101,8 +133,15 @@ impl Tally {
             SampleClass::Waiting => t.waiting += 1,
             SampleClass::Busy => {
                 t.busy += 1;
+                match task.activity {
+                    Some(a) => t.activity.add(a, 1),
+                    None => t.activity_unknown += 1,
+                }
                 if let Some(f) = task.frame {
-                    *t.frames.entry(f).or_insert(0) += 1;
+                    *t.frames.entry((f, task.activity)).or_insert(0) += 1;
+                }
+                if let (Some(Activity::Lock), Some(lock)) = (task.activity, task.lock) {
+                    *t.locks.entry(lock.clone()).or_insert(0) += 1;
                 }
             }
         }
@@ -116,17 +155,10 @@ impl Tally {
         tasks
             .into_iter()
             .map(|(key, t)| {
-                let mut frames: Vec<FrameCount> = t
-                    .frames
-                    .into_iter()
-                    .map(|(frame, samples)| FrameCount { frame, samples })
-                    .collect();
-                frames.sort_by(|a, b| {
-                    b.samples
-                        .cmp(&a.samples)
-                        .then_with(|| a.frame.cmp(&b.frame))
-                });
-                frames.truncate(top_n);
+                let cpu = t.window_cpu();
+                let activity = (t.activity_unknown == 0).then_some(t.activity);
+                let frames = ranked_frames(t.frames, top_n);
+                let locks = ranked_locks(t.locks);
                 TaskSamples {
                     thread: key.main_thread,
                     thread_id: key.id,
@@ -140,10 +172,86 @@ impl Tally {
                     waiting: t.waiting,
                     busy: t.busy,
                     top_frames: frames,
+                    activity,
+                    locks,
+                    cpu,
                 }
             })
             .collect()
     }
+}
+
+impl TaskTally {
+    /// Keeps a thread's first and last CPU reading.
+    fn note_cpu(&mut self, thread: &ThreadSample<'_>, at_ms: u64) {
+        let (Some(cpu), Some(key)) = (thread.cpu_ms, thread.os_tid.or(thread.java_id)) else {
+            return;
+        };
+        let reading = (at_ms, cpu);
+        self.cpu
+            .entry(key)
+            .and_modify(|span| span.last = reading)
+            .or_insert(CpuSpan {
+                first: reading,
+                last: reading,
+            });
+    }
+
+    /// CPU the task's threads used between their first and last samples; `None` when no thread
+    /// was read twice.
+    fn window_cpu(&self) -> Option<ThreadCpu> {
+        let spans: Vec<&CpuSpan> = self.cpu.values().filter(|s| s.last.0 > s.first.0).collect();
+        let wall_ms = spans.iter().map(|s| s.last.0 - s.first.0).max()?;
+        // A counter that went backwards (a reused thread id) contributes nothing.
+        let cpu_ms: f64 = spans.iter().map(|s| (s.last.1 - s.first.1).max(0.0)).sum();
+        Some(ThreadCpu {
+            cpu_ms: cpu_ms.round() as u64,
+            wall_ms,
+        })
+    }
+}
+
+/// The `top_n` most frequent busy frames, most samples first.
+fn ranked_frames(
+    frames: HashMap<(String, Option<Activity>), u32>,
+    top_n: usize,
+) -> Vec<FrameCount> {
+    let mut frames: Vec<FrameCount> = frames
+        .into_iter()
+        .map(|((frame, activity), samples)| FrameCount {
+            frame,
+            samples,
+            activity,
+        })
+        .collect();
+    frames.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then_with(|| a.frame.cmp(&b.frame))
+            .then_with(|| a.activity.cmp(&b.activity))
+    });
+    frames.truncate(top_n);
+    frames
+}
+
+/// The most awaited locks, most samples first.
+fn ranked_locks(locks: HashMap<AwaitedLock, u32>) -> Vec<LockCount> {
+    let mut locks: Vec<LockCount> = locks
+        .into_iter()
+        .map(|(lock, samples)| LockCount {
+            class: lock.class,
+            owner: lock.owner,
+            samples,
+        })
+        .collect();
+    locks.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then_with(|| a.class.cmp(&b.class))
+            .then_with(|| a.owner.cmp(&b.owner))
+    });
+    locks.truncate(TOP_LOCKS);
+    locks
 }
 
 /// One task as one dump showed it, its threads combined.
@@ -154,7 +262,11 @@ struct DumpTask<'d, 'n> {
     thread: &'d ThreadSample<'n>,
     class: SampleClass,
     frame: Option<String>,
+    activity: Option<Activity>,
+    lock: Option<&'d AwaitedLock>,
     legacy: bool,
+    /// Every thread of the task in this dump, for their CPU time.
+    threads: Vec<&'d ThreadSample<'n>>,
 }
 
 /// One dump's tasks: each main task thread, with the legacy source thread that speaks for it
@@ -173,7 +285,10 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                 thread: t,
                 class: t.class,
                 frame: t.top_frame.clone(),
+                activity: t.activity,
+                lock: t.lock,
                 legacy: false,
+                threads: vec![t],
             }),
             Some((identity, ThreadRole::LegacySource)) => legacies.push((t, identity)),
             None => {}
@@ -184,15 +299,15 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
         match pick_main(&tasks, &main_name, legacy.elapsed_s) {
             Some(i) => {
                 let task = &mut tasks[i];
-                let (class, frame) = combine(
-                    task.class,
-                    task.frame.take(),
-                    legacy.class,
-                    legacy.top_frame.clone(),
-                );
-                task.class = class;
-                task.frame = frame;
+                // The legacy thread speaks for the task unless the main thread is worse off.
+                if rank(legacy.class) >= rank(task.class) {
+                    task.class = legacy.class;
+                    task.frame = legacy.top_frame.clone();
+                    task.activity = legacy.activity;
+                    task.lock = legacy.lock;
+                }
                 task.legacy = true;
+                task.threads.push(legacy);
             }
             None => tasks.push(DumpTask {
                 key: TaskKey {
@@ -203,7 +318,10 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                 thread: legacy,
                 class: legacy.class,
                 frame: legacy.top_frame.clone(),
+                activity: legacy.activity,
+                lock: legacy.lock,
                 legacy: true,
+                threads: vec![legacy],
             }),
         }
     }
@@ -235,23 +353,13 @@ fn pick_main(tasks: &[DumpTask], main_name: &str, legacy_elapsed: Option<f64>) -
     }
 }
 
-/// A task's class when both its threads were seen: blocked beats busy beats waiting. The mailbox
-/// thread of a legacy source waits forever; the legacy thread says what the task is doing.
-fn combine(
-    main: SampleClass,
-    main_frame: Option<String>,
-    legacy: SampleClass,
-    legacy_frame: Option<String>,
-) -> (SampleClass, Option<String>) {
-    let rank = |c: SampleClass| match c {
+/// How bad a class is when a task's two threads disagree: blocked beats busy beats waiting. The
+/// mailbox thread of a legacy source waits forever; the legacy thread says what the task is doing.
+fn rank(class: SampleClass) -> u8 {
+    match class {
         SampleClass::Blocked => 2,
         SampleClass::Busy => 1,
         SampleClass::Waiting => 0,
-    };
-    if rank(legacy) >= rank(main) {
-        (legacy, legacy_frame)
-    } else {
-        (main, main_frame)
     }
 }
 
@@ -268,6 +376,9 @@ mod tests {
             class,
             top_frame: (class == SampleClass::Busy).then(|| format!("user.Code.run{id}(X.java:1)")),
             task: None,
+            activity: (class == SampleClass::Busy).then_some(Activity::Running),
+            lock: None,
+            cpu_ms: None,
         }
     }
 
@@ -280,16 +391,19 @@ mod tests {
             SampleClass::Waiting,
             SampleClass::Busy,
         ] {
-            tally.add_dump(&[
-                ts("Source: a -> b (1/2)#0", 60, 10.0, class),
-                ts("main", 1, 99.0, SampleClass::Busy),
-                ts(
-                    "OutputFlusher for Source: a -> b",
-                    61,
-                    10.0,
-                    SampleClass::Busy,
-                ),
-            ]);
+            tally.add_dump(
+                &[
+                    ts("Source: a -> b (1/2)#0", 60, 10.0, class),
+                    ts("main", 1, 99.0, SampleClass::Busy),
+                    ts(
+                        "OutputFlusher for Source: a -> b",
+                        61,
+                        10.0,
+                        SampleClass::Busy,
+                    ),
+                ],
+                0,
+            );
         }
         let tasks = tally.into_tasks(5);
         assert_eq!(tasks.len(), 1);
@@ -300,7 +414,8 @@ mod tests {
             t.top_frames,
             vec![FrameCount {
                 frame: "user.Code.run60(X.java:1)".into(),
-                samples: 1
+                samples: 1,
+                activity: Some(Activity::Running),
             }]
         );
     }
@@ -308,10 +423,13 @@ mod tests {
     #[test]
     fn same_named_tasks_of_two_jobs_stay_apart() {
         let mut tally = Tally::new();
-        tally.add_dump(&[
-            ts("Map (1/1)#0", 70, 30.0, SampleClass::Blocked),
-            ts("Map (1/1)#0", 90, 5.0, SampleClass::Waiting),
-        ]);
+        tally.add_dump(
+            &[
+                ts("Map (1/1)#0", 70, 30.0, SampleClass::Blocked),
+                ts("Map (1/1)#0", 90, 5.0, SampleClass::Waiting),
+            ],
+            0,
+        );
         let tasks = tally.into_tasks(5);
         assert_eq!(tasks.len(), 2);
         assert_eq!((tasks[0].thread_id, tasks[0].blocked), (Some(70), 1));
@@ -321,24 +439,30 @@ mod tests {
     #[test]
     fn legacy_source_thread_speaks_for_its_task() {
         let mut tally = Tally::new();
-        tally.add_dump(&[
-            ts("Source: legacy (1/1)#0", 50, 20.0, SampleClass::Waiting),
-            ts(
-                "Legacy Source Thread - Source: legacy (1/1)#0",
-                52,
-                19.5,
-                SampleClass::Blocked,
-            ),
-        ]);
-        tally.add_dump(&[
-            ts("Source: legacy (1/1)#0", 50, 20.0, SampleClass::Waiting),
-            ts(
-                "Legacy Source Thread - Source: legacy (1/1)#0",
-                52,
-                19.5,
-                SampleClass::Busy,
-            ),
-        ]);
+        tally.add_dump(
+            &[
+                ts("Source: legacy (1/1)#0", 50, 20.0, SampleClass::Waiting),
+                ts(
+                    "Legacy Source Thread - Source: legacy (1/1)#0",
+                    52,
+                    19.5,
+                    SampleClass::Blocked,
+                ),
+            ],
+            0,
+        );
+        tally.add_dump(
+            &[
+                ts("Source: legacy (1/1)#0", 50, 20.0, SampleClass::Waiting),
+                ts(
+                    "Legacy Source Thread - Source: legacy (1/1)#0",
+                    52,
+                    19.5,
+                    SampleClass::Busy,
+                ),
+            ],
+            0,
+        );
         let tasks = tally.into_tasks(5);
         assert_eq!(tasks.len(), 1);
         let t = &tasks[0];
@@ -350,22 +474,25 @@ mod tests {
     #[test]
     fn legacy_threads_of_same_named_tasks_go_to_their_own_main_thread() {
         let mut tally = Tally::new();
-        tally.add_dump(&[
-            ts("Source: s (1/1)#0", 10, 100.0, SampleClass::Waiting),
-            ts("Source: s (1/1)#0", 20, 10.0, SampleClass::Waiting),
-            ts(
-                "Legacy Source Thread - Source: s (1/1)#0",
-                11,
-                99.0,
-                SampleClass::Blocked,
-            ),
-            ts(
-                "Legacy Source Thread - Source: s (1/1)#0",
-                21,
-                9.0,
-                SampleClass::Busy,
-            ),
-        ]);
+        tally.add_dump(
+            &[
+                ts("Source: s (1/1)#0", 10, 100.0, SampleClass::Waiting),
+                ts("Source: s (1/1)#0", 20, 10.0, SampleClass::Waiting),
+                ts(
+                    "Legacy Source Thread - Source: s (1/1)#0",
+                    11,
+                    99.0,
+                    SampleClass::Blocked,
+                ),
+                ts(
+                    "Legacy Source Thread - Source: s (1/1)#0",
+                    21,
+                    9.0,
+                    SampleClass::Busy,
+                ),
+            ],
+            0,
+        );
         let tasks = tally.into_tasks(5);
         assert_eq!(tasks.len(), 2);
         let old = tasks.iter().find(|t| t.thread_id == Some(10)).unwrap();
@@ -380,7 +507,7 @@ mod tests {
         for (i, f) in ["a", "b", "b", "c", "c", "c"].iter().enumerate() {
             let mut t = ts("T (1/1)#0", 1, i as f64, SampleClass::Busy);
             t.top_frame = Some(f.to_string());
-            tally.add_dump(&[t]);
+            tally.add_dump(&[t], 0);
         }
         let tasks = tally.into_tasks(2);
         let frames: Vec<(&str, u32)> = tasks[0]
@@ -389,5 +516,88 @@ mod tests {
             .map(|f| (f.frame.as_str(), f.samples))
             .collect();
         assert_eq!(frames, vec![("c", 3), ("b", 2)]);
+    }
+
+    #[test]
+    fn busy_samples_are_counted_by_activity_with_their_locks_and_cpu() {
+        let lock = AwaitedLock {
+            class: "com.acme.Shared".into(),
+            owner: Some("Map (2/2)#0".into()),
+        };
+        let mut tally = Tally::new();
+        let steps = [
+            (Activity::Lock, 0, 10.0),
+            (Activity::Lock, 50, 20.0),
+            (Activity::Running, 100, 60.0),
+            (Activity::Io, 150, 70.0),
+        ];
+        for (activity, at_ms, cpu_ms) in steps {
+            let mut t = ts("Map (1/2)#0", 60, 1.0, SampleClass::Busy);
+            t.activity = Some(activity);
+            t.lock = (activity == Activity::Lock).then_some(&lock);
+            t.cpu_ms = Some(cpu_ms);
+            tally.add_dump(&[t], at_ms);
+        }
+        let t = &tally.into_tasks(5)[0];
+        let a = t.activity.expect("every busy sample had an activity");
+        assert_eq!((a.running, a.lock, a.io, a.sleep), (1, 2, 1, 0));
+        assert_eq!(a.total(), t.busy);
+        assert_eq!(t.locks.len(), 1);
+        assert_eq!(
+            (
+                t.locks[0].class.as_str(),
+                t.locks[0].owner.as_deref(),
+                t.locks[0].samples
+            ),
+            ("com.acme.Shared", Some("Map (2/2)#0"), 2)
+        );
+        // 60 ms of CPU between the first sample (at 0 ms) and the last (at 150 ms).
+        assert_eq!(
+            t.cpu,
+            Some(ThreadCpu {
+                cpu_ms: 60,
+                wall_ms: 150
+            })
+        );
+        // The same frame under two activities stays two entries.
+        assert_eq!(t.top_frames.len(), 3);
+    }
+
+    #[test]
+    fn a_busy_sample_without_activity_makes_the_split_unknown_and_one_sample_no_cpu() {
+        let mut tally = Tally::new();
+        let mut t = ts("Map (1/1)#0", 60, 1.0, SampleClass::Busy);
+        t.activity = None;
+        t.cpu_ms = Some(5.0);
+        tally.add_dump(&[t], 0);
+        let task = &tally.into_tasks(5)[0];
+        assert_eq!(task.activity, None);
+        assert_eq!(task.cpu, None);
+    }
+
+    #[test]
+    fn a_legacy_source_task_counts_the_cpu_of_both_its_threads() {
+        let mut tally = Tally::new();
+        for (at_ms, main_cpu, legacy_cpu) in [(0, 1.0, 100.0), (1000, 2.0, 900.0)] {
+            let mut main = ts("Source: s (1/1)#0", 50, 20.0, SampleClass::Waiting);
+            main.cpu_ms = Some(main_cpu);
+            let mut legacy = ts(
+                "Legacy Source Thread - Source: s (1/1)#0",
+                52,
+                19.0,
+                SampleClass::Busy,
+            );
+            legacy.cpu_ms = Some(legacy_cpu);
+            tally.add_dump(&[main, legacy], at_ms);
+        }
+        let t = &tally.into_tasks(5)[0];
+        assert_eq!(
+            t.cpu,
+            Some(ThreadCpu {
+                cpu_ms: 801,
+                wall_ms: 1000
+            })
+        );
+        assert_eq!(t.activity.map(|a| a.running), Some(2));
     }
 }

@@ -8,11 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use bpmon_proto::{JvmInfo, SampleCost, SampleReport};
-use bpmon_stacks::classify::Classifier;
+use bpmon_proto::{Activity, JvmInfo, SampleCost, SampleReport};
+use bpmon_stacks::activity;
+use bpmon_stacks::classify::{Classifier, SampleClass};
 use bpmon_stacks::threaddump;
 
 use super::tally::{Tally, ThreadSample};
+use crate::backends::dump::AwaitedLock;
 use crate::backends::{Backend, BackendKind, ClassifiedDump, DumpError, DumpThread, Fetched};
 use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::JvmProcess;
@@ -47,10 +49,12 @@ pub struct DumpStats {
     pub skipped_lines: u64,
 }
 
-/// Parses one dump's text and classifies its task threads.
+/// Parses one dump's text and classifies its task threads: their class, and for busy ones what
+/// they were doing and the lock they waited for.
 pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
     let text = String::from_utf8_lossy(text);
     let dump = threaddump::parse_filtered(&text, |h| Tally::wants(&h.name));
+    let owners = activity::monitor_owners(&dump.threads);
     let threads = dump
         .threads
         .iter()
@@ -59,6 +63,15 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
         .filter(|t| t.frames_kept)
         .map(|t| {
             let c = classifier.classify(&t.frames);
+            let busy = c.class == SampleClass::Busy;
+            let activity = busy.then(|| activity::activity(t.header.state, &t.frames));
+            let lock = (activity == Some(Activity::Lock))
+                .then(|| activity::awaited_lock(t))
+                .flatten()
+                .map(|(address, class)| AwaitedLock {
+                    class: class.to_string(),
+                    owner: owners.get(address).map(|o| o.to_string()),
+                });
             DumpThread {
                 name: t.header.name.clone(),
                 java_id: t.header.java_id,
@@ -67,6 +80,9 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
                 class: c.class,
                 top_frame: c.top_frame.map(|f| f.to_string()),
                 task: None,
+                activity,
+                lock,
+                cpu_ms: t.header.cpu_ms,
             }
         })
         .collect();
@@ -82,7 +98,7 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
 pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> DumpStats {
     let dump = classify_dump(text, classifier);
     let samples: Vec<ThreadSample> = dump.threads.iter().map(sample_of).collect();
-    tally.add_dump(&samples);
+    tally.add_dump(&samples, 0);
     DumpStats {
         skipped_lines: dump.skipped_lines,
     }
@@ -91,6 +107,8 @@ pub fn tally_dump(text: &[u8], classifier: &Classifier, tally: &mut Tally) -> Du
 /// One thread dump as taken: what it cost and what it showed.
 #[derive(Debug)]
 pub struct TakenDump {
+    /// When the request was sent.
+    pub at: Instant,
     /// Wall time of the request.
     pub took: Duration,
     /// Safepoints and safepoint ms the JVM recorded during the dump; `None` when its counters
@@ -124,6 +142,7 @@ pub fn take_dump(
         Fetched::Classified(dump) => dump,
     });
     TakenDump {
+        at: t0,
         took,
         safepoints,
         parse: p0.elapsed(),
@@ -219,7 +238,8 @@ impl Window {
                     .filter(|t| include(t))
                     .map(sample_of)
                     .collect();
-                self.tally.add_dump(&samples);
+                let at_ms = dump.at.saturating_duration_since(self.start).as_millis() as u64;
+                self.tally.add_dump(&samples, at_ms);
                 Progress::Continue
             }
             Err(e) => {
@@ -284,6 +304,7 @@ impl Window {
             tasks: self.tally.into_tasks(self.top_frames),
             cost,
             errors: self.errors,
+            resources: None,
         }
     }
 }
@@ -327,6 +348,9 @@ fn sample_of(t: &DumpThread) -> ThreadSample<'_> {
         class: t.class,
         top_frame: t.top_frame.clone(),
         task: t.task.as_ref(),
+        activity: t.activity,
+        lock: t.lock.as_ref(),
+        cpu_ms: t.cpu_ms,
     }
 }
 
@@ -336,4 +360,35 @@ fn median(v: &mut [u64]) -> u64 {
     }
     v.sort_unstable();
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real Flink 2.3 TaskManager's dump (JDK 17, the attach backend), whose `Slow` map sleeps.
+    const TM0: &str = include_str!("../../stacks/tests/fixtures/flink2_3-jdk17-tm0.attach.txt");
+
+    #[test]
+    fn a_real_dump_gives_each_busy_thread_an_activity_and_its_cpu_time() {
+        let dump = classify_dump(TM0.as_bytes(), &Classifier::new());
+        let writer = dump
+            .threads
+            .iter()
+            .find(|t| t.name == "slow consumer -> discard: Writer (2/2)#0")
+            .expect("the slow writer's thread");
+        assert_eq!(writer.class, SampleClass::Busy);
+        assert_eq!(writer.activity, Some(Activity::Sleep));
+        assert_eq!(writer.cpu_ms, Some(584.07));
+        assert_eq!(writer.lock, None);
+        for t in &dump.threads {
+            assert_eq!(
+                t.activity.is_some(),
+                t.class == SampleClass::Busy,
+                "{}",
+                t.name
+            );
+            assert!(t.cpu_ms.is_some(), "{} has cpu= in the dump", t.name);
+        }
+    }
 }

@@ -274,6 +274,9 @@ mod tests {
             waiting: 8,
             busy: 0,
             top_frames: vec![],
+            activity: None,
+            locks: Vec::new(),
+            cpu: None,
         }
     }
 
@@ -300,6 +303,7 @@ mod tests {
                 tasks,
                 cost: SampleCost::default(),
                 errors: vec![],
+                resources: None,
             }],
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bpmon_proto::{FrameCount, Level, SamplingSettings};
+use bpmon_proto::{Activity, FrameCount, Level, SamplingSettings};
 
 use crate::api::{flink_metric_names, JobSummary, StatusView, SubtaskStatus, VertexStatus};
 use crate::diagnosis::{diagnose, FindingKind, VertexView};
@@ -132,7 +132,7 @@ fn vertex_status(
 ) -> (VertexStatus, VertexView) {
     let mut subtasks = Vec::with_capacity(v.parallelism as usize);
     let mut view = VertexView::default();
-    let mut frames: BTreeMap<String, u32> = BTreeMap::new();
+    let mut frames: BTreeMap<(String, Option<Activity>), u32> = BTreeMap::new();
     for index in 0..v.parallelism {
         let live = v.subtasks.iter().find(|s| s.subtask == index);
         let window = by_subtask.get(&(v.vertex_id.as_str(), index)).copied();
@@ -145,7 +145,7 @@ fn vertex_status(
             }
             view.subtasks.insert(index, w.merged());
             for f in &w.top_frames {
-                *frames.entry(f.frame.clone()).or_default() += f.samples;
+                *frames.entry((f.frame.clone(), f.activity)).or_default() += f.samples;
             }
         }
         subtasks.push(s);
@@ -165,10 +165,14 @@ fn vertex_status(
 }
 
 /// The five frames with the most samples, most first.
-fn top_frames(frames: BTreeMap<String, u32>) -> Vec<FrameCount> {
+fn top_frames(frames: BTreeMap<(String, Option<Activity>), u32>) -> Vec<FrameCount> {
     let mut top: Vec<FrameCount> = frames
         .into_iter()
-        .map(|(frame, samples)| FrameCount { frame, samples })
+        .map(|((frame, activity), samples)| FrameCount {
+            frame,
+            samples,
+            activity,
+        })
         .collect();
     top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.frame.cmp(&b.frame)));
     top.truncate(5);
@@ -446,6 +450,7 @@ mod tests {
             vec![FrameCount {
                 frame: "Slow.map".into(),
                 samples: counts[2],
+                activity: None,
             }],
         );
         w.taskmanager_id = s.taskmanager_id.clone();

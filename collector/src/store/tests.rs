@@ -61,6 +61,7 @@ fn window(job: &str, vertex: &str, subtask: u32, start_ms: u64) -> MergedWindow 
         top_frames: vec![FrameCount {
             frame: "com.example.Slow.map(Slow.java:17)".into(),
             samples: 7,
+            activity: None,
         }],
     }
 }

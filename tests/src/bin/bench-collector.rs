@@ -345,6 +345,7 @@ fn task_samples(topo: &Topology, v: usize, i: u32, seq: u64, thread_id: u64) -> 
             (n > 0).then(|| FrameCount {
                 frame: (*f).to_string(),
                 samples: n,
+                activity: None,
             })
         })
         .collect();
@@ -368,6 +369,9 @@ fn task_samples(topo: &Topology, v: usize, i: u32, seq: u64, thread_id: u64) -> 
         waiting,
         busy,
         top_frames,
+        activity: None,
+        locks: Vec::new(),
+        cpu: None,
     }
 }
 
@@ -416,6 +420,7 @@ fn make_batch(topo: &Topology, agents: usize, a: usize, seq: u64) -> ReportBatch
                     inside_us_p50: None,
                 },
                 errors: Vec::new(),
+                resources: None,
             }
         })
         .collect();
