@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use bpmon_proto::{FrameCount, Level};
 use serde::{Deserialize, Serialize};
 
-use crate::merge::MergedSubtask;
+use crate::cause::{causes, Cause, SubtaskSeen};
+use crate::merge::{MergedSubtask, WindowEvidence};
 use crate::model::{JobSnapshot, SubtaskMetrics, VertexSnapshot};
 
 /// A buffer usage at or above this reads as "high".
@@ -47,6 +48,13 @@ pub struct Finding {
     /// For bottlenecks: what its busy samples were doing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_frames: Vec<FrameCount>,
+    /// For bottlenecks: why, most important first (see [`crate::cause`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<Cause>,
+    /// For bottlenecks: the back-pressured vertices upstream that suffer from it (ids), not
+    /// problems of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub victims: Vec<String>,
 }
 
 /// What the diagnosis needs to know of one vertex beyond the snapshot.
@@ -56,6 +64,10 @@ pub struct VertexView {
     pub subtasks: HashMap<u32, MergedSubtask>,
     /// Busy top frames over the vertex's subtasks, most frequent first.
     pub top_frames: Vec<FrameCount>,
+    /// What the agents reported of each subtask besides counts, by index.
+    pub evidence: HashMap<u32, WindowEvidence>,
+    /// Each subtask's own busy top frames, by index.
+    pub frames: HashMap<u32, Vec<FrameCount>>,
 }
 
 impl VertexView {
@@ -86,8 +98,9 @@ pub fn diagnose(job: &JobSnapshot, views: &HashMap<String, VertexView>) -> Vec<F
         if bp_upstream.is_empty() || view(&v.vertex_id).back_pressured() {
             continue;
         }
-        let finding = network_bottleneck(v, &bp_upstream)
+        let mut finding = network_bottleneck(v, &bp_upstream)
             .unwrap_or_else(|| bottleneck(v, &bp_upstream, view(&v.vertex_id)));
+        finding.victims = victims(job, &v.vertex_id, &|id| view(id).back_pressured());
         findings.push(finding);
     }
 
@@ -99,10 +112,58 @@ pub fn diagnose(job: &JobSnapshot, views: &HashMap<String, VertexView>) -> Vec<F
                 subtasks: v.subtasks.iter().map(|s| s.subtask).collect(),
                 message,
                 top_frames: Vec::new(),
+                causes: Vec::new(),
+                victims: Vec::new(),
             });
         }
     }
     findings
+}
+
+/// The back-pressured vertices upstream of `bottleneck`, reached through back-pressured
+/// vertices only: they wait for it.
+fn victims(
+    job: &JobSnapshot,
+    bottleneck: &str,
+    back_pressured: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut frontier = vec![bottleneck.to_string()];
+    while let Some(at) = frontier.pop() {
+        for e in job.edges.iter().filter(|e| e.target == at) {
+            if back_pressured(&e.source) && !found.contains(&e.source) && e.source != bottleneck {
+                found.push(e.source.clone());
+                frontier.push(e.source.clone());
+            }
+        }
+    }
+    // In the job's order, for display.
+    job.vertices
+        .iter()
+        .filter(|v| found.contains(&v.vertex_id))
+        .map(|v| v.vertex_id.clone())
+        .collect()
+}
+
+/// Whether `v` receives over remote channels: its subtasks read more bytes from the network
+/// than from local channels. Only then does `inPoolUsage` mean anything (FLINK-12576: local
+/// channels always read 0). `None` when Flink reports neither figure.
+fn receives_remotely(v: &VertexSnapshot) -> Option<bool> {
+    let mut known = false;
+    let mut remote_everywhere = true;
+    for s in &v.subtasks {
+        let m = &s.metrics;
+        let (remote, local) = match (m.bytes_in_remote_per_s, m.bytes_in_local_per_s) {
+            (Some(r), Some(l)) if r + l > 0.0 => (r, l),
+            _ => match (m.num_bytes_in_remote, m.num_bytes_in_local) {
+                (Some(r), Some(l)) => (r, l),
+                _ => continue,
+            },
+        };
+        known = true;
+        remote_everywhere &= remote > 0.0 && remote >= local;
+    }
+    known.then_some(remote_everywhere)
 }
 
 /// `v`, right after back-pressured `bp_upstream`, as a network bottleneck: all its receivers'
@@ -124,6 +185,10 @@ fn network_bottleneck(v: &VertexSnapshot, bp_upstream: &[&VertexSnapshot]) -> Op
     if !receivers_low || senders_full.is_empty() || v.subtasks.is_empty() {
         return None;
     }
+    // A low inPoolUsage on local channels is no evidence at all.
+    if receives_remotely(v) != Some(true) {
+        return None;
+    }
     Some(Finding {
         kind: FindingKind::NetworkBottleneck,
         vertex_id: v.vertex_id.clone(),
@@ -137,45 +202,66 @@ fn network_bottleneck(v: &VertexSnapshot, bp_upstream: &[&VertexSnapshot]) -> Op
             v.name
         ),
         top_frames: Vec::new(),
+        causes: vec![Cause::network(v.subtasks.len())],
+        victims: Vec::new(),
     })
 }
 
 /// `v`, right after back-pressured `bp_upstream` and not back-pressured itself, as the
-/// bottleneck, with how its busy subtasks spread (none, all, or some: skew).
+/// bottleneck: which of its subtasks are slow (busy), and why ([`crate::cause`]).
 fn bottleneck(v: &VertexSnapshot, bp_upstream: &[&VertexSnapshot], view: &VertexView) -> Finding {
     let busy = busy_subtasks(v, view);
     let parallelism = v.subtasks.len().max(v.parallelism as usize);
-    let spread =
-        if busy.is_empty() {
-            "none of its subtasks is busy in the samples: look at what it waits on (locks, I/O \
-         outside Flink's mailbox, GC)"
-                .to_string()
-        } else if busy.len() == parallelism {
-            format!(
-                "all {parallelism} subtasks are busy: the vertex is too slow for its load (more \
-             parallelism, or cheaper work per record)"
-            )
-        } else {
-            format!(
-            "only subtask(s) {} of {parallelism} are busy: skew, either in the data (hot keys) \
-             or in the resources of the TaskManagers hosting them",
-            busy.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    let spread = if busy.is_empty() {
+        "none of its subtasks is busy in the samples".to_string()
+    } else if busy.len() == parallelism {
+        format!("all {parallelism} subtasks are busy")
+    } else {
+        format!(
+            "only subtask(s) {} of {parallelism} are busy",
+            busy.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
-        };
+    };
+    let slow: Vec<u32> = if busy.is_empty() {
+        v.subtasks.iter().map(|s| s.subtask).collect()
+    } else {
+        busy
+    };
+    let empty = WindowEvidence::default();
+    let seen: HashMap<u32, SubtaskSeen> = view
+        .subtasks
+        .iter()
+        .map(|(i, merged)| {
+            let seen = SubtaskSeen {
+                merged,
+                evidence: view.evidence.get(i).unwrap_or(&empty),
+                top_frames: view.frames.get(i).map_or(&[], Vec::as_slice),
+            };
+            (*i, seen)
+        })
+        .collect();
+    let causes = causes(v, &slow, &seen);
+    let why = causes
+        .iter()
+        .map(|c| c.summary.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     Finding {
         kind: FindingKind::Bottleneck,
         vertex_id: v.vertex_id.clone(),
-        subtasks: if busy.is_empty() {
-            v.subtasks.iter().map(|s| s.subtask).collect()
-        } else {
-            busy
-        },
+        subtasks: slow,
         message: format!(
-            "'{}' is the bottleneck: {} upstream is back-pressured and it is not; {spread}",
+            "'{}' is the bottleneck: {} upstream is back-pressured and it is not; {spread}; \
+             cause: {why}",
             v.name,
             quoted_names(bp_upstream)
         ),
         top_frames: view.top_frames.clone(),
+        causes,
+        victims: Vec::new(),
     }
 }
 
@@ -290,6 +376,62 @@ mod tests {
         }
     }
 
+    /// Metrics of a receiver reading over remote channels only.
+    fn remote(m: SubtaskMetrics) -> SubtaskMetrics {
+        SubtaskMetrics {
+            bytes_in_remote_per_s: Some(1e6),
+            bytes_in_local_per_s: Some(0.0),
+            ..m
+        }
+    }
+
+    /// The same, over local channels only (both subtasks on one TaskManager).
+    fn local(m: SubtaskMetrics) -> SubtaskMetrics {
+        SubtaskMetrics {
+            bytes_in_remote_per_s: Some(0.0),
+            bytes_in_local_per_s: Some(1e6),
+            num_bytes_in_remote: Some(0.0),
+            num_bytes_in_local: Some(5e8),
+            ..m
+        }
+    }
+
+    #[test]
+    fn low_input_usage_over_local_channels_is_no_network_bottleneck() {
+        // FLINK-12576: inPoolUsage reads 0 on local channels; the busy map is the bottleneck.
+        let j = job(
+            vec![
+                vertex("src", "src", vec![subtask(0, pools(0.0, 1.0))]),
+                vertex("map", "alloc-map", vec![subtask(0, local(pools(0.0, 0.0)))]),
+            ],
+            &[("src", "map")],
+        );
+        let mut views = HashMap::new();
+        views.insert("src".to_string(), view(&[(95, 0, 5)], &pools(0.0, 1.0)));
+        views.insert(
+            "map".to_string(),
+            view(
+                &[(0, 0, 100)],
+                &SubtaskMetrics {
+                    idle_ms: Some(0.0),
+                    soft_back_pressured_ms: Some(0.0),
+                    ..Default::default()
+                },
+            ),
+        );
+        let f = diagnose(&j, &views);
+        assert!(
+            f.iter().all(|f| f.kind != FindingKind::NetworkBottleneck),
+            "{f:#?}"
+        );
+        let b = f
+            .iter()
+            .find(|f| f.kind == FindingKind::Bottleneck)
+            .expect("the map is the bottleneck");
+        assert_eq!(b.vertex_id, "map");
+        assert_eq!(b.victims, vec!["src".to_string()]);
+    }
+
     fn view(counts: &[(u32, u32, u32)], metrics: &SubtaskMetrics) -> VertexView {
         VertexView {
             subtasks: counts
@@ -310,6 +452,8 @@ mod tests {
                 samples: 90,
                 activity: None,
             }],
+            evidence: Default::default(),
+            frames: Default::default(),
         }
     }
 
@@ -448,7 +592,10 @@ mod tests {
                 vertex(
                     "map",
                     "map",
-                    vec![subtask(0, pools(0.1, 0.0)), subtask(1, pools(0.2, 0.0))],
+                    vec![
+                        subtask(0, remote(pools(0.1, 0.0))),
+                        subtask(1, remote(pools(0.2, 0.0))),
+                    ],
                 ),
             ],
             &[("src", "map")],

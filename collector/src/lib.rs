@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cause;
 pub mod client;
 pub mod clock;
 pub mod diagnosis;

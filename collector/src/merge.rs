@@ -17,7 +17,7 @@
 //! The result is `ratio = (blocked + soft) / samples`, with Flink's levels: OK ≤ 0.10 < LOW ≤ 0.5 <
 //! HIGH.
 
-use bpmon_proto::{FrameCount, Level};
+use bpmon_proto::{ActivityCounts, FrameCount, JvmResources, Level, LockCount, ThreadCpu};
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::SubtaskRef;
@@ -170,6 +170,33 @@ pub struct MergedWindow {
     /// The subtask's metrics the window was merged with.
     pub metrics: SubtaskMetrics,
     pub top_frames: Vec<FrameCount>,
+    /// What the agent saw besides the counts: the cause of a bottleneck is named from it.
+    #[serde(default)]
+    pub evidence: WindowEvidence,
+}
+
+/// What the agent reported about a subtask's window besides its counts (all absent from older
+/// agents, and from backends that cannot see a figure).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WindowEvidence {
+    /// The busy samples by what they were doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityCounts>,
+    /// The locks the subtask's thread waited for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<LockCount>,
+    /// CPU time of the subtask's thread(s) over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<ThreadCpu>,
+    /// What the TaskManager JVM hosting it, its cgroup and its host spent over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<JvmResources>,
+}
+
+impl WindowEvidence {
+    pub fn is_empty(&self) -> bool {
+        self == &WindowEvidence::default()
+    }
 }
 
 impl MergedWindow {
@@ -201,6 +228,7 @@ impl MergedWindow {
             split: merged.split,
             metrics,
             top_frames,
+            evidence: WindowEvidence::default(),
         }
     }
 

@@ -109,6 +109,14 @@ pub struct SubtaskMetrics {
     pub num_bytes_in_local: Option<f64>,
     pub num_bytes_in_remote: Option<f64>,
     pub num_buffers_out: Option<f64>,
+    /// Rates over Flink's last minute (`…PerSecond` meters): which subtask gets the records, and
+    /// over which kind of channel.
+    #[serde(default)]
+    pub records_in_per_s: Option<f64>,
+    #[serde(default)]
+    pub bytes_in_local_per_s: Option<f64>,
+    #[serde(default)]
+    pub bytes_in_remote_per_s: Option<f64>,
     pub soft_back_pressured_ms: Option<f64>,
     pub hard_back_pressured_ms: Option<f64>,
     /// 1.13–1.14: soft + hard in one metric (`backPressuredTimeMsPerSecond`).

@@ -743,6 +743,8 @@ mod tests {
                         samples: 412,
                         activity: None,
                     }],
+                    causes: Vec::new(),
+                    victims: Vec::new(),
                 },
                 Finding {
                     kind: FindingKind::Reading,
@@ -751,6 +753,8 @@ mod tests {
                     message: "inPoolUsage 25% / outPoolUsage 100%: back-pressured by its receivers"
                         .into(),
                     top_frames: Vec::new(),
+                    causes: Vec::new(),
+                    victims: Vec::new(),
                 },
             ],
         }

@@ -99,6 +99,8 @@ fn status_view() -> StatusView {
                 samples: 412,
                 activity: None,
             }],
+            causes: Vec::new(),
+            victims: Vec::new(),
         }],
     }
 }

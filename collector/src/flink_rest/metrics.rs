@@ -61,6 +61,24 @@ pub(super) const METRICS: &[(Slot, &[&str])] = &[
     ),
     (Slot::Number(|m| &mut m.num_buffers_out), &["numBuffersOut"]),
     (
+        Slot::Number(|m| &mut m.records_in_per_s),
+        &["numRecordsInPerSecond"],
+    ),
+    (
+        Slot::Number(|m| &mut m.bytes_in_local_per_s),
+        &[
+            "Shuffle.Netty.Input.numBytesInLocalPerSecond",
+            "numBytesInLocalPerSecond",
+        ],
+    ),
+    (
+        Slot::Number(|m| &mut m.bytes_in_remote_per_s),
+        &[
+            "Shuffle.Netty.Input.numBytesInRemotePerSecond",
+            "numBytesInRemotePerSecond",
+        ],
+    ),
+    (
         Slot::Number(|m| &mut m.soft_back_pressured_ms),
         &["softBackPressuredTimeMsPerSecond"],
     ),

@@ -2,11 +2,11 @@
 //! of the watched clusters, each task thread to its subtask (`mapping`), and each thread's counts
 //! are merged with that subtask's metrics (`merge`). Pure: the caller brings the snapshots.
 
-use bpmon_proto::{ReportBatch, SampleReport, TaskSamples};
+use bpmon_proto::{JvmResources, ReportBatch, SampleReport, TaskSamples};
 
 use crate::locate::{locate, JvmClues, Located, NotLocated};
 use crate::mapping::{resolve_exact, resolve_tasks, Resolution, SubtaskRef};
-use crate::merge::{merge_subtask, MergedWindow, SampleCounts};
+use crate::merge::{merge_subtask, MergedWindow, SampleCounts, WindowEvidence};
 use crate::model::{ClusterSnapshot, SubtaskSnapshot};
 
 /// A task thread that got no window, and why.
@@ -93,7 +93,8 @@ fn place_report(
                 let Some(subtask) = find_subtask(cluster, &at) else {
                     continue;
                 };
-                let mut row = merged_window(task, &at, subtask, start, end);
+                let mut row =
+                    merged_window(task, &at, subtask, start, end, report.resources.as_ref());
                 row.taskmanager_id = subtask
                     .taskmanager_id
                     .clone()
@@ -173,6 +174,7 @@ fn merged_window(
     subtask: &SubtaskSnapshot,
     start: u64,
     end: u64,
+    resources: Option<&JvmResources>,
 ) -> MergedWindow {
     let counts = SampleCounts {
         samples: task.samples,
@@ -190,6 +192,12 @@ fn merged_window(
         task.top_frames.clone(),
     );
     row.host = subtask.host.clone();
+    row.evidence = WindowEvidence {
+        activity: task.activity,
+        locks: task.locks.clone(),
+        cpu: task.cpu,
+        resources: resources.cloned(),
+    };
     row
 }
 

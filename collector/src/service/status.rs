@@ -144,6 +144,8 @@ fn vertex_status(
                 fresh.old_subtasks += 1;
             }
             view.subtasks.insert(index, w.merged());
+            view.evidence.insert(index, w.evidence.clone());
+            view.frames.insert(index, w.top_frames.clone());
             for f in &w.top_frames {
                 *frames.entry((f.frame.clone(), f.activity)).or_default() += f.samples;
             }

@@ -99,7 +99,15 @@ const MIGRATIONS: &[&str] = &[
         updated_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 2: what the agent saw besides the counts (issue 12), JSON; NULL when it said nothing.
+    "ALTER TABLE windows ADD COLUMN evidence TEXT;",
 ];
+
+/// The first schema, for tests that migrate a database the first release wrote.
+#[cfg(test)]
+pub(super) fn first_schema_for_tests() -> &'static str {
+    MIGRATIONS[0]
+}
 
 /// The schema version this build writes.
 pub const DB_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

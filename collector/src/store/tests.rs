@@ -63,6 +63,7 @@ fn window(job: &str, vertex: &str, subtask: u32, start_ms: u64) -> MergedWindow 
             samples: 7,
             activity: None,
         }],
+        evidence: Default::default(),
     }
 }
 
@@ -622,4 +623,61 @@ fn queries_use_the_indexes() {
     for p in [latest, history] {
         assert!(!p.contains("SCAN"), "{p}");
     }
+}
+
+#[test]
+fn evidence_round_trips_and_a_database_of_the_first_schema_is_migrated() {
+    use crate::merge::WindowEvidence;
+    use bpmon_proto::{ActivityCounts, JvmResources, LockCount, ThreadCpu};
+    let dir = TempDir::new("evidence");
+    // A database as the first release wrote it.
+    {
+        fs::create_dir_all(&dir.0).unwrap();
+        let conn = Connection::open(dir.0.join(DB_FILE)).unwrap();
+        conn.execute_batch(super::schema::first_schema_for_tests())
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let mut store = Store::open(&dir.0).unwrap();
+    assert_eq!(
+        user_version(&store.conn).unwrap(),
+        i64::from(DB_SCHEMA_VERSION)
+    );
+    let mut with = window("job-e", "v1", 0, 60_000);
+    with.evidence = WindowEvidence {
+        activity: Some(ActivityCounts {
+            running: 10,
+            lock: 80,
+            io: 0,
+            sleep: 2,
+        }),
+        locks: vec![LockCount {
+            class: "com.acme.Shared".into(),
+            owner: Some("Map (2/4)#0".into()),
+            samples: 80,
+        }],
+        cpu: Some(ThreadCpu {
+            cpu_ms: 900,
+            wall_ms: 5000,
+        }),
+        resources: Some(JvmResources {
+            wall_ms: 5000,
+            gc_pause_ms: Some(12.5),
+            ..Default::default()
+        }),
+    };
+    let without = window("job-e", "v1", 1, 60_000);
+    store
+        .insert_windows(&[with.clone(), without.clone()])
+        .unwrap();
+    assert_eq!(store.latest_windows("job-e").unwrap(), [with, without]);
+    let nulls: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM windows WHERE evidence IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(nulls, 1, "a window without evidence stores none");
 }

@@ -8,7 +8,7 @@ use bpmon_proto::Level;
 use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use crate::clock::now_ms;
-use crate::merge::{MergedWindow, SplitRule};
+use crate::merge::{MergedWindow, SplitRule, WindowEvidence};
 use crate::model::SubtaskMetrics;
 
 use super::agents::insert_batch;
@@ -19,7 +19,7 @@ use super::error::{sql, StoreError};
 /// Columns of a [`MergedWindow`], in the order [`window_from_row`] reads them.
 const WINDOW_COLUMNS: &str = "k.job_id, s.vertex_id, s.subtask, w.attempt, w.window_start_ms, \
      w.window_end_ms, w.taskmanager_id, w.host, w.samples, w.blocked, w.soft, w.idle, w.busy, \
-     w.ratio, w.level, w.split, w.metrics, w.top_frames";
+     w.ratio, w.level, w.split, w.metrics, w.top_frames, w.evidence";
 
 impl Store {
     /// Stores windows in one transaction. A window stored again (same subtask, attempt and start)
@@ -201,8 +201,9 @@ fn insert_rows(
         .prepare_cached(
             "INSERT OR REPLACE INTO windows (job_key, subtask_id, attempt, window_start_ms,
                  window_end_ms, taskmanager_id, host, samples, blocked, soft, idle, busy, ratio,
-                 level, split, metrics, top_frames)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 level, split, metrics, top_frames, evidence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)",
         )
         .map_err(sql("store windows", path))?;
     let mut latest = tx
@@ -223,6 +224,16 @@ fn insert_rows(
             what: "top frames",
             source,
         })?;
+        let evidence =
+            match r.evidence.is_empty() {
+                true => None,
+                false => Some(serde_json::to_string(&r.evidence).map_err(|source| {
+                    StoreError::Encode {
+                        what: "window evidence",
+                        source,
+                    }
+                })?),
+            };
         insert
             .execute(params![
                 job_key,
@@ -242,6 +253,7 @@ fn insert_rows(
                 split_str(r.split),
                 metrics,
                 frames,
+                evidence,
             ])
             .map_err(sql("store windows", path))?;
         latest
@@ -372,5 +384,9 @@ fn window_from_row(r: &Row<'_>) -> rusqlite::Result<MergedWindow> {
         split: parse_col(r, 15, false)?,
         metrics: parse_col(r, 16, true)?,
         top_frames: parse_col(r, 17, true)?,
+        evidence: match r.get_ref(18)?.as_str_or_null()? {
+            Some(_) => parse_col(r, 18, true)?,
+            None => WindowEvidence::default(),
+        },
     })
 }
