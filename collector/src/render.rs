@@ -202,6 +202,35 @@ pub fn diagnosis(view: &StatusView, color: bool, now_ms: u64) -> String {
                 let _ = writeln!(out, "{indent}{line}");
             }
         }
+        for (i, c) in f.causes.iter().enumerate() {
+            let text = format!("cause {}: {} ({})", i + 1, c.summary, c.kind.as_str());
+            for line in wrap(&text, WRAP) {
+                let _ = writeln!(out, "{indent}{line}");
+            }
+            let deeper = format!("{indent}  ");
+            for e in &c.evidence {
+                for line in wrap(e, WRAP.saturating_sub(2)) {
+                    let _ = writeln!(out, "{deeper}{line}");
+                }
+            }
+            for line in wrap(&format!("advice: {}", c.advice), WRAP.saturating_sub(2)) {
+                let _ = writeln!(out, "{deeper}{line}");
+            }
+        }
+        if !f.victims.is_empty() {
+            let names: Vec<String> = f
+                .victims
+                .iter()
+                .map(|id| {
+                    let name = view.vertices.iter().find(|v| &v.vertex_id == id);
+                    format!("'{}'", name.map_or(id.as_str(), |v| v.name.as_str()))
+                })
+                .collect();
+            let text = format!("back-pressured because of it: {}", names.join(", "));
+            for line in wrap(&text, WRAP) {
+                let _ = writeln!(out, "{indent}{line}");
+            }
+        }
         if !f.top_frames.is_empty() {
             let _ = writeln!(out, "{indent}top frames: {}", frames(&f.top_frames));
         }
@@ -663,6 +692,7 @@ mod tests {
 
     use super::*;
     use crate::api::{AgentJvm, AgentStatus, HistoryWindow, JobSummary, VertexStatus};
+    use crate::cause::{Cause, CauseKind};
 
     const NOW: u64 = 1_714_564_815_000; // 2024-05-01T12:00:15Z
 
@@ -743,8 +773,15 @@ mod tests {
                         samples: 412,
                         activity: None,
                     }],
-                    causes: Vec::new(),
-                    victims: Vec::new(),
+                    causes: vec![Cause {
+                        kind: CauseKind::Lock,
+                        area: None,
+                        share: Some(0.71),
+                        summary: "71% waiting for a lock on a com.acme.Shared".into(),
+                        evidence: vec!["300 samples waiting for a com.acme.Shared".into()],
+                        advice: "more parallelism makes it worse".into(),
+                    }],
+                    victims: vec!["v1".into()],
                 },
                 Finding {
                     kind: FindingKind::Reading,
@@ -978,6 +1015,18 @@ mod tests {
         );
         assert!(
             text.contains("top frames: com.acme.Parse.parse (412)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cause 1: 71% waiting for a lock on a com.acme.Shared (lock)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("advice: more parallelism makes it worse"),
+            "{text}"
+        );
+        assert!(
+            text.contains("back-pressured because of it: 'Source: Kafka'"),
             "{text}"
         );
         assert!(

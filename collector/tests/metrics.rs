@@ -357,6 +357,23 @@ async fn metrics_agree_with_the_status_api_and_count_every_outcome() {
         1.0
     );
     assert_eq!(one(&s, &text, "bpmon_job_stale", &[("job_id", JOB)]), 0.0);
+    // The sink, busy behind the back-pressured source, is the bottleneck; this agent reported
+    // no activity of its busy samples, so its cause is unknown, not guessed.
+    assert_eq!(
+        one(
+            &s,
+            &text,
+            "bpmon_bottleneck",
+            &[("job_id", JOB), ("vertex_id", SINK), ("cause", "unknown")]
+        ),
+        1.0
+    );
+    assert!(
+        !text.contains(
+            "bpmon_bottleneck{job_id=\"0123456789abcdef0123456789abcdef\",vertex_id=\"aaaa"
+        ),
+        "the back-pressured source is a victim, not a bottleneck:\n{text}"
+    );
 
     // Ingest: one stored, one duplicate, two rejected; three windows, one thread not placed.
     for (outcome, n) in [

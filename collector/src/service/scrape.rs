@@ -12,6 +12,8 @@
 //! | `bpmon_job_info` (= 1) | gauge | job_id, job_name, flink_url |
 //! | `bpmon_vertex_info` (= 1) | gauge | job_id, vertex_id, vertex_name |
 //! | `bpmon_job_stale` (1 when `status` says stale) | gauge | job_id |
+//! | `bpmon_bottleneck` (1 while a vertex is the bottleneck; `cause` its first-ranked cause) | gauge | job_id, vertex_id, cause |
+//! | `bpmon_bottleneck_cause_share` (share of the bottleneck's time each cause explains) | gauge | job_id, vertex_id, cause, area |
 //! | `bpmon_agent_last_report_timestamp_seconds` | gauge | agent_id |
 //! | `bpmon_ingest_batches_total` | counter | outcome = stored, duplicate, rejected, failed |
 //! | `bpmon_ingest_windows_total`, `bpmon_ingest_unplaced_threads_total` | counter | |
@@ -84,6 +86,8 @@ struct JobGauges {
     job_info: Family<Labels, Gauge>,
     vertex_info: Family<Labels, Gauge>,
     job_stale: Family<Labels, Gauge>,
+    bottleneck: Family<Labels, Gauge>,
+    cause_share: Family<Labels, FloatGauge>,
 }
 
 impl JobGauges {
@@ -99,6 +103,7 @@ impl JobGauges {
         self.job_stale
             .get_or_create(&vec![("job_id", s.job_id.clone())])
             .set(i64::from(s.stale));
+        self.add_bottlenecks(s);
         for v in &s.vertices {
             let vl = vec![
                 ("job_id", s.job_id.clone()),
@@ -128,6 +133,42 @@ impl JobGauges {
                     .get_or_create(&sl)
                     .set(level_value(level));
                 self.subtask_ratio.get_or_create(&sl).set(ratio);
+            }
+        }
+    }
+
+    /// The job's bottlenecks with their causes: alert on the cause, not on the back-pressured
+    /// vertices upstream (they are the bottleneck's victims).
+    fn add_bottlenecks(&self, s: &StatusView) {
+        use crate::diagnosis::FindingKind;
+        for f in &s.diagnosis {
+            if f.kind == FindingKind::Reading {
+                continue;
+            }
+            let first = f.causes.first().map_or("unknown", |c| c.kind.as_str());
+            self.bottleneck
+                .get_or_create(&vec![
+                    ("job_id", s.job_id.clone()),
+                    ("vertex_id", f.vertex_id.clone()),
+                    ("cause", first.to_string()),
+                ])
+                .set(1);
+            for c in &f.causes {
+                let Some(share) = c.share else { continue };
+                let area = c.area.map_or(String::new(), |a| {
+                    serde_json::to_value(a)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                });
+                self.cause_share
+                    .get_or_create(&vec![
+                        ("job_id", s.job_id.clone()),
+                        ("vertex_id", f.vertex_id.clone()),
+                        ("cause", c.kind.as_str().to_string()),
+                        ("area", area),
+                    ])
+                    .set(share);
             }
         }
     }
@@ -170,6 +211,16 @@ impl JobGauges {
             "job_stale",
             "1 when a job's status is stale (Flink unreadable, job stopped, windows late)",
             self.job_stale,
+        );
+        r.register(
+            "bottleneck",
+            "1 while a vertex is its job's bottleneck; cause is its first-ranked cause",
+            self.bottleneck,
+        );
+        r.register(
+            "bottleneck_cause_share",
+            "Share of a bottleneck's time (or, for skew, of its input) a cause explains, 0-1",
+            self.cause_share,
         );
     }
 }
