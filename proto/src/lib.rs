@@ -1,6 +1,7 @@
 //! Types shared by `bpmon-agent` and `bpmon-collector`, pure data and pure functions only (no
 //! I/O but reading the wall clock in [`time`], and no dependency on any agent crate):
 //! - the back-pressure [`Level`] and the [`SampleClass`] of one stack sample;
+//! - the evidence a bottleneck's cause is named from ([`evidence`]);
 //! - the identity a Flink task thread carries in its name ([`identity`]);
 //! - the JSON report the agent emits ([`report`]) and what agents and the collector exchange
 //!   ([`ingest`], [`plan`], [`token`]);
@@ -9,6 +10,7 @@
 //! - what the agent and the in-process sampler inside a TaskManager exchange ([`inprocess`]).
 
 pub mod class;
+pub mod evidence;
 pub mod identity;
 pub mod ingest;
 pub mod inprocess;
@@ -21,6 +23,7 @@ pub mod token;
 pub mod whereabouts;
 
 pub use class::SampleClass;
+pub use evidence::{Activity, ActivityCounts, CgroupCpu, JvmResources, LockCount, ThreadCpu};
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{BatchProblem, ReportBatch, SCHEMA_VERSION};
 pub use level::Level;
