@@ -22,6 +22,10 @@
 //!   pause, and knows each task's exact job and attempt. Every backend's sample becomes a
 //!   [`backends::ClassifiedDump`].
 //!
+//! - [`resources`] measures what a JVM spent over a window, the evidence for a bottleneck's
+//!   cause: its threads' CPU ([`resources::ThreadCpuReader`]), its process CPU and GC pauses,
+//!   its cgroup's quota and throttling, and the host's busy share ([`resources::ResourceProbe`]).
+//!
 //! - [`sampling`] turns samples into reports: a [`sampling::Window`] of N samples D apart with
 //!   its per-task tally ([`sampling::tally`]) and its cost, and the daemon's timetable of
 //!   windows per settings group ([`sampling::schedule`]).
@@ -49,4 +53,5 @@ pub mod delivery;
 pub mod discovery;
 pub mod metrics;
 pub mod render;
+pub mod resources;
 pub mod sampling;

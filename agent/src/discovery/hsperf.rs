@@ -116,7 +116,7 @@ impl PerfData {
 }
 
 /// Where the entries of a perf-data file are, and how its numbers are written.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Layout {
     little: bool,
     first_entry: usize,
@@ -287,6 +287,69 @@ impl SafepointProbe {
     }
 }
 
+/// Chosen long counters of a JVM's perf data, re-read as [`SafepointProbe`] re-reads its own:
+/// the file opened once, each counter's offset found once, then one `pread` per counter.
+#[derive(Debug)]
+pub struct PerfLongs {
+    file: std::fs::File,
+    layout: Layout,
+    names: Vec<String>,
+    offsets: Vec<u64>,
+}
+
+impl PerfLongs {
+    /// Opens a perf-data file (inside the JVM's root, as [`PerfData::read`]) and keeps the
+    /// offsets of the long counters whose names `wanted` accepts. The whole file as parsed then
+    /// comes back too, for its texts and constants (collector names, the timer frequency).
+    pub fn open(
+        path: &Path,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(PerfLongs, PerfData), PerfDataError> {
+        let io = |source| PerfDataError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = inroot::open_under_proc(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
+        let snapshot = PerfData::parse(&bytes)?;
+        let layout = Layout::of(&bytes)?;
+        let (mut names, mut offsets) = (Vec::new(), Vec::new());
+        for e in layout.entries(&bytes) {
+            let name = String::from_utf8_lossy(e.name);
+            if e.ty == b'J' && e.vec_len == 0 && wanted(&name) {
+                names.push(name.into_owned());
+                offsets.push(e.data_at as u64);
+            }
+        }
+        let longs = PerfLongs {
+            file,
+            layout,
+            names,
+            offsets,
+        };
+        Ok((longs, snapshot))
+    }
+
+    /// The counters kept, in the order [`PerfLongs::read`] gives their values.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Every kept counter's value now; `None` when the file cannot be read any more.
+    pub fn read(&self) -> Option<Vec<i64>> {
+        use std::os::unix::fs::FileExt;
+        self.offsets
+            .iter()
+            .map(|&at| {
+                let mut b = [0u8; 8];
+                self.file.read_exact_at(&mut b, at).ok()?;
+                Some(self.layout.long_of(b))
+            })
+            .collect()
+    }
+}
+
 /// A reading of the JVM's cumulative safepoint counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SafepointCounters {
@@ -404,6 +467,30 @@ pub(crate) mod tests {
         let mut img = image(&[("a", 1)], &[]);
         img.truncate(40);
         assert!(PerfData::parse(&img).is_err());
+    }
+
+    #[test]
+    fn chosen_longs_are_read_again_in_place() {
+        let img = image(
+            &[("sun.gc.collector.0.time", 7), ("sun.rt.safepoints", 3)],
+            &[("sun.gc.collector.0.name", "G1 young collection pauses")],
+        );
+        let path = std::env::temp_dir().join(format!("bpmon-perflongs-{}", std::process::id()));
+        std::fs::write(&path, &img).unwrap();
+        let (longs, snapshot) = PerfLongs::open(&path, |n| n.starts_with("sun.gc.")).unwrap();
+        assert_eq!(longs.names(), ["sun.gc.collector.0.time"]);
+        assert_eq!(
+            snapshot.text("sun.gc.collector.0.name").map(str::len),
+            Some(26)
+        );
+        assert_eq!(longs.read(), Some(vec![7]));
+        // The JVM updates the value in place: the same offset gives the new one.
+        let mut changed = img.clone();
+        let at = longs.offsets[0] as usize;
+        changed[at..at + 8].copy_from_slice(&42i64.to_le_bytes());
+        std::fs::write(&path, &changed).unwrap();
+        assert_eq!(longs.read(), Some(vec![42]));
+        let _ = std::fs::remove_file(&path);
     }
 
     proptest::proptest! {

@@ -43,3 +43,20 @@ fn jdk(var: &str, default: &str) -> String {
     );
     home
 }
+
+/// Compiles `tests/java/<name>.java` with JDK 17 into `CARGO_TARGET_TMPDIR/<dir>` and returns
+/// that directory (a class path). Call it once per test binary (behind a `OnceLock`): two
+/// compilations into one directory at once would race.
+pub fn compile_java(name: &str, dir: &str) -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    std::fs::create_dir_all(&out).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/java/{name}.java"));
+    let status = Command::new(format!("{}/bin/javac", jdk17()))
+        .args(["--release", "17", "-d"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("javac runs");
+    assert!(status.success(), "javac {} failed", src.display());
+    out
+}
