@@ -18,6 +18,7 @@ use crate::backends::dump::AwaitedLock;
 use crate::backends::{Backend, BackendKind, ClassifiedDump, DumpError, DumpThread, Fetched};
 use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::JvmProcess;
+use crate::resources::{ResourceProbe, ResourceReading};
 use bpmon_proto::time::now_ms;
 
 /// How many samples, how far apart.
@@ -179,11 +180,16 @@ pub struct Window {
     skipped_lines: u64,
     safepoints: Option<(u64, f64)>,
     failures_in_row: u32,
+    /// What the JVM, its cgroup and its host spend: read when the window opens and closes.
+    resources: ResourceProbe,
+    resources_at_start: ResourceReading,
 }
 
 impl Window {
     /// A window of `samples` dumps `delay` apart, starting now.
     pub fn new(jvm: &JvmProcess, samples: u32, delay: Duration, top_frames: usize) -> Window {
+        let resources = ResourceProbe::open(jvm);
+        let resources_at_start = resources.read();
         Window {
             samples,
             delay,
@@ -200,6 +206,8 @@ impl Window {
             // No perf data: no figure at all; perf data that stops being readable: no figure.
             safepoints: jvm.perf_file.as_ref().map(|_| (0, 0.0)),
             failures_in_row: 0,
+            resources,
+            resources_at_start,
         }
     }
 
@@ -304,7 +312,7 @@ impl Window {
             tasks: self.tally.into_tasks(self.top_frames),
             cost,
             errors: self.errors,
-            resources: None,
+            resources: Some(self.resources_at_start.delta(&self.resources.read())),
         }
     }
 }
