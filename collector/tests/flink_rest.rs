@@ -887,9 +887,11 @@ fn answer(
         b.1 = b.1.max(b.0);
     }
     thread::sleep(delay);
-    let result = respond(&mut conn, &head, routes, seen);
+    // Counted out before the answer is written: once the client has it, it may start its next
+    // request at once, and this thread must not still count the old one (on a loaded machine it
+    // could be descheduled between the write and the count, reading 4 for a bound of 3).
     busy.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
-    result
+    respond(&mut conn, &head, routes, seen)
 }
 
 fn respond(
