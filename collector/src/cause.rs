@@ -189,7 +189,7 @@ fn time_causes(slow: &[SubtaskSeen<'_>]) -> Vec<Cause> {
     let activity = sum_activity(slow);
     let gc = gc_share(slow);
     let (Some(activity), true) = (activity, samples > 0) else {
-        let mut causes: Vec<Cause> = gc.into_iter().filter_map(|g| gc_cause(g, slow)).collect();
+        let mut causes: Vec<Cause> = gc.into_iter().map(|g| gc_cause(g, slow)).collect();
         causes.push(unknown(
             "the agent did not report what the busy samples were doing (an older agent, or a \
              backend that cannot tell)",
@@ -199,12 +199,10 @@ fn time_causes(slow: &[SubtaskSeen<'_>]) -> Vec<Cause> {
     let running_time = 1.0 - gc.unwrap_or(0.0);
     let share = |n: u32| running_time * f64::from(n) / f64::from(samples);
     let mut causes = Vec::new();
-    if let Some(g) = gc {
-        causes.extend(gc_cause(g, slow));
-    }
-    causes.extend(lock_cause(share(activity.lock), slow));
-    causes.extend(io_cause(share(activity.io), slow));
-    causes.extend(sleep_cause(share(activity.sleep), slow));
+    causes.extend(gc.map(|g| gc_cause(g, slow)));
+    causes.push(lock_cause(share(activity.lock), slow));
+    causes.push(io_cause(share(activity.io), slow));
+    causes.push(sleep_cause(share(activity.sleep), slow));
     let running = share(activity.running);
     let host = host_share(running, slow);
     if let Some((h, evidence)) = &host {
@@ -238,7 +236,7 @@ fn sum_activity(slow: &[SubtaskSeen<'_>]) -> Option<ActivityCounts> {
 fn jvms<'a>(slow: &[SubtaskSeen<'a>]) -> Vec<&'a JvmResources> {
     let mut seen: Vec<&JvmResources> = Vec::new();
     for r in slow.iter().filter_map(|s| s.evidence.resources.as_ref()) {
-        if !seen.iter().any(|x| std::ptr::eq(*x, r) || *x == r) {
+        if !seen.contains(&r) {
             seen.push(r);
         }
     }
@@ -257,7 +255,7 @@ fn gc_share(slow: &[SubtaskSeen<'_>]) -> Option<f64> {
     (wall > 0.0).then(|| (gc / wall).clamp(0.0, 1.0))
 }
 
-fn gc_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
+fn gc_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Cause {
     let count: u64 = jvms(slow).iter().filter_map(|r| r.gc_count).sum();
     let concurrent: f64 = jvms(slow).iter().filter_map(|r| r.gc_concurrent_ms).sum();
     let mut evidence = vec![format!(
@@ -269,7 +267,7 @@ fn gc_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
             "{concurrent:.0} ms of concurrent GC cycles beside them"
         ));
     }
-    Some(Cause {
+    Cause {
         kind: CauseKind::Gc,
         area: None,
         share: Some(share),
@@ -279,10 +277,10 @@ fn gc_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
                  (taskmanager.memory.task.heap.size), retain less per record or per key, or \
                  move large state off the heap (RocksDB)"
             .into(),
-    })
+    }
 }
 
-fn lock_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
+fn lock_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Cause {
     let mut locks: BTreeMap<(String, Option<String>), u32> = BTreeMap::new();
     for l in slow.iter().flat_map(|s| &s.evidence.locks) {
         *locks.entry((l.class.clone(), l.owner.clone())).or_default() += l.samples;
@@ -300,7 +298,7 @@ fn lock_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
     let on = ranked
         .first()
         .map_or(String::new(), |((class, _), _)| format!(" on a {class}"));
-    Some(Cause {
+    Cause {
         kind: CauseKind::Lock,
         area: None,
         share: Some(share),
@@ -310,11 +308,11 @@ fn lock_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
                  remove the shared state (per-subtask or keyed state, a concurrent structure) \
                  or hold the lock for less work"
             .into(),
-    })
+    }
 }
 
-fn io_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
-    Some(Cause {
+fn io_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Cause {
+    Cause {
         kind: CauseKind::Io,
         area: None,
         share: Some(share),
@@ -323,11 +321,11 @@ fn io_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
         advice: "the operator waits on an external system or the disk: batch or cache the \
                  calls, use Flink's async I/O (AsyncDataStream), or speed up that system"
             .into(),
-    })
+    }
 }
 
-fn sleep_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
-    Some(Cause {
+fn sleep_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Cause {
+    Cause {
         kind: CauseKind::Sleep,
         area: None,
         share: Some(share),
@@ -336,7 +334,7 @@ fn sleep_cause(share: f64, slow: &[SubtaskSeen<'_>]) -> Option<Cause> {
         advice: "the operator sleeps or waits on purpose (a throttle, a rate limiter, a poll \
                  or a future): remove or raise the limit, or make the wait asynchronous"
             .into(),
-    })
+    }
 }
 
 /// The part of the running time that was not on a CPU while the cgroup was throttled or the
@@ -580,18 +578,10 @@ fn skew(v: &VertexSnapshot, slow: &[u32], seen: &HashMap<u32, SubtaskSeen<'_>>) 
 
 /// How the slow subtasks' TaskManagers differ from the others', as sentences.
 fn resource_differences(slow: &[u32], seen: &HashMap<u32, SubtaskSeen<'_>>) -> Vec<String> {
-    let (hot, rest): (Vec<SubtaskSeen>, Vec<SubtaskSeen>) = {
-        let mut hot = Vec::new();
-        let mut rest = Vec::new();
-        for (i, s) in seen {
-            if slow.contains(i) {
-                hot.push(*s);
-            } else {
-                rest.push(*s);
-            }
-        }
-        (hot, rest)
-    };
+    let (hot, rest): (Vec<(&u32, &SubtaskSeen)>, Vec<_>) =
+        seen.iter().partition(|(i, _)| slow.contains(i));
+    let hot: Vec<SubtaskSeen> = hot.into_iter().map(|(_, s)| *s).collect();
+    let rest: Vec<SubtaskSeen> = rest.into_iter().map(|(_, s)| *s).collect();
     let mut out = Vec::new();
     if let (Some(h), Some(r)) = (gc_share(&hot), gc_share(&rest)) {
         out.push(format!(
