@@ -135,6 +135,33 @@ pub struct SampleCost {
     pub inside_us_p50: Option<u64>,
 }
 
+impl FrameCount {
+    /// The `n` frames with the most samples, most first (ties by frame, then activity), from
+    /// counts keyed by frame and activity: the agent ranks a task's frames and the collector a
+    /// vertex's the same way.
+    pub fn top(
+        counts: impl IntoIterator<Item = ((String, Option<Activity>), u32)>,
+        n: usize,
+    ) -> Vec<FrameCount> {
+        let mut frames: Vec<FrameCount> = counts
+            .into_iter()
+            .map(|((frame, activity), samples)| FrameCount {
+                frame,
+                samples,
+                activity,
+            })
+            .collect();
+        frames.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then_with(|| a.frame.cmp(&b.frame))
+                .then_with(|| a.activity.cmp(&b.activity))
+        });
+        frames.truncate(n);
+        frames
+    }
+}
+
 impl TaskSamples {
     /// Hard back-pressure ratio of this thread alone.
     pub fn blocked_ratio(&self) -> f64 {

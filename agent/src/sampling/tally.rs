@@ -157,7 +157,7 @@ impl Tally {
             .map(|(key, t)| {
                 let cpu = t.window_cpu();
                 let activity = (t.activity_unknown == 0).then_some(t.activity);
-                let frames = ranked_frames(t.frames, top_n);
+                let frames = FrameCount::top(t.frames, top_n);
                 let locks = ranked_locks(t.locks);
                 TaskSamples {
                     thread: key.main_thread,
@@ -209,29 +209,6 @@ impl TaskTally {
             wall_ms,
         })
     }
-}
-
-/// The `top_n` most frequent busy frames, most samples first.
-fn ranked_frames(
-    frames: HashMap<(String, Option<Activity>), u32>,
-    top_n: usize,
-) -> Vec<FrameCount> {
-    let mut frames: Vec<FrameCount> = frames
-        .into_iter()
-        .map(|((frame, activity), samples)| FrameCount {
-            frame,
-            samples,
-            activity,
-        })
-        .collect();
-    frames.sort_by(|a, b| {
-        b.samples
-            .cmp(&a.samples)
-            .then_with(|| a.frame.cmp(&b.frame))
-            .then_with(|| a.activity.cmp(&b.activity))
-    });
-    frames.truncate(top_n);
-    frames
 }
 
 /// The most awaited locks, most samples first.

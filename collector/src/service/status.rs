@@ -152,7 +152,7 @@ fn vertex_status(
         }
         subtasks.push(s);
     }
-    view.top_frames = top_frames(frames);
+    view.top_frames = FrameCount::top(frames, 5);
     let merged: Vec<_> = view.subtasks.values().copied().collect();
     let (level, ratio) = vertex_level(&merged);
     let status = VertexStatus {
@@ -164,21 +164,6 @@ fn vertex_status(
         subtasks,
     };
     (status, view)
-}
-
-/// The five frames with the most samples, most first.
-fn top_frames(frames: BTreeMap<(String, Option<Activity>), u32>) -> Vec<FrameCount> {
-    let mut top: Vec<FrameCount> = frames
-        .into_iter()
-        .map(|((frame, activity), samples)| FrameCount {
-            frame,
-            samples,
-            activity,
-        })
-        .collect();
-    top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.frame.cmp(&b.frame)));
-    top.truncate(5);
-    top
 }
 
 /// The job with each subtask's metrics as its window was merged with: the diagnosis reads
