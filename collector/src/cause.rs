@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bpmon_proto::{Activity, ActivityCounts, FrameCount, JvmResources};
+use bpmon_proto::{Activity, ActivityCounts, CgroupCpu, FrameCount, JvmResources};
 use serde::{Deserialize, Serialize};
 
 use crate::merge::{MergedSubtask, WindowEvidence};
@@ -348,14 +348,14 @@ fn host_share(running: f64, slow: &[SubtaskSeen<'_>]) -> Option<(f64, Vec<String
             continue;
         }
         if let Some(c) = &r.cgroup {
-            if let Some(t) = c.throttled_ms.map(|t| t as f64 / wall) {
+            if let Some((t, how)) = throttled_share(c, wall) {
                 if t >= THROTTLED_SHARE {
-                    starved = starved.max(t.min(1.0));
+                    starved = starved.max(t);
                     let quota = c
                         .quota_cpus
                         .map_or(String::new(), |q| format!(" (quota {q:.2} CPUs)"));
                     evidence.push(format!(
-                        "cgroup {} throttled {} of the time{quota}",
+                        "cgroup {} throttled in {} of {how}{quota}",
                         c.path,
                         pct(t)
                     ));
@@ -389,6 +389,18 @@ fn host_share(running: f64, slow: &[SubtaskSeen<'_>]) -> Option<(f64, Vec<String
         None => running * starved,
     };
     Some((share.min(running), evidence))
+}
+
+/// How throttled a cgroup was, 0–1, and of what: the share of its CFS periods in which it
+/// was throttled; without period counts, throttled time over wall time. (Throttled time is
+/// summed over the CPUs the group ran on, so on its own it can exceed the wall time.)
+fn throttled_share(c: &CgroupCpu, wall_ms: f64) -> Option<(f64, &'static str)> {
+    match (c.throttled_periods, c.periods) {
+        (Some(t), Some(p)) if p > 0 => Some(((t as f64 / p as f64).min(1.0), "its periods")),
+        _ => c
+            .throttled_ms
+            .map(|t| ((t as f64 / wall_ms).min(1.0), "the time")),
+    }
 }
 
 fn host_cause(share: f64, evidence: Vec<String>) -> Cause {
@@ -845,10 +857,37 @@ mod tests {
         assert!((c[0].share.unwrap() - 0.8).abs() < 1e-9);
         assert_eq!(c[1].kind, CauseKind::Cpu);
         assert!(
-            c[0].evidence[0].contains("throttled 80%"),
+            c[0].evidence[0].contains("throttled in 80% of the time"),
             "{:?}",
             c[0].evidence
         );
+    }
+
+    #[test]
+    fn throttling_is_the_share_of_throttled_periods_when_the_kernel_counts_them() {
+        // cgroup v1 sums throttled time over CPUs: 9 s in a 5 s window on 2 CPUs.
+        let c = CgroupCpu {
+            path: "/tm".into(),
+            periods: Some(50),
+            throttled_periods: Some(45),
+            throttled_ms: Some(9000),
+            ..Default::default()
+        };
+        assert_eq!(throttled_share(&c, 5000.0), Some((0.9, "its periods")));
+        let no_periods = CgroupCpu {
+            periods: None,
+            ..c.clone()
+        };
+        assert_eq!(
+            throttled_share(&no_periods, 5000.0),
+            Some((1.0, "the time"))
+        );
+        let idle = CgroupCpu {
+            periods: Some(0),
+            throttled_ms: None,
+            ..c
+        };
+        assert_eq!(throttled_share(&idle, 5000.0), None);
     }
 
     #[test]

@@ -178,7 +178,8 @@ pub struct TaskManagerProc {
 pub struct ClusterIdentity {
     pub flink_version: String,
     pub resource_ids: Vec<String>,
-    pub slots_per_tm: u32,
+    /// Slots over all TaskManagers.
+    pub slots_total: u32,
 }
 
 /// Checks that `/overview` and `/taskmanagers` describe the cluster we started: the same Flink
@@ -214,10 +215,10 @@ pub fn verify_cluster_identity(
         overview.taskmanagers
     );
     ensure!(
-        overview.slots_total == n * expected.slots_per_tm,
+        overview.slots_total == expected.slots_total,
         "/overview shows {} slots, expected {}",
         overview.slots_total,
-        n * expected.slots_per_tm
+        expected.slots_total
     );
     Ok(())
 }
@@ -550,7 +551,7 @@ impl FlinkCluster {
             identity: ClusterIdentity {
                 flink_version: dist.version().to_string(),
                 resource_ids: tms.iter().map(|t| t.resource_id.clone()).collect(),
-                slots_per_tm: opts.slots_per_tm as u32,
+                slots_total: (opts.slots_per_tm * opts.taskmanagers) as u32,
             },
             tms,
             rest: FlinkRest::new(&format!("http://127.0.0.1:{rest_port}"))?,
@@ -1173,6 +1174,50 @@ exit 0
         Ok(self.tms[i].clone())
     }
 
+    /// Adds a TaskManager to the running cluster as an operator does: `bin/taskmanager.sh
+    /// start -D taskmanager.numberOfTaskSlots=<slots>`, with the resource id Flink gives it.
+    /// Waits until it is registered. Jobs submitted next (and only needing free slots) land on
+    /// it once the others' slots are taken: how a test puts a job on a TaskManager of its own.
+    pub fn add_taskmanager(&mut self, slots: usize) -> Result<TaskManagerProc> {
+        ensure!(slots >= 1, "a TaskManager needs a slot");
+        let i = self.tms.len();
+        let ident = format!(
+            "{}-tm{i}",
+            self.tms
+                .first()
+                .and_then(|t| t.ident.rsplit_once("-tm"))
+                .map_or("bpmon-added", |(stem, _)| stem)
+        );
+        let mut cmd = self.env.script("taskmanager.sh", &ident);
+        cmd.arg("-D")
+            .arg(format!("taskmanager.numberOfTaskSlots={slots}"));
+        let out = cmd.output().context("running taskmanager.sh")?;
+        ensure!(
+            out.status.success(),
+            "taskmanager.sh exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = read_pid_file(&self.env.pid_dir, &ident, TM_DAEMON)
+            .context("no pid file for the added TaskManager")?;
+        let (log_file, out_file) = daemon_logs(&self.log_dir, &ident, TM_DAEMON);
+        self.tms.push(TaskManagerProc {
+            resource_id: String::new(),
+            pid,
+            ident,
+            log_file,
+            out_file,
+            launch: TaskManagerLaunch::Script,
+            netns: None,
+            hostname: None,
+        });
+        self.identity.slots_total += slots as u32;
+        let watchdog = self.spawn_watchdog_for(&[pid], &[])?;
+        self.more_watchdogs.push(watchdog);
+        self.wait_registered(startup_timeout())?;
+        Ok(self.tms[i].clone())
+    }
+
     /// Whether any of our JVMs is still running.
     pub fn any_running(&self) -> bool {
         self.pids().iter().any(|p| is_ours(*p, &self.marker))
@@ -1441,7 +1486,7 @@ mod tests {
         ClusterIdentity {
             flink_version: "2.3.0".into(),
             resource_ids: vec!["bpmon-x-tm0".into(), "bpmon-x-tm1".into()],
-            slots_per_tm: 4,
+            slots_total: 8,
         }
     }
 

@@ -9,6 +9,7 @@
 //!   bound to localhost), its TaskManagers started as users do, with an explicit resource id,
 //!   or in namespaces of their own ([`TaskManagerLaunch`]), proves it is ours, and stops it by
 //!   PID (also on drop).
+//! * [`cgroup`]: a CPU limit (a cgroup with a quota) put on a running TaskManager.
 //! * [`netns`]: network namespaces with a veth pair to the host, for TaskManagers started as
 //!   in a container ([`TaskManagerLaunch::OwnNamespaces`]).
 //! * [`proxy`]: a TCP proxy a test can take down, to play an unreachable Flink REST.
@@ -20,6 +21,7 @@
 //! * [`jobs`]: compiles and packages the Java test jobs (`tests/flink-jobs`) and describes
 //!   their vertices and expected behaviour.
 
+pub mod cgroup;
 pub mod cluster;
 pub mod conf;
 pub mod flink_dist;

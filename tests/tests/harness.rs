@@ -416,7 +416,7 @@ fn identity_check_rejects_foreign_cluster() {
     let ours = ClusterIdentity {
         flink_version: "2.3.0".into(),
         resource_ids: vec!["bpmon-1-tm0".into(), "bpmon-1-tm1".into()],
-        slots_per_tm: 4,
+        slots_total: 8,
     };
     let overview = |v: &str, n: u32| Overview {
         taskmanagers: n,

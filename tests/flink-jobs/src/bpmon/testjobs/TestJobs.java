@@ -54,6 +54,30 @@ public final class TestJobs {
             case "mimic":
                 mimic(env);
                 break;
+            case "cpu":
+                cpu(env);
+                break;
+            case "lock":
+                lock(env);
+                break;
+            case "io":
+                if (args.length < 3) {
+                    throw new IllegalArgumentException("usage: TestJobs io <job name> <host:port>");
+                }
+                io(env, args[2]);
+                break;
+            case "sleep":
+                sleep(env);
+                break;
+            case "hotkey":
+                hotKey(env);
+                break;
+            case "gc":
+                gc(env);
+                break;
+            case "remote":
+                remote(env);
+                break;
             case "throughput":
                 if (args.length < 3) {
                     throw new IllegalArgumentException("usage: TestJobs throughput <job name> <records>");
@@ -235,5 +259,137 @@ public final class TestJobs {
                 .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
+    }
+
+    // ---- Jobs whose bottleneck has a known cause (bpmon's cause tests). Each has one source
+    // subtask feeding the bottleneck over a rebalance, so the source is back-pressured by it.
+
+    /** "enrich" is CPU-bound in user code: it hashes for ~1 ms per record. */
+    static void cpu(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .rebalance()
+                .map(new Spin(1))
+                .name("enrich")
+                .setParallelism(1)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(1);
+    }
+
+    /**
+     * "shared client"'s three subtasks serialise on one monitor (a client shared by the
+     * TaskManager, held 1 ms per call): two of three wait BLOCKED at any time.
+     */
+    static void lock(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .rebalance()
+                .map(new SharedClient<Long>(1))
+                .name("shared client")
+                .setParallelism(3)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(3);
+    }
+
+    /** "lookup" waits in a socket read for an external service at {@code hostPort} per record. */
+    static void io(StreamExecutionEnvironment env, String hostPort) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .rebalance()
+                .map(new RemoteLookup(hostPort))
+                .name("lookup")
+                .setParallelism(1)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(1);
+    }
+
+    /** "rate limiter" sleeps 1 ms per record on purpose. */
+    static void sleep(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .rebalance()
+                .map(new Slow<Long>(1))
+                .name("rate limiter")
+                .setParallelism(1)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(1);
+    }
+
+    /**
+     * "per-key count" (2 subtasks, 1 ms per record) is keyed by a key that nine records in ten
+     * share: the subtask owning it receives almost every record, the other almost none.
+     */
+    static void hotKey(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .map(new HotKey())
+                .name("key")
+                .setParallelism(1)
+                .keyBy(new Identity())
+                .map(new Slow<Long>(1))
+                .name("per-key count")
+                .setParallelism(2)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(2);
+    }
+
+    /**
+     * "retain" allocates 64 KiB per record and keeps the last 320 MiB alive on a heap not much
+     * larger: the TaskManager spends its time in GC. Its input arrives over a local channel.
+     */
+    static void gc(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .rebalance()
+                .map(new Retain(64, 320))
+                .name("retain")
+                .setParallelism(1)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(1);
+    }
+
+    /**
+     * "receiver" runs in a slot sharing group of its own, so on a TaskManager other than the
+     * source's when each has one free slot: 1 KiB records cross the network between them, and a
+     * slow link holds the source up while "receiver" waits for input.
+     */
+    static void remote(StreamExecutionEnvironment env) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .flatMap(new Explode(1, 1024))
+                .name("pad")
+                .setParallelism(1)
+                .rebalance()
+                .map(new Slow<byte[]>(0))
+                .name("receiver")
+                .setParallelism(1)
+                .slotSharingGroup("receiver")
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(1)
+                .slotSharingGroup("receiver");
+    }
+
+    /** Keys a record by itself. */
+    static final class Identity implements org.apache.flink.api.java.functions.KeySelector<Long, Long> {
+        private static final long serialVersionUID = 1L;
+
+        @Override
+        public Long getKey(Long value) {
+            return value;
+        }
     }
 }
