@@ -394,6 +394,7 @@ mod tests {
             activity: None,
             locks: Vec::new(),
             cpu: None,
+            stacks: Vec::new(),
         }
     }
 
@@ -410,6 +411,7 @@ mod tests {
             cost: SampleCost::default(),
             errors: vec![],
             resources: None,
+            stack_frames: Vec::new(),
         }
     }
 

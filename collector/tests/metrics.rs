@@ -133,6 +133,7 @@ fn task(name: &str, subtask: u32, parallelism: u32, blocked: u32, waiting: u32) 
         activity: None,
         locks: Vec::new(),
         cpu: None,
+        stacks: Vec::new(),
     }
 }
 
@@ -173,6 +174,7 @@ fn batch(seq: u64) -> ReportBatch {
             },
             errors: Vec::new(),
             resources: None,
+            stack_frames: Vec::new(),
         }],
     }
 }

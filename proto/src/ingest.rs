@@ -44,6 +44,12 @@ pub mod bounds {
     pub const SAMPLES_MAX: u32 = 100_000;
     /// How far a window's end may lie ahead of the collector's clock.
     pub const CLOCK_SKEW_MAX_MS: u64 = 5 * 60 * 1000;
+    /// Most distinct stack frames per report, the longest frame in bytes, the most stacks per
+    /// task thread and the deepest stack.
+    pub const STACK_FRAMES_MAX: usize = 100_000;
+    pub const STACK_FRAME_MAX: usize = 4_096;
+    pub const STACKS_PER_TASK_MAX: usize = 64;
+    pub const STACK_DEPTH_MAX: usize = 1_024;
     /// Largest number SQLite stores (its integers are signed 64-bit).
     pub const SQL_INT_MAX: u64 = i64::MAX as u64;
 }
@@ -181,6 +187,13 @@ fn check_report(
             r.delay_ms
         ));
     }
+    if r.stack_frames.len() > STACK_FRAMES_MAX
+        || r.stack_frames.iter().any(|f| f.len() > STACK_FRAME_MAX)
+    {
+        return bad(format!(
+            "{at}: at most {STACK_FRAMES_MAX} stack frames of at most {STACK_FRAME_MAX} bytes"
+        ));
+    }
     check_tasks(&at, r)
 }
 
@@ -195,6 +208,41 @@ fn check_tasks(at: &str, r: &SampleReport) -> Result<(), BatchProblem> {
                 t.thread, t.blocked, t.waiting, t.busy, t.samples, r.samples
             ));
         }
+        check_stacks(at, r, t)?;
+    }
+    Ok(())
+}
+
+/// A task's stacks are few and bounded, name only frames the report holds, and count no more
+/// samples than the task's busy ones.
+fn check_stacks(at: &str, r: &SampleReport, t: &crate::TaskSamples) -> Result<(), BatchProblem> {
+    use bounds::*;
+    if t.stacks.len() > STACKS_PER_TASK_MAX
+        || t.stacks.iter().any(|s| s.frames.len() > STACK_DEPTH_MAX)
+    {
+        return bad(format!(
+            "{at}, thread {:?}: at most {STACKS_PER_TASK_MAX} stacks of at most {STACK_DEPTH_MAX} frames",
+            t.thread
+        ));
+    }
+    let frames = r.stack_frames.len();
+    if let Some(i) = t
+        .stacks
+        .iter()
+        .flat_map(|s| &s.frames)
+        .find(|&&i| i as usize >= frames)
+    {
+        return bad(format!(
+            "{at}, thread {:?}: a stack names frame {i}, but the report holds {frames}",
+            t.thread
+        ));
+    }
+    let samples: u64 = t.stacks.iter().map(|s| u64::from(s.samples)).sum();
+    if samples > u64::from(t.busy) {
+        return bad(format!(
+            "{at}, thread {:?}: its stacks count {samples} samples, more than its {} busy ones",
+            t.thread, t.busy
+        ));
     }
     Ok(())
 }
@@ -242,6 +290,36 @@ mod tests {
         refuse(&|b| b.reports[0].tasks[0].samples = 11, "must not exceed");
         refuse(&|b| b.reports[0].samples = 0, "samples 0");
         refuse(&|b| b.host_names = vec!["h".into(); 65], "host names");
+        let stack = |frames: Vec<u32>, samples| crate::StackCount {
+            frames,
+            samples,
+            activity: None,
+        };
+        refuse(
+            &|b| b.reports[0].tasks[0].stacks = vec![stack(vec![0], 0)],
+            "names frame 0, but the report holds 0",
+        );
+        refuse(
+            &|b| {
+                b.reports[0].stack_frames = vec!["a.B.c".into()];
+                b.reports[0].tasks[0].stacks = vec![stack(vec![0], 1)];
+            },
+            "more than its 0 busy ones",
+        );
+        refuse(
+            &|b| b.reports[0].stack_frames = vec!["x".repeat(5000)],
+            "stack frames",
+        );
+        let mut ok = sample_batch();
+        ok.reports[0].stack_frames = vec!["java.lang.Thread.run".into(), "a.B.c".into()];
+        ok.reports[0].tasks[0].busy = 2;
+        ok.reports[0].tasks[0].waiting = 4;
+        ok.reports[0].tasks[0].stacks = vec![stack(vec![0, 1], 2)];
+        assert_eq!(ok.validate(now), Ok(()));
+        assert_eq!(
+            ok.reports[0].folded_stacks(&ok.reports[0].tasks[0]),
+            Some(vec![("java.lang.Thread.run;a.B.c".to_string(), None, 2)])
+        );
     }
 
     #[test]

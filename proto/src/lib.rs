@@ -28,6 +28,8 @@ pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{BatchProblem, ReportBatch, SCHEMA_VERSION};
 pub use level::Level;
 pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
-pub use report::{ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, TaskSamples};
+pub use report::{
+    ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, StackCount, TaskSamples, OTHER_STACKS,
+};
 pub use settings::{SamplingSettings, Scope, SettingsProblem};
 pub use whereabouts::{JvmNetwork, ResourceIdSource};

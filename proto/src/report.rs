@@ -30,6 +30,10 @@ pub struct SampleReport {
     /// What the JVM, its cgroup and its host spent over the window (absent from older agents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<JvmResources>,
+    /// The frames the tasks' `stacks` index, `class.method` (absent from older agents and
+    /// from backends that do not see whole stacks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack_frames: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -94,6 +98,45 @@ pub struct TaskSamples {
     /// CPU time of the task's thread(s) over the window, when the OS let the agent read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<ThreadCpu>,
+    /// The busy samples' whole stacks, folded, most samples first and bounded (the rest summed
+    /// in one [`OTHER_STACKS`] entry): what a flame graph of the task is drawn from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<StackCount>,
+}
+
+/// The frame of the one stack entry that sums the stacks a report left out.
+pub const OTHER_STACKS: &str = "(other stacks)";
+
+/// Busy samples that showed one stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackCount {
+    /// The stack's frames, root first, as indices into the report's `stack_frames`.
+    pub frames: Vec<u32>,
+    pub samples: u32,
+    /// What the samples were doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+}
+
+impl SampleReport {
+    /// A task's stacks in the folded form (`root;…;top`), with their samples; `None` when a
+    /// stack names a frame the report does not hold (a malformed report).
+    pub fn folded_stacks(
+        &self,
+        task: &TaskSamples,
+    ) -> Option<Vec<(String, Option<Activity>, u32)>> {
+        task.stacks
+            .iter()
+            .map(|s| {
+                let frames: Option<Vec<&str>> = s
+                    .frames
+                    .iter()
+                    .map(|&i| self.stack_frames.get(i as usize).map(String::as_str))
+                    .collect();
+                Some((frames?.join(";"), s.activity, s.samples))
+            })
+            .collect()
+    }
 }
 
 /// A task's ids in Flink: `job_id`, `vertex_id` (hex, as the REST API writes them) and the
@@ -204,6 +247,7 @@ mod tests {
             activity: None,
             locks: Vec::new(),
             cpu: None,
+            stacks: Vec::new(),
         };
         let v = serde_json::to_value(&t).unwrap();
         for key in [

@@ -26,6 +26,9 @@ pub struct DumpThread {
     pub lock: Option<AwaitedLock>,
     /// CPU time the thread had used by this sample (`cpu=` in JDK 11+ dumps), ms.
     pub cpu_ms: Option<f64>,
+    /// For busy samples: the whole stack, folded (`bpmon_stacks::collapse`), where the backend
+    /// sees it.
+    pub stack: Option<String>,
 }
 
 /// A monitor or lock a thread waits for.

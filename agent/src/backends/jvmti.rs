@@ -476,6 +476,7 @@ fn to_classified(s: &InProcessSample) -> ClassifiedDump {
                 activity: None,
                 lock: None,
                 cpu_ms: None,
+                stack: None,
             })
             .collect(),
         skipped_lines: 0,

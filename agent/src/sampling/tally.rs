@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use bpmon_proto::inprocess::TaskRef;
 use bpmon_proto::{
-    parse_task_thread_name, Activity, ActivityCounts, ExactTask, FrameCount, LockCount,
-    TaskIdentity, TaskSamples, ThreadCpu, ThreadRole,
+    parse_task_thread_name, Activity, ActivityCounts, ExactTask, FrameCount, LockCount, StackCount,
+    TaskIdentity, TaskSamples, ThreadCpu, ThreadRole, OTHER_STACKS,
 };
 use bpmon_stacks::classify::SampleClass;
 
@@ -18,6 +18,8 @@ use crate::backends::dump::AwaitedLock;
 
 /// Locks kept per task, most samples first.
 const TOP_LOCKS: usize = 3;
+/// Stacks kept per task, most samples first; the rest are summed in one entry.
+pub const TOP_STACKS: usize = 8;
 
 /// One task thread as one dump showed it, already classified.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct ThreadSample<'a> {
     pub lock: Option<&'a AwaitedLock>,
     /// CPU time the thread had used by this sample, ms.
     pub cpu_ms: Option<f64>,
+    /// For busy samples: the folded stack, where the backend sees it.
+    pub stack: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,6 +68,8 @@ struct TaskTally {
     locks: HashMap<AwaitedLock, u32>,
     /// Per thread of the task (main, legacy source): its first and last CPU reading.
     cpu: HashMap<u64, CpuSpan>,
+    /// Busy samples by folded stack and activity (at most one entry per sample).
+    stacks: HashMap<(String, Option<Activity>), u32>,
 }
 
 /// A thread's CPU time at its first and last sample, with when each sample was taken.
@@ -113,6 +119,7 @@ impl Tally {
             activity_unknown: 0,
             locks: HashMap::new(),
             cpu: HashMap::new(),
+            stacks: HashMap::new(),
         });
         for thread in &task.threads {
             t.note_cpu(thread, at_ms);
@@ -143,6 +150,11 @@ impl Tally {
                 if let (Some(Activity::Lock), Some(lock)) = (task.activity, task.lock) {
                     *t.locks.entry(lock.clone()).or_insert(0) += 1;
                 }
+                if let Some(stack) = task.stack {
+                    *t.stacks
+                        .entry((stack.to_string(), task.activity))
+                        .or_insert(0) += 1;
+                }
             }
         }
     }
@@ -150,15 +162,22 @@ impl Tally {
     /// The report's task entries, in a stable order (by thread name, then id), each with its
     /// `top_n` most frequent busy frames.
     pub fn into_tasks(self, top_n: usize) -> Vec<TaskSamples> {
-        let mut tasks: Vec<(TaskKey, TaskTally)> = self.tasks.into_iter().collect();
-        tasks.sort_by(|a, b| a.0.cmp(&b.0));
-        tasks
+        self.into_tasks_and_frames(top_n).0
+    }
+
+    /// [`Tally::into_tasks`], with the frame table the tasks' stacks index.
+    pub fn into_tasks_and_frames(self, top_n: usize) -> (Vec<TaskSamples>, Vec<String>) {
+        let mut table = FrameTable::default();
+        let mut tallies: Vec<(TaskKey, TaskTally)> = self.tasks.into_iter().collect();
+        tallies.sort_by(|a, b| a.0.cmp(&b.0));
+        let tasks = tallies
             .into_iter()
             .map(|(key, t)| {
                 let cpu = t.window_cpu();
                 let activity = (t.activity_unknown == 0).then_some(t.activity);
                 let frames = FrameCount::top(t.frames, top_n);
                 let locks = ranked_locks(t.locks);
+                let stacks = table.stacks(t.stacks);
                 TaskSamples {
                     thread: key.main_thread,
                     thread_id: key.id,
@@ -175,9 +194,56 @@ impl Tally {
                     activity,
                     locks,
                     cpu,
+                    stacks,
                 }
             })
-            .collect()
+            .collect();
+        (tasks, table.frames)
+    }
+}
+
+/// Frames interned for a report: each stack names its frames by index, so a frame shared by
+/// many stacks and tasks (every Flink task's loop) is sent once.
+#[derive(Debug, Default)]
+struct FrameTable {
+    frames: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl FrameTable {
+    fn intern(&mut self, frame: &str) -> u32 {
+        if let Some(&i) = self.index.get(frame) {
+            return i;
+        }
+        let i = self.frames.len() as u32;
+        self.frames.push(frame.to_string());
+        self.index.insert(frame.to_string(), i);
+        i
+    }
+
+    /// A task's [`TOP_STACKS`] most frequent stacks, most first (ties by stack), the rest
+    /// summed in one [`OTHER_STACKS`] entry so that the counts still add up to the samples.
+    fn stacks(&mut self, counts: HashMap<(String, Option<Activity>), u32>) -> Vec<StackCount> {
+        let mut ranked: Vec<((String, Option<Activity>), u32)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let rest: u32 = ranked.iter().skip(TOP_STACKS).map(|r| r.1).sum();
+        ranked.truncate(TOP_STACKS);
+        let mut out: Vec<StackCount> = ranked
+            .into_iter()
+            .map(|((stack, activity), samples)| StackCount {
+                frames: stack.split(';').map(|f| self.intern(f)).collect(),
+                samples,
+                activity,
+            })
+            .collect();
+        if rest > 0 {
+            out.push(StackCount {
+                frames: vec![self.intern(OTHER_STACKS)],
+                samples: rest,
+                activity: None,
+            });
+        }
+        out
     }
 }
 
@@ -241,6 +307,7 @@ struct DumpTask<'d, 'n> {
     frame: Option<String>,
     activity: Option<Activity>,
     lock: Option<&'d AwaitedLock>,
+    stack: Option<&'n str>,
     legacy: bool,
     /// Every thread of the task in this dump, for their CPU time.
     threads: Vec<&'d ThreadSample<'n>>,
@@ -264,6 +331,7 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                 frame: t.top_frame.clone(),
                 activity: t.activity,
                 lock: t.lock,
+                stack: t.stack,
                 legacy: false,
                 threads: vec![t],
             }),
@@ -282,6 +350,7 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                     task.frame = legacy.top_frame.clone();
                     task.activity = legacy.activity;
                     task.lock = legacy.lock;
+                    task.stack = legacy.stack;
                 }
                 task.legacy = true;
                 task.threads.push(legacy);
@@ -297,6 +366,7 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                 frame: legacy.top_frame.clone(),
                 activity: legacy.activity,
                 lock: legacy.lock,
+                stack: legacy.stack,
                 legacy: true,
                 threads: vec![legacy],
             }),
@@ -353,6 +423,7 @@ mod tests {
             class,
             top_frame: (class == SampleClass::Busy).then(|| format!("user.Code.run{id}(X.java:1)")),
             task: None,
+            stack: None,
             activity: (class == SampleClass::Busy).then_some(Activity::Running),
             lock: None,
             cpu_ms: None,
@@ -493,6 +564,73 @@ mod tests {
             .map(|f| (f.frame.as_str(), f.samples))
             .collect();
         assert_eq!(frames, vec![("c", 3), ("b", 2)]);
+    }
+
+    #[test]
+    fn busy_stacks_are_folded_bounded_and_share_one_frame_table() {
+        let mut tally = Tally::new();
+        // Task A: one stack 5 times, then TOP_STACKS + 2 stacks once each; task B: one stack
+        // sharing A's root frames.
+        let stack_of =
+            |leaf: usize| format!("java.lang.Thread.run;org.apache.flink.Task.run;u.Map.f{leaf}");
+        let mut stacks: Vec<String> = vec![stack_of(0); 5];
+        stacks.extend((1..=TOP_STACKS + 2).map(stack_of));
+        for (i, stack) in stacks.iter().enumerate() {
+            let mut a = ts("A (1/1)#0", 60, 10.0, SampleClass::Busy);
+            a.stack = Some(stack);
+            let mut b = ts(
+                "B (1/1)#0",
+                70,
+                10.0,
+                if i % 2 == 0 {
+                    SampleClass::Busy
+                } else {
+                    SampleClass::Waiting
+                },
+            );
+            let b_stack = "java.lang.Thread.run;org.apache.flink.Task.run;u.Sink.g";
+            b.stack = b.activity.map(|_| b_stack);
+            tally.add_dump(&[a, b], i as u64);
+        }
+        let (tasks, frames) = tally.into_tasks_and_frames(5);
+        let folded = |t: &TaskSamples| -> Vec<(String, u32)> {
+            t.stacks
+                .iter()
+                .map(|s| {
+                    let names: Vec<&str> = s
+                        .frames
+                        .iter()
+                        .map(|&i| frames[i as usize].as_str())
+                        .collect();
+                    (names.join(";"), s.samples)
+                })
+                .collect()
+        };
+        let a = folded(&tasks[0]);
+        assert_eq!(a.len(), TOP_STACKS + 1, "{a:?}");
+        assert_eq!(a[0], (stack_of(0), 5));
+        // The ones left out are summed, so the stacks add up to the busy samples.
+        assert_eq!(a[TOP_STACKS], (OTHER_STACKS.to_string(), 3));
+        assert_eq!(a.iter().map(|s| s.1).sum::<u32>(), tasks[0].busy);
+        assert_eq!(
+            folded(&tasks[1]),
+            vec![(
+                "java.lang.Thread.run;org.apache.flink.Task.run;u.Sink.g".to_string(),
+                tasks[1].busy
+            )]
+        );
+        // Each frame is sent once.
+        let mut unique = frames.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), frames.len());
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|f| f.as_str() == "java.lang.Thread.run")
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bpmon_proto::{Activity, JvmInfo, SampleCost, SampleReport};
 use bpmon_stacks::activity;
 use bpmon_stacks::classify::{Classifier, SampleClass};
+use bpmon_stacks::collapse::{self, collapse};
 use bpmon_stacks::threaddump;
 
 use super::tally::{Tally, ThreadSample};
@@ -84,6 +85,7 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
                 activity,
                 lock,
                 cpu_ms: t.header.cpu_ms,
+                stack: busy.then(|| collapse(&t.frames, collapse::MAX_DEPTH)),
             }
         })
         .collect();
@@ -293,6 +295,7 @@ impl Window {
             skipped_lines: self.skipped_lines,
             inside_us_p50: (!self.inside_us.is_empty()).then(|| median(&mut self.inside_us)),
         };
+        let (tasks, stack_frames) = self.tally.into_tasks_and_frames(self.top_frames);
         SampleReport {
             pid: jvm.pid,
             backend: backend.as_str().to_string(),
@@ -309,10 +312,11 @@ impl Window {
             delay_ms: self.delay.as_millis() as u64,
             started_at_ms: self.started_at_ms,
             elapsed_ms: self.start.elapsed().as_millis() as u64,
-            tasks: self.tally.into_tasks(self.top_frames),
+            tasks,
             cost,
             errors: self.errors,
             resources: Some(self.resources_at_start.delta(&self.resources.read())),
+            stack_frames,
         }
     }
 }
@@ -359,6 +363,7 @@ fn sample_of(t: &DumpThread) -> ThreadSample<'_> {
         activity: t.activity,
         lock: t.lock.as_ref(),
         cpu_ms: t.cpu_ms,
+        stack: t.stack.as_deref(),
     }
 }
 
@@ -397,6 +402,29 @@ mod tests {
                 t.name
             );
             assert!(t.cpu_ms.is_some(), "{} has cpu= in the dump", t.name);
+            assert_eq!(
+                t.stack.is_some(),
+                t.class == SampleClass::Busy,
+                "{}",
+                t.name
+            );
         }
+        // The busy thread's whole stack, folded root first: the thread's entry at the root,
+        // the user's map and the sleep it is in at the top.
+        let stack = writer.stack.as_deref().expect("a busy sample's stack");
+        let frames: Vec<&str> = stack.split(';').collect();
+        assert_eq!(frames[0], "java.lang.Thread.run", "{stack}");
+        assert!(frames.len() > 10, "{stack}");
+        let map = frames
+            .iter()
+            .position(|f| *f == "bpmon.testjobs.Slow.map")
+            .expect("the user's map in the stack");
+        assert!(
+            frames[map + 1..]
+                .iter()
+                .any(|f| f.starts_with("java.lang.Thread.sleep")),
+            "{stack}"
+        );
+        assert!(!stack.contains(".java:"), "no lines: {stack}");
     }
 }

@@ -285,6 +285,7 @@ mod tests {
             activity: None,
             locks: Vec::new(),
             cpu: None,
+            stacks: Vec::new(),
         }
     }
 
@@ -312,6 +313,7 @@ mod tests {
                 cost: SampleCost::default(),
                 errors: vec![],
                 resources: None,
+                stack_frames: Vec::new(),
             }],
         }
     }

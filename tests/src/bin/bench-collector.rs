@@ -372,6 +372,7 @@ fn task_samples(topo: &Topology, v: usize, i: u32, seq: u64, thread_id: u64) -> 
         activity: None,
         locks: Vec::new(),
         cpu: None,
+        stacks: Vec::new(),
     }
 }
 
@@ -421,6 +422,7 @@ fn make_batch(topo: &Topology, agents: usize, a: usize, seq: u64) -> ReportBatch
                 },
                 errors: Vec::new(),
                 resources: None,
+                stack_frames: Vec::new(),
             }
         })
         .collect();
