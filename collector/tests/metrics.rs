@@ -10,6 +10,8 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+mod common;
+
 use bpmon_collector::cause::CauseKind;
 use bpmon_collector::service::bottlenecks::Change;
 use bpmon_collector::service::{self, Collector, CollectorConfig};
@@ -540,6 +542,90 @@ async fn jobs_and_the_log_name_the_bottleneck_and_its_cause() {
         .unwrap();
     assert!(jobs["jobs"][0]["bottleneck"].is_null(), "{jobs}");
     assert!(jobs["jobs"][0].get("cause").is_none(), "{jobs}");
+}
+
+/// The served collector logs the bottleneck's events by itself (its background check), with
+/// their fields, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_collector_logs_when_the_bottleneck_appears_and_clears() {
+    let flink_url = listen(Router::new().fallback(flink)).await;
+    let dir = std::env::temp_dir().join(format!("bpmon-metrics-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = TempDir(dir.clone());
+    let serve = tokio::task::spawn_blocking(move || {
+        common::Serve::watching(
+            &dir,
+            &flink_url,
+            "warn,bpmon_collector=info",
+            &["--log-format", "json"],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let serve = Arc::new(serve);
+    let url = format!("http://{}", serve.addr);
+    let wait_for = |needle: &'static str| {
+        let serve = Arc::clone(&serve);
+        async move {
+            tokio::task::spawn_blocking(move || serve.log_line_with(needle))
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = batch(1);
+    let body = serde_json::to_vec(&first).unwrap();
+    assert_eq!(post(&url, body).await, reqwest::StatusCode::OK);
+    let line = wait_for("\"bottleneck appeared\"").await;
+    let line = line.unwrap_or_else(|| panic!("no event in:\n{}", serve.log.lock().unwrap()));
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(e["level"], "INFO", "{line}");
+    for (field, value) in [
+        ("bottleneck", "appeared"),
+        ("job_id", JOB),
+        ("job", JOB_NAME),
+        ("vertex_id", SINK),
+        ("vertex", SINK_NAME),
+        ("cause", "unknown"),
+        ("previous_vertex", "none"),
+        ("previous_cause", "none"),
+    ] {
+        assert_eq!(e[field], value, "{field} in {line}");
+    }
+    assert!(
+        e["summary"].as_str().is_some_and(|s| !s.is_empty()),
+        "{line}"
+    );
+    assert!(
+        e["victims"].as_str().unwrap().contains(SOURCE_NAME),
+        "{line}"
+    );
+    assert!(e.get("share").is_none(), "unknown has no share: {line}");
+
+    let mut calm = batch(2);
+    calm.reports[0].started_at_ms = first.reports[0].started_at_ms + 1_000;
+    calm.reports[0].tasks = vec![
+        task(SOURCE_NAME, 0, 2, 0, 0),
+        task(SOURCE_NAME, 1, 2, 0, 0),
+        task(SINK_NAME, 0, 1, 0, 0),
+    ];
+    let body = serde_json::to_vec(&calm).unwrap();
+    assert_eq!(post(&url, body).await, reqwest::StatusCode::OK);
+    let line = wait_for("\"bottleneck cleared\"").await;
+    let line = line.unwrap_or_else(|| panic!("no event in:\n{}", serve.log.lock().unwrap()));
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for (field, value) in [
+        ("bottleneck", "cleared"),
+        ("vertex", "none"),
+        ("cause", "none"),
+        ("previous_vertex_id", SINK),
+        ("previous_cause", "unknown"),
+    ] {
+        assert_eq!(e[field], value, "{field} in {line}");
+    }
+    let log = serve.log.lock().unwrap().clone();
+    assert_eq!(log.matches("\"bottleneck\":").count(), 2, "{log}");
 }
 
 /// A Flink that cannot be reached: the poll counts as an error and no success time is set.
