@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use bpmon_proto::{FrameCount, Level, SamplingSettings, Scope};
 use serde::{Deserialize, Serialize};
 
+use crate::cause::CauseKind;
 use crate::diagnosis::Finding;
 use crate::merge::SplitRule;
 use crate::model::SubtaskMetrics;
@@ -44,6 +45,19 @@ pub struct JobSummary {
     pub stale: bool,
     /// The bottleneck vertex's name, when the diagnosis found one.
     pub bottleneck: Option<String>,
+    /// The bottleneck vertex's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck_vertex_id: Option<String>,
+    /// The bottleneck's first-ranked cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<CauseKind>,
+    /// The share of the bottleneck's time (for skew, of its input) that cause explains, 0–1;
+    /// none for `unknown` and `network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause_share: Option<f64>,
+    /// That cause in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause_summary: Option<String>,
 }
 
 /// `GET /api/v1/jobs/{job}/status`.

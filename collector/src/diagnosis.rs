@@ -37,6 +37,22 @@ pub enum FindingKind {
     Reading,
 }
 
+impl FindingKind {
+    /// A bottleneck of either kind (a slow vertex, or the network before it).
+    pub fn is_bottleneck(self) -> bool {
+        matches!(
+            self,
+            FindingKind::Bottleneck | FindingKind::NetworkBottleneck
+        )
+    }
+}
+
+/// The job's first bottleneck, in the job's order: the one `jobs` shows and the bottleneck
+/// events follow (a job with several paths may have several).
+pub fn first_bottleneck(findings: &[Finding]) -> Option<&Finding> {
+    findings.iter().find(|f| f.kind.is_bottleneck())
+}
+
 /// One finding about a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use bpmon_proto::{FrameCount, Level, SamplingSettings};
 use serde::Serialize;
 
-use crate::api::{AgentsView, ConfigView, HistoryView, JobsView, StatusView, SubtaskStatus};
+use crate::api::{
+    AgentsView, ConfigView, HistoryView, JobSummary, JobsView, StatusView, SubtaskStatus,
+};
 use crate::clock::timestamp;
 use crate::diagnosis::{Finding, FindingKind};
 use crate::merge::SplitRule;
@@ -36,6 +38,19 @@ impl<'a> DiagnosisReport<'a> {
     }
 }
 
+/// A job's bottleneck and its first cause, `Map: cpu 71%`; `-` without one. A collector older
+/// than the cause fields gives the name alone.
+fn bottleneck_cell(j: &JobSummary) -> String {
+    let Some(name) = &j.bottleneck else {
+        return "-".into();
+    };
+    match (j.cause, j.cause_share) {
+        (Some(kind), Some(share)) => format!("{name}: {} {:.0}%", kind.as_str(), share * 100.0),
+        (Some(kind), None) => format!("{name}: {}", kind.as_str()),
+        (None, _) => name.clone(),
+    }
+}
+
 /// `jobs`: one line per job.
 pub fn jobs(view: &JobsView, color: bool, now_ms: u64) -> String {
     if view.jobs.is_empty() {
@@ -50,7 +65,7 @@ pub fn jobs(view: &JobsView, color: bool, now_ms: u64) -> String {
             "RATIO",
             "UPDATED",
             "STALE",
-            "BOTTLENECK",
+            "BOTTLENECK: CAUSE",
             "FLINK",
         ],
         &[4],
@@ -66,7 +81,7 @@ pub fn jobs(view: &JobsView, color: bool, now_ms: u64) -> String {
                 .map_or("never".into(), |t| ago(t, now_ms))
                 .into(),
             stale_cell(j.stale),
-            j.bottleneck.as_deref().unwrap_or("-").into(),
+            bottleneck_cell(j).into(),
             j.flink_url.as_str().into(),
         ]);
     }
@@ -836,6 +851,10 @@ mod tests {
                 updated_at_ms: Some(NOW),
                 stale: false,
                 bottleneck: None,
+                bottleneck_vertex_id: None,
+                cause: None,
+                cause_share: None,
+                cause_summary: None,
             }],
         };
         assert!(jobs(&low, true, NOW).contains("\x1b[33mLOW\x1b[0m"));
@@ -912,6 +931,10 @@ mod tests {
                 updated_at_ms: None,
                 stale: true,
                 bottleneck: None,
+                bottleneck_vertex_id: None,
+                cause: None,
+                cause_share: None,
+                cause_summary: None,
             }],
         };
         let text = jobs(&j, false, NOW);
@@ -966,6 +989,10 @@ mod tests {
             updated_at_ms: Some(NOW - 5_000),
             stale: false,
             bottleneck: Some("Map".into()),
+            bottleneck_vertex_id: Some("v2".into()),
+            cause: Some(CauseKind::Cpu),
+            cause_share: Some(0.71),
+            cause_summary: Some("71% running user code".into()),
         };
         let view = JobsView {
             jobs: vec![
@@ -1002,6 +1029,82 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn jobs_show_the_bottleneck_with_its_first_cause() {
+        let job =
+            |bottleneck: Option<&str>, cause: Option<CauseKind>, share: Option<f64>| JobSummary {
+                job_id: "j".into(),
+                job_name: "n".into(),
+                flink_url: "u".into(),
+                state: Some("RUNNING".into()),
+                level: Some(Level::High),
+                ratio: Some(0.9),
+                updated_at_ms: Some(NOW),
+                stale: false,
+                bottleneck: bottleneck.map(str::to_string),
+                bottleneck_vertex_id: bottleneck.map(|_| "v2".to_string()),
+                cause,
+                cause_share: share,
+                cause_summary: cause.map(|c| format!("{} it is", c.as_str())),
+            };
+        // The cell under the header's column, to the end of the cell.
+        let cell = |j: JobSummary| {
+            let text = jobs(&JobsView { jobs: vec![j] }, false, NOW);
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines[0].find("BOTTLENECK: CAUSE").expect(&text);
+            let end = lines[0].find("FLINK").expect(&text);
+            lines[1].chars().collect::<Vec<_>>()[at..end]
+                .iter()
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        };
+        assert_eq!(
+            cell(job(
+                Some("slow consumer"),
+                Some(CauseKind::Cpu),
+                Some(0.714)
+            )),
+            "slow consumer: cpu 71%"
+        );
+        assert_eq!(
+            cell(job(Some("Map"), Some(CauseKind::SkewData), Some(0.5))),
+            "Map: skew_data 50%"
+        );
+        // No share (unknown, network): the kind alone.
+        assert_eq!(
+            cell(job(Some("Map"), Some(CauseKind::Unknown), None)),
+            "Map: unknown"
+        );
+        // A collector without the cause fields: the name alone; no bottleneck: '-'.
+        assert_eq!(cell(job(Some("Map"), None, None)), "Map");
+        assert_eq!(cell(job(None, None, None)), "-");
+    }
+
+    #[test]
+    fn jobs_json_is_backward_compatible() {
+        // What a collector before the cause fields answered reads, with no cause.
+        let old = serde_json::json!({"jobs": [{
+            "job_id": "j", "job_name": "n", "flink_url": "u", "state": "RUNNING",
+            "level": "high", "ratio": 0.9, "updated_at_ms": NOW, "stale": false,
+            "bottleneck": "Map"
+        }]});
+        let v: JobsView = serde_json::from_value(old).unwrap();
+        assert_eq!(v.jobs[0].bottleneck.as_deref(), Some("Map"));
+        assert_eq!((v.jobs[0].cause, v.jobs[0].cause_share), (None, None));
+        // And the new fields are left out when there is nothing to say.
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json["jobs"][0].get("cause").is_none(), "{json}");
+        let mut with = v.jobs[0].clone();
+        with.cause = Some(CauseKind::Gc);
+        with.cause_share = Some(0.4);
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(
+            (json["cause"].as_str(), json["cause_share"].as_f64()),
+            (Some("gc"), Some(0.4))
+        );
     }
 
     #[test]

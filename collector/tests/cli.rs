@@ -17,6 +17,7 @@ use bpmon_collector::api::{
     AgentStatus, AgentsView, ConfigUpdate, ConfigView, HistoryView, HistoryWindow, JobSummary,
     JobsView, StatusView, SubtaskStatus, VertexStatus,
 };
+use bpmon_collector::cause::CauseKind;
 use bpmon_collector::diagnosis::{Finding, FindingKind};
 use bpmon_collector::merge::SplitRule;
 use bpmon_proto::{FrameCount, Level, SamplingSettings};
@@ -117,6 +118,10 @@ fn jobs_view() -> JobsView {
             updated_at_ms: Some(1_714_564_805_000),
             stale: false,
             bottleneck: Some("Map -> Filter".into()),
+            bottleneck_vertex_id: Some("v2".into()),
+            cause: Some(CauseKind::Lock),
+            cause_share: Some(0.71),
+            cause_summary: Some("71% waiting for a lock on a com.acme.Shared".into()),
         }],
     }
 }
@@ -347,12 +352,31 @@ fn jobs_prints_a_table_without_colour_when_piped() {
         lines[1].contains(JOB_ID) && lines[1].contains("HIGH"),
         "{out}"
     );
+    // The bottleneck with its first cause, not its victims.
+    assert!(lines[0].contains("BOTTLENECK: CAUSE"), "{out}");
+    assert!(lines[1].contains("Map -> Filter: lock 71%"), "{out}");
     let seen = f.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(
         (seen[0].method.as_str(), seen[0].uri.as_str()),
         ("GET", "/api/v1/jobs")
     );
+}
+
+#[test]
+fn jobs_json_carries_the_cause() {
+    let f = Fixture::start();
+    let out = f.run(&["jobs", "--output", "json"]).ok().stdout;
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let job = &printed["jobs"][0];
+    assert_eq!(job["bottleneck"], "Map -> Filter");
+    assert_eq!(job["bottleneck_vertex_id"], "v2");
+    assert_eq!(
+        (job["cause"].as_str(), job["cause_share"].as_f64()),
+        (Some("lock"), Some(0.71))
+    );
+    let view: JobsView = serde_json::from_str(&out).unwrap();
+    assert_eq!(view, jobs_view());
 }
 
 #[test]

@@ -10,6 +10,10 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+mod common;
+
+use bpmon_collector::cause::CauseKind;
+use bpmon_collector::service::bottlenecks::Change;
 use bpmon_collector::service::{self, Collector, CollectorConfig};
 use bpmon_proto::{
     JvmInfo, ReportBatch, SampleCost, SampleReport, TaskIdentity, TaskSamples, SCHEMA_VERSION,
@@ -464,6 +468,166 @@ async fn metrics_agree_with_the_status_api_and_count_every_outcome() {
         "{text}"
     );
     assert_eq!(find(&s, "bpmon_vertex_backpressure_level", &[]).len(), 2);
+}
+
+/// `jobs` names the bottleneck and its first cause, and the log says so once when it appears
+/// and once when it clears, not at every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_the_log_name_the_bottleneck_and_its_cause() {
+    let svc = start("bottleneck").await;
+    // Nothing stored yet: nothing to say.
+    assert!(svc.collector.check_bottlenecks().await.is_empty());
+    let first = batch(1);
+    let body = serde_json::to_vec(&first).unwrap();
+    assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
+
+    let jobs: serde_json::Value = reqwest::get(format!("{}/api/v1/jobs", svc.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["bottleneck"], SINK_NAME, "{jobs}");
+    assert_eq!(job["bottleneck_vertex_id"], SINK, "{jobs}");
+    // This agent reported no activity of the sink's busy samples: unknown, and no share.
+    assert_eq!(job["cause"], "unknown", "{jobs}");
+    assert!(job.get("cause_share").is_none(), "{jobs}");
+
+    let events = svc.collector.check_bottlenecks().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.change, Change::Appeared);
+    assert_eq!((e.job_id.as_str(), e.job_name.as_str()), (JOB, JOB_NAME));
+    let now = e.now.as_ref().unwrap();
+    assert_eq!(
+        (now.vertex_id.as_str(), now.vertex.as_str()),
+        (SINK, SINK_NAME)
+    );
+    assert_eq!((now.cause, now.share), (CauseKind::Unknown, None));
+    assert_eq!(now.victims, [SOURCE_NAME]);
+    assert_eq!(e.previous, None);
+
+    // Another batch saying the same: no news, and no repeat at the next check.
+    let mut same = batch(2);
+    same.reports[0].started_at_ms = first.reports[0].started_at_ms + 1_000;
+    let body = serde_json::to_vec(&same).unwrap();
+    assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
+    assert!(svc.collector.check_bottlenecks().await.is_empty());
+    assert!(svc.collector.check_bottlenecks().await.is_empty());
+
+    // The source no longer waits: the bottleneck clears, once.
+    let mut calm = batch(3);
+    calm.reports[0].started_at_ms = first.reports[0].started_at_ms + 2_000;
+    calm.reports[0].tasks = vec![
+        task(SOURCE_NAME, 0, 2, 0, 0),
+        task(SOURCE_NAME, 1, 2, 0, 0),
+        task(SINK_NAME, 0, 1, 0, 0),
+    ];
+    let body = serde_json::to_vec(&calm).unwrap();
+    assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
+    let events = svc.collector.check_bottlenecks().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].change, Change::Cleared);
+    assert_eq!(events[0].now, None);
+    let previous = events[0].previous.as_ref().unwrap();
+    assert_eq!(
+        (previous.vertex.as_str(), previous.cause),
+        (SINK_NAME, CauseKind::Unknown)
+    );
+    assert!(svc.collector.check_bottlenecks().await.is_empty());
+    let jobs: serde_json::Value = reqwest::get(format!("{}/api/v1/jobs", svc.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(jobs["jobs"][0]["bottleneck"].is_null(), "{jobs}");
+    assert!(jobs["jobs"][0].get("cause").is_none(), "{jobs}");
+}
+
+/// The served collector logs the bottleneck's events by itself (its background check), with
+/// their fields, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_collector_logs_when_the_bottleneck_appears_and_clears() {
+    let flink_url = listen(Router::new().fallback(flink)).await;
+    let dir = std::env::temp_dir().join(format!("bpmon-metrics-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = TempDir(dir.clone());
+    let serve = tokio::task::spawn_blocking(move || {
+        common::Serve::watching(
+            &dir,
+            &flink_url,
+            "warn,bpmon_collector=info",
+            &["--log-format", "json"],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let serve = Arc::new(serve);
+    let url = format!("http://{}", serve.addr);
+    let wait_for = |needle: &'static str| {
+        let serve = Arc::clone(&serve);
+        async move {
+            tokio::task::spawn_blocking(move || serve.log_line_with(needle))
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = batch(1);
+    let body = serde_json::to_vec(&first).unwrap();
+    assert_eq!(post(&url, body).await, reqwest::StatusCode::OK);
+    let line = wait_for("\"bottleneck appeared\"").await;
+    let line = line.unwrap_or_else(|| panic!("no event in:\n{}", serve.log.lock().unwrap()));
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(e["level"], "INFO", "{line}");
+    for (field, value) in [
+        ("bottleneck", "appeared"),
+        ("job_id", JOB),
+        ("job", JOB_NAME),
+        ("vertex_id", SINK),
+        ("vertex", SINK_NAME),
+        ("cause", "unknown"),
+        ("previous_vertex", "none"),
+        ("previous_cause", "none"),
+    ] {
+        assert_eq!(e[field], value, "{field} in {line}");
+    }
+    assert!(
+        e["summary"].as_str().is_some_and(|s| !s.is_empty()),
+        "{line}"
+    );
+    assert!(
+        e["victims"].as_str().unwrap().contains(SOURCE_NAME),
+        "{line}"
+    );
+    assert!(e.get("share").is_none(), "unknown has no share: {line}");
+
+    let mut calm = batch(2);
+    calm.reports[0].started_at_ms = first.reports[0].started_at_ms + 1_000;
+    calm.reports[0].tasks = vec![
+        task(SOURCE_NAME, 0, 2, 0, 0),
+        task(SOURCE_NAME, 1, 2, 0, 0),
+        task(SINK_NAME, 0, 1, 0, 0),
+    ];
+    let body = serde_json::to_vec(&calm).unwrap();
+    assert_eq!(post(&url, body).await, reqwest::StatusCode::OK);
+    let line = wait_for("\"bottleneck cleared\"").await;
+    let line = line.unwrap_or_else(|| panic!("no event in:\n{}", serve.log.lock().unwrap()));
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for (field, value) in [
+        ("bottleneck", "cleared"),
+        ("vertex", "none"),
+        ("cause", "none"),
+        ("previous_vertex_id", SINK),
+        ("previous_cause", "unknown"),
+    ] {
+        assert_eq!(e[field], value, "{field} in {line}");
+    }
+    let log = serve.log.lock().unwrap().clone();
+    assert_eq!(log.matches("\"bottleneck\":").count(), 2, "{log}");
 }
 
 /// A Flink that cannot be reached: the poll counts as an error and no success time is set.

@@ -1,6 +1,7 @@
 //! The agent-facing side of the running collector: a batch is placed (on a blocking thread),
 //! stored through the writer, and only then counted and remembered (unplaced threads, level
-//! changes); plans and settings are answered from memory.
+//! changes, the jobs whose bottleneck may have changed: checked in the background by
+//! [`Collector::check_bottlenecks`]); plans and settings are answered from memory.
 
 use std::sync::Arc;
 
@@ -10,11 +11,13 @@ use crate::clock::now_ms;
 use crate::model::ClusterSnapshot;
 use crate::server::{Ingest, IngestError, IngestOutcome, SettingsView};
 
+use super::bottlenecks::{bottleneck_of, Bottleneck, BottleneckEvent, Change};
 use super::levels::{observations, Observation};
 use super::locks::lock;
 use super::metrics::BatchOutcome;
 use super::placement::{place_batch, Placement};
 use super::plan::plan_for;
+use super::queries::QueryError;
 use super::state::Collector;
 use super::writer::WriteError;
 
@@ -84,6 +87,8 @@ impl Collector {
         let seq = batch.seq;
         let windows = placement.windows;
         let observed = observations(&windows);
+        let mut jobs: Vec<String> = windows.iter().map(|w| w.job_id.clone()).collect();
+        jobs.dedup();
         let n = windows.len();
         let new = self
             .writer
@@ -93,6 +98,7 @@ impl Collector {
             self.metrics.stored(n, placement.unplaced.len());
             lock(&self.misplaced).note(&batch, &placement.unplaced, placement.jvms, now_ms());
             self.note_levels(observed);
+            lock(&self.pending).mark(jobs);
             tracing::debug!(agent = %batch.agent_id, seq, windows = n, unplaced = placement.unplaced.len(), "batch stored");
         }
         Ok(IngestOutcome { duplicate: !new })
@@ -138,4 +144,92 @@ impl Collector {
             );
         }
     }
+
+    /// Checks the bottleneck of every job with windows stored since the last check (and of
+    /// those with a bottleneck logged that Flink no longer runs), logs each change, and returns
+    /// the changes. The background task runs it every
+    /// [`CHECK_EVERY`](super::bottlenecks::CHECK_EVERY).
+    pub async fn check_bottlenecks(self: &Arc<Self>) -> Vec<BottleneckEvent> {
+        let events = match self.blocking(|me| me.bottleneck_changes()).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, "checking the bottlenecks failed");
+                return Vec::new();
+            }
+        };
+        for e in &events {
+            log_bottleneck(e);
+        }
+        events
+    }
+
+    fn bottleneck_changes(&self) -> Vec<BottleneckEvent> {
+        let mut jobs = lock(&self.pending).take();
+        // A job that stopped sends no windows; its status without a topology has no bottleneck.
+        let tracked = lock(&self.bottlenecks).tracked();
+        jobs.extend(
+            tracked
+                .into_iter()
+                .filter(|j| self.clusters.live_job(j).is_none()),
+        );
+        let mut events = Vec::new();
+        for job_id in jobs {
+            match self.job_bottleneck(&job_id) {
+                Ok(Some((job_name, now))) => {
+                    events.extend(lock(&self.bottlenecks).observe(&job_id, &job_name, now));
+                }
+                Ok(None) => events.extend(lock(&self.bottlenecks).forget(&job_id)),
+                Err(e) => {
+                    // Tried again at the next check.
+                    tracing::warn!(job_id = %job_id, error = %e, "cannot check the job's bottleneck");
+                    lock(&self.pending).mark([job_id]);
+                }
+            }
+        }
+        events
+    }
+
+    /// The job's name and bottleneck as its status says now; `None` when the store has no
+    /// such job any more.
+    fn job_bottleneck(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<(String, Option<Bottleneck>)>, QueryError> {
+        let store = lock(&self.reader);
+        let Some(row) = store.find_job(job_id)? else {
+            return Ok(None);
+        };
+        let status = self.fresh_status(row, &store)?;
+        Ok(Some((
+            status.view.job_name.clone(),
+            bottleneck_of(&status.view),
+        )))
+    }
+}
+
+/// One line per change of a job's bottleneck: what it is now, what it was, who waits for it.
+fn log_bottleneck(e: &BottleneckEvent) {
+    let now = e.now.as_ref();
+    let previous = e.previous.as_ref();
+    let message = match e.change {
+        Change::Appeared => "bottleneck appeared",
+        Change::Moved => "bottleneck moved to another vertex",
+        Change::CauseChanged => "bottleneck's first cause changed",
+        Change::Cleared => "bottleneck cleared",
+    };
+    tracing::info!(
+        job_id = %e.job_id,
+        job = %e.job_name,
+        bottleneck = e.change.as_str(),
+        vertex_id = now.map_or("none", |b| b.vertex_id.as_str()),
+        vertex = now.map_or("none", |b| b.vertex.as_str()),
+        cause = now.map_or("none", |b| b.cause.as_str()),
+        share = now.and_then(|b| b.share),
+        summary = now.map_or("", |b| b.summary.as_str()),
+        victims = ?now.map_or(&[][..], |b| b.victims.as_slice()),
+        previous_vertex_id = previous.map_or("none", |b| b.vertex_id.as_str()),
+        previous_vertex = previous.map_or("none", |b| b.vertex.as_str()),
+        previous_cause = previous.map_or("none", |b| b.cause.as_str()),
+        "{message}"
+    );
 }

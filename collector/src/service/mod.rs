@@ -1,11 +1,12 @@
 //! `bpmon-collector serve`: the service. It polls each Flink cluster's REST API, takes agents'
 //! batches (placing each task thread, merging it with its subtask's metrics, storing the window),
 //! answers the query API and prunes old windows. Pure parts: [`placement`], [`plan`], [`status`],
-//! [`levels`]; the running collector ([`state`]) composes [`writer`] (the store's writing side),
+//! [`levels`], [`bottlenecks`]; the running collector ([`state`]) composes [`writer`] (the store's writing side),
 //! [`clusters`] (polling), [`misplaced`], [`settings`] and [`status_cache`]; agents come in
 //! through [`ingest`], queries through [`queries`] and [`routes`], Prometheus through
 //! [`metrics`] (the counters) and [`scrape`]; this module does the wiring.
 
+pub mod bottlenecks;
 pub mod clusters;
 pub mod config;
 pub mod ingest;
@@ -153,7 +154,7 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
     agents_side.merge(routes::router(collector))
 }
 
-/// Starts the pollers and the pruner in the background; abort them to stop.
+/// Starts the pollers, the bottleneck check and the pruner in the background; abort them to stop.
 pub fn spawn_background(
     collector: &Arc<Collector>,
     retention: Duration,
@@ -170,6 +171,15 @@ pub fn spawn_background(
             }
         }));
     }
+    let c = Arc::clone(collector);
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(bottlenecks::CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            c.check_bottlenecks().await;
+        }
+    }));
     let c = Arc::clone(collector);
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

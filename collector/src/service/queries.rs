@@ -130,6 +130,15 @@ impl Collector {
         if let Some(c) = self.status_cache.fresh(&row.job_id) {
             return Ok(c);
         }
+        self.fresh_status(row, store)
+    }
+
+    /// A job's status computed now, whatever the cache holds, and cached.
+    pub(super) fn fresh_status(
+        &self,
+        row: JobRow,
+        store: &Store,
+    ) -> Result<CachedStatus, QueryError> {
         let job_id = row.job_id.clone();
         let view = self.status_of(row, store)?;
         let json = serde_json::to_vec(&view).map_err(QueryError::Encode)?;

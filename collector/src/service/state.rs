@@ -2,7 +2,8 @@
 //! ([`StoreWriter`]: batches, jobs, settings, pruning), a read connection for queries, the
 //! watched clusters ([`Clusters`]: polling, last good snapshots), what could not be placed
 //! ([`Misplaced`]), the sampling settings ([`SettingsCache`]), each job's last status
-//! ([`StatusCache`]) and each vertex's logged level ([`LevelLog`]). Agents' batches come in
+//! ([`StatusCache`]), each vertex's logged level ([`LevelLog`]) and each job's logged bottleneck
+//! ([`BottleneckLog`]). Agents' batches come in
 //! through `ingest`, queries through `queries`. The store is synchronous
 //! (SQLite), so it is used on blocking threads, with one connection for writes and one for reads
 //! (WAL lets them run side by side).
@@ -14,6 +15,7 @@ use crate::flink_rest::FlinkRestClient;
 use crate::model::ClusterSnapshot;
 use crate::store::{Store, StoreError, VertexRow};
 
+use super::bottlenecks::{BottleneckLog, Pending};
 use super::clusters::Clusters;
 use super::levels::LevelLog;
 use super::locks::lock;
@@ -34,6 +36,10 @@ pub struct Collector {
     pub(super) status_cache: StatusCache,
     /// Each vertex's level as last logged.
     pub(super) levels: Mutex<LevelLog>,
+    /// Each job's bottleneck as last logged.
+    pub(super) bottlenecks: Mutex<BottleneckLog>,
+    /// The jobs with windows stored since the bottlenecks were last checked.
+    pub(super) pending: Mutex<Pending>,
 }
 
 impl Collector {
@@ -55,6 +61,8 @@ impl Collector {
             settings,
             status_cache: StatusCache::default(),
             levels: Mutex::new(LevelLog::default()),
+            bottlenecks: Mutex::new(BottleneckLog::default()),
+            pending: Mutex::new(Pending::default()),
         })
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use bpmon_proto::{Activity, FrameCount, Level, SamplingSettings};
 
 use crate::api::{flink_metric_names, JobSummary, StatusView, SubtaskStatus, VertexStatus};
-use crate::diagnosis::{diagnose, FindingKind, VertexView};
+use crate::diagnosis::{diagnose, first_bottleneck, VertexView};
 use crate::merge::{vertex_level, MergedWindow};
 use crate::model::{JobSnapshot, SubtaskMetrics, SubtaskSnapshot, VertexSnapshot};
 use crate::store::JobRow;
@@ -185,12 +185,9 @@ fn with_window_metrics(
 
 /// One line of `jobs`, from a full status.
 pub fn summary(s: &StatusView) -> JobSummary {
-    let bottleneck = s
-        .diagnosis
-        .iter()
-        .find(|f| f.kind == FindingKind::Bottleneck || f.kind == FindingKind::NetworkBottleneck)
-        .and_then(|f| s.vertices.iter().find(|v| v.vertex_id == f.vertex_id))
-        .map(|v| v.name.clone());
+    let finding = first_bottleneck(&s.diagnosis);
+    let bottleneck = finding.map(|f| vertex_name(s, &f.vertex_id));
+    let cause = finding.and_then(|f| f.causes.first());
     let ratio = s
         .vertices
         .iter()
@@ -206,7 +203,19 @@ pub fn summary(s: &StatusView) -> JobSummary {
         updated_at_ms: (s.updated_at_ms > 0).then_some(s.updated_at_ms),
         stale: s.stale,
         bottleneck,
+        bottleneck_vertex_id: finding.map(|f| f.vertex_id.clone()),
+        cause: cause.map(|c| c.kind),
+        cause_share: cause.and_then(|c| c.share),
+        cause_summary: cause.map(|c| c.summary.clone()),
     }
+}
+
+/// The name of a vertex of the status, or its id when the status does not list it.
+pub fn vertex_name(s: &StatusView, vertex_id: &str) -> String {
+    s.vertices
+        .iter()
+        .find(|v| v.vertex_id == vertex_id)
+        .map_or_else(|| vertex_id.to_string(), |v| v.name.clone())
 }
 
 /// The job's topology: the live one, or the stored vertices without placement or edges.
@@ -345,6 +354,7 @@ pub fn level_name(l: Option<Level>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnosis::FindingKind;
     use crate::mapping::SubtaskRef;
     use crate::merge::{merge_subtask, SampleCounts};
     use crate::model::Edge;
@@ -510,7 +520,14 @@ mod tests {
             .expect("a bottleneck");
         assert_eq!(b.vertex_id, "slow");
         assert_eq!(b.top_frames[0].frame, "Slow.map");
-        assert_eq!(summary(&s).bottleneck.as_deref(), Some("Slow"));
+        let line = summary(&s);
+        assert_eq!(line.bottleneck.as_deref(), Some("Slow"));
+        assert_eq!(line.bottleneck_vertex_id.as_deref(), Some("slow"));
+        // Its first cause, as the diagnosis ranked it.
+        let first = b.causes.first().expect("a cause");
+        assert_eq!(line.cause, Some(first.kind));
+        assert_eq!(line.cause_share, first.share);
+        assert_eq!(line.cause_summary.as_deref(), Some(first.summary.as_str()));
     }
 
     #[test]

@@ -21,13 +21,23 @@ impl Serve {
     /// `serve --flink http://127.0.0.1:9 --data-dir DIR/data` and `extra`; the error is its exit
     /// status and stderr when it does not start.
     pub fn start(dir: &Path, extra: &[&str]) -> Result<Serve, String> {
+        Serve::watching(dir, "http://127.0.0.1:9", "warn", extra)
+    }
+
+    /// `serve --flink FLINK --data-dir DIR/data` and `extra`, logging at `rust_log`.
+    pub fn watching(
+        dir: &Path,
+        flink: &str,
+        rust_log: &str,
+        extra: &[&str],
+    ) -> Result<Serve, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bpmon-collector"))
-            .args(["serve", "--flink", "http://127.0.0.1:9", "--data-dir"])
+            .args(["serve", "--flink", flink, "--data-dir"])
             .arg(dir.join("data"))
             .args(extra)
             .env_remove("BPMON_TOKEN_FILE")
             .env_remove("BPMON_COLLECTOR_CONFIG")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
