@@ -189,7 +189,12 @@ fn time_causes(slow: &[SubtaskSeen<'_>]) -> Vec<Cause> {
     let activity = sum_activity(slow);
     let gc = gc_share(slow);
     let (Some(activity), true) = (activity, samples > 0) else {
-        let mut causes: Vec<Cause> = gc.into_iter().map(|g| gc_cause(g, slow)).collect();
+        // GC is measured apart from the samples: named when it matters, as everywhere.
+        let mut causes: Vec<Cause> = gc
+            .filter(|g| *g >= MIN_SHARE)
+            .map(|g| gc_cause(g, slow))
+            .into_iter()
+            .collect();
         causes.push(unknown(
             "the agent did not report what the busy samples were doing (an older agent, or a \
              backend that cannot tell)",
@@ -694,6 +699,7 @@ mod tests {
         }
     }
 
+    #[derive(Clone)]
     struct Case {
         merged: Vec<MergedSubtask>,
         evidence: Vec<WindowEvidence>,
@@ -931,6 +937,30 @@ mod tests {
         let c = case.causes(&vertex(&[Some(10.0)]), &[0]);
         assert_eq!(kinds(&c), vec![CauseKind::Unknown]);
         assert_eq!(c[0].share, None);
+
+        // A TaskManager that did not collect garbage adds no "0% in GC" before the unknown
+        // (seen with the in-process backend, which reports resources but not yet activity);
+        // one that did, adds its share.
+        let gc = |pause_ms: f64| WindowEvidence {
+            resources: Some(JvmResources {
+                wall_ms: 5000,
+                gc_pause_ms: Some(pause_ms),
+                gc_count: Some(3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (pause_ms, want) in [
+            (0.0, vec![CauseKind::Unknown]),
+            (2000.0, vec![CauseKind::Gc, CauseKind::Unknown]),
+        ] {
+            let case = Case {
+                evidence: vec![gc(pause_ms)],
+                ..case.clone()
+            };
+            let c = case.causes(&vertex(&[Some(10.0)]), &[0]);
+            assert_eq!(kinds(&c), want, "{pause_ms} ms of pauses: {c:#?}");
+        }
     }
 
     #[test]
