@@ -33,7 +33,7 @@ use bpmon_e2e::cgroup::CpuLimit;
 use bpmon_e2e::netns::ip;
 use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
-    one_cluster_at_a_time, work_dir, ClusterOptions, FlinkCluster, FlinkDist, FlinkRest,
+    one_cluster_at_a_time, wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist, FlinkRest,
     TaskManagerLaunch, TestJobs,
 };
 use bpmon_proto::time::now_ms;
@@ -440,6 +440,20 @@ fn causes_on_flink_2_3() -> Result<()> {
         &[&remote, &lock, &io, &slept, &hotkey, &cpu],
     )?;
     log(t0, "phase 1 named every cause");
+    // `jobs` shows each job's bottleneck with its first cause.
+    let out = collector.cli(&["jobs"])?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{table}");
+    for case in [&lock, &io, &slept, &hotkey, &cpu] {
+        let shown = format!("{}: {} ", case.vertex, case.first);
+        ensure!(
+            table
+                .lines()
+                .any(|l| l.contains(&format!("bpmon-{}", case.name)) && l.contains(&shown)),
+            "`jobs` does not show {shown:?} for {}:\n{table}",
+            case.name
+        );
+    }
     // The evidence names the code and the lock.
     let first_cause = |case: &Case| -> Result<Value> {
         Ok(said(&collector, case)?.finding.context("finding gone")?["causes"][0].clone())
@@ -486,6 +500,20 @@ fn causes_on_flink_2_3() -> Result<()> {
             .is_some_and(|e| e.contains("bpmon-causes-")),
         "{c}"
     );
+    // The alert follows the cause: one event saying the cpu job's first cause went to host.
+    let event = wait_for("the cause-change event", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&collector.daemon.log)?;
+        Ok(log
+            .lines()
+            .find(|l| {
+                l.contains("bottleneck's first cause changed")
+                    && l.contains("bpmon-cpu")
+                    && l.contains("cause=\"host\"")
+                    && l.contains("previous_cause=\"cpu\"")
+            })
+            .map(str::to_string))
+    })?;
+    log(t0, format!("event: {event}"));
     drop(limit);
 
     // --- GC, in the slot the cpu job leaves, its input over a local channel.
