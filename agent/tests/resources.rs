@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bpmon_agent::backends::attach::{AttachOptions, Attacher};
 use bpmon_agent::discovery::{JvmProcess, ProcFs};
-use bpmon_agent::resources::cgroup_files::parse_mountinfo;
 use bpmon_agent::resources::gc::is_known_collector;
 use bpmon_agent::resources::{ResourceProbe, ThreadCpuReader};
 use bpmon_proto::JvmResources;

@@ -148,6 +148,27 @@ impl CollectorProc {
         CollectorProc::spawn(cmd, data_dir, log)
     }
 
+    /// Sets the default sampling of the end-to-end tests: 40 samples 50 ms apart every 5 s
+    /// (`config set default`), and checks the collector took it.
+    pub fn set_test_sampling(&self) -> Result<()> {
+        let set = self.cli_json(&[
+            "config",
+            "set",
+            "default",
+            "--samples",
+            "40",
+            "--delay",
+            "50ms",
+            "--interval",
+            "5s",
+        ])?;
+        ensure!(
+            set["settings"]["samples"] == 40 && set["scope"] == "*",
+            "config set default: {set}"
+        );
+        Ok(())
+    }
+
     /// Runs `cmd`, a `bpmon-collector serve` command line of the caller's making (e.g. a
     /// packaged binary with a config file), with stderr to `log`, and waits until it says where
     /// it listens. `data_dir` is what its configuration says.

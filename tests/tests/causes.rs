@@ -340,18 +340,7 @@ fn causes_on_flink_2_3() -> Result<()> {
         0,
         &["--poll-interval", "1s"],
     )?;
-    let set = collector.cli_json(&[
-        "config",
-        "set",
-        "default",
-        "--samples",
-        "40",
-        "--delay",
-        "50ms",
-        "--interval",
-        "5s",
-    ])?;
-    ensure!(set["settings"]["samples"] == 40, "{set}");
+    collector.set_test_sampling()?;
     let agent = AgentProc::start(
         &collector.url,
         "causes-agent",

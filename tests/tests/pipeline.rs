@@ -111,19 +111,7 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
     let serve_args = ["--poll-interval", "1s"];
     let mut collector = CollectorProc::start(&[proxy.url()], &data_dir, 0, &serve_args)?;
     log(t0, format!("collector at {}", collector.url));
-    let set = collector.cli_json(&[
-        "config",
-        "set",
-        "default",
-        "--samples",
-        "40",
-        "--delay",
-        "50ms",
-        "--interval",
-        "5s",
-    ])?;
-    ensure!(set["settings"]["samples"] == 40, "{set}");
-    ensure!(set["scope"] == "*", "{set}");
+    collector.set_test_sampling()?;
 
     let spool = dir.join("agent-spool");
     let agent_args = [

@@ -344,17 +344,7 @@ fn product_agrees(
             0,
             &["--poll-interval", "1s"],
         )?;
-        collector.cli_json(&[
-            "config",
-            "set",
-            "default",
-            "--samples",
-            "40",
-            "--delay",
-            "50ms",
-            "--interval",
-            "5s",
-        ])?;
+        collector.set_test_sampling()?;
         let mut args = vec![
             "--discovery-interval",
             "2s",
