@@ -241,6 +241,10 @@ pub struct Monitors<'l> {
     seen: Vec<(JObject<'l>, SampledLock)>,
 }
 
+/// Owners looked up per sample at most (each lookup is a safepoint); monitors beyond these are
+/// named without their owner.
+pub const MAX_OWNER_LOOKUPS: usize = 4;
+
 impl<'l> Monitors<'l> {
     pub fn new() -> Monitors<'l> {
         Monitors { seen: Vec::new() }
@@ -269,6 +273,7 @@ impl<'l> Monitors<'l> {
             }
         }
         // What the lookup creates (class, owner, thread info) is released with this frame.
+        let owner_wanted = caps.monitor_info && self.seen.len() < MAX_OWNER_LOOKUPS;
         let looked_up = env.with_local_frame(8, |env| -> Result<_, LockError> {
             let class = env.get_object_class(&monitor)?;
             let signature = jvmti.class_signature(&class)?;
@@ -283,7 +288,7 @@ impl<'l> Monitors<'l> {
             } else {
                 None
             };
-            let owner = if caps.monitor_info {
+            let owner = if owner_wanted {
                 match jvmti.monitor_owner(env, &monitor)? {
                     Some(owner) => Some(jvmti.thread_info(&owner)?.name),
                     None => None,
