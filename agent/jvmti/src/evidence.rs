@@ -9,8 +9,9 @@
 //!
 //! Cost: `GetThreadCpuTime` and `GetThreadState` read the thread's clock and status without a
 //! handshake. Only a busy sample whose thread is `BLOCKED` pays more: `GetCurrentContendedMonitor`
-//! (a handshake with that thread) and, once per distinct monitor per sample,
-//! `GetObjectMonitorUsage` (a VM operation: HotSpot runs it at a safepoint). A thread parked
+//! (a handshake with that thread) and, once per distinct monitor per sample (for at most
+//! [`MAX_OWNER_LOOKUPS`] of them), `GetObjectMonitorUsage` (a VM operation: HotSpot runs it at a
+//! safepoint). A thread parked
 //! acquiring a `java.util.concurrent` lock costs one field read (`Thread.parkBlocker`, the object
 //! a dump's `- parking to wait for` line names; a dump names no owner for it, nor does this).
 //!
