@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::SampleClass;
+use crate::{Activity, SampleClass};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; the library refuses other versions in `hello`.
@@ -104,6 +104,29 @@ pub struct SampledThread {
     /// legacy source thread or where the fields could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskRef>,
+    /// For busy samples: what the thread was doing, from its JVMTI state and its top frames by
+    /// the rules the dump backends use (`bpmon_stacks::activity`). Absent from libraries older
+    /// than this field, and where the state could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+    /// For a busy sample waiting to enter a monitor: which one, and who holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<SampledLock>,
+    /// CPU time the thread had used by this sample (`GetThreadCpuTime`), ns; absent where the
+    /// JVM does not grant `can_get_thread_cpu_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ns: Option<u64>,
+}
+
+/// A monitor a thread waits to enter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampledLock {
+    /// The monitor object's class as a thread dump prints it (`com.acme.Shared`,
+    /// `java.lang.Class for com.acme.Shared` for a static `synchronized` method).
+    pub class: String,
+    /// The name of the thread owning it, when one did as it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A task's exact identity, from Flink's own objects.
@@ -179,6 +202,9 @@ mod tests {
             java_id: id,
             class: SampleClass::Waiting,
             top_frame: None,
+            activity: None,
+            lock: None,
+            cpu_ns: None,
             task: task.then(|| TaskRef {
                 job_id: "j".into(),
                 vertex_id: "v".into(),
@@ -221,6 +247,31 @@ mod tests {
     }
 
     #[test]
+    fn evidence_fields_are_optional_both_ways() {
+        // What a library without the evidence fields sends still decodes.
+        let old = r#"{"name":"Map (1/2)#0","java_id":7,"class":"busy","top_frame":"com.acme.Map.map(Map.java:3)"}"#;
+        let t: SampledThread = serde_json::from_str(old).unwrap();
+        assert_eq!((t.activity, &t.lock, t.cpu_ns), (None, &None, None));
+        // Unknown evidence is left off the wire; known evidence round-trips.
+        assert_eq!(serde_json::to_string(&t).unwrap(), old);
+        let t = SampledThread {
+            activity: Some(Activity::Lock),
+            lock: Some(SampledLock {
+                class: "com.acme.Shared".into(),
+                owner: Some("holder".into()),
+            }),
+            cpu_ns: Some(1_500_000),
+            ..t
+        };
+        let line = serde_json::to_string(&t).unwrap();
+        assert!(
+            line.ends_with(r#""activity":"lock","lock":{"class":"com.acme.Shared","owner":"holder"},"cpu_ns":1500000}"#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<SampledThread>(&line).unwrap(), t);
+    }
+
+    #[test]
     fn requests_and_responses_are_one_line_of_tagged_json() {
         let r = serde_json::to_string(&Request::Sample { max_depth: 64 }).unwrap();
         assert_eq!(r, r#"{"op":"sample","max_depth":64}"#);
@@ -232,6 +283,9 @@ mod tests {
                 java_id: 70,
                 class: SampleClass::Blocked,
                 top_frame: None,
+                activity: None,
+                lock: None,
+                cpu_ns: None,
                 task: Some(TaskRef {
                     job_id: "j".into(),
                     vertex_id: "v".into(),

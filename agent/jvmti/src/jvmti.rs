@@ -323,6 +323,86 @@ impl Jvmti {
         Ok((count.max(0) as usize).min(frames.len()))
     }
 
+    /// A thread's `jvmtiThreadState` bits. HotSpot reads them from the thread object, with no
+    /// handshake.
+    pub fn thread_state(&self, thread: &JObject) -> Result<jint, JvmtiError> {
+        let mut state: jint = 0;
+        call!(
+            self,
+            get_thread_state,
+            "GetThreadState",
+            thread.as_raw(),
+            &mut state
+        )?;
+        Ok(state)
+    }
+
+    /// CPU time `thread` has used, ns. Needs `can_get_thread_cpu_time`.
+    pub fn thread_cpu_time(&self, thread: &JObject) -> Result<u64, JvmtiError> {
+        let mut nanos: sys::jlong = 0;
+        call!(
+            self,
+            get_thread_cpu_time,
+            "GetThreadCpuTime",
+            thread.as_raw(),
+            &mut nanos
+        )?;
+        Ok(u64::try_from(nanos).unwrap_or(0))
+    }
+
+    /// The monitor `thread` waits to enter (or to re-enter after `Object.wait`), as a new JNI
+    /// local reference in `env`'s frame; `None` when it waits for none.
+    /// Needs `can_get_current_contended_monitor`.
+    pub fn current_contended_monitor<'l>(
+        &self,
+        env: &Env<'l>,
+        thread: &JObject,
+    ) -> Result<Option<JObject<'l>>, JvmtiError> {
+        let mut monitor: sys::jobject = ptr::null_mut();
+        call!(
+            self,
+            get_current_contended_monitor,
+            "GetCurrentContendedMonitor",
+            thread.as_raw(),
+            &mut monitor
+        )?;
+        // SAFETY: JVMTI just made `monitor` (when not null) a local reference of this frame.
+        Ok((!monitor.is_null()).then(|| unsafe { JObject::from_raw(env, monitor) }))
+    }
+
+    /// The thread owning `object`'s monitor, as a new JNI local reference in `env`'s frame;
+    /// `None` when no thread owns it. The waiter lists JVMTI also returns are freed here
+    /// (their elements are local references the caller's frame releases).
+    /// Needs `can_get_monitor_info`. HotSpot answers it in a VM operation (a safepoint).
+    pub fn monitor_owner<'l>(
+        &self,
+        env: &Env<'l>,
+        object: &JObject,
+    ) -> Result<Option<JObject<'l>>, JvmtiError> {
+        let mut usage = sys::jvmtiMonitorUsage::default();
+        call!(
+            self,
+            get_object_monitor_usage,
+            "GetObjectMonitorUsage",
+            object.as_raw(),
+            &mut usage
+        )?;
+        let waiters = JvmtiBuf::new(*self, usage.waiters, usage.waiter_count.max(0) as usize);
+        let notify = JvmtiBuf::new(
+            *self,
+            usage.notify_waiters,
+            usage.notify_waiter_count.max(0) as usize,
+        );
+        for &raw in waiters.as_slice().iter().chain(notify.as_slice()) {
+            if !raw.is_null() {
+                // SAFETY: JVMTI made each waiter a local reference of this frame; deleted once.
+                env.delete_local_ref(unsafe { JObject::from_raw(env, raw) });
+            }
+        }
+        // SAFETY: as above, for the owner.
+        Ok((!usage.owner.is_null()).then(|| unsafe { JObject::from_raw(env, usage.owner) }))
+    }
+
     /// A method's name (its signature and generic signature are not asked for).
     pub fn method_name(&self, method: MethodId) -> Result<String, JvmtiError> {
         let mut name: *mut c_char = ptr::null_mut();

@@ -12,7 +12,8 @@
 //!
 //! Modules: [`sys`] (the JVMTI function table), [`jvmti`] (safe calls over it), [`options`],
 //! [`server`] (socket and protocol), [`threads`] (finding task threads), [`stacks`] (stacks →
-//! frames), [`identity`] (the `Task` behind a thread), [`sampler`] (one sample). This file holds
+//! frames), [`identity`] (the `Task` behind a thread), [`evidence`] (thread state, CPU time,
+//! awaited monitor), [`sampler`] (one sample). This file holds
 //! the exported entry points and the process-wide state.
 //!
 //! # Life cycle
@@ -33,6 +34,7 @@
 //! bound) prints one line on stderr, returns a non-zero JNI error code and leaves the JVM as it
 //! was. No panic crosses into the JVM: every entry point and the thread body catch unwinding.
 
+pub mod evidence;
 pub mod identity;
 pub mod jvmti;
 pub mod options;
@@ -55,6 +57,7 @@ use std::time::{Duration, Instant};
 use bpmon_proto::inprocess::{Hello, InProcessSample, INPROCESS_PROTOCOL_VERSION};
 use jni::sys::{jint, JNI_ERR, JNI_OK};
 
+use crate::evidence::EvidenceCaps;
 use crate::jvmti::{Jvmti, JvmtiError};
 use crate::options::{Options, OptionsError};
 use crate::sampler::Sampler;
@@ -111,6 +114,8 @@ struct Vm {
     jvmti: Jvmti,
     /// Source file names and line numbers can be read (both capabilities were granted).
     locations: bool,
+    /// What the evidence of a cause can be read with.
+    evidence: EvidenceCaps,
     vm_version: String,
     jvmti_version: String,
 }
@@ -298,11 +303,16 @@ unsafe fn init_vm(
         }
         check_phase(jvmti)?;
         let locations = add_location_capabilities(jvmti);
+        let evidence = EvidenceCaps::acquire(jvmti);
+        if !evidence.cpu_time {
+            log_line("can_get_thread_cpu_time not granted: samples carry no CPU time");
+        }
         Ok(Vm {
             // SAFETY: `raw` is the JVM's; JNI 1.4+ is a given on every JVM with JVMTI 1.2.
             vm: unsafe { jni::JavaVM::from_raw(raw) },
             jvmti,
             locations,
+            evidence,
             vm_version: jvmti
                 .system_property(c"java.vm.version")
                 .unwrap_or_default(),
@@ -539,7 +549,7 @@ fn serve_attached(run: SamplerRun) -> Result<server::Exit, StartError> {
     let served = catch_unwind(AssertUnwindSafe(|| {
         let mut backend = JvmBackend {
             vm: run.vm.vm.clone(),
-            sampler: Sampler::new(run.vm.jvmti, run.vm.locations),
+            sampler: Sampler::new(run.vm.jvmti, run.vm.locations, run.vm.evidence),
             hello: run.hello.clone(),
             generation: run.generation,
         };

@@ -1,16 +1,20 @@
 //! One sample: refresh the task threads if due, read each one's stack, classify it with the
-//! project's shared rule table, attach the task's identity, and time the whole.
+//! project's shared rule table, attach the task's identity and the evidence of a cause (CPU
+//! time; for busy samples the activity and the awaited monitor, see [`crate::evidence`]), and
+//! time the whole.
 
 use std::time::Instant;
 
 use bpmon_proto::inprocess::{InProcessSample, SampledThread, MAX_STACK_DEPTH};
 use bpmon_proto::ThreadRole;
+use bpmon_stacks::activity::{activity, Activity};
 use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
-use bpmon_stacks::threaddump::Frame;
+use bpmon_stacks::threaddump::{Frame, ThreadState};
 use jni::Env;
 
 use bpmon_proto::time::now_ms;
 
+use crate::evidence::{mx_locks, thread_state, EvidenceCaps, Monitors};
 use crate::identity::{clear_exception, read_task_ref};
 use crate::jvmti::Jvmti;
 use crate::stacks::{MethodCache, StackError, StackReader};
@@ -53,24 +57,27 @@ pub struct Sampler {
     classifier: Classifier,
     threads: TaskThreads,
     stacks: StackReader,
+    caps: EvidenceCaps,
 }
 
 impl Sampler {
-    /// `locations`: whether source file names and line numbers can be read.
-    pub fn new(jvmti: Jvmti, locations: bool) -> Sampler {
+    /// `locations`: whether source file names and line numbers can be read; `caps`: what the
+    /// evidence may be read with.
+    pub fn new(jvmti: Jvmti, locations: bool, caps: EvidenceCaps) -> Sampler {
         Sampler {
             jvmti,
             classifier: Classifier::new(),
             threads: TaskThreads::new(),
             stacks: StackReader::new(jvmti, locations),
+            caps,
         }
     }
 
     /// One sample of every task thread, at most `max_depth` frames each (capped at
     /// [`MAX_STACK_DEPTH`]). Call inside a JNI local frame; no local reference outlives it.
-    pub fn sample(
+    pub fn sample<'l>(
         &mut self,
-        env: &mut Env,
+        env: &mut Env<'l>,
         methods: &mut MethodCache,
         max_depth: u32,
     ) -> InProcessSample {
@@ -88,6 +95,10 @@ impl Sampler {
         methods.trim();
         let depth = max_depth.clamp(1, MAX_STACK_DEPTH) as usize;
         let mut ended = Vec::new();
+        let mut monitors = Monitors::new();
+        // Blocked threads whose monitor is asked of the ThreadMXBean after the loop, all at once:
+        // (index in `out.threads`, Java thread id).
+        let mut mx_pending: Vec<(usize, u64)> = Vec::new();
         for t in self.threads.iter_mut() {
             // Shallow first: walking a stack is most of a sample's cost, and the top frames
             // decide nearly every stack; a stack they leave open is read again in full.
@@ -115,6 +126,48 @@ impl Sampler {
             };
             let frames = methods.frames(&keys);
             let classification = self.classifier.classify(&frames);
+            // CPU time for every sample: the window's figure is the difference between a
+            // thread's first and last reading, whatever it was doing then.
+            let cpu_ns = if self.caps.cpu_time {
+                self.jvmti.thread_cpu_time(t.thread.as_obj()).ok()
+            } else {
+                None
+            };
+            let (activity, lock) = if classification.class == SampleClass::Busy {
+                match self.jvmti.thread_state(t.thread.as_obj()) {
+                    Ok(bits) => {
+                        let state = thread_state(bits);
+                        let activity = activity(state, &frames);
+                        let obj = t.thread.as_obj();
+                        let lock = match (activity, state) {
+                            (Activity::Lock, Some(ThreadState::Blocked))
+                                if !self.caps.contended_monitor =>
+                            {
+                                mx_pending.push((out.threads.len(), t.java_id));
+                                Ok(None)
+                            }
+                            (Activity::Lock, Some(ThreadState::Blocked)) => {
+                                monitors.awaited(env, self.jvmti, self.caps, obj)
+                            }
+                            (Activity::Lock, _) => monitors.park_blocker(env, self.jvmti, obj),
+                            _ => Ok(None),
+                        };
+                        let lock = lock.unwrap_or_else(|e| {
+                            clear_exception(env);
+                            out.errors.push(format!("{}: awaited lock: {e}", t.name));
+                            None
+                        });
+                        (Some(activity), lock)
+                    }
+                    // Unknown rather than guessed from the frames alone.
+                    Err(e) => {
+                        out.errors.push(format!("{}: {e}", t.name));
+                        (None, None)
+                    }
+                }
+            } else {
+                (None, None)
+            };
             if t.role == ThreadRole::Main && t.identity == Identity::Unread {
                 t.identity = match read_task_ref(env, self.jvmti, &t.thread) {
                     Ok(task) => Identity::Known(task),
@@ -134,7 +187,23 @@ impl Sampler {
                     Identity::Known(task) => Some(task.clone()),
                     _ => None,
                 },
+                activity,
+                lock,
+                cpu_ns,
             });
+        }
+        monitors.release(env);
+        let ids: Vec<u64> = mx_pending.iter().map(|(_, id)| *id).collect();
+        match mx_locks(env, &ids) {
+            Ok(locks) => {
+                for ((i, _), lock) in mx_pending.iter().zip(locks) {
+                    out.threads[*i].lock = lock;
+                }
+            }
+            Err(e) => {
+                clear_exception(env);
+                out.errors.push(format!("awaited monitors: {e}"));
+            }
         }
         self.threads.remove(&ended);
         out.took_us = start.elapsed().as_micros() as u64;

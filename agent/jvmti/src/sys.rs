@@ -143,6 +143,45 @@ pub struct jvmtiThreadInfo {
     pub context_class_loader: jobject,
 }
 
+/// `jvmtiMonitorUsage`: `owner` and the elements of both arrays are JNI local references; the
+/// two arrays are JVMTI-allocated.
+#[repr(C)]
+#[derive(Debug)]
+pub struct jvmtiMonitorUsage {
+    pub owner: jthread,
+    pub entry_count: jint,
+    pub waiter_count: jint,
+    pub waiters: *mut jthread,
+    pub notify_waiter_count: jint,
+    pub notify_waiters: *mut jthread,
+}
+
+impl Default for jvmtiMonitorUsage {
+    fn default() -> Self {
+        jvmtiMonitorUsage {
+            owner: std::ptr::null_mut(),
+            entry_count: 0,
+            waiter_count: 0,
+            waiters: std::ptr::null_mut(),
+            notify_waiter_count: 0,
+            notify_waiters: std::ptr::null_mut(),
+        }
+    }
+}
+
+/// `GetThreadState` bits (`jvmtiThreadState` in `jvmti.h`).
+pub const JVMTI_THREAD_STATE_ALIVE: jint = 0x0001;
+pub const JVMTI_THREAD_STATE_TERMINATED: jint = 0x0002;
+pub const JVMTI_THREAD_STATE_RUNNABLE: jint = 0x0004;
+pub const JVMTI_THREAD_STATE_WAITING_INDEFINITELY: jint = 0x0010;
+pub const JVMTI_THREAD_STATE_WAITING_WITH_TIMEOUT: jint = 0x0020;
+pub const JVMTI_THREAD_STATE_SLEEPING: jint = 0x0040;
+pub const JVMTI_THREAD_STATE_WAITING: jint = 0x0080;
+pub const JVMTI_THREAD_STATE_IN_OBJECT_WAIT: jint = 0x0100;
+pub const JVMTI_THREAD_STATE_PARKED: jint = 0x0200;
+pub const JVMTI_THREAD_STATE_BLOCKED_ON_MONITOR_ENTER: jint = 0x0400;
+pub const JVMTI_THREAD_STATE_IN_NATIVE: jint = 0x0040_0000;
+
 /// `jvmtiLineNumberEntry`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -160,10 +199,16 @@ pub struct jvmtiCapabilities {
 }
 
 impl jvmtiCapabilities {
+    /// Bit of `can_get_current_contended_monitor` (the 7th field).
+    pub const CAN_GET_CURRENT_CONTENDED_MONITOR: u32 = 6;
+    /// Bit of `can_get_monitor_info` (the 8th field).
+    pub const CAN_GET_MONITOR_INFO: u32 = 7;
     /// Bit of `can_get_source_file_name` (the 12th field).
     pub const CAN_GET_SOURCE_FILE_NAME: u32 = 11;
     /// Bit of `can_get_line_numbers` (the 13th field).
     pub const CAN_GET_LINE_NUMBERS: u32 = 12;
+    /// Bit of `can_get_thread_cpu_time` (the 24th field).
+    pub const CAN_GET_THREAD_CPU_TIME: u32 = 23;
 
     pub fn with(mut self, bit: u32) -> Self {
         self.words[(bit / 32) as usize] |= 1 << (bit % 32);
@@ -219,7 +264,25 @@ pub struct JvmtiInterface {
             info_ptr: *mut jvmtiThreadInfo,
         ) -> jvmtiError,
     >,
-    _s10: [Slot; 37],
+    _s10: [Slot; 1],
+    /// 11: `GetCurrentContendedMonitor`.
+    pub get_current_contended_monitor: Option<
+        unsafe extern "system" fn(
+            env: *mut jvmtiEnv,
+            thread: jthread,
+            monitor_ptr: *mut jobject,
+        ) -> jvmtiError,
+    >,
+    _s12: [Slot; 5],
+    /// 17: `GetThreadState`.
+    pub get_thread_state: Option<
+        unsafe extern "system" fn(
+            env: *mut jvmtiEnv,
+            thread: jthread,
+            thread_state_ptr: *mut jint,
+        ) -> jvmtiError,
+    >,
+    _s18: [Slot; 29],
     /// 47: `Deallocate`.
     pub deallocate:
         Option<unsafe extern "system" fn(env: *mut jvmtiEnv, mem: *mut c_uchar) -> jvmtiError>,
@@ -241,7 +304,16 @@ pub struct JvmtiInterface {
             source_name_ptr: *mut *mut c_char,
         ) -> jvmtiError,
     >,
-    _s51: [Slot; 13],
+    _s51: [Slot; 8],
+    /// 59: `GetObjectMonitorUsage`.
+    pub get_object_monitor_usage: Option<
+        unsafe extern "system" fn(
+            env: *mut jvmtiEnv,
+            object: jobject,
+            info_ptr: *mut jvmtiMonitorUsage,
+        ) -> jvmtiError,
+    >,
+    _s60: [Slot; 4],
     /// 64: `GetMethodName`.
     pub get_method_name: Option<
         unsafe extern "system" fn(
@@ -324,7 +396,16 @@ pub struct JvmtiInterface {
     /// 133: `GetPhase`.
     pub get_phase:
         Option<unsafe extern "system" fn(env: *mut jvmtiEnv, phase_ptr: *mut jint) -> jvmtiError>,
-    _s134: [Slot; 6],
+    _s134: [Slot; 3],
+    /// 137: `GetThreadCpuTime`.
+    pub get_thread_cpu_time: Option<
+        unsafe extern "system" fn(
+            env: *mut jvmtiEnv,
+            thread: jthread,
+            nanos_ptr: *mut jlong,
+        ) -> jvmtiError,
+    >,
+    _s138: [Slot; 2],
     /// 140: `GetPotentialCapabilities`.
     pub get_potential_capabilities: Option<
         unsafe extern "system" fn(env: *mut jvmtiEnv, caps: *mut jvmtiCapabilities) -> jvmtiError,
@@ -342,9 +423,12 @@ pub const TYPED_SLOTS: &[(usize, &str)] = &[
     (2, "SetEventNotificationMode"),
     (4, "GetAllThreads"),
     (9, "GetThreadInfo"),
+    (11, "GetCurrentContendedMonitor"),
+    (17, "GetThreadState"),
     (47, "Deallocate"),
     (48, "GetClassSignature"),
     (50, "GetSourceFileName"),
+    (59, "GetObjectMonitorUsage"),
     (64, "GetMethodName"),
     (65, "GetMethodDeclaringClass"),
     (70, "GetLineNumberTable"),
@@ -356,6 +440,7 @@ pub const TYPED_SLOTS: &[(usize, &str)] = &[
     (127, "DisposeEnvironment"),
     (131, "GetSystemProperty"),
     (133, "GetPhase"),
+    (137, "GetThreadCpuTime"),
     (140, "GetPotentialCapabilities"),
     (142, "AddCapabilities"),
 ];
@@ -374,9 +459,12 @@ mod tests {
             offset_of!(JvmtiInterface, set_event_notification_mode),
             offset_of!(JvmtiInterface, get_all_threads),
             offset_of!(JvmtiInterface, get_thread_info),
+            offset_of!(JvmtiInterface, get_current_contended_monitor),
+            offset_of!(JvmtiInterface, get_thread_state),
             offset_of!(JvmtiInterface, deallocate),
             offset_of!(JvmtiInterface, get_class_signature),
             offset_of!(JvmtiInterface, get_source_file_name),
+            offset_of!(JvmtiInterface, get_object_monitor_usage),
             offset_of!(JvmtiInterface, get_method_name),
             offset_of!(JvmtiInterface, get_method_declaring_class),
             offset_of!(JvmtiInterface, get_line_number_table),
@@ -388,6 +476,7 @@ mod tests {
             offset_of!(JvmtiInterface, dispose_environment),
             offset_of!(JvmtiInterface, get_system_property),
             offset_of!(JvmtiInterface, get_phase),
+            offset_of!(JvmtiInterface, get_thread_cpu_time),
             offset_of!(JvmtiInterface, get_potential_capabilities),
             offset_of!(JvmtiInterface, add_capabilities),
         ];
@@ -406,6 +495,9 @@ mod tests {
         assert_eq!(offset_of!(jvmtiThreadInfo, thread_group), 16);
         assert_eq!(size_of::<jvmtiFrameInfo>(), 16);
         assert_eq!(size_of::<jvmtiLineNumberEntry>(), 16);
+        assert_eq!(size_of::<jvmtiMonitorUsage>(), 40);
+        assert_eq!(offset_of!(jvmtiMonitorUsage, waiters), 16);
+        assert_eq!(offset_of!(jvmtiMonitorUsage, notify_waiters), 32);
     }
 
     #[test]
@@ -460,7 +552,7 @@ mod tests {
             let fields: Vec<&str> = caps
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("unsigned int "))
-                .take(12)
+                .take(24)
                 .collect();
             assert_eq!(
                 fields[jvmtiCapabilities::CAN_GET_SOURCE_FILE_NAME as usize - 1],
@@ -472,6 +564,51 @@ mod tests {
                 "can_get_line_numbers : 1;",
                 "{header}"
             );
+            for (bit, name) in [
+                (
+                    jvmtiCapabilities::CAN_GET_CURRENT_CONTENDED_MONITOR,
+                    "can_get_current_contended_monitor",
+                ),
+                (
+                    jvmtiCapabilities::CAN_GET_MONITOR_INFO,
+                    "can_get_monitor_info",
+                ),
+                (
+                    jvmtiCapabilities::CAN_GET_THREAD_CPU_TIME,
+                    "can_get_thread_cpu_time",
+                ),
+            ] {
+                assert_eq!(fields[bit as usize - 1], format!("{name} : 1;"), "{header}");
+            }
+            for (value, name) in [
+                (JVMTI_THREAD_STATE_ALIVE, "ALIVE"),
+                (JVMTI_THREAD_STATE_TERMINATED, "TERMINATED"),
+                (JVMTI_THREAD_STATE_RUNNABLE, "RUNNABLE"),
+                (
+                    JVMTI_THREAD_STATE_WAITING_INDEFINITELY,
+                    "WAITING_INDEFINITELY",
+                ),
+                (
+                    JVMTI_THREAD_STATE_WAITING_WITH_TIMEOUT,
+                    "WAITING_WITH_TIMEOUT",
+                ),
+                (JVMTI_THREAD_STATE_SLEEPING, "SLEEPING"),
+                (JVMTI_THREAD_STATE_WAITING, "WAITING"),
+                (JVMTI_THREAD_STATE_IN_OBJECT_WAIT, "IN_OBJECT_WAIT"),
+                (JVMTI_THREAD_STATE_PARKED, "PARKED"),
+                (
+                    JVMTI_THREAD_STATE_BLOCKED_ON_MONITOR_ENTER,
+                    "BLOCKED_ON_MONITOR_ENTER",
+                ),
+                (JVMTI_THREAD_STATE_IN_NATIVE, "IN_NATIVE"),
+            ] {
+                let line = format!("JVMTI_THREAD_STATE_{name} = 0x{value:04X},");
+                let line_wide = format!("JVMTI_THREAD_STATE_{name} = 0x{value:X},");
+                assert!(
+                    text.contains(&line) || text.contains(&line_wide),
+                    "{header}: {line}"
+                );
+            }
         }
     }
 }

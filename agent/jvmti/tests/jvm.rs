@@ -1,7 +1,9 @@
 //! `libbpmon_jvmti.so` inside real JVMs (JDK 17 and Temurin 25), no mocks: a fake TaskManager
 //! (`tests/fixture`, threads named and parked like Flink's) is started with `-agentpath`, sampled
 //! over the socket, stopped, loaded again with `jcmd … JVMTI.agent_load`, moved to another
-//! socket, refused bad options, and must exit on its own at the end.
+//! socket, refused bad options, and must exit on its own at the end. The evidence of a cause
+//! (activity, awaited monitor, CPU time) is checked against what a thread dump of the same JVM
+//! gives, loaded at start and by attach.
 //!
 //! `BPMON_JDK17` / `BPMON_JDK25` point at other JDK homes; `BPMON_JVMTI_LIB` at another build of
 //! the library (e.g. a release build, to measure its cost).
@@ -17,10 +19,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Known, Request, Response, SampledThread, TaskRef,
+    Hello, InProcessSample, Known, Request, Response, SampledLock, SampledThread, TaskRef,
     INPROCESS_PROTOCOL_VERSION,
 };
+use bpmon_proto::Activity;
 use bpmon_stacks::classify::SampleClass;
+use bpmon_stacks::{activity, threaddump};
 
 const JOB: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -396,13 +400,17 @@ fn task(vertex: &str, subtask: u32, attempt: u32) -> TaskRef {
     }
 }
 
-const TASK_THREADS: [&str; 6] = [
+const TASK_THREADS: [&str; 10] = [
     "Busy (1/1)#0",
     "Ending (1/1)#0",
     "Legacy Source Thread - Source: legacy (1/1)#0",
+    "Locked (1/2)#0",
+    "Locked (2/2)#0",
     "Map (1/2)#0",
+    "Reentrant (1/1)#0",
     "Sink: out (2/2)#1",
     "Source: legacy (1/1)#0",
+    "Static lock (1/1)#0",
 ];
 
 /// What every sample of the fixture must say, whoever took it.
@@ -770,4 +778,170 @@ fn cost_of_a_sample_with_many_task_threads() {
     );
     assert!(median < 50_000, "median {median} µs per sample");
     drop(jvm);
+}
+
+/// What a thread dump says of a busy task thread, by the agent's rules (`classify_dump` in
+/// `bpmon-agent`): its activity, and the monitor it awaits with its owner.
+/// A lock as a dump names it: class and owner.
+type DumpLock = Option<(String, Option<String>)>;
+
+fn dump_evidence(dump: &str) -> BTreeMap<String, (Activity, DumpLock)> {
+    let parsed = threaddump::parse(dump);
+    let owners = activity::monitor_owners(&parsed.threads);
+    parsed
+        .threads
+        .iter()
+        .filter(|t| TASK_THREADS.contains(&t.header.name.as_str()))
+        .map(|t| {
+            let a = activity::activity(t.header.state, &t.frames);
+            let lock = activity::awaited_lock(t).map(|(address, class)| {
+                (
+                    class.to_string(),
+                    owners.get(address).map(|o| o.to_string()),
+                )
+            });
+            (t.header.name.clone(), (a, lock))
+        })
+        .collect()
+}
+
+/// The evidence of a cause, with the library loaded at start and by attach: a spinning thread
+/// is running and its CPU time rises, threads blocked on a monitor wait for a lock whose class
+/// and owner are named, a sleeping thread sleeps; and each busy thread's evidence is what a thread
+/// dump of the same JVM gives.
+fn evidence(jdk: &str, at_start: bool) {
+    let tag = format!(
+        "ev{}{}",
+        if jdk == jdk17() { 17 } else { 25 },
+        if at_start { "s" } else { "a" }
+    );
+    let dir = SocketDir::new(&tag);
+    let socket = dir.join("s.sock");
+    let options = format!("socket={}", socket.display());
+    let jvm = Jvm::start(jdk, at_start.then_some(options.as_str()), 0);
+    if !at_start {
+        let out = jvm.load(&options);
+        assert!(out.contains("return code: 0"), "{out}");
+    }
+    let mut c = Client::connect(&socket);
+    c.hello();
+    let first = c.sample(64);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(400));
+    let second = c.sample(64);
+    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    let dump = dump_evidence(&jvm.thread_dump());
+
+    let (a, b) = (by_name(&first), by_name(&second));
+    let shared = SampledLock {
+        class: "bpmonfixture.Contended$Shared".into(),
+        owner: Some("lock holder".into()),
+    };
+    // Loaded by attach, the monitor comes from the ThreadMXBean, which does not say which
+    // class a `Class` monitor stands for.
+    let class_lock = SampledLock {
+        class: if at_start {
+            "java.lang.Class for bpmonfixture.Contended".into()
+        } else {
+            "java.lang.Class".into()
+        },
+        owner: Some("lock holder".into()),
+    };
+    for s in [&a, &b] {
+        let spin = s["Busy (1/1)#0"];
+        assert_eq!(
+            (spin.activity, &spin.lock),
+            (Some(Activity::Running), &None)
+        );
+        for name in ["Locked (1/2)#0", "Locked (2/2)#0"] {
+            let t = s[name];
+            assert_eq!(t.class, SampleClass::Busy, "{t:?}");
+            assert_eq!(t.activity, Some(Activity::Lock), "{t:?}");
+            assert_eq!(
+                t.lock.as_ref(),
+                Some(&shared),
+                "{t:?}: {:?}",
+                jvm.our_lines()
+            );
+        }
+        let t = s["Static lock (1/1)#0"];
+        assert_eq!(
+            (t.activity, t.lock.as_ref()),
+            (Some(Activity::Lock), Some(&class_lock)),
+            "{t:?}"
+        );
+        let t = s["Reentrant (1/1)#0"];
+        assert_eq!(
+            (t.class, t.activity, t.lock.as_ref()),
+            (
+                SampleClass::Busy,
+                Some(Activity::Lock),
+                Some(&SampledLock {
+                    class: "java.util.concurrent.locks.ReentrantLock$NonfairSync".into(),
+                    owner: None,
+                })
+            ),
+        );
+        let sleeper = s["Legacy Source Thread - Source: legacy (1/1)#0"];
+        assert_eq!(
+            (sleeper.class, sleeper.activity, &sleeper.lock),
+            (SampleClass::Busy, Some(Activity::Sleep), &None)
+        );
+        // Not busy: no activity, but CPU time all the same.
+        for name in ["Map (1/2)#0", "Sink: out (2/2)#1"] {
+            assert_eq!((s[name].activity, &s[name].lock), (None, &None), "{name}");
+        }
+        for t in s.values() {
+            assert!(t.cpu_ns.is_some(), "{} has its CPU time", t.name);
+        }
+    }
+    // The spinning thread used CPU between the samples (on a loaded 2-CPU machine, at least a
+    // tenth of the wall time); the blocked and the sleeping ones next to none.
+    let cpu_ms =
+        |name: &str| (b[name].cpu_ns.unwrap() as f64 - a[name].cpu_ns.unwrap() as f64) / 1e6;
+    let spun = cpu_ms("Busy (1/1)#0");
+    assert!(spun > wall_ms / 10.0, "spun {spun} ms of {wall_ms} ms");
+    for name in [
+        "Locked (1/2)#0",
+        "Legacy Source Thread - Source: legacy (1/1)#0",
+    ] {
+        assert!(cpu_ms(name) < 5.0, "{name}: {} ms", cpu_ms(name));
+    }
+    // The same as a thread dump of the JVM says, for every busy thread.
+    for t in b.values().filter(|t| t.class == SampleClass::Busy) {
+        let (activity, lock) = &dump[&t.name];
+        assert_eq!(t.activity.as_ref(), Some(activity), "{}", t.name);
+        let ours = t.lock.as_ref().map(|l| (l.class.clone(), l.owner.clone()));
+        let dumped = match lock {
+            Some((class, owner)) if !at_start && class.starts_with("java.lang.Class for ") => {
+                Some(("java.lang.Class".to_string(), owner.clone()))
+            }
+            other => other.clone(),
+        };
+        assert_eq!(ours, dumped, "{}", t.name);
+    }
+    eprintln!(
+        "{tag}: spinning thread {spun:.0} ms CPU in {wall_ms:.0} ms; sample with 3 blocked threads took {} µs",
+        second.took_us
+    );
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    drop(c);
+    jvm.assert_stderr_is_ours();
+    assert!(
+        !jvm.our_lines().iter().any(|l| l.contains("not granted")),
+        "CPU time is granted: {:?}",
+        jvm.our_lines()
+    );
+}
+
+#[test]
+fn evidence_on_jdk17() {
+    evidence(&jdk17(), true);
+    evidence(&jdk17(), false);
+}
+
+#[test]
+fn evidence_on_jdk25() {
+    evidence(&jdk25(), true);
+    evidence(&jdk25(), false);
 }

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use bpmon_proto::inprocess::{
     Hello, InProcessSample, Known, Request, Response, INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
 };
+use bpmon_proto::Activity;
+use bpmon_stacks::classify::SampleClass;
 use thiserror::Error;
 
 use super::attach::{is_timeout, AttachError, AttachOptions, Attacher};
-use super::dump::{ClassifiedDump, DumpThread};
+use super::dump::{AwaitedLock, ClassifiedDump, DumpThread};
 use crate::discovery::{JvmProcess, ProcFs};
 
 /// The library's file name, as built and as packaged.
@@ -459,24 +461,37 @@ fn load_hint(message: &str) -> &'static str {
     }
 }
 
-/// The library's sample as the sampling loop's classified dump.
+/// The library's sample as the sampling loop's classified dump. Evidence is kept where a dump
+/// would have it: an activity for busy samples only, a lock for lock samples only.
 fn to_classified(s: &InProcessSample) -> ClassifiedDump {
     ClassifiedDump {
         threads: s
             .threads
             .iter()
-            .map(|t| DumpThread {
-                name: t.name.clone(),
-                java_id: Some(t.java_id),
-                os_tid: None,
-                elapsed_s: None,
-                class: t.class,
-                top_frame: t.top_frame.clone(),
-                task: t.task.clone(),
-                activity: None,
-                lock: None,
-                cpu_ms: None,
-                stack: None,
+            .map(|t| {
+                let activity = t.activity.filter(|_| t.class == SampleClass::Busy);
+                let lock = t
+                    .lock
+                    .as_ref()
+                    .filter(|_| activity == Some(Activity::Lock))
+                    .map(|l| AwaitedLock {
+                        class: l.class.clone(),
+                        owner: l.owner.clone(),
+                    });
+                DumpThread {
+                    name: t.name.clone(),
+                    java_id: Some(t.java_id),
+                    os_tid: None,
+                    elapsed_s: None,
+                    class: t.class,
+                    top_frame: t.top_frame.clone(),
+                    task: t.task.clone(),
+                    activity,
+                    lock,
+                    cpu_ms: t.cpu_ns.map(|ns| ns as f64 / 1e6),
+                    // The library reads the top frames only.
+                    stack: None,
+                }
             })
             .collect(),
         skipped_lines: 0,
@@ -503,8 +518,7 @@ pub fn library_is_present(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpmon_proto::inprocess::{SampledThread, TaskRef};
-    use bpmon_stacks::classify::SampleClass;
+    use bpmon_proto::inprocess::{SampledLock, SampledThread, TaskRef};
 
     #[test]
     fn a_refusal_names_what_to_do() {
@@ -529,6 +543,9 @@ mod tests {
                 java_id: 77,
                 class: SampleClass::Blocked,
                 top_frame: None,
+                activity: None,
+                lock: None,
+                cpu_ns: None,
                 task: Some(TaskRef {
                     job_id: "j".into(),
                     vertex_id: "v".into(),
@@ -546,6 +563,118 @@ mod tests {
         assert_eq!(d.threads[0].java_id, Some(77));
         assert_eq!(d.threads[0].class, SampleClass::Blocked);
         assert_eq!(d.threads[0].task.as_ref().map(|t| t.attempt), Some(3));
+        assert_eq!(
+            (
+                d.threads[0].activity,
+                &d.threads[0].lock,
+                d.threads[0].cpu_ms
+            ),
+            (None, &None, None),
+            "a library without evidence leaves it unknown"
+        );
+    }
+
+    fn busy(name: &str, activity: Activity) -> SampledThread {
+        SampledThread {
+            name: name.into(),
+            java_id: 1,
+            class: SampleClass::Busy,
+            top_frame: Some("com.acme.Shared.update(Shared.java:12)".into()),
+            task: None,
+            activity: Some(activity),
+            lock: None,
+            cpu_ns: None,
+        }
+    }
+
+    #[test]
+    fn evidence_becomes_what_a_dump_would_give() {
+        let lock = SampledLock {
+            class: "com.acme.Shared".into(),
+            owner: Some("holder".into()),
+        };
+        let blocked = SampledThread {
+            lock: Some(lock.clone()),
+            cpu_ns: Some(12_345_678),
+            ..busy("Map (1/2)#0", Activity::Lock)
+        };
+        let running = SampledThread {
+            cpu_ns: Some(2_000_000_000),
+            ..busy("Map (2/2)#0", Activity::Running)
+        };
+        // Evidence out of place (a library bug, or a newer one) is not passed on: no activity
+        // for a sample that is not busy, no lock for one that is not waiting for a lock.
+        let waiting = SampledThread {
+            class: SampleClass::Waiting,
+            lock: Some(lock.clone()),
+            cpu_ns: Some(5),
+            ..busy("Map (3/3)#0", Activity::Sleep)
+        };
+        let running_with_lock = SampledThread {
+            lock: Some(lock),
+            ..busy("Map (4/4)#0", Activity::Running)
+        };
+        let s = InProcessSample {
+            threads: vec![blocked, running, waiting, running_with_lock],
+            ..Default::default()
+        };
+        let d = to_classified(&s);
+        let t = &d.threads;
+        assert_eq!(t[0].activity, Some(Activity::Lock));
+        assert_eq!(
+            t[0].lock,
+            Some(AwaitedLock {
+                class: "com.acme.Shared".into(),
+                owner: Some("holder".into())
+            })
+        );
+        assert_eq!(t[0].cpu_ms, Some(12.345678));
+        assert_eq!(
+            (t[1].activity, t[1].cpu_ms),
+            (Some(Activity::Running), Some(2000.0))
+        );
+        assert_eq!((t[2].activity, &t[2].lock), (None, &None));
+        assert_eq!(
+            t[2].cpu_ms,
+            Some(0.000005),
+            "CPU time is read for every sample"
+        );
+        assert_eq!(
+            (t[3].activity, &t[3].lock),
+            (Some(Activity::Running), &None)
+        );
+    }
+
+    #[test]
+    fn jvmti_evidence_names_the_cause_in_the_tally() {
+        use crate::sampling::tally::{Tally, ThreadSample};
+        use crate::sampling::window::sample_of;
+        // Two samples of one task blocked on a monitor, a second apart.
+        let mut tally = Tally::new();
+        for (at_ms, cpu_ns) in [(0u64, 1_000_000u64), (1000, 1_000_000)] {
+            let s = InProcessSample {
+                threads: vec![SampledThread {
+                    lock: Some(SampledLock {
+                        class: "com.acme.Shared".into(),
+                        owner: Some("holder".into()),
+                    }),
+                    cpu_ns: Some(cpu_ns),
+                    ..busy("Map (1/2)#0", Activity::Lock)
+                }],
+                ..Default::default()
+            };
+            let d = to_classified(&s);
+            let samples: Vec<ThreadSample> = d.threads.iter().map(sample_of).collect();
+            tally.add_dump(&samples, at_ms);
+        }
+        let task = &tally.into_tasks(5)[0];
+        let activity = task.activity.expect("every busy sample has an activity");
+        assert_eq!(activity.lock, 2);
+        assert_eq!(task.locks.len(), 1);
+        assert_eq!(task.locks[0].class, "com.acme.Shared");
+        assert_eq!(task.locks[0].owner.as_deref(), Some("holder"));
+        let cpu = task.cpu.expect("two CPU readings");
+        assert_eq!((cpu.cpu_ms, cpu.wall_ms), (0, 1000));
     }
 
     #[test]

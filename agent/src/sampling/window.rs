@@ -351,7 +351,8 @@ pub fn sample(
 }
 
 /// A classified thread as the tally counts it.
-fn sample_of(t: &DumpThread) -> ThreadSample<'_> {
+/// A classified dump's thread as the tally takes it.
+pub(crate) fn sample_of(t: &DumpThread) -> ThreadSample<'_> {
     ThreadSample {
         name: &t.name,
         java_id: t.java_id,
