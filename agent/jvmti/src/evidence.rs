@@ -19,6 +19,10 @@
 //! (`-agentpath`). Loaded by attach, the library asks `ThreadMXBean.getThreadInfo(long[], 0)`
 //! instead, once per sample for all its blocked threads ([`mx_locks`]: one safepoint); it names a
 //! `Class` object's monitor `java.lang.Class`, without the class it stands for.
+//!
+//! Either way a thread that stays blocked is looked up at most once a second; the samples in
+//! between reuse its monitor (`sampler::LOCK_LOOKUP_EVERY`), so contention costs about one
+//! safepoint a second, not one per sample.
 
 use bpmon_proto::inprocess::SampledLock;
 use bpmon_stacks::threaddump::ThreadState;

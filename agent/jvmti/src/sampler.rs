@@ -3,9 +3,10 @@
 //! time; for busy samples the activity and the awaited monitor, see [`crate::evidence`]), and
 //! time the whole.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use bpmon_proto::inprocess::{InProcessSample, SampledThread, MAX_STACK_DEPTH};
+use bpmon_proto::inprocess::{InProcessSample, SampledLock, SampledThread, MAX_STACK_DEPTH};
 use bpmon_proto::ThreadRole;
 use bpmon_stacks::activity::{activity, Activity};
 use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
@@ -39,6 +40,12 @@ fn undecided(classifier: &Classifier, top: &[&Frame]) -> bool {
             .any(|f| !is_jdk_class(f.class()) && !is_flink_class(f.class()))
 }
 
+/// How long the monitor found for a blocked thread stands for it: finding a monitor (and its
+/// owner) is a VM operation, a safepoint, so a thread that stays blocked is looked up at most
+/// this often and its monitor reused in between. At 50 ms between samples that is one sample in
+/// twenty instead of every one.
+const LOCK_LOOKUP_EVERY: Duration = Duration::from_secs(1);
+
 /// CPU time of the calling thread, ns.
 fn thread_cpu_ns() -> Option<u64> {
     let mut ts = libc::timespec {
@@ -58,6 +65,8 @@ pub struct Sampler {
     threads: TaskThreads,
     stacks: StackReader,
     caps: EvidenceCaps,
+    /// The monitor each blocked thread was last found waiting for, and when (by Java thread id).
+    recent_locks: HashMap<u64, (Instant, SampledLock)>,
 }
 
 impl Sampler {
@@ -70,6 +79,7 @@ impl Sampler {
             threads: TaskThreads::new(),
             stacks: StackReader::new(jvmti, locations),
             caps,
+            recent_locks: HashMap::new(),
         }
     }
 
@@ -139,7 +149,15 @@ impl Sampler {
                         let state = thread_state(bits);
                         let activity = activity(state, &frames);
                         let obj = t.thread.as_obj();
+                        let recent = self
+                            .recent_locks
+                            .get(&t.java_id)
+                            .filter(|(at, _)| start.duration_since(*at) < LOCK_LOOKUP_EVERY)
+                            .map(|(_, lock)| lock.clone());
                         let lock = match (activity, state) {
+                            (Activity::Lock, Some(ThreadState::Blocked)) if recent.is_some() => {
+                                Ok(recent)
+                            }
                             (Activity::Lock, Some(ThreadState::Blocked))
                                 if !self.caps.contended_monitor =>
                             {
@@ -147,7 +165,11 @@ impl Sampler {
                                 Ok(None)
                             }
                             (Activity::Lock, Some(ThreadState::Blocked)) => {
-                                monitors.awaited(env, self.jvmti, self.caps, obj)
+                                let found = monitors.awaited(env, self.jvmti, self.caps, obj);
+                                if let Ok(Some(lock)) = &found {
+                                    self.recent_locks.insert(t.java_id, (start, lock.clone()));
+                                }
+                                found
                             }
                             (Activity::Lock, _) => monitors.park_blocker(env, self.jvmti, obj),
                             _ => Ok(None),
@@ -196,7 +218,10 @@ impl Sampler {
         let ids: Vec<u64> = mx_pending.iter().map(|(_, id)| *id).collect();
         match mx_locks(env, &ids) {
             Ok(locks) => {
-                for ((i, _), lock) in mx_pending.iter().zip(locks) {
+                for ((i, id), lock) in mx_pending.iter().zip(locks) {
+                    if let Some(lock) = &lock {
+                        self.recent_locks.insert(*id, (start, lock.clone()));
+                    }
                     out.threads[*i].lock = lock;
                 }
             }
@@ -206,6 +231,8 @@ impl Sampler {
             }
         }
         self.threads.remove(&ended);
+        self.recent_locks
+            .retain(|_, (at, _)| start.duration_since(*at) < LOCK_LOOKUP_EVERY);
         out.took_us = start.elapsed().as_micros() as u64;
         out.cpu_us = cpu_start
             .zip(thread_cpu_ns())
