@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_e2e::cgroup::CpuLimit;
-use bpmon_e2e::netns::ip;
 use bpmon_e2e::services::{AgentProc, CollectorProc};
 use bpmon_e2e::{
     one_cluster_at_a_time, wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist, FlinkRest,
@@ -86,7 +85,7 @@ impl Case {
     }
 }
 
-/// Waits until every case's job runs (submitted together, they deploy together).
+/// Waits until every case's job runs, all its subtasks deployed.
 fn running(rest: &FlinkRest, cases: &[&Case]) -> Result<()> {
     for case in cases {
         rest.wait_job_running(&case.jid, Duration::from_secs(120))
@@ -286,10 +285,8 @@ fn shape_link(cluster: &FlinkCluster, rate: &str) -> Result<()> {
     tc(&host_side)?;
     let mut ns_side = vec!["-n", ns.name.as_str(), "qdisc", "add", "dev", "eth0"];
     ns_side.extend(tbf);
-    tc(&ns_side)?;
     // The qdiscs go with the veth pair when the cluster deletes the namespace.
-    let _ = ip(&["link", "show", &ns.host_if])?;
-    Ok(())
+    tc(&ns_side)
 }
 
 /// The TaskManager (its JVM's PID) running the subtasks of `vertex` in job `jid`.
