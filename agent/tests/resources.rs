@@ -131,9 +131,13 @@ fn a_spinning_thread_and_a_sleeping_one_over_one_second() {
         res.wall_ms, res.process_cpu_ms, res.host_busy, res.host_cpus
     );
     assert!((950..1500).contains(&res.wall_ms), "{res:?}");
+    // On a busy machine the spinner gets less than a CPU, so its share of the wall clock says
+    // little; that it is nearly all of its process's CPU says the right thread was read.
+    assert!(spin >= 200, "spinning: {spin} ms of {res:?}");
+    let process = res.process_cpu_ms.expect("process CPU");
     assert!(
-        spin * 1000 >= 600 * res.wall_ms,
-        "spinning: {spin} ms of {res:?}"
+        spin as f64 >= 0.8 * process as f64,
+        "spinning: {spin} ms of {process} ms for the process: {res:?}"
     );
     assert!(sleep <= 50, "sleeping: {sleep} ms");
     // The JVM's count spans ours (its dumps come before and after our readings), by little.
@@ -284,7 +288,12 @@ fn a_containerized_jvms_threads_are_read_by_their_namespaced_ids() {
              {} ms; gc {:?}",
             tids[0], res.wall_ms, res.gc_count
         );
-        assert!(spin * 1000 >= 600 * res.wall_ms, "{spin} of {res:?}");
+        // Busy machine or not, the spinner is nearly all of its process's CPU.
+        let process = res.process_cpu_ms.expect("process CPU");
+        assert!(
+            spin >= 200 && spin as f64 >= 0.8 * process as f64,
+            "{spin} of {res:?}"
+        );
         assert!(sleep <= 50);
         assert!(
             res.gc_count.is_some(),
