@@ -226,6 +226,7 @@ impl SamplingConfig {
             samples: self.samples,
             delay_ms: self.delay.as_millis() as u64,
             interval_ms: self.interval.as_millis() as u64,
+            stacks_every: 1,
         };
         s.validate().map(|_| s)
     }
@@ -455,7 +456,8 @@ mod tests {
             Ok(SamplingSettings {
                 samples: 10,
                 delay_ms: 100,
-                interval_ms: 5_000
+                interval_ms: 5_000,
+                stacks_every: 1
             })
         );
         let c = AgentConfig::parse("[sampling]\ninterval = \"1s\"\n").unwrap();

@@ -129,6 +129,7 @@ fn settings(samples: u32, delay_ms: u64, interval_ms: u64) -> SamplingSettings {
         samples,
         delay_ms,
         interval_ms,
+        stacks_every: 1,
     }
 }
 

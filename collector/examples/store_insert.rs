@@ -122,6 +122,7 @@ fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) 
         blocked,
         waiting,
         busy: 100 - blocked - waiting,
+        timers: None,
     };
     let metrics = SubtaskMetrics {
         out_pool_usage: Some(x),

@@ -16,12 +16,12 @@
 
 use std::collections::BTreeMap;
 
-use bpmon_proto::{FrameCount, Level, SamplingSettings, Scope};
+use bpmon_proto::{FrameCount, Level, SamplingSettings, Scope, TimerWindow};
 use serde::{Deserialize, Serialize};
 
 use crate::cause::CauseKind;
 use crate::diagnosis::Finding;
-use crate::merge::SplitRule;
+use crate::merge::{RatioSource, SplitRule};
 use crate::model::SubtaskMetrics;
 
 /// `GET /api/v1/jobs`.
@@ -108,6 +108,13 @@ pub struct SubtaskStatus {
     pub busy: u32,
     /// How the waiting samples were split into soft and idle.
     pub split: Option<SplitRule>,
+    /// What the ratio was computed from: the samples, or the exact time Flink's own timers of
+    /// the task measured (in-process sampler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_source: Option<RatioSource>,
+    /// Flink's timers of the task over the window, where the in-process sampler read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<TimerWindow>,
     pub taskmanager_id: Option<String>,
     pub host: Option<String>,
     pub attempt: Option<u32>,
@@ -151,6 +158,46 @@ pub struct HistoryWindow {
     pub taskmanager_id: Option<String>,
 }
 
+/// `GET /api/v1/jobs/{job}/episodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodesView {
+    pub job_id: String,
+    pub job_name: String,
+    pub since_ms: u64,
+    /// Episodes that overlap the period (ongoing ones included), oldest first.
+    pub episodes: Vec<Episode>,
+}
+
+/// A vertex's back-pressure episode: from the first window that showed it LOW or HIGH to the
+/// first that showed it OK again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    pub job_id: String,
+    pub vertex_id: String,
+    pub vertex: String,
+    /// ms since the Unix epoch: when the first window at LOW or HIGH started.
+    pub started_at_ms: u64,
+    /// When the first window back at OK started; `None` while it lasts.
+    pub ended_at_ms: Option<u64>,
+    /// The worst it got: its level, ratio, and when that window started.
+    pub peak_level: Level,
+    pub peak_ratio: f64,
+    pub peak_at_ms: u64,
+    /// The job's bottleneck and its first cause at the peak (or when first known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<EpisodeBottleneck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeBottleneck {
+    pub vertex_id: String,
+    pub vertex: String,
+    pub cause: CauseKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    pub summary: String,
+}
+
 /// `GET /api/v1/config/{job}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigView {
@@ -165,17 +212,30 @@ pub struct ConfigView {
 /// `PUT /api/v1/config/{job}`: fields left out keep their current value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigUpdate {
+    /// Start from [`SamplingSettings::CONTINUOUS`] (true) or from Flink's classic monitor,
+    /// [`SamplingSettings::default`] (false), instead of the current settings; the other fields
+    /// then change that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous: Option<bool>,
     pub samples: Option<u32>,
     pub delay_ms: Option<u64>,
     pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_every: Option<u32>,
 }
 
 impl ConfigUpdate {
     pub fn apply(&self, to: SamplingSettings) -> SamplingSettings {
+        let to = match self.continuous {
+            Some(true) => SamplingSettings::CONTINUOUS,
+            Some(false) => SamplingSettings::default(),
+            None => to,
+        };
         SamplingSettings {
             samples: self.samples.unwrap_or(to.samples),
             delay_ms: self.delay_ms.unwrap_or(to.delay_ms),
             interval_ms: self.interval_ms.unwrap_or(to.interval_ms),
+            stacks_every: self.stacks_every.unwrap_or(to.stacks_every),
         }
     }
 }
@@ -283,5 +343,28 @@ mod tests {
         assert_eq!(s.samples, 20);
         assert_eq!(s.delay_ms, 50);
         assert_eq!(s.interval_ms, 60_000);
+        assert_eq!(s.stacks_every, 1);
+    }
+
+    #[test]
+    fn continuous_and_classic_start_from_their_presets() {
+        let continuous = ConfigUpdate {
+            continuous: Some(true),
+            stacks_every: Some(5),
+            ..Default::default()
+        };
+        let s = continuous.apply(SamplingSettings::default());
+        assert_eq!(
+            s,
+            SamplingSettings {
+                stacks_every: 5,
+                ..SamplingSettings::CONTINUOUS
+            }
+        );
+        let classic = ConfigUpdate {
+            continuous: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(classic.apply(s), SamplingSettings::default());
     }
 }

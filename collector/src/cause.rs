@@ -185,7 +185,11 @@ pub fn causes(
 
 /// Where the slow subtasks' time goes.
 fn time_causes(slow: &[SubtaskSeen<'_>]) -> Vec<Cause> {
-    let samples: u32 = slow.iter().map(|s| s.merged.samples).sum();
+    // The activities speak for the samples whose stack was read.
+    let samples: u32 = slow
+        .iter()
+        .map(|s| s.evidence.stack_samples.unwrap_or(s.merged.samples))
+        .sum();
     let activity = sum_activity(slow);
     let gc = gc_share(slow);
     let (Some(activity), true) = (activity, samples > 0) else {
@@ -650,7 +654,7 @@ fn method_of(frame: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::SplitRule;
+    use crate::merge::{RatioSource, SplitRule};
     use crate::model::{SubtaskMetrics, SubtaskSnapshot};
     use bpmon_proto::{CgroupCpu, LockCount, ThreadCpu};
 
@@ -664,6 +668,7 @@ mod tests {
             ratio: 0.0,
             level: None,
             split: SplitRule::NothingWaiting,
+            ratio_source: RatioSource::Samples,
         }
     }
 
@@ -764,6 +769,25 @@ mod tests {
         assert!(c[0].summary.contains("com.acme.Shared"), "{}", c[0].summary);
         assert!(c[0].advice.contains("more parallelism makes it worse"));
         assert!(!kinds(&c).contains(&CauseKind::SkewData));
+    }
+
+    #[test]
+    fn with_stacks_at_some_samples_only_the_activities_speak_for_those() {
+        // 100 samples, stacks read at 10 of them (the rest by Flink's timers): 9 of the 10 in
+        // a lock is 90 % of the time, not 9 %.
+        let ev = WindowEvidence {
+            activity: activity(1, 9, 0, 0),
+            stack_samples: Some(10),
+            ..Default::default()
+        };
+        let case = Case {
+            merged: vec![merged(100)],
+            evidence: vec![ev],
+            frames: vec![vec![]],
+        };
+        let c = case.causes(&vertex(&[Some(10.0)]), &[0]);
+        assert_eq!(c[0].kind, CauseKind::Lock, "{c:#?}");
+        assert!((c[0].share.unwrap() - 0.9).abs() < 1e-9, "{c:#?}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    AgentsView, ConfigUpdate, ConfigView, ErrorBody, HistoryView, JobsView, StatusView,
+    AgentsView, ConfigUpdate, ConfigView, EpisodesView, ErrorBody, HistoryView, JobsView,
+    StatusView,
 };
 use bpmon_http::{error_chain, root_cause, tls_failure};
 use bpmon_proto::Scope;
@@ -209,6 +210,14 @@ impl CollectorClient {
             query.push(("vertex", v.to_string()));
         }
         self.call(Method::GET, path, &query, None::<&()>, "history view")
+            .await
+    }
+
+    /// `GET /api/v1/jobs/{job}/episodes`: episodes under way at or after `since_ms`.
+    pub async fn episodes(&self, job: &str, since_ms: u64) -> Result<EpisodesView, ClientError> {
+        let path = format!("/api/v1/jobs/{}/episodes", segment(job));
+        let query = vec![("since_ms", since_ms.to_string())];
+        self.call(Method::GET, path, &query, None::<&()>, "episodes view")
             .await
     }
 

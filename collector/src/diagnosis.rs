@@ -459,6 +459,7 @@ mod tests {
                         blocked: b,
                         waiting: w,
                         busy: u,
+                        timers: None,
                     };
                     (i as u32, merge_subtask(&c, metrics))
                 })

@@ -94,6 +94,15 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         since: Duration,
     },
+    /// A job's back-pressure episodes: per vertex, when it started and ended, how bad it got,
+    /// and the bottleneck with its cause at the time.
+    Episodes {
+        /// Job id or name.
+        job: String,
+        /// How far back, e.g. 30m, 6h, 2d.
+        #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+        since: Duration,
+    },
     /// Sampling settings, per job or the default.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -134,6 +143,19 @@ enum ConfigCommand {
         /// Time from one window's start to the next, e.g. 60s.
         #[arg(long, group = "change", value_parser = humantime::parse_duration)]
         interval: Option<Duration>,
+        /// Read stacks at every n-th sample only; the in-process sampler reads Flink's timers
+        /// at the others, the dump backends skip them.
+        #[arg(long, group = "change")]
+        stacks_every: Option<u32>,
+        /// Watch continuously: back-to-back 2 s windows, Flink's timers read every 100 ms,
+        /// stacks every second (best with `bpmon-agent --backend jvmti`). Other flags given
+        /// with it change that.
+        #[arg(long, group = "change", conflicts_with = "classic")]
+        continuous: bool,
+        /// Back to Flink's classic monitor: 100 samples 50 ms apart every minute, stacks at
+        /// each. Other flags given with it change that.
+        #[arg(long, group = "change")]
+        classic: bool,
     },
     /// Drop a job's own settings: it follows the default again.
     Reset {
@@ -251,6 +273,11 @@ async fn query(client: &CollectorClient, command: Command, output: Output) -> Re
             let v = client.history(&job, vertex.as_deref(), since_ms).await?;
             (to_json(&v)?, render::history(&v, color, now))
         }
+        Command::Episodes { job, since } => {
+            let since_ms = now.saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            let v = client.episodes(&job, since_ms).await?;
+            (to_json(&v)?, render::episodes(&v, color, now))
+        }
         Command::Config(c) => {
             let v = match c {
                 ConfigCommand::Get { job } => client.config_get(&config_scope(&job)).await?,
@@ -259,11 +286,20 @@ async fn query(client: &CollectorClient, command: Command, output: Output) -> Re
                     samples,
                     delay,
                     interval,
+                    stacks_every,
+                    continuous,
+                    classic,
                 } => {
                     let update = ConfigUpdate {
+                        continuous: match (continuous, classic) {
+                            (true, _) => Some(true),
+                            (_, true) => Some(false),
+                            _ => None,
+                        },
                         samples,
                         delay_ms: delay.map(|d| whole_ms("--delay", d)).transpose()?,
                         interval_ms: interval.map(|d| whole_ms("--interval", d)).transpose()?,
+                        stacks_every,
                     };
                     client
                         .config_set_checked(&config_scope(&job), &update)

@@ -387,6 +387,7 @@ mod tests {
             legacy_source_thread: false,
             exact: None,
             samples: 10,
+            stack_samples: None,
             blocked: 10,
             waiting: 0,
             busy: 0,
@@ -395,6 +396,7 @@ mod tests {
             locks: Vec::new(),
             cpu: None,
             stacks: Vec::new(),
+            timers: None,
         }
     }
 

@@ -16,8 +16,16 @@
 //!
 //! The result is `ratio = (blocked + soft) / samples`, with Flink's levels: OK ≤ 0.10 < LOW ≤ 0.5 <
 //! HIGH.
+//!
+//! The in-process sampler does better than all three: it reads Flink's own timers of the task at
+//! every sample (`bpmon_proto::timers`). Then the waiting samples in which the soft timer ran
+//! *are* the soft ones ([`SplitRule::TaskTimers`]), and the ratio is the exact back-pressured
+//! share of the window from the timers' totals ([`RatioSource::Timers`]) rather than an estimate
+//! from samples. No metric is needed for either.
 
-use bpmon_proto::{ActivityCounts, FrameCount, JvmResources, Level, LockCount, ThreadCpu};
+use bpmon_proto::{
+    ActivityCounts, FrameCount, JvmResources, Level, LockCount, ThreadCpu, TimerWindow,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::SubtaskRef;
@@ -33,12 +41,17 @@ pub struct SampleCounts {
     pub blocked: u32,
     pub waiting: u32,
     pub busy: u32,
+    /// Flink's timers over the window, where the in-process sampler read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<TimerWindow>,
 }
 
 /// Which rule split the waiting samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SplitRule {
+    /// The task's own soft back-pressure timer, read at each waiting sample.
+    TaskTimers,
     /// Rule 1: soft / (soft + idle) time metrics.
     SoftIdleTime,
     /// Rule 2: (backPressured − hard share) / (that + idle).
@@ -66,6 +79,27 @@ pub struct MergedSubtask {
     /// `None` without samples.
     pub level: Option<Level>,
     pub split: SplitRule,
+    pub ratio_source: RatioSource,
+}
+
+/// What a ratio was computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RatioSource {
+    /// `(blocked + soft) / samples`.
+    #[default]
+    Samples,
+    /// The exact back-pressured share of the window, from Flink's timers of the task.
+    Timers,
+}
+
+impl RatioSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RatioSource::Samples => "samples",
+            RatioSource::Timers => "timers",
+        }
+    }
 }
 
 /// The back-pressured share of the waiting samples, and the rule that gave it.
@@ -108,17 +142,30 @@ pub fn waiting_back_pressured_share(counts: &SampleCounts, m: &SubtaskMetrics) -
     }
 }
 
-/// Merges one subtask's samples with its metrics.
+/// Merges one subtask's samples with its metrics (or with its task's timers, which need none).
 pub fn merge_subtask(counts: &SampleCounts, metrics: &SubtaskMetrics) -> MergedSubtask {
-    let (share, split) = waiting_back_pressured_share(counts, metrics);
-    let soft = (f64::from(counts.waiting) * share).round() as u32;
-    let soft = soft.min(counts.waiting);
+    let (soft, split) = match counts.timers {
+        Some(_) if counts.waiting == 0 => (0, SplitRule::NothingWaiting),
+        Some(t) => (t.waiting_soft.min(counts.waiting), SplitRule::TaskTimers),
+        None => {
+            let (share, split) = waiting_back_pressured_share(counts, metrics);
+            let soft = (f64::from(counts.waiting) * share).round() as u32;
+            (soft.min(counts.waiting), split)
+        }
+    };
     let idle = counts.waiting - soft;
-    let ratio = if counts.samples == 0 {
-        f64::NAN
-    } else {
+    let exact = counts
+        .timers
+        .and_then(|t| t.totals)
+        .filter(|_| counts.samples > 0);
+    let (ratio, ratio_source) = match exact {
+        Some(totals) => (totals.back_pressured_share(), RatioSource::Timers),
+        None if counts.samples == 0 => (f64::NAN, RatioSource::Samples),
         // In f64: counts near u32::MAX must not wrap (the ingest edge bounds them too).
-        ((f64::from(counts.blocked) + f64::from(soft)) / f64::from(counts.samples)).min(1.0)
+        None => (
+            ((f64::from(counts.blocked) + f64::from(soft)) / f64::from(counts.samples)).min(1.0),
+            RatioSource::Samples,
+        ),
     };
     MergedSubtask {
         samples: counts.samples,
@@ -129,6 +176,7 @@ pub fn merge_subtask(counts: &SampleCounts, metrics: &SubtaskMetrics) -> MergedS
         ratio,
         level: Level::from_ratio(ratio),
         split,
+        ratio_source,
     }
 }
 
@@ -191,6 +239,13 @@ pub struct WindowEvidence {
     /// What the TaskManager JVM hosting it, its cgroup and its host spent over the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<JvmResources>,
+    /// Flink's timers of the task over the window (in-process sampler only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<TimerWindow>,
+    /// The samples whose stack was read, when not all were (the rest were classified by the
+    /// timers alone): what `activity` and the frames speak for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_samples: Option<u32>,
 }
 
 impl WindowEvidence {
@@ -232,6 +287,14 @@ impl MergedWindow {
         }
     }
 
+    /// What the ratio was computed from: the timers when their totals were there to merge.
+    pub fn ratio_source(&self) -> RatioSource {
+        match self.evidence.timers.and_then(|t| t.totals) {
+            Some(_) if self.samples > 0 => RatioSource::Timers,
+            _ => RatioSource::Samples,
+        }
+    }
+
     pub fn subtask_ref(&self) -> SubtaskRef {
         SubtaskRef {
             job_id: self.job_id.clone(),
@@ -252,6 +315,7 @@ impl MergedWindow {
             ratio: self.ratio.unwrap_or(f64::NAN),
             level: self.level,
             split: self.split,
+            ratio_source: self.ratio_source(),
         }
     }
 }
@@ -266,7 +330,65 @@ mod tests {
             blocked,
             waiting,
             busy,
+            timers: None,
         }
+    }
+
+    fn timers(waiting_soft: u32, totals: Option<(u64, u64, u64, u64)>) -> TimerWindow {
+        TimerWindow {
+            method: bpmon_proto::TimerMethod::Fields,
+            states: Default::default(),
+            waiting_soft,
+            totals: totals.map(
+                |(span_ms, idle_ms, soft_ms, hard_ms)| bpmon_proto::TimerTotals {
+                    span_ms,
+                    idle_ms,
+                    soft_ms,
+                    hard_ms,
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn task_timers_split_waiting_and_give_the_exact_ratio_without_metrics() {
+        // 60 waiting samples, 45 of them with the soft timer running; the totals say 70 % of
+        // the window was back-pressured. Metrics that say otherwise are not used.
+        let c = SampleCounts {
+            timers: Some(timers(45, Some((5_000, 1_400, 3_000, 500)))),
+            ..counts(10, 60, 30)
+        };
+        let wrong = SubtaskMetrics {
+            soft_back_pressured_ms: Some(0.0),
+            idle_ms: Some(1000.0),
+            ..Default::default()
+        };
+        let m = merge_subtask(&c, &wrong);
+        assert_eq!((m.soft, m.idle, m.split), (45, 15, SplitRule::TaskTimers));
+        assert_eq!(m.ratio_source, RatioSource::Timers);
+        assert!((m.ratio - 0.7).abs() < 1e-9, "{m:?}");
+        assert_eq!(m.level, Some(Level::High));
+    }
+
+    #[test]
+    fn timers_without_totals_split_waiting_and_the_samples_give_the_ratio() {
+        let c = SampleCounts {
+            timers: Some(timers(20, None)),
+            ..counts(0, 40, 60)
+        };
+        let m = merge_subtask(&c, &SubtaskMetrics::default());
+        assert_eq!((m.soft, m.idle), (20, 20));
+        assert_eq!(m.ratio_source, RatioSource::Samples);
+        assert!((m.ratio - 0.2).abs() < 1e-9);
+        // Nothing waited: nothing to split, whatever the timers.
+        let c = SampleCounts {
+            timers: Some(timers(0, None)),
+            ..counts(0, 0, 10)
+        };
+        assert_eq!(
+            merge_subtask(&c, &SubtaskMetrics::default()).split,
+            SplitRule::NothingWaiting
+        );
     }
 
     #[test]

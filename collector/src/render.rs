@@ -9,11 +9,12 @@ use bpmon_proto::{FrameCount, Level, SamplingSettings};
 use serde::Serialize;
 
 use crate::api::{
-    AgentsView, ConfigView, HistoryView, JobSummary, JobsView, StatusView, SubtaskStatus,
+    AgentsView, ConfigView, EpisodesView, HistoryView, JobSummary, JobsView, StatusView,
+    SubtaskStatus,
 };
 use crate::clock::timestamp;
 use crate::diagnosis::{Finding, FindingKind};
-use crate::merge::SplitRule;
+use crate::merge::{RatioSource, SplitRule};
 
 /// Findings are wrapped at this width (the first line may be longer by the kind's label).
 const WRAP: usize = 100;
@@ -152,6 +153,9 @@ fn subtask_row(st: &SubtaskStatus) -> Vec<Cell> {
         (None, None) => "no samples yet".into(),
         (Some(_), None) if st.split == Some(SplitRule::NoMetrics) => {
             "no Flink metric to split waiting: counted as idle".into()
+        }
+        (Some(_), None) if st.ratio_source == Some(RatioSource::Timers) => {
+            "exact: Flink's task timers".into()
         }
         (Some(_), None) => String::new(),
     };
@@ -306,6 +310,59 @@ pub fn history(view: &HistoryView, color: bool, now_ms: u64) -> String {
 }
 
 /// `config get|set|reset`: the settings that apply and where they come from.
+/// `episodes`: one row per episode, oldest first.
+pub fn episodes(view: &EpisodesView, color: bool, now_ms: u64) -> String {
+    let mut out = format!(
+        "job {}  ({})  since {}\n",
+        paint(&view.job_name, Paint::Bold, color),
+        view.job_id,
+        when(view.since_ms, now_ms)
+    );
+    if view.episodes.is_empty() {
+        out.push_str("(no back-pressure episodes in this period)\n");
+        return out;
+    }
+    let mut t = Table::new(
+        &[
+            "STARTED",
+            "ENDED",
+            "SECONDS",
+            "VERTEX",
+            "PEAK",
+            "RATIO",
+            "BOTTLENECK: CAUSE",
+        ],
+        &[2, 5],
+    );
+    for e in &view.episodes {
+        let end = e.ended_at_ms.unwrap_or(now_ms);
+        let secs = end.saturating_sub(e.started_at_ms) as f64 / 1000.0;
+        let bottleneck = e.bottleneck.as_ref().map_or_else(
+            || "-".to_string(),
+            |b| {
+                if b.summary.is_empty() {
+                    format!("{}: {}", b.vertex, b.cause.as_str())
+                } else {
+                    format!("{}: {}", b.vertex, b.summary)
+                }
+            },
+        );
+        t.row(vec![
+            timestamp(e.started_at_ms).into(),
+            e.ended_at_ms
+                .map_or_else(|| "ongoing".to_string(), timestamp)
+                .into(),
+            format!("{secs:.0}").into(),
+            e.vertex.as_str().into(),
+            level_cell(Some(e.peak_level)),
+            ratio(Some(e.peak_ratio)).into(),
+            bottleneck.into(),
+        ]);
+    }
+    out.push_str(&t.render(color));
+    out
+}
+
 pub fn config(view: &ConfigView, color: bool) -> String {
     let scope = if view.scope.is_default() {
         "default (every job without settings of its own)".to_string()
@@ -328,12 +385,27 @@ pub fn config(view: &ConfigView, color: bool) -> String {
     let _ = writeln!(out, "samples   {}", s.samples);
     let _ = writeln!(out, "delay     {}", millis(s.delay_ms));
     let _ = writeln!(out, "interval  {}", millis(s.interval_ms));
-    let _ = writeln!(
-        out,
-        "window    {} of sampling every {}",
-        millis(window_ms(s)),
-        millis(s.interval_ms)
-    );
+    if s.stacks_every > 1 {
+        let _ = writeln!(
+            out,
+            "stacks    every {} samples (Flink's timers in between)",
+            s.stacks_every
+        );
+    }
+    if s.is_continuous() {
+        let _ = writeln!(
+            out,
+            "window    {} windows back to back: continuous",
+            millis(s.interval_ms)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "window    {} of sampling every {}",
+            millis(window_ms(s)),
+            millis(s.interval_ms)
+        );
+    }
     out
 }
 
@@ -722,6 +794,8 @@ mod tests {
             idle: 3,
             busy: 10,
             split: Some(SplitRule::SoftIdleTime),
+            ratio_source: None,
+            timers: None,
             taskmanager_id: Some("10.0.0.5:41234-6f1a2b".into()),
             host: Some("worker-1".into()),
             attempt: Some(0),
@@ -827,6 +901,63 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn episodes_show_start_end_peak_and_the_bottleneck_with_its_cause() {
+        use crate::api::{Episode, EpisodeBottleneck};
+        let ended = Episode {
+            job_id: "j".into(),
+            vertex_id: "src".into(),
+            vertex: "Source: numbers".into(),
+            started_at_ms: NOW - 120_000,
+            ended_at_ms: Some(NOW - 80_000),
+            peak_level: Level::High,
+            peak_ratio: 0.97,
+            peak_at_ms: NOW - 110_000,
+            bottleneck: Some(EpisodeBottleneck {
+                vertex_id: "sink".into(),
+                vertex: "sink".into(),
+                cause: CauseKind::Cpu,
+                share: Some(0.8),
+                summary: "80 % on CPU in com.acme.Enrich.map".into(),
+            }),
+        };
+        let ongoing = Episode {
+            started_at_ms: NOW - 20_000,
+            ended_at_ms: None,
+            peak_level: Level::Low,
+            peak_ratio: 0.3,
+            bottleneck: None,
+            ..ended.clone()
+        };
+        let view = EpisodesView {
+            job_id: "j".into(),
+            job_name: "job".into(),
+            since_ms: NOW - 3_600_000,
+            episodes: vec![ended, ongoing],
+        };
+        let text = episodes(&view, false, NOW);
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(
+            rows[0].contains("HIGH") && rows[0].contains("0.97"),
+            "{text}"
+        );
+        assert!(rows[0].contains(" 40 "), "40 s long: {text}");
+        assert!(
+            rows[0].contains("sink: 80 % on CPU in com.acme.Enrich.map"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains("ongoing") && rows[1].contains(" 20 "),
+            "{text}"
+        );
+        let empty = EpisodesView {
+            episodes: vec![],
+            ..view
+        };
+        assert!(episodes(&empty, false, NOW).contains("no back-pressure episodes"));
     }
 
     #[test]
@@ -1213,6 +1344,7 @@ mod tests {
                 samples: 20,
                 delay_ms: 100,
                 interval_ms: 30_000,
+                stacks_every: 1,
             },
             inherited: true,
         };

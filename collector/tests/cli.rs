@@ -38,6 +38,8 @@ fn status_view() -> StatusView {
         idle: 3,
         busy: 10,
         split: Some(SplitRule::SoftIdleTime),
+        ratio_source: None,
+        timers: None,
         taskmanager_id: Some("10.0.0.5:41234-6f1a2b".into()),
         host: Some("worker-1".into()),
         attempt: Some(0),
@@ -537,8 +539,8 @@ fn config_set_puts_only_the_given_fields() {
         update,
         ConfigUpdate {
             samples: Some(10),
-            delay_ms: None,
             interval_ms: Some(1_000),
+            ..Default::default()
         }
     );
 }

@@ -39,6 +39,7 @@ impl Ingest for Memory {
                 samples: 20,
                 delay_ms: 100,
                 interval_ms: 10_000,
+                stacks_every: 1,
             },
         );
         Ok(SettingsView {

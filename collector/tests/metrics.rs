@@ -130,6 +130,7 @@ fn task(name: &str, subtask: u32, parallelism: u32, blocked: u32, waiting: u32) 
         legacy_source_thread: false,
         exact: None,
         samples: 100,
+        stack_samples: None,
         blocked,
         waiting,
         busy: 100 - blocked - waiting,
@@ -138,6 +139,7 @@ fn task(name: &str, subtask: u32, parallelism: u32, blocked: u32, waiting: u32) 
         locks: Vec::new(),
         cpu: None,
         stacks: Vec::new(),
+        timers: None,
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{Activity, SampleClass};
+use crate::{Activity, SampleClass, TimerReading};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; the library refuses other versions in `hello`.
@@ -31,6 +31,10 @@ pub enum Request {
     Sample {
         /// Frames read per thread, from the top (capped at [`MAX_STACK_DEPTH`]).
         max_depth: u32,
+        /// false: read only Flink's timers of each task (a task thread whose timers cannot be
+        /// read still has its stack read). Libraries older than this field read stacks anyway.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        stacks: bool,
     },
     /// The sampler thread exits and the socket closes; a later attach `load` starts it again.
     Stop,
@@ -116,6 +120,26 @@ pub struct SampledThread {
     /// JVM does not grant `can_get_thread_cpu_time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_ns: Option<u64>,
+    /// Flink's own timers of the thread's task at this sample (main task threads of Flink 1.15+;
+    /// absent from older libraries and where they could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<TimerReading>,
+    /// The class comes from the timers alone (hard: blocked; soft or idle: waiting; none:
+    /// busy): no stack was read, so a busy sample has no frame and no activity.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stackless: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A monitor a thread waits to enter.
@@ -205,6 +229,8 @@ mod tests {
             activity: None,
             lock: None,
             cpu_ns: None,
+            timers: None,
+            stackless: false,
             task: task.then(|| TaskRef {
                 job_id: "j".into(),
                 vertex_id: "v".into(),
@@ -273,8 +299,20 @@ mod tests {
 
     #[test]
     fn requests_and_responses_are_one_line_of_tagged_json() {
-        let r = serde_json::to_string(&Request::Sample { max_depth: 64 }).unwrap();
+        let r = serde_json::to_string(&Request::Sample {
+            max_depth: 64,
+            stacks: true,
+        })
+        .unwrap();
+        // Stacks at every sample is what every library did before the field: left out.
         assert_eq!(r, r#"{"op":"sample","max_depth":64}"#);
+        let timers_only = Request::Sample {
+            max_depth: 64,
+            stacks: false,
+        };
+        let line = serde_json::to_string(&timers_only).unwrap();
+        assert_eq!(line, r#"{"op":"sample","max_depth":64,"stacks":false}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), timers_only);
         let s = Response::Sample(InProcessSample {
             taken_at_ms: 1,
             took_us: 2,
@@ -286,6 +324,8 @@ mod tests {
                 activity: None,
                 lock: None,
                 cpu_ns: None,
+                timers: None,
+                stackless: false,
                 task: Some(TaskRef {
                     job_id: "j".into(),
                     vertex_id: "v".into(),

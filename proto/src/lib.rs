@@ -7,7 +7,8 @@
 //!   ([`ingest`], [`plan`], [`token`]);
 //! - how a job is sampled, and the one rule for it ([`settings`]);
 //! - where a TaskManager JVM lives on the network ([`whereabouts`]);
-//! - what the agent and the in-process sampler inside a TaskManager exchange ([`inprocess`]).
+//! - what the agent and the in-process sampler inside a TaskManager exchange ([`inprocess`]),
+//!   and Flink's own per-task timers the sampler reads there ([`timers`]).
 
 pub mod class;
 pub mod evidence;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod report;
 pub mod settings;
 pub mod time;
+pub mod timers;
 pub mod token;
 pub mod whereabouts;
 
@@ -32,4 +34,5 @@ pub use report::{
     ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, StackCount, TaskSamples, OTHER_STACKS,
 };
 pub use settings::{SamplingSettings, Scope, SettingsProblem};
+pub use timers::{RunningTimer, TimerCounts, TimerMethod, TimerReading, TimerTotals, TimerWindow};
 pub use whereabouts::{JvmNetwork, ResourceIdSource};

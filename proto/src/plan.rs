@@ -111,6 +111,7 @@ mod tests {
             samples: 10,
             delay_ms: 50,
             interval_ms,
+            stacks_every: 1,
         }
     }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evidence::{Activity, ActivityCounts, JvmResources, LockCount, ThreadCpu};
 use crate::identity::TaskIdentity;
+use crate::timers::TimerWindow;
 use crate::whereabouts::{JvmNetwork, ResourceIdSource};
 
 /// One sampling run over one JVM.
@@ -81,6 +82,11 @@ pub struct TaskSamples {
     pub exact: Option<ExactTask>,
     /// Samples in which the thread was seen.
     pub samples: u32,
+    /// Of those, the samples whose stack was read, when not all were: the others were
+    /// classified by Flink's timers alone (settings with `stacks_every` > 1, in-process), so
+    /// `activity`, `top_frames` and `stacks` speak for these samples only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_samples: Option<u32>,
     /// Hard back-pressure: blocked requesting an output buffer.
     pub blocked: u32,
     /// Parked in the mailbox: idle or soft back-pressure (the collector splits the two).
@@ -102,6 +108,11 @@ pub struct TaskSamples {
     /// in one [`OTHER_STACKS`] entry): what a flame graph of the task is drawn from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackCount>,
+    /// Flink's own timers of the task over the window, read in-process at every sample: the
+    /// exact soft/idle split of `waiting` and the exact time shares (absent from other backends,
+    /// from Flink before 1.15, and when a sample could not read them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<TimerWindow>,
 }
 
 /// The frame of the one stack entry that sums the stacks a report left out.
@@ -236,6 +247,7 @@ mod tests {
             legacy_source_thread: false,
             exact: None,
             samples: 100,
+            stack_samples: None,
             blocked: 97,
             waiting: 1,
             busy: 2,
@@ -248,6 +260,7 @@ mod tests {
             locks: Vec::new(),
             cpu: None,
             stacks: Vec::new(),
+            timers: None,
         };
         let v = serde_json::to_value(&t).unwrap();
         for key in [

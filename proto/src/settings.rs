@@ -21,6 +21,20 @@ pub struct SamplingSettings {
     pub delay_ms: u64,
     /// Time from one window's start to the next, ms.
     pub interval_ms: u64,
+    /// Stacks are read at every `stacks_every`-th sample of a window (the first included); the
+    /// samples between read only Flink's timers of each task, which the in-process sampler does
+    /// at a small fraction of a stack's cost. The dump backends cannot read timers, so they skip
+    /// those samples. 1 (the default, and all older collectors know): stacks at every sample.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub stacks_every: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl Default for SamplingSettings {
@@ -29,7 +43,31 @@ impl Default for SamplingSettings {
             samples: 100,
             delay_ms: 50,
             interval_ms: 60_000,
+            stacks_every: 1,
         }
+    }
+}
+
+impl SamplingSettings {
+    /// Continuous watching: back-to-back windows of 2 s, Flink's timers read 10 times a second,
+    /// stacks once a second (for the busy frames and the causes). With the in-process sampler a
+    /// level is at most about 2 s old when it reaches the collector.
+    pub const CONTINUOUS: SamplingSettings = SamplingSettings {
+        samples: 20,
+        delay_ms: 100,
+        interval_ms: 2_000,
+        stacks_every: 10,
+    };
+
+    /// Whether these settings watch continuously: every window starts as the previous one
+    /// ends (within one delay).
+    pub fn is_continuous(&self) -> bool {
+        u64::from(self.samples).saturating_mul(self.delay_ms) >= self.interval_ms
+    }
+
+    /// Whether sample `index` of a window reads stacks.
+    pub fn reads_stacks(&self, index: u32) -> bool {
+        index.is_multiple_of(self.stacks_every.max(1))
     }
 }
 
@@ -45,6 +83,8 @@ pub enum SettingsProblem {
          window a second)"
     )]
     IntervalTooShort(u64),
+    #[error("stacks_every must be between 1 and the {samples} samples of a window, not {value}")]
+    StacksEvery { value: u32, samples: u32 },
     #[error("{what} {value} exceeds {max}", max = bounds::SQL_INT_MAX)]
     TooLarge { what: &'static str, value: u64 },
     #[error(
@@ -103,6 +143,12 @@ impl SamplingSettings {
         }
         if self.interval_ms < MIN_INTERVAL_MS {
             return Err(SettingsProblem::IntervalTooShort(self.interval_ms));
+        }
+        if self.stacks_every == 0 || self.stacks_every > self.samples {
+            return Err(SettingsProblem::StacksEvery {
+                value: self.stacks_every,
+                samples: self.samples,
+            });
         }
         Ok(())
     }
@@ -182,7 +228,36 @@ mod tests {
             samples,
             delay_ms,
             interval_ms,
+            stacks_every: 1,
         }
+    }
+
+    #[test]
+    fn continuous_windows_are_back_to_back_with_stacks_once_a_second() {
+        let c = SamplingSettings::CONTINUOUS;
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.is_continuous());
+        assert!(!SamplingSettings::default().is_continuous());
+        let stacked: Vec<u32> = (0..c.samples).filter(|&i| c.reads_stacks(i)).collect();
+        assert_eq!(stacked, [0, 10]);
+        assert!((0..100).all(|i| SamplingSettings::default().reads_stacks(i)));
+        // On the wire, the default is left out and older settings read as stacks every sample.
+        let old: SamplingSettings =
+            serde_json::from_str(r#"{"samples":100,"delay_ms":50,"interval_ms":60000}"#).unwrap();
+        assert_eq!(old, SamplingSettings::default());
+        assert!(!serde_json::to_string(&old)
+            .unwrap()
+            .contains("stacks_every"));
+        let e = SamplingSettings {
+            stacks_every: 21,
+            ..c
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("between 1 and the 20 samples"),
+            "{e}"
+        );
     }
 
     #[test]

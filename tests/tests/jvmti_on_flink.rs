@@ -30,7 +30,7 @@ use bpmon_e2e::{
     jdk25_home, one_cluster_at_a_time, work_dir, Behaviour, ClusterOptions, FlinkCluster,
     FlinkDist, FlinkRest, JobMode, TestJobs,
 };
-use bpmon_proto::{SampleReport, TaskSamples};
+use bpmon_proto::{SampleReport, TaskSamples, TimerMethod};
 use bpmon_stacks::classify::{Classifier, SampleClass};
 
 fn log(t0: Instant, msg: impl AsRef<str>) {
@@ -64,6 +64,53 @@ fn expected(mode: JobMode, vertex: &str) -> Option<SampleClass> {
         Behaviour::SoftBackPressured | Behaviour::Idle => SampleClass::Waiting,
         Behaviour::BusySleeping | Behaviour::BusyCpu => SampleClass::Busy,
     })
+}
+
+/// What Flink's own timers, read in-process, must say of a thread of `behaviour`: the timer that
+/// ran in most samples, the exact share of the window it measured, and for waiting threads the
+/// split of the waiting samples (soft back-pressure or idleness) that stack frames cannot make.
+fn check_timers(thread: &str, behaviour: Behaviour, t: &TaskSamples) -> Result<()> {
+    let timers = t
+        .timers
+        .with_context(|| format!("{thread}: no timers from the in-process sampler"))?;
+    let totals = timers
+        .totals
+        .with_context(|| format!("{thread}: no timer totals: {timers:?}"))?;
+    ensure!(
+        timers.method == TimerMethod::Fields,
+        "{thread}: read by {:?}",
+        timers.method
+    );
+    ensure!(
+        timers.states.total() == u64::from(t.samples),
+        "{thread}: {timers:?} for {} samples",
+        t.samples
+    );
+    let states = timers.states;
+    let n = t.samples;
+    let (state_ok, share) = match behaviour {
+        Behaviour::HardBackPressured => (states.hard * 2 > n, totals.hard_ms as f64),
+        Behaviour::SoftBackPressured => (
+            states.soft * 2 > n && timers.waiting_soft * 10 >= t.waiting * 8,
+            totals.soft_ms as f64,
+        ),
+        Behaviour::Idle => (
+            states.idle * 2 > n && timers.waiting_soft * 10 <= t.waiting,
+            totals.idle_ms as f64,
+        ),
+        Behaviour::BusySleeping | Behaviour::BusyCpu => (
+            states.busy * 2 > n,
+            totals.busy_share() * totals.span_ms as f64,
+        ),
+    };
+    let share = share / totals.span_ms as f64;
+    eprintln!(
+        "  timers {thread}: {behaviour:?}: states {states:?}, waiting soft {}/{}, exact share {share:.3} of {} ms",
+        timers.waiting_soft, t.waiting, totals.span_ms
+    );
+    ensure!(state_ok, "{thread}: {behaviour:?} but timers {timers:?}");
+    ensure!(share >= 0.5, "{thread}: {behaviour:?} but {totals:?}");
+    Ok(())
 }
 
 /// One window of `samples` with `backend`.
@@ -136,6 +183,9 @@ fn compare(
             continue;
         };
         compared += 1;
+        if let Some(v) = mode.vertices().iter().find(|v| v.name == jt.identity.task) {
+            check_timers(&key.0, v.behaviour, jt)?;
+        }
         ensure!(
             dominant(jt) == want,
             "{}: jvmti says {:?}, the job's behaviour is {want:?}",
@@ -240,6 +290,72 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
     );
     ensure!(compared >= 8, "only {compared} threads compared");
     ensure!(agreeing == compared, "{agreeing}/{compared}");
+
+    // Timers only (what continuous watching does between its stack samples): each main task
+    // thread is classified by its task's timers alone, and as its stacks classified it.
+    let mut jvmti = jvmti;
+    let mut by_timers: BTreeMap<u64, (String, Option<String>, [u32; 3])> = BTreeMap::new();
+    let mut timer_us = Vec::new();
+    for _ in 0..20 {
+        let (s, _) = jvmti.sample_with(false)?;
+        ensure!(s.errors.is_empty(), "timers only: {:?}", s.errors);
+        timer_us.push(s.took_us);
+        for t in &s.threads {
+            ensure!(
+                t.stackless && t.timers.is_some() && t.top_frame.is_none(),
+                "timers only, yet {t:?}"
+            );
+            let e = by_timers.entry(t.java_id).or_insert_with(|| {
+                let job = t.task.as_ref().map(|r| r.job_id.clone());
+                (t.name.clone(), job, [0; 3])
+            });
+            e.2[match t.class {
+                SampleClass::Blocked => 0,
+                SampleClass::Waiting => 1,
+                SampleClass::Busy => 2,
+            }] += 1;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        by_timers.len() == by_jvmti.tasks.len(),
+        "timers only sampled {} threads, stacks {}",
+        by_timers.len(),
+        by_jvmti.tasks.len()
+    );
+    let mut timer_checked = 0;
+    for (name, job, [b, w, u]) in by_timers.values() {
+        let (identity, _) = bpmon_proto::parse_task_thread_name(name).context("a task name")?;
+        let Some(mode) = job.as_ref().and_then(|j| modes.get(j)) else {
+            continue;
+        };
+        let Some(want) = expected(*mode, &identity.task) else {
+            continue;
+        };
+        let got = if b >= w && b >= u {
+            SampleClass::Blocked
+        } else if w >= u {
+            SampleClass::Waiting
+        } else {
+            SampleClass::Busy
+        };
+        ensure!(
+            got == want,
+            "{name}: timers say {got:?} ({b}/{w}/{u}), expected {want:?}"
+        );
+        timer_checked += 1;
+    }
+    timer_us.sort_unstable();
+    log(
+        t0,
+        format!(
+            "timers only: {timer_checked} threads classified as their behaviour; {} µs inside \
+             the JVM per sample (p50), against {:?} µs with stacks",
+            timer_us[timer_us.len() / 2],
+            by_jvmti.cost.inside_us_p50
+        ),
+    );
+    ensure!(timer_checked >= 8, "only {timer_checked} threads checked");
 
     // Exact ids: every task thread on this TaskManager names its job, vertex, subtask and
     // attempt as Flink's REST placement does, the twins' same-named tasks included.

@@ -421,6 +421,31 @@ fn product_agrees(
             agree * 100 >= total * 95,
             "{backend}: only {agree}/{total} subtasks agree with Flink's /backpressure"
         );
+        // In-process, every level comes from Flink's own timers of the task (1.18 to 2.3 have
+        // them), read exactly; the other backends merge samples with the REST metrics.
+        let sources: Vec<String> = statuses
+            .iter()
+            .flat_map(|(_, s)| readings::status_subtasks(s))
+            .map(|st| st["ratio_source"].as_str().unwrap_or("none").to_string())
+            .collect();
+        let from_timers = sources.iter().filter(|s| *s == "timers").count();
+        log(
+            t0,
+            format!(
+                "{tag}/{backend}: {from_timers}/{} ratios from Flink's task timers",
+                sources.len()
+            ),
+        );
+        let want = if *backend == "jvmti" {
+            sources.len()
+        } else {
+            0
+        };
+        ensure!(
+            from_timers == want,
+            "{backend}: {from_timers} of {} ratios from timers, expected {want}: {sources:?}",
+            sources.len()
+        );
         // Which TaskManager each of our JVMs is, and by what.
         let agents = collector.cli_json(&["agents"])?;
         let jvms: Vec<&Value> = agents["agents"]

@@ -67,7 +67,7 @@ pub fn clear_exception(env: &mut Env) -> Option<String> {
 }
 
 /// Turns a JNI result into ours, clearing (and naming) any exception it left pending.
-fn check<T>(
+pub(crate) fn check<T>(
     env: &mut Env,
     step: &'static str,
     r: jni::errors::Result<T>,
@@ -102,7 +102,7 @@ fn object_field<'l>(
     check(env, step, r)
 }
 
-fn call_object<'l>(
+pub(crate) fn call_object<'l>(
     env: &mut Env<'l>,
     obj: &JObject,
     step: &'static str,
@@ -177,6 +177,23 @@ fn runnable<'l>(env: &mut Env<'l>, thread: &JObject) -> Result<JObject<'l>, Iden
     Ok(task)
 }
 
+/// The `Task` a main task thread runs (a local reference of the caller's frame).
+pub(crate) fn task_object<'l>(
+    env: &mut Env<'l>,
+    jvmti: Jvmti,
+    thread: &JObject,
+) -> Result<JObject<'l>, IdentityError> {
+    let task = runnable(env, thread)?;
+    let class = env.get_object_class(&task);
+    let class = check(env, "Runnable.getClass", class)?;
+    let class_name = jvmti.class_signature(&class)?;
+    let class_name = class_name_from_signature(&class_name).unwrap_or(class_name);
+    if class_name != TASK_CLASS {
+        return Err(IdentityError::NotATask(class_name));
+    }
+    Ok(task)
+}
+
 /// Reads the identity of the task a main task thread runs. Runs in its own local frame.
 pub fn read_task_ref(
     env: &mut Env,
@@ -184,14 +201,7 @@ pub fn read_task_ref(
     thread: &JObject,
 ) -> Result<TaskRef, IdentityError> {
     env.with_local_frame(16, |env| -> Result<TaskRef, IdentityError> {
-        let task = runnable(env, thread)?;
-        let class = env.get_object_class(&task);
-        let class = check(env, "Runnable.getClass", class)?;
-        let class_name = jvmti.class_signature(&class)?;
-        let class_name = class_name_from_signature(&class_name).unwrap_or(class_name);
-        if class_name != TASK_CLASS {
-            return Err(IdentityError::NotATask(class_name));
-        }
+        let task = task_object(env, jvmti, thread)?;
         let job = call_object(
             env,
             &task,

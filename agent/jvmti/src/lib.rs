@@ -43,6 +43,7 @@ pub mod server;
 pub mod stacks;
 pub mod sys;
 pub mod threads;
+pub mod timers;
 
 use std::any::Any;
 use std::ffi::{c_char, c_void, CStr};
@@ -602,14 +603,14 @@ impl Backend for JvmBackend {
         self.hello.clone()
     }
 
-    fn sample(&mut self, max_depth: u32) -> Result<InProcessSample, String> {
+    fn sample(&mut self, max_depth: u32, stacks: bool) -> Result<InProcessSample, String> {
         let mut methods = METHODS.lock().unwrap_or_else(PoisonError::into_inner);
         let sampler = &mut self.sampler;
         // One local frame per sample: whatever JNI local references a sample makes are gone
         // when it returns.
         self.vm
             .with_local_frame(32, |env| -> Result<_, jni::errors::Error> {
-                let mut sample = sampler.sample(env, &mut methods, max_depth);
+                let mut sample = sampler.sample(env, &mut methods, max_depth, stacks);
                 // Every call that can throw is checked where it is made; this is the net under
                 // that rule, so no exception ever stays pending on this thread.
                 if let Some(thrown) = identity::clear_exception(env) {

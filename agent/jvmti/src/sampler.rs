@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{InProcessSample, SampledLock, SampledThread, MAX_STACK_DEPTH};
 use bpmon_proto::ThreadRole;
+use bpmon_proto::{RunningTimer, TimerReading};
 use bpmon_stacks::activity::{activity, Activity};
 use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
 use bpmon_stacks::threaddump::{Frame, ThreadState};
@@ -19,7 +20,9 @@ use crate::evidence::{mx_locks, thread_state, EvidenceCaps, Monitors};
 use crate::identity::{clear_exception, read_task_ref};
 use crate::jvmti::Jvmti;
 use crate::stacks::{MethodCache, StackError, StackReader};
-use crate::threads::{Identity, TaskThreads};
+use crate::sys::JVMTI_THREAD_STATE_ALIVE;
+use crate::threads::{Identity, TaskThread, TaskThreads, Timers};
+use crate::timers::{self, TimerReader};
 
 /// Frames read first. The rules look at the topmost non-JDK frame and its caller, and a busy
 /// sample reports the topmost user frame: in a Flink task thread all of them are nearly always
@@ -67,6 +70,7 @@ pub struct Sampler {
     caps: EvidenceCaps,
     /// The monitor each blocked thread was last found waiting for, and when (by Java thread id).
     recent_locks: HashMap<u64, (Instant, SampledLock)>,
+    timers: TimerReader,
 }
 
 impl Sampler {
@@ -80,16 +84,23 @@ impl Sampler {
             stacks: StackReader::new(jvmti, locations),
             caps,
             recent_locks: HashMap::new(),
+            timers: TimerReader::new(),
         }
     }
 
     /// One sample of every task thread, at most `max_depth` frames each (capped at
     /// [`MAX_STACK_DEPTH`]). Call inside a JNI local frame; no local reference outlives it.
+    ///
+    /// Without `stacks`, a main task thread whose task's timers can be read is classified by
+    /// them alone (see [`timer_class`]), at a fraction of a stack's cost; legacy source threads
+    /// are left out (their task's timers are read through its main thread), and a thread
+    /// without timers has its stack read as usual.
     pub fn sample<'l>(
         &mut self,
         env: &mut Env<'l>,
         methods: &mut MethodCache,
         max_depth: u32,
+        stacks: bool,
     ) -> InProcessSample {
         let taken_at_ms = now_ms();
         let start = Instant::now();
@@ -110,6 +121,31 @@ impl Sampler {
         // (index in `out.threads`, Java thread id).
         let mut mx_pending: Vec<(usize, u64)> = Vec::new();
         for t in self.threads.iter_mut() {
+            if t.role == ThreadRole::Main && t.identity == Identity::Unread {
+                t.identity = match read_task_ref(env, self.jvmti, &t.thread) {
+                    Ok(task) => Identity::Known(task),
+                    Err(e) => {
+                        clear_exception(env);
+                        out.errors.push(format!("{}: task identity: {e}", t.name));
+                        Identity::Failed
+                    }
+                };
+            }
+            if !stacks {
+                if t.role == ThreadRole::LegacySource {
+                    continue;
+                }
+                match timers_only(&mut self.timers, self.jvmti, self.caps, env, t, &mut out) {
+                    TimersOnly::Sampled => continue,
+                    TimersOnly::Gone => {
+                        out.gone += 1;
+                        ended.push(t.java_id);
+                        continue;
+                    }
+                    // Read its stack instead.
+                    TimersOnly::NoTimers => {}
+                }
+            }
             // Shallow first: walking a stack is most of a sample's cost, and the top frames
             // decide nearly every stack; a stack they leave open is read again in full.
             let shallow = depth.min(SHALLOW_DEPTH);
@@ -134,6 +170,8 @@ impl Sampler {
                     continue;
                 }
             };
+            // The timers right after the stack, so both describe the same instant.
+            let timer_reading = read_timers(&mut self.timers, self.jvmti, env, t, &mut out.errors);
             let frames = methods.frames(&keys);
             let classification = self.classifier.classify(&frames);
             // CPU time for every sample: the window's figure is the difference between a
@@ -190,16 +228,6 @@ impl Sampler {
             } else {
                 (None, None)
             };
-            if t.role == ThreadRole::Main && t.identity == Identity::Unread {
-                t.identity = match read_task_ref(env, self.jvmti, &t.thread) {
-                    Ok(task) => Identity::Known(task),
-                    Err(e) => {
-                        clear_exception(env);
-                        out.errors.push(format!("{}: task identity: {e}", t.name));
-                        Identity::Failed
-                    }
-                };
-            }
             out.threads.push(SampledThread {
                 name: t.name.clone(),
                 java_id: t.java_id,
@@ -212,6 +240,8 @@ impl Sampler {
                 activity,
                 lock,
                 cpu_ns,
+                timers: timer_reading,
+                stackless: false,
             });
         }
         monitors.release(env);
@@ -244,4 +274,108 @@ impl Sampler {
     pub fn release(&mut self) {
         self.threads.clear();
     }
+}
+
+/// Reads the timers of a main task thread's task, finding them on first use. A failure is
+/// said once and the thread is sampled without timers from then on.
+fn read_timers(
+    reader: &mut TimerReader,
+    jvmti: Jvmti,
+    env: &mut Env,
+    t: &mut TaskThread,
+    errors: &mut Vec<String>,
+) -> Option<TimerReading> {
+    if matches!(t.timers, Timers::Unread) {
+        t.timers = match (&t.identity, timers::find(env, jvmti, &t.thread)) {
+            // Not a task (already said), or no timers in this Flink: said once per reason,
+            // not once per task.
+            (Identity::Failed, _) => Timers::Failed,
+            (_, Ok(found)) => Timers::Known(found),
+            (_, Err(e)) => {
+                clear_exception(env);
+                let reason = e.to_string();
+                if reader.first_failure(&reason) {
+                    errors.push(format!(
+                        "{}: task timers: {reason} (said once; tasks without timers are \
+                         sampled by their stacks)",
+                        t.name
+                    ));
+                }
+                Timers::Failed
+            }
+        };
+    }
+    let Timers::Known(found) = &t.timers else {
+        return None;
+    };
+    match reader.read(env, found) {
+        Ok(reading) => Some(reading),
+        Err(e) => {
+            clear_exception(env);
+            errors.push(format!("{}: reading task timers: {e}", t.name));
+            t.timers = Timers::Failed;
+            None
+        }
+    }
+}
+
+/// The class Flink's timers give a task: hard back-pressure is blocked, soft back-pressure and
+/// idleness are waiting (as their stacks would be), no timer running is busy.
+pub fn timer_class(running: Option<RunningTimer>) -> SampleClass {
+    match running {
+        Some(RunningTimer::Hard) => SampleClass::Blocked,
+        Some(RunningTimer::Soft | RunningTimer::Idle) => SampleClass::Waiting,
+        None => SampleClass::Busy,
+    }
+}
+
+/// What a timers-only sample of one thread came to.
+enum TimersOnly {
+    Sampled,
+    /// The thread ended (its task finished or failed).
+    Gone,
+    /// Its task's timers cannot be read.
+    NoTimers,
+}
+
+/// Samples a main task thread by its task's timers alone: is the thread alive (the timers of a
+/// finished task stand still and would read as busy), the timers, and its CPU time.
+fn timers_only(
+    reader: &mut TimerReader,
+    jvmti: Jvmti,
+    caps: EvidenceCaps,
+    env: &mut Env,
+    t: &mut TaskThread,
+    out: &mut InProcessSample,
+) -> TimersOnly {
+    match jvmti.thread_state(t.thread.as_obj()) {
+        Ok(bits) if bits & JVMTI_THREAD_STATE_ALIVE == 0 => return TimersOnly::Gone,
+        Ok(_) => {}
+        // Let the stack read say what is wrong.
+        Err(_) => return TimersOnly::NoTimers,
+    }
+    let Some(reading) = read_timers(reader, jvmti, env, t, &mut out.errors) else {
+        return TimersOnly::NoTimers;
+    };
+    let cpu_ns = if caps.cpu_time {
+        jvmti.thread_cpu_time(t.thread.as_obj()).ok()
+    } else {
+        None
+    };
+    out.threads.push(SampledThread {
+        name: t.name.clone(),
+        java_id: t.java_id,
+        class: timer_class(reading.running),
+        top_frame: None,
+        task: match &t.identity {
+            Identity::Known(task) => Some(task.clone()),
+            _ => None,
+        },
+        activity: None,
+        lock: None,
+        cpu_ns,
+        timers: Some(reading),
+        stackless: true,
+    });
+    TimersOnly::Sampled
 }

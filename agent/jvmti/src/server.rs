@@ -166,8 +166,9 @@ pub fn unlink_if(path: &Path, dev_ino: (u64, u64)) {
 /// What the server asks of the sampler.
 pub trait Backend {
     fn hello(&mut self) -> Hello;
-    /// One sample of every task thread; `Err` only when no sample could be taken at all.
-    fn sample(&mut self, max_depth: u32) -> Result<InProcessSample, String>;
+    /// One sample of every task thread (`stacks`: false reads Flink's timers instead where it
+    /// can); `Err` only when no sample could be taken at all.
+    fn sample(&mut self, max_depth: u32, stacks: bool) -> Result<InProcessSample, String>;
     /// A client asked to stop: called after the socket file is gone and before `stopping` is
     /// answered, so that by the time the client reads the answer a new `load` starts afresh.
     fn stopping(&mut self);
@@ -373,7 +374,7 @@ impl Session<'_> {
                 },
                 None,
             ),
-            Request::Sample { max_depth } => match self.backend.sample(max_depth) {
+            Request::Sample { max_depth, stacks } => match self.backend.sample(max_depth, stacks) {
                 Ok(mut sample) => {
                     self.introduced.compact(&mut sample);
                     (Response::Sample(sample), None)
@@ -489,7 +490,7 @@ mod tests {
                 starts: 1,
             }
         }
-        fn sample(&mut self, max_depth: u32) -> Result<InProcessSample, String> {
+        fn sample(&mut self, max_depth: u32, _stacks: bool) -> Result<InProcessSample, String> {
             self.samples += 1;
             if max_depth == 999 {
                 return Err("no".into());

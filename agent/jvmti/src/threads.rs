@@ -20,6 +20,7 @@ use jni::{jni_sig, jni_str, Env};
 
 use crate::identity::clear_exception;
 use crate::jvmti::{Jvmti, JvmtiError};
+use crate::timers::TaskTimers;
 
 /// Longest time a new task thread can go unnoticed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,6 +48,26 @@ impl Identity {
     }
 }
 
+/// Flink's timers of the task behind a main task thread ([`crate::timers`]). Found once.
+#[derive(Debug)]
+pub enum Timers {
+    /// A legacy source thread: its task's timers are read through the main thread.
+    NotApplicable,
+    Unread,
+    Known(TaskTimers),
+    /// Finding or reading them failed (said once then); not retried.
+    Failed,
+}
+
+impl Timers {
+    fn initial(role: ThreadRole) -> Timers {
+        match role {
+            ThreadRole::Main => Timers::Unread,
+            ThreadRole::LegacySource => Timers::NotApplicable,
+        }
+    }
+}
+
 /// One tracked task thread.
 #[derive(Debug)]
 pub struct TaskThread {
@@ -57,6 +78,7 @@ pub struct TaskThread {
     /// must happen on a thread attached to the VM (the sampler thread).
     pub thread: Global<JObject<'static>>,
     pub identity: Identity,
+    pub timers: Timers,
 }
 
 /// Why the thread list could not be read.
@@ -122,6 +144,7 @@ impl TaskThreads {
                     if t.name != info.name {
                         // Renamed: whatever was read for the old name may not hold.
                         t.identity = Identity::initial(role);
+                        t.timers = Timers::initial(role);
                         t.name = info.name;
                         t.role = role;
                     }
@@ -133,6 +156,7 @@ impl TaskThreads {
                     role,
                     thread: env.new_global_ref(&thread)?,
                     identity: Identity::initial(role),
+                    timers: Timers::initial(role),
                 }))
             });
             env.delete_local_ref(thread);

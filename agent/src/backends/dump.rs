@@ -5,7 +5,7 @@
 //! use these types without using each other.
 
 use bpmon_proto::inprocess::TaskRef;
-use bpmon_proto::{parse_task_thread_name, Activity, TaskIdentity};
+use bpmon_proto::{parse_task_thread_name, Activity, TaskIdentity, TimerReading};
 use bpmon_stacks::classify::SampleClass;
 
 /// One task thread (main or legacy source thread) of one dump, classified.
@@ -29,6 +29,10 @@ pub struct DumpThread {
     /// For busy samples: the whole stack, folded (`bpmon_stacks::collapse`), where the backend
     /// sees it.
     pub stack: Option<String>,
+    /// Flink's timers of the thread's task at this sample (in-process backend only).
+    pub timers: Option<TimerReading>,
+    /// Classified by the timers alone: no stack was read (no frame, no activity).
+    pub stackless: bool,
 }
 
 /// A monitor or lock a thread waits for.

@@ -205,8 +205,17 @@ impl JvmtiClient {
 
     /// One sample of every task thread, classified inside the JVM.
     pub fn sample(&mut self) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
+        self.sample_with(true)
+    }
+
+    /// One sample; without `stacks`, each task is classified by Flink's timers where the
+    /// library can read them (see `bpmon_jvmti::sampler`).
+    pub fn sample_with(
+        &mut self,
+        stacks: bool,
+    ) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
         let max_depth = self.options.max_depth;
-        match self.request(&Request::Sample { max_depth })? {
+        match self.request(&Request::Sample { max_depth, stacks })? {
             Response::Sample(mut s) => {
                 let expanded = match self.conn.as_mut() {
                     Some(conn) => conn.known.expand(&mut s),
@@ -491,6 +500,8 @@ fn to_classified(s: &InProcessSample) -> ClassifiedDump {
                     cpu_ms: t.cpu_ns.map(|ns| ns as f64 / 1e6),
                     // The library reads the top frames only.
                     stack: None,
+                    timers: t.timers,
+                    stackless: t.stackless,
                 }
             })
             .collect(),
@@ -546,6 +557,8 @@ mod tests {
                 activity: None,
                 lock: None,
                 cpu_ns: None,
+                timers: None,
+                stackless: false,
                 task: Some(TaskRef {
                     job_id: "j".into(),
                     vertex_id: "v".into(),
@@ -584,6 +597,8 @@ mod tests {
             activity: Some(activity),
             lock: None,
             cpu_ns: None,
+            timers: None,
+            stackless: false,
         }
     }
 

@@ -113,11 +113,18 @@ impl Backend {
         }
     }
 
-    pub fn fetch(&mut self) -> Result<Fetched, DumpError> {
+    /// One sample of every task thread. Without `stacks` the in-process backend reads Flink's
+    /// timers instead where it can; a dump always has stacks.
+    pub fn fetch(&mut self, stacks: bool) -> Result<Fetched, DumpError> {
         match self {
             Backend::Attach(a) => Ok(Fetched::Text(a.thread_dump()?)),
             Backend::Jcmd(j) => Ok(Fetched::Text(j.thread_dump()?)),
-            Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample()?.1)),
+            Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample_with(stacks)?.1)),
         }
+    }
+
+    /// Whether a sample can be taken without stacks (by Flink's timers), far more cheaply.
+    pub fn samples_without_stacks(&self) -> bool {
+        matches!(self, Backend::Jvmti(_))
     }
 }

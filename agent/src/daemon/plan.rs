@@ -36,6 +36,7 @@ mod tests {
             samples,
             delay_ms,
             interval_ms,
+            stacks_every: 1,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::{JvmProcess, ProcFs};
 use crate::metrics::AgentMetrics;
 use crate::sampling::schedule::{self, Scheduler, Slot, WindowId};
-use crate::sampling::{take_dump, Progress, TakenDump, Window};
+use crate::sampling::{take_sample, Progress, TakenDump, Window};
 
 /// What a worker is told.
 #[derive(Debug)]
@@ -272,7 +272,16 @@ impl Worker {
                 },
             );
         }
-        let dump = take_dump(s.probe.as_ref(), &mut s.backend, &self.classifier);
+        // Stacks when any window due wants them at this sample; else Flink's timers, which only
+        // the in-process backend reads: a dump backend skips the sample.
+        let stacks = slots
+            .iter()
+            .any(|slot| slot.settings.reads_stacks(slot.index));
+        if !stacks && !s.backend.samples_without_stacks() {
+            self.skip(s, slots);
+            return None;
+        }
+        let dump = take_sample(s.probe.as_ref(), &mut s.backend, &self.classifier, stacks);
         match &dump.result {
             Ok(_) => self.metrics.dump_taken(dump.took + dump.parse),
             Err(e) => self.metrics.dump_failed(e.reason()),
@@ -333,6 +342,15 @@ impl Worker {
                 if let Some(done) = s.windows.remove(&slot.window) {
                     self.send(done.window.finish(&self.jvm, s.backend.kind()));
                 }
+            }
+        }
+    }
+
+    /// Passes over a sample no dump is taken for: the windows it closes are sent as they are.
+    fn skip(&self, s: &mut Session, slots: &[Slot]) {
+        for slot in slots.iter().filter(|slot| slot.closes) {
+            if let Some(done) = s.windows.remove(&slot.window) {
+                self.send(done.window.finish(&self.jvm, s.backend.kind()));
             }
         }
     }

@@ -271,6 +271,7 @@ mod tests {
             samples,
             delay_ms,
             interval_ms,
+            stacks_every: 1,
         }
     }
 

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use bpmon_proto::inprocess::TaskRef;
 use bpmon_proto::{
-    parse_task_thread_name, Activity, ActivityCounts, ExactTask, FrameCount, LockCount, StackCount,
-    TaskIdentity, TaskSamples, ThreadCpu, ThreadRole, OTHER_STACKS,
+    parse_task_thread_name, Activity, ActivityCounts, ExactTask, FrameCount, LockCount,
+    RunningTimer, StackCount, TaskIdentity, TaskSamples, ThreadCpu, ThreadRole, TimerCounts,
+    TimerReading, TimerTotals, TimerWindow, OTHER_STACKS,
 };
 use bpmon_stacks::classify::SampleClass;
 
@@ -41,6 +42,10 @@ pub struct ThreadSample<'a> {
     pub cpu_ms: Option<f64>,
     /// For busy samples: the folded stack, where the backend sees it.
     pub stack: Option<&'a str>,
+    /// Flink's timers of the thread's task at this sample (in-process backend, main threads).
+    pub timers: Option<&'a TimerReading>,
+    /// Classified by the timers alone, without a stack.
+    pub stackless: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +63,8 @@ struct TaskTally {
     legacy: bool,
     exact: Option<ExactTask>,
     samples: u32,
+    /// Samples whose stack was read (the others were classified by Flink's timers alone).
+    stack_samples: u32,
     blocked: u32,
     waiting: u32,
     busy: u32,
@@ -70,6 +77,56 @@ struct TaskTally {
     cpu: HashMap<u64, CpuSpan>,
     /// Busy samples by folded stack and activity (at most one entry per sample).
     stacks: HashMap<(String, Option<Activity>), u32>,
+    timers: TimerTally,
+}
+
+/// What a task's timer readings add up to over a window.
+#[derive(Debug, Default)]
+struct TimerTally {
+    states: TimerCounts,
+    waiting_soft: u32,
+    first: Option<TimerReading>,
+    last: Option<TimerReading>,
+    /// Samples without a reading: the window then reports no timers for the task, since its
+    /// state counts would not cover every sample.
+    unread: u32,
+}
+
+impl TimerTally {
+    fn note(&mut self, reading: Option<&TimerReading>, class: SampleClass) {
+        let Some(r) = reading else {
+            self.unread += 1;
+            return;
+        };
+        match r.running {
+            Some(RunningTimer::Idle) => self.states.idle += 1,
+            Some(RunningTimer::Soft) => {
+                self.states.soft += 1;
+                if class == SampleClass::Waiting {
+                    self.waiting_soft += 1;
+                }
+            }
+            Some(RunningTimer::Hard) => self.states.hard += 1,
+            None => self.states.busy += 1,
+        }
+        if self.first.is_none() {
+            self.first = Some(*r);
+        }
+        self.last = Some(*r);
+    }
+
+    fn window(&self) -> Option<TimerWindow> {
+        let (first, last) = (self.first?, self.last?);
+        if self.unread > 0 {
+            return None;
+        }
+        Some(TimerWindow {
+            method: last.method,
+            states: self.states,
+            waiting_soft: self.waiting_soft,
+            totals: TimerTotals::between(&first, &last),
+        })
+    }
 }
 
 /// A thread's CPU time at its first and last sample, with when each sample was taken.
@@ -111,6 +168,7 @@ impl Tally {
             legacy: false,
             exact: None,
             samples: 0,
+            stack_samples: 0,
             blocked: 0,
             waiting: 0,
             busy: 0,
@@ -120,6 +178,7 @@ impl Tally {
             locks: HashMap::new(),
             cpu: HashMap::new(),
             stacks: HashMap::new(),
+            timers: TimerTally::default(),
         });
         for thread in &task.threads {
             t.note_cpu(thread, at_ms);
@@ -135,9 +194,18 @@ impl Tally {
             });
         }
         t.samples += 1;
+        // The task's timers are read through its main thread.
+        let main = (!task.legacy || task.threads.len() > 1).then_some(task.thread);
+        t.timers.note(main.and_then(|m| m.timers), task.class);
+        // A timers-only sample counts in its class; what it was doing is not known.
+        let stackless = task.thread.stackless;
+        if !stackless {
+            t.stack_samples += 1;
+        }
         match task.class {
             SampleClass::Blocked => t.blocked += 1,
             SampleClass::Waiting => t.waiting += 1,
+            SampleClass::Busy if stackless => t.busy += 1,
             SampleClass::Busy => {
                 t.busy += 1;
                 match task.activity {
@@ -178,6 +246,7 @@ impl Tally {
                 let frames = FrameCount::top(t.frames, top_n);
                 let locks = ranked_locks(t.locks);
                 let stacks = table.stacks(t.stacks);
+                let timers = t.timers.window();
                 TaskSamples {
                     thread: key.main_thread,
                     thread_id: key.id,
@@ -187,6 +256,7 @@ impl Tally {
                     legacy_source_thread: t.legacy,
                     exact: t.exact,
                     samples: t.samples,
+                    stack_samples: (t.stack_samples < t.samples).then_some(t.stack_samples),
                     blocked: t.blocked,
                     waiting: t.waiting,
                     busy: t.busy,
@@ -195,6 +265,7 @@ impl Tally {
                     locks,
                     cpu,
                     stacks,
+                    timers,
                 }
             })
             .collect();
@@ -427,6 +498,8 @@ mod tests {
             activity: (class == SampleClass::Busy).then_some(Activity::Running),
             lock: None,
             cpu_ms: None,
+            timers: None,
+            stackless: false,
         }
     }
 
@@ -688,6 +761,70 @@ mod tests {
         let task = &tally.into_tasks(5)[0];
         assert_eq!(task.activity, None);
         assert_eq!(task.cpu, None);
+    }
+
+    fn reading(at_ms: u64, running: Option<RunningTimer>, soft_ms: u64) -> TimerReading {
+        TimerReading {
+            at_ms,
+            running,
+            idle_ms: 100,
+            soft_ms,
+            hard_ms: 0,
+            method: bpmon_proto::TimerMethod::Fields,
+        }
+    }
+
+    #[test]
+    fn timers_split_waiting_exactly_and_stackless_samples_leave_the_activity_known() {
+        // Four samples 100 ms apart: stacks at the first (waiting, soft timer running), then
+        // timers only: soft, idle, busy.
+        let readings = [
+            reading(1_000, Some(RunningTimer::Soft), 500),
+            reading(1_100, Some(RunningTimer::Soft), 600),
+            reading(1_200, Some(RunningTimer::Idle), 650),
+            reading(1_300, None, 650),
+        ];
+        let classes = [
+            SampleClass::Waiting,
+            SampleClass::Waiting,
+            SampleClass::Waiting,
+            SampleClass::Busy,
+        ];
+        let mut tally = Tally::new();
+        for (i, (r, class)) in readings.iter().zip(classes).enumerate() {
+            let mut t = ts("Map (1/1)#0", 60, 1.0, class);
+            t.timers = Some(r);
+            t.stackless = i > 0;
+            t.activity = None;
+            t.top_frame = None;
+            tally.add_dump(&[t], r.at_ms);
+        }
+        let task = &tally.into_tasks(5)[0];
+        assert_eq!((task.samples, task.stack_samples), (4, Some(1)));
+        assert_eq!((task.waiting, task.busy), (3, 1));
+        // The busy sample had no stack: no activity is missing, none is known.
+        assert_eq!(task.activity, Some(Default::default()));
+        let timers = task.timers.expect("timers");
+        assert_eq!(timers.waiting_soft, 2);
+        assert_eq!(
+            (timers.states.soft, timers.states.idle, timers.states.busy),
+            (2, 1, 1)
+        );
+        let totals = timers.totals.expect("totals");
+        assert_eq!((totals.span_ms, totals.soft_ms), (300, 150));
+    }
+
+    #[test]
+    fn a_sample_without_timers_drops_the_timers_of_the_window() {
+        let mut tally = Tally::new();
+        let r = reading(1_000, None, 0);
+        let mut with = ts("Map (1/1)#0", 60, 1.0, SampleClass::Busy);
+        with.timers = Some(&r);
+        tally.add_dump(&[with], 0);
+        tally.add_dump(&[ts("Map (1/1)#0", 60, 1.0, SampleClass::Busy)], 50);
+        let task = &tally.into_tasks(5)[0];
+        assert_eq!(task.timers, None);
+        assert_eq!(task.stack_samples, None);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
                 lock,
                 cpu_ms: t.header.cpu_ms,
                 stack: busy.then(|| collapse(&t.frames, collapse::MAX_DEPTH)),
+                timers: None,
+                stackless: false,
             }
         })
         .collect();
@@ -129,10 +131,21 @@ pub fn take_dump(
     backend: &mut Backend,
     classifier: &Classifier,
 ) -> TakenDump {
+    take_sample(probe, backend, classifier, true)
+}
+
+/// [`take_dump`]; without `stacks`, the in-process backend classifies by Flink's timers where
+/// it can.
+pub fn take_sample(
+    probe: Option<&SafepointProbe>,
+    backend: &mut Backend,
+    classifier: &Classifier,
+    stacks: bool,
+) -> TakenDump {
     let read_counters = || probe.and_then(SafepointProbe::read);
     let before = read_counters();
     let t0 = Instant::now();
-    let result = backend.fetch();
+    let result = backend.fetch(stacks);
     let took = t0.elapsed();
     let after = before.and_then(|_| read_counters());
     let safepoints = match (before, after) {
@@ -365,6 +378,8 @@ pub(crate) fn sample_of(t: &DumpThread) -> ThreadSample<'_> {
         lock: t.lock.as_ref(),
         cpu_ms: t.cpu_ms,
         stack: t.stack.as_deref(),
+        timers: t.timers.as_ref(),
+        stackless: t.stackless,
     }
 }
 

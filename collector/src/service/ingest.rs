@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use bpmon_proto::{AgentPlan, PlanRequest, ReportBatch};
 
+use crate::api::StatusView;
 use crate::clock::now_ms;
 use crate::model::ClusterSnapshot;
 use crate::server::{Ingest, IngestError, IngestOutcome, SettingsView};
 
-use super::bottlenecks::{bottleneck_of, Bottleneck, BottleneckEvent, Change};
+use super::bottlenecks::{bottleneck_of, BottleneckEvent, Change};
+use super::episodes::{EpisodeChange, EpisodeEvent};
 use super::levels::{observations, Observation};
 use super::locks::lock;
 use super::metrics::BatchOutcome;
@@ -165,20 +167,33 @@ impl Collector {
 
     fn bottleneck_changes(&self) -> Vec<BottleneckEvent> {
         let mut jobs = lock(&self.pending).take();
-        // A job that stopped sends no windows; its status without a topology has no bottleneck.
-        let tracked = lock(&self.bottlenecks).tracked();
+        // A job that stopped sends no windows; its status without a topology has no bottleneck,
+        // and its episodes end.
+        let mut tracked = lock(&self.bottlenecks).tracked();
+        tracked.extend(lock(&self.episodes).jobs());
         jobs.extend(
             tracked
                 .into_iter()
                 .filter(|j| self.clusters.live_job(j).is_none()),
         );
         let mut events = Vec::new();
+        let mut episodes = Vec::new();
         for job_id in jobs {
-            match self.job_bottleneck(&job_id) {
-                Ok(Some((job_name, now))) => {
-                    events.extend(lock(&self.bottlenecks).observe(&job_id, &job_name, now));
+            match self.job_status(&job_id) {
+                Ok(Some(status)) => {
+                    let now = bottleneck_of(&status);
+                    if self.clusters.live_job(&job_id).is_some() {
+                        episodes.extend(lock(&self.episodes).observe(&status, now.as_ref()));
+                    } else {
+                        let at = status.updated_at_ms;
+                        episodes.extend(lock(&self.episodes).forget(&job_id, at));
+                    }
+                    events.extend(lock(&self.bottlenecks).observe(&job_id, &status.job_name, now));
                 }
-                Ok(None) => events.extend(lock(&self.bottlenecks).forget(&job_id)),
+                Ok(None) => {
+                    events.extend(lock(&self.bottlenecks).forget(&job_id));
+                    episodes.extend(lock(&self.episodes).forget(&job_id, now_ms()));
+                }
                 Err(e) => {
                     // Tried again at the next check.
                     tracing::warn!(job_id = %job_id, error = %e, "cannot check the job's bottleneck");
@@ -186,25 +201,67 @@ impl Collector {
                 }
             }
         }
+        self.record_episodes(&episodes);
         events
     }
 
-    /// The job's name and bottleneck as its status says now; `None` when the store has no
-    /// such job any more.
-    fn job_bottleneck(
-        &self,
-        job_id: &str,
-    ) -> Result<Option<(String, Option<Bottleneck>)>, QueryError> {
+    /// Stores and logs what changed of the episodes. A store that fails loses nothing the
+    /// next change does not write again; it is said in the log.
+    fn record_episodes(&self, events: &[EpisodeEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut store = self.writer.lock();
+            for e in events {
+                if let Err(err) = store.save_episode(&e.episode) {
+                    tracing::error!(job_id = %e.episode.job_id, vertex_id = %e.episode.vertex_id, error = %err, "cannot store a back-pressure episode");
+                }
+            }
+        }
+        for e in events {
+            self.metrics.episode(e.change);
+            log_episode(e);
+        }
+    }
+
+    /// The job's status as it is now; `None` when the store has no such job any more.
+    fn job_status(&self, job_id: &str) -> Result<Option<Arc<StatusView>>, QueryError> {
         let store = lock(&self.reader);
         let Some(row) = store.find_job(job_id)? else {
             return Ok(None);
         };
         let status = self.fresh_status(row, &store)?;
-        Ok(Some((
-            status.view.job_name.clone(),
-            bottleneck_of(&status.view),
-        )))
+        Ok(Some(status.view))
     }
+}
+
+/// One line per episode that started, rose to a higher level, or ended.
+fn log_episode(e: &EpisodeEvent) {
+    let ep = &e.episode;
+    let message = match e.change {
+        EpisodeChange::Started => "back-pressure episode started",
+        EpisodeChange::Peaked { level_rose: true } => "back-pressure episode got worse",
+        // A higher ratio at the same level: stored, not news.
+        EpisodeChange::Peaked { level_rose: false } => return,
+        EpisodeChange::Ended => "back-pressure episode ended",
+    };
+    let b = ep.bottleneck.as_ref();
+    tracing::info!(
+        job_id = %ep.job_id,
+        vertex_id = %ep.vertex_id,
+        vertex = %ep.vertex,
+        episode = e.change.as_str(),
+        started_at_ms = ep.started_at_ms,
+        ended_at_ms = ep.ended_at_ms,
+        seconds = ep.ended_at_ms.map(|end| end.saturating_sub(ep.started_at_ms) as f64 / 1000.0),
+        peak_level = ep.peak_level.as_str(),
+        peak_ratio = ep.peak_ratio,
+        bottleneck_vertex = b.map_or("none", |b| b.vertex.as_str()),
+        cause = b.map_or("none", |b| b.cause.as_str()),
+        summary = b.map_or("", |b| b.summary.as_str()),
+        "{message}"
+    );
 }
 
 /// One line per change of a job's bottleneck: what it is now, what it was, who waits for it.

@@ -18,6 +18,8 @@ use bpmon_telemetry::metrics::prometheus_client::metrics::histogram::{
 };
 use bpmon_telemetry::metrics::prometheus_client::registry::Registry;
 
+use super::episodes::EpisodeChange;
+
 pub(super) type Labels = Vec<(&'static str, String)>;
 pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -68,6 +70,8 @@ pub struct ServiceMetrics {
     poll_duration: HistogramFamily,
     poll_success: Family<Labels, FloatGauge>,
     per_subtask: AtomicBool,
+    /// Episodes that started and ended.
+    episodes: Family<Labels, Counter>,
     /// The API's token check, whose refusals are exported (set when auth is configured).
     auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
     /// The listener's connection counts (set when it serves).
@@ -85,6 +89,7 @@ impl ServiceMetrics {
             poll_duration: Family::new_with_constructor(poll_histogram as fn() -> Histogram),
             poll_success: Family::default(),
             per_subtask: AtomicBool::new(true),
+            episodes: Family::default(),
             auth: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),
         };
@@ -94,7 +99,21 @@ impl ServiceMetrics {
         for url in flink_urls {
             m.poll_errors.get_or_create(&flink(url)).inc_by(0);
         }
+        for change in ["started", "ended"] {
+            m.episodes
+                .get_or_create(&vec![("change", change.to_string())])
+                .inc_by(0);
+        }
         m
+    }
+
+    /// A back-pressure episode started or ended (a new peak is not counted).
+    pub fn episode(&self, change: EpisodeChange) {
+        if !matches!(change, EpisodeChange::Peaked { .. }) {
+            self.episodes
+                .get_or_create(&vec![("change", change.as_str().to_string())])
+                .inc();
+        }
     }
 
     /// Whether per-subtask series are exposed (`[metrics] per_subtask`).
@@ -146,6 +165,11 @@ impl ServiceMetrics {
 
     /// Adds the counters to `r` (the scrape's registry).
     pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "backpressure_episodes",
+            "Back-pressure episodes of vertices that started and ended (change = started, ended)",
+            self.episodes.clone(),
+        );
         r.register(
             "ingest_batches",
             "Report batches from agents, by outcome (stored, duplicate, rejected, failed)",

@@ -9,6 +9,7 @@
 pub mod bottlenecks;
 pub mod clusters;
 pub mod config;
+pub mod episodes;
 pub mod ingest;
 pub mod levels;
 mod locks;

@@ -181,6 +181,7 @@ fn merged_window(
         blocked: task.blocked,
         waiting: task.waiting,
         busy: task.busy,
+        timers: task.timers,
     };
     let merged = merge_subtask(&counts, &subtask.metrics);
     let mut row = MergedWindow::new(
@@ -197,6 +198,8 @@ fn merged_window(
         locks: task.locks.clone(),
         cpu: task.cpu,
         resources: resources.cloned(),
+        timers: task.timers,
+        stack_samples: task.stack_samples,
     };
     row
 }
@@ -278,6 +281,7 @@ mod tests {
             legacy_source_thread: false,
             exact: None,
             samples: 10,
+            stack_samples: None,
             blocked: 2,
             waiting: 8,
             busy: 0,
@@ -286,6 +290,7 @@ mod tests {
             locks: Vec::new(),
             cpu: None,
             stacks: Vec::new(),
+            timers: None,
         }
     }
 

@@ -120,6 +120,7 @@ mod tests {
             samples: 5,
             delay_ms: 10,
             interval_ms: 1_000,
+            stacks_every: 1,
         };
         let jobs = BTreeMap::from([("j1".to_string(), fast)]);
         let req = PlanRequest {

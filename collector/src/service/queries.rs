@@ -11,7 +11,8 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 
 use crate::api::{
-    AgentsView, ConfigUpdate, ConfigView, HistoryView, HistoryWindow, JobsView, StatusView,
+    AgentsView, ConfigUpdate, ConfigView, Episode, EpisodesView, HistoryView, HistoryWindow,
+    JobsView, StatusView,
 };
 use crate::clock::now_ms;
 use crate::merge::MergedWindow;
@@ -168,6 +169,31 @@ impl Collector {
             Ok(JobsView { jobs })
         })
         .await?
+    }
+
+    /// A job's back-pressure episodes under way at or after `since_ms`.
+    pub async fn episodes(
+        self: &Arc<Self>,
+        job: String,
+        since_ms: u64,
+    ) -> Result<EpisodesView, QueryError> {
+        self.blocking(move |me| {
+            let store = lock(&me.reader);
+            let row = find_job(&store, &job)?;
+            let episodes = store.episodes(&row.job_id, since_ms)?;
+            Ok(EpisodesView {
+                job_id: row.job_id,
+                job_name: row.name,
+                since_ms,
+                episodes,
+            })
+        })
+        .await?
+    }
+
+    /// The episodes under way now, of every job.
+    pub fn open_episodes(&self) -> Vec<Episode> {
+        lock(&self.episodes).open()
     }
 
     pub async fn history(

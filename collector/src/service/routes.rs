@@ -21,6 +21,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{job}/status", get(status))
         .route("/api/v1/jobs/{job}/history", get(history))
+        .route("/api/v1/jobs/{job}/episodes", get(episodes))
         .route(
             "/api/v1/config/{job}",
             get(config_get).put(config_set).delete(config_reset),
@@ -77,6 +78,20 @@ async fn history(State(c): C, Path(job): Path<String>, Query(q): Query<HistoryQu
         .await
         .map(Json)
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct EpisodesQuery {
+    #[serde(default)]
+    since_ms: u64,
+}
+
+async fn episodes(
+    State(c): C,
+    Path(job): Path<String>,
+    Query(q): Query<EpisodesQuery>,
+) -> Response {
+    c.episodes(job, q.since_ms).await.map(Json).into_response()
 }
 
 async fn config_get(State(c): C, Path(job): Path<String>) -> Response {

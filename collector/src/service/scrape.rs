@@ -14,6 +14,8 @@
 //! | `bpmon_job_stale` (1 when `status` says stale) | gauge | job_id |
 //! | `bpmon_bottleneck` (1 while a vertex is the bottleneck; `cause` its first-ranked cause) | gauge | job_id, vertex_id, cause |
 //! | `bpmon_bottleneck_cause_share` (share of the bottleneck's time each cause explains) | gauge | job_id, vertex_id, cause, area |
+//! | `bpmon_backpressure_episode_started_timestamp_seconds` (while an episode is under way) | gauge | job_id, vertex_id, peak_level |
+//! | `bpmon_backpressure_episodes_total` | counter | change = started, ended |
 //! | `bpmon_agent_last_report_timestamp_seconds` | gauge | agent_id |
 //! | `bpmon_ingest_batches_total` | counter | outcome = stored, duplicate, rejected, failed |
 //! | `bpmon_ingest_windows_total`, `bpmon_ingest_unplaced_threads_total` | counter | |
@@ -33,7 +35,7 @@ use bpmon_telemetry::metrics::prometheus_client::metrics::family::Family;
 use bpmon_telemetry::metrics::prometheus_client::metrics::gauge::Gauge;
 use bpmon_telemetry::metrics::prometheus_client::registry::Registry;
 
-use crate::api::{AgentsView, StatusView};
+use crate::api::{AgentsView, Episode, StatusView};
 
 use super::metrics::{FloatGauge, Labels, ServiceMetrics};
 use super::state::Collector;
@@ -53,6 +55,7 @@ pub fn registry(
     metrics: &ServiceMetrics,
     statuses: &[std::sync::Arc<StatusView>],
     agents: &AgentsView,
+    open_episodes: &[Episode],
 ) -> Registry {
     let mut r = bpmon_telemetry::metrics::registry();
     let per_subtask = metrics.per_subtask();
@@ -67,6 +70,21 @@ pub fn registry(
             .set(bpmon_telemetry::metrics::seconds(a.last_batch_ms));
     }
     gauges.register(&mut r, per_subtask);
+    let episode_start = Family::<Labels, FloatGauge>::default();
+    for e in open_episodes {
+        episode_start
+            .get_or_create(&vec![
+                ("job_id", e.job_id.clone()),
+                ("vertex_id", e.vertex_id.clone()),
+                ("peak_level", e.peak_level.as_str().to_string()),
+            ])
+            .set(bpmon_telemetry::metrics::seconds(e.started_at_ms));
+    }
+    r.register(
+        "backpressure_episode_started_timestamp_seconds",
+        "When each back-pressure episode under way started (Unix time); absent when none is",
+        episode_start,
+    );
     r.register(
         "agent_last_report_timestamp_seconds",
         "When an agent's newest batch was stored (Unix time)",
@@ -235,6 +253,11 @@ pub async fn scrape(collector: &Arc<Collector>, headers: &HeaderMap) -> Response
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let r = registry(collector.metrics(), &statuses, &agents);
+    let r = registry(
+        collector.metrics(),
+        &statuses,
+        &agents,
+        &collector.open_episodes(),
+    );
     bpmon_telemetry::metrics::response(&r, headers)
 }

@@ -2,8 +2,8 @@
 //! ([`StoreWriter`]: batches, jobs, settings, pruning), a read connection for queries, the
 //! watched clusters ([`Clusters`]: polling, last good snapshots), what could not be placed
 //! ([`Misplaced`]), the sampling settings ([`SettingsCache`]), each job's last status
-//! ([`StatusCache`]), each vertex's logged level ([`LevelLog`]) and each job's logged bottleneck
-//! ([`BottleneckLog`]). Agents' batches come in
+//! ([`StatusCache`]), each vertex's logged level ([`LevelLog`]), each job's logged bottleneck
+//! ([`BottleneckLog`]) and each vertex's back-pressure episode under way ([`EpisodeLog`]). Agents' batches come in
 //! through `ingest`, queries through `queries`. The store is synchronous
 //! (SQLite), so it is used on blocking threads, with one connection for writes and one for reads
 //! (WAL lets them run side by side).
@@ -17,6 +17,7 @@ use crate::store::{Store, StoreError, VertexRow};
 
 use super::bottlenecks::{BottleneckLog, Pending};
 use super::clusters::Clusters;
+use super::episodes::EpisodeLog;
 use super::levels::LevelLog;
 use super::locks::lock;
 use super::metrics::ServiceMetrics;
@@ -40,6 +41,8 @@ pub struct Collector {
     pub(super) bottlenecks: Mutex<BottleneckLog>,
     /// The jobs with windows stored since the bottlenecks were last checked.
     pub(super) pending: Mutex<Pending>,
+    /// Each vertex's back-pressure episode under way.
+    pub(super) episodes: Mutex<EpisodeLog>,
 }
 
 impl Collector {
@@ -50,6 +53,7 @@ impl Collector {
         poll_interval: Duration,
     ) -> Result<Collector, StoreError> {
         let settings = SettingsCache::load(&reader)?;
+        let episodes = EpisodeLog::resume(reader.open_episodes()?);
         let writer = StoreWriter::start(writer)?;
         let metrics = Arc::new(ServiceMetrics::new(clients.iter().map(|c| c.base_url())));
         Ok(Collector {
@@ -63,6 +67,7 @@ impl Collector {
             levels: Mutex::new(LevelLog::default()),
             bottlenecks: Mutex::new(BottleneckLog::default()),
             pending: Mutex::new(Pending::default()),
+            episodes: Mutex::new(episodes),
         })
     }
 

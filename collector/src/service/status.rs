@@ -278,6 +278,8 @@ fn subtask_status(
         idle: 0,
         busy: 0,
         split: None,
+        ratio_source: None,
+        timers: None,
         taskmanager_id: live.and_then(|s| s.taskmanager_id.clone()),
         host: live.and_then(|s| s.host.clone()),
         attempt: live.map(|s| s.attempt),
@@ -317,6 +319,8 @@ fn subtask_status(
         idle: w.idle,
         busy: w.busy,
         split: Some(w.split),
+        ratio_source: Some(w.ratio_source()),
+        timers: w.evidence.timers,
         taskmanager_id: w.taskmanager_id.clone().or(base.taskmanager_id),
         host: w.host.clone().or(base.host),
         attempt: Some(w.attempt),
@@ -432,6 +436,7 @@ mod tests {
             blocked: counts[0],
             waiting: counts[1],
             busy: counts[2],
+            timers: None,
         };
         let mut w = MergedWindow::new(
             &SubtaskRef {
@@ -477,6 +482,7 @@ mod tests {
                 samples: 10,
                 delay_ms: 100,
                 interval_ms: 10_000,
+                stacks_every: 1,
             },
             unplaced,
             poll_interval_ms: 5_000,

@@ -9,7 +9,8 @@
 //! - the `(agent, seq)` of every accepted report batch, so a retried batch is recognised, and the
 //!   highest seq per agent, so gaps show ([`AgentSeq`]), in `agents`;
 //! - the sampling settings: a default (scope [`DEFAULT_SCOPE`]) and per-job overrides, in
-//!   `settings`.
+//!   `settings`;
+//! - each vertex's back-pressure episodes ([`Episode`](crate::api::Episode)), in `episodes`.
 //!
 //! Opening a connection is in `connection`, the schema and its migrations in `schema`, deleting
 //! what is past the retention in `retention`; `error` and `columns` are shared by all of them.
@@ -25,6 +26,7 @@
 mod agents;
 mod columns;
 mod connection;
+mod episodes;
 mod error;
 mod jobs;
 mod retention;

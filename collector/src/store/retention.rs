@@ -13,7 +13,8 @@ const PRUNE_CHUNK: usize = 5_000;
 
 impl Store {
     /// Retention: deletes windows that started before `older_than_ms`, batch records received
-    /// before it, and jobs last seen before it that have no windows left. Returns how many of
+    /// before it, jobs last seen before it that have no windows left, and episodes that ended
+    /// before it. Returns how many of
     /// these rows it deleted. Works in transactions of a few thousand rows.
     pub fn prune(&mut self, older_than_ms: u64) -> Result<usize, StoreError> {
         self.prune_in_chunks(older_than_ms, PRUNE_CHUNK)
@@ -81,12 +82,19 @@ impl Store {
                 params![cutoff],
             )
             .map_err(sql("prune agents", path))?;
+        // Episodes that ended before the cutoff; an ongoing one stays, however old.
+        let episodes = tx
+            .execute(
+                "DELETE FROM episodes WHERE ended_at_ms < ?1",
+                params![cutoff],
+            )
+            .map_err(sql("prune episodes", path))?;
         tx.commit().map_err(sql("commit pruning jobs", path))?;
         if subtasks > 0 {
             self.ids.clear();
         }
-        tracing::debug!(windows, batches, subtasks, jobs, agents, "pruned");
-        Ok(windows + batches + jobs + agents)
+        tracing::debug!(windows, batches, subtasks, jobs, agents, episodes, "pruned");
+        Ok(windows + batches + jobs + agents + episodes)
     }
 
     /// Runs `delete` (which takes the cutoff and a row limit) until it deletes fewer than

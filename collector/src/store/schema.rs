@@ -101,6 +101,24 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: what the agent saw besides the counts (issue 12), JSON; NULL when it said nothing.
     "ALTER TABLE windows ADD COLUMN evidence TEXT;",
+    // 3: stacks at every n-th sample only (issue 13, continuous watching).
+    "ALTER TABLE settings ADD COLUMN stacks_every INTEGER NOT NULL DEFAULT 1;",
+    // 4: back-pressure episodes per vertex (issue 13).
+    "
+    CREATE TABLE episodes (
+        job_id        TEXT NOT NULL,
+        vertex_id     TEXT NOT NULL,
+        vertex        TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        ended_at_ms   INTEGER,
+        peak_level    TEXT NOT NULL,
+        peak_ratio    REAL NOT NULL,
+        peak_at_ms    INTEGER NOT NULL,
+        bottleneck    TEXT,
+        PRIMARY KEY (job_id, vertex_id, started_at_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX episodes_open ON episodes (ended_at_ms) WHERE ended_at_ms IS NULL;
+    ",
 ];
 
 /// The first schema, for tests that migrate a database the first release wrote.

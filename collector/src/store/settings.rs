@@ -43,11 +43,13 @@ impl Store {
         let now = to_i64("now", now_ms())?;
         self.conn
             .prepare_cached(
-                "INSERT INTO settings (scope, samples, delay_ms, interval_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO settings
+                     (scope, samples, delay_ms, interval_ms, updated_at_ms, stacks_every)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (scope) DO UPDATE SET
                      samples = excluded.samples, delay_ms = excluded.delay_ms,
-                     interval_ms = excluded.interval_ms, updated_at_ms = excluded.updated_at_ms",
+                     interval_ms = excluded.interval_ms, updated_at_ms = excluded.updated_at_ms,
+                     stacks_every = excluded.stacks_every",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -55,7 +57,8 @@ impl Store {
                     settings.samples,
                     delay,
                     interval,
-                    now
+                    now,
+                    settings.stacks_every
                 ])
             })
             .map_err(sql("store sampling settings", &self.path))?;
@@ -77,7 +80,7 @@ impl Store {
         let found = self
             .conn
             .prepare_cached(
-                "SELECT scope, samples, delay_ms, interval_ms, updated_at_ms FROM settings
+                "SELECT scope, samples, delay_ms, interval_ms, updated_at_ms, stacks_every FROM settings
                  WHERE scope IN (?1, ?2)
                  ORDER BY scope = ?2
                  LIMIT 1",
@@ -94,7 +97,7 @@ impl Store {
     pub fn all_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
         self.conn
             .prepare_cached(
-                "SELECT scope, samples, delay_ms, interval_ms, updated_at_ms FROM settings
+                "SELECT scope, samples, delay_ms, interval_ms, updated_at_ms, stacks_every FROM settings
                  ORDER BY scope <> ?1, scope",
             )
             .and_then(|mut s| {
@@ -112,6 +115,7 @@ fn settings_from_row(r: &Row<'_>) -> rusqlite::Result<SettingsRow> {
             samples: r.get(1)?,
             delay_ms: get_u64(r, 2)?,
             interval_ms: get_u64(r, 3)?,
+            stacks_every: r.get(5)?,
         },
         updated_at_ms: get_u64(r, 4)?,
     })

@@ -5,7 +5,9 @@ use crate::clock::now_ms;
 use crate::mapping::SubtaskRef;
 use crate::merge::{MergedWindow, SplitRule};
 use crate::model::SubtaskMetrics;
-use bpmon_proto::{FrameCount, Level, SamplingSettings, Scope};
+use bpmon_proto::{
+    FrameCount, Level, SamplingSettings, Scope, TimerCounts, TimerMethod, TimerTotals, TimerWindow,
+};
 use rusqlite::{params, Connection};
 use std::fs;
 use std::path::PathBuf;
@@ -420,11 +422,13 @@ fn settings_fall_back_from_job_to_default_to_built_in() {
         samples: 50,
         delay_ms: 20,
         interval_ms: 30_000,
+        stacks_every: 1,
     };
     let fast = SamplingSettings {
         samples: 20,
         delay_ms: 10,
         interval_ms: 5_000,
+        stacks_every: 1,
     };
     store.set_settings(&Scope::Default, default).unwrap();
     assert_eq!(store.settings_for("j1").unwrap(), default);
@@ -453,6 +457,7 @@ fn invalid_settings_are_refused_and_not_stored() {
         samples: 100,
         delay_ms: 50,
         interval_ms: 4_000,
+        stacks_every: 1,
     };
     let e = store.set_settings(&"j1".into(), too_long).unwrap_err();
     assert!(matches!(e, StoreError::InvalidSettings { .. }), "{e}");
@@ -565,6 +570,7 @@ fn a_file_that_is_not_a_database_names_the_file() {
 fn split_rules_are_stored_by_their_serde_names() {
     use SplitRule::*;
     for rule in [
+        TaskTimers,
         SoftIdleTime,
         BackPressuredIdleTime,
         OutputExhausted,
@@ -665,6 +671,23 @@ fn evidence_round_trips_and_a_database_of_the_first_schema_is_migrated() {
             gc_pause_ms: Some(12.5),
             ..Default::default()
         }),
+        timers: Some(TimerWindow {
+            method: TimerMethod::Fields,
+            states: TimerCounts {
+                idle: 10,
+                soft: 80,
+                hard: 0,
+                busy: 10,
+            },
+            waiting_soft: 80,
+            totals: Some(TimerTotals {
+                span_ms: 4950,
+                idle_ms: 400,
+                soft_ms: 4000,
+                hard_ms: 0,
+            }),
+        }),
+        stack_samples: Some(10),
     };
     let without = window("job-e", "v1", 1, 60_000);
     store
@@ -680,4 +703,58 @@ fn evidence_round_trips_and_a_database_of_the_first_schema_is_migrated() {
         )
         .unwrap();
     assert_eq!(nulls, 1, "a window without evidence stores none");
+}
+
+#[test]
+fn episodes_are_saved_as_they_change_and_read_back_by_period() {
+    use crate::api::{Episode, EpisodeBottleneck};
+    use crate::cause::CauseKind;
+    let dir = TempDir::new("episodes");
+    let mut store = Store::open(&dir.0).unwrap();
+    let mut e = Episode {
+        job_id: "j".into(),
+        vertex_id: "src".into(),
+        vertex: "Source: numbers".into(),
+        started_at_ms: 10_000,
+        ended_at_ms: None,
+        peak_level: Level::Low,
+        peak_ratio: 0.3,
+        peak_at_ms: 10_000,
+        bottleneck: None,
+    };
+    store.save_episode(&e).unwrap();
+    // It peaks, with a bottleneck known by then, and ends.
+    e.peak_level = Level::High;
+    e.peak_ratio = 0.95;
+    e.peak_at_ms = 12_000;
+    e.bottleneck = Some(EpisodeBottleneck {
+        vertex_id: "sink".into(),
+        vertex: "sink".into(),
+        cause: CauseKind::Gc,
+        share: Some(0.7),
+        summary: "70 % in GC".into(),
+    });
+    store.save_episode(&e).unwrap();
+    assert_eq!(store.open_episodes().unwrap(), [e.clone()]);
+    e.ended_at_ms = Some(20_000);
+    store.save_episode(&e).unwrap();
+    let other = Episode {
+        vertex_id: "map".into(),
+        started_at_ms: 30_000,
+        ended_at_ms: None,
+        bottleneck: None,
+        ..e.clone()
+    };
+    store.save_episode(&other).unwrap();
+    assert_eq!(store.episodes("j", 0).unwrap(), [e.clone(), other.clone()]);
+    // Since 25 s: the first ended before, the ongoing one stays.
+    assert_eq!(
+        store.episodes("j", 25_000).unwrap(),
+        std::slice::from_ref(&other)
+    );
+    assert_eq!(store.open_episodes().unwrap(), std::slice::from_ref(&other));
+    assert!(store.episodes("k", 0).unwrap().is_empty());
+    // Retention removes ended episodes only.
+    store.prune(1_000_000).unwrap();
+    assert_eq!(store.episodes("j", 0).unwrap(), [other]);
 }

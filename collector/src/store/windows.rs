@@ -351,6 +351,7 @@ fn metrics_json(m: &SubtaskMetrics) -> Result<String, serde_json::Error> {
 /// As serde names the rule (checked by a test), so the column reads back through serde.
 pub(super) fn split_str(s: SplitRule) -> &'static str {
     match s {
+        SplitRule::TaskTimers => "task_timers",
         SplitRule::SoftIdleTime => "soft_idle_time",
         SplitRule::BackPressuredIdleTime => "back_pressured_idle_time",
         SplitRule::OutputExhausted => "output_exhausted",

@@ -365,6 +365,7 @@ fn task_samples(topo: &Topology, v: usize, i: u32, seq: u64, thread_id: u64) -> 
         legacy_source_thread: false,
         exact: None,
         samples: SAMPLES,
+        stack_samples: None,
         blocked,
         waiting,
         busy,
@@ -373,6 +374,7 @@ fn task_samples(topo: &Topology, v: usize, i: u32, seq: u64, thread_id: u64) -> 
         locks: Vec::new(),
         cpu: None,
         stacks: Vec::new(),
+        timers: None,
     }
 }
 

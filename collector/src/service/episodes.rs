@@ -1,0 +1,388 @@
+//! Back-pressure episodes: a vertex's level changes, turned into spans an operator paged at
+//! 03:00 can read — when it started, how bad it got, what the bottleneck was and why, when it
+//! ended. An episode opens with the first status that shows the vertex LOW or HIGH and closes
+//! with the first that shows it OK again; its times are those of the windows that showed it
+//! (with continuous watching, 2 s windows: to about a second).
+//!
+//! Pure: [`EpisodeLog::observe`] takes a job's status (computed where the bottleneck events are,
+//! see `bottlenecks`) and returns what changed; the caller stores and logs it. The open episodes
+//! survive a restart: the collector resumes them from the store ([`EpisodeLog::resume`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use bpmon_proto::Level;
+
+use crate::api::{Episode, EpisodeBottleneck, StatusView, VertexStatus};
+
+use super::bottlenecks::Bottleneck;
+
+/// What happened to an episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpisodeChange {
+    Started,
+    /// Worse than ever in this episode (a higher ratio); said in the log when the level rose.
+    Peaked {
+        level_rose: bool,
+    },
+    Ended,
+}
+
+impl EpisodeChange {
+    /// The `episode` field of the log event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpisodeChange::Started => "started",
+            EpisodeChange::Peaked { .. } => "peaked",
+            EpisodeChange::Ended => "ended",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeEvent {
+    pub change: EpisodeChange,
+    /// The episode as it is after the change.
+    pub episode: Episode,
+}
+
+/// The open episode of each vertex, by (job id, vertex id).
+#[derive(Debug, Default)]
+pub struct EpisodeLog {
+    open: HashMap<(String, String), Episode>,
+}
+
+impl EpisodeLog {
+    /// Picks up the episodes a previous run left open.
+    pub fn resume(open: Vec<Episode>) -> EpisodeLog {
+        EpisodeLog {
+            open: open
+                .into_iter()
+                .filter(|e| e.ended_at_ms.is_none())
+                .map(|e| ((e.job_id.clone(), e.vertex_id.clone()), e))
+                .collect(),
+        }
+    }
+
+    /// The episodes under way, oldest first.
+    pub fn open(&self) -> Vec<Episode> {
+        let mut v: Vec<Episode> = self.open.values().cloned().collect();
+        v.sort_by(|a, b| {
+            (a.started_at_ms, &a.job_id, &a.vertex_id).cmp(&(
+                b.started_at_ms,
+                &b.job_id,
+                &b.vertex_id,
+            ))
+        });
+        v
+    }
+
+    /// Takes in a job's status and its bottleneck; returns the episodes that started, peaked
+    /// or ended, in the order of the job's vertices.
+    pub fn observe(
+        &mut self,
+        status: &StatusView,
+        bottleneck: Option<&Bottleneck>,
+    ) -> Vec<EpisodeEvent> {
+        let mut events = Vec::new();
+        for v in &status.vertices {
+            let key = (status.job_id.clone(), v.vertex_id.clone());
+            let Some((level, ratio)) = v.level.zip(v.ratio) else {
+                // No samples now: neither a start nor an end.
+                continue;
+            };
+            match (level, self.open.get_mut(&key)) {
+                (Level::Ok, Some(_)) => {
+                    if let Some(mut e) = self.open.remove(&key) {
+                        e.ended_at_ms = Some(newest_window_start(v).max(e.peak_at_ms));
+                        events.push(EpisodeEvent {
+                            change: EpisodeChange::Ended,
+                            episode: e,
+                        });
+                    }
+                }
+                (Level::Ok, None) => {}
+                (_, None) => {
+                    let at = worst_window_start(v);
+                    let e = Episode {
+                        job_id: status.job_id.clone(),
+                        vertex_id: v.vertex_id.clone(),
+                        vertex: v.name.clone(),
+                        started_at_ms: at,
+                        ended_at_ms: None,
+                        peak_level: level,
+                        peak_ratio: ratio,
+                        peak_at_ms: at,
+                        bottleneck: bottleneck.map(episode_bottleneck),
+                    };
+                    self.open.insert(key, e.clone());
+                    events.push(EpisodeEvent {
+                        change: EpisodeChange::Started,
+                        episode: e,
+                    });
+                }
+                (_, Some(e)) => {
+                    let mut changed = false;
+                    let level_rose = level > e.peak_level;
+                    if ratio > e.peak_ratio {
+                        e.peak_ratio = ratio;
+                        e.peak_level = e.peak_level.max(level);
+                        e.peak_at_ms = worst_window_start(v).max(e.started_at_ms);
+                        // The bottleneck at the worst moment says most about the episode.
+                        if let Some(b) = bottleneck {
+                            e.bottleneck = Some(episode_bottleneck(b));
+                        }
+                        changed = true;
+                    } else if e.bottleneck.is_none() && bottleneck.is_some() {
+                        e.bottleneck = bottleneck.map(episode_bottleneck);
+                        changed = true;
+                    }
+                    if changed {
+                        events.push(EpisodeEvent {
+                            change: EpisodeChange::Peaked { level_rose },
+                            episode: e.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        // A vertex no longer in the job's graph (a new job version) ends with what was seen.
+        let vertices: Vec<&str> = status
+            .vertices
+            .iter()
+            .map(|v| v.vertex_id.as_str())
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .open
+            .keys()
+            .filter(|(j, v)| *j == status.job_id && !vertices.contains(&v.as_str()))
+            .cloned()
+            .collect();
+        for key in gone {
+            events.extend(self.end(&key, status.updated_at_ms));
+        }
+        events
+    }
+
+    /// The job is no longer known or no longer runs: its open episodes end at `at_ms` (or at
+    /// their peak, if later).
+    pub fn forget(&mut self, job_id: &str, at_ms: u64) -> Vec<EpisodeEvent> {
+        let keys: Vec<(String, String)> = self
+            .open
+            .keys()
+            .filter(|(j, _)| j == job_id)
+            .cloned()
+            .collect();
+        // Stable order: by vertex id.
+        let keys: BTreeMap<_, _> = keys.into_iter().map(|k| (k.1.clone(), k)).collect();
+        keys.values().flat_map(|k| self.end(k, at_ms)).collect()
+    }
+
+    /// The jobs with an episode open.
+    pub fn jobs(&self) -> Vec<String> {
+        let mut jobs: Vec<String> = self.open.keys().map(|(j, _)| j.clone()).collect();
+        jobs.sort();
+        jobs.dedup();
+        jobs
+    }
+
+    fn end(&mut self, key: &(String, String), at_ms: u64) -> Option<EpisodeEvent> {
+        let mut e = self.open.remove(key)?;
+        e.ended_at_ms = Some(at_ms.max(e.peak_at_ms));
+        Some(EpisodeEvent {
+            change: EpisodeChange::Ended,
+            episode: e,
+        })
+    }
+}
+
+fn episode_bottleneck(b: &Bottleneck) -> EpisodeBottleneck {
+    EpisodeBottleneck {
+        vertex_id: b.vertex_id.clone(),
+        vertex: b.vertex.clone(),
+        cause: b.cause,
+        share: b.share,
+        summary: b.summary.clone(),
+    }
+}
+
+/// When the window that shows the vertex at its worst started: its worst subtask's newest.
+fn worst_window_start(v: &VertexStatus) -> u64 {
+    v.subtasks
+        .iter()
+        .filter(|s| s.ratio.is_some())
+        .max_by(|a, b| {
+            a.ratio
+                .unwrap_or(0.0)
+                .total_cmp(&b.ratio.unwrap_or(0.0))
+                .then(b.window_start_ms.cmp(&a.window_start_ms))
+        })
+        .and_then(|s| s.window_start_ms)
+        .unwrap_or_else(|| newest_window_start(v))
+}
+
+/// When the vertex's newest window started (all its subtasks are at the level shown by then).
+fn newest_window_start(v: &VertexStatus) -> u64 {
+    v.subtasks
+        .iter()
+        .filter_map(|s| s.window_start_ms)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SubtaskStatus;
+    use crate::cause::CauseKind;
+    use bpmon_proto::SamplingSettings;
+
+    fn subtask(i: u32, ratio: f64, start: u64) -> SubtaskStatus {
+        SubtaskStatus {
+            subtask: i,
+            level: Level::from_ratio(ratio),
+            ratio: Some(ratio),
+            samples: 20,
+            blocked: 0,
+            soft: 0,
+            idle: 0,
+            busy: 0,
+            split: None,
+            ratio_source: None,
+            timers: None,
+            taskmanager_id: None,
+            host: None,
+            attempt: Some(0),
+            window_start_ms: Some(start),
+            window_end_ms: Some(start + 1_900),
+            metrics: Default::default(),
+            top_frames: vec![],
+            why: None,
+        }
+    }
+
+    /// A job of two vertices, `src` (two subtasks) and `sink`, at the given ratios, with
+    /// windows starting at `start`.
+    fn status(src: [f64; 2], sink: f64, start: u64) -> StatusView {
+        let vertex = |id: &str, subtasks: Vec<SubtaskStatus>| {
+            let worst = subtasks
+                .iter()
+                .filter_map(|s| s.ratio)
+                .fold(f64::NAN, f64::max);
+            VertexStatus {
+                vertex_id: id.into(),
+                name: format!("{id} name"),
+                parallelism: subtasks.len() as u32,
+                level: Level::from_ratio(worst),
+                ratio: Some(worst),
+                subtasks,
+            }
+        };
+        StatusView {
+            job_id: "j".into(),
+            job_name: "job".into(),
+            flink_url: "http://f".into(),
+            state: Some("RUNNING".into()),
+            level: None,
+            updated_at_ms: start + 1_900,
+            stale: false,
+            stale_reasons: vec![],
+            metrics_fetched_at_ms: None,
+            settings: SamplingSettings::CONTINUOUS,
+            vertices: vec![
+                vertex(
+                    "src",
+                    vec![subtask(0, src[0], start), subtask(1, src[1], start + 50)],
+                ),
+                vertex("sink", vec![subtask(0, sink, start)]),
+            ],
+            diagnosis: vec![],
+        }
+    }
+
+    fn sink_bottleneck(cause: CauseKind) -> Bottleneck {
+        Bottleneck {
+            vertex_id: "sink".into(),
+            vertex: "sink name".into(),
+            cause,
+            share: Some(0.8),
+            summary: "80 % on CPU".into(),
+            victims: vec!["src name".into()],
+        }
+    }
+
+    #[test]
+    fn an_episode_starts_peaks_and_ends_with_the_windows_that_showed_it() {
+        let mut log = EpisodeLog::default();
+        assert!(log.observe(&status([0.0, 0.0], 0.0, 0), None).is_empty());
+        // The source goes LOW at t=2 s (its second subtask's window started 50 ms later).
+        let b = sink_bottleneck(CauseKind::Cpu);
+        let e = log.observe(&status([0.1, 0.3], 0.0, 2_000), Some(&b));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].change, EpisodeChange::Started);
+        let ep = &e[0].episode;
+        assert_eq!((ep.vertex_id.as_str(), ep.started_at_ms), ("src", 2_050));
+        assert_eq!((ep.peak_level, ep.ended_at_ms), (Level::Low, None));
+        assert_eq!(ep.bottleneck.as_ref().unwrap().cause, CauseKind::Cpu);
+        // Worse at t=4 s, now HIGH, the cause is GC by then.
+        let e = log.observe(
+            &status([0.9, 0.4], 0.0, 4_000),
+            Some(&sink_bottleneck(CauseKind::Gc)),
+        );
+        assert_eq!(e[0].change, EpisodeChange::Peaked { level_rose: true });
+        assert_eq!(
+            (e[0].episode.peak_level, e[0].episode.peak_at_ms),
+            (Level::High, 4_000)
+        );
+        assert_eq!(
+            e[0].episode.bottleneck.as_ref().unwrap().cause,
+            CauseKind::Gc
+        );
+        // Less bad: nothing to say.
+        assert!(log
+            .observe(&status([0.6, 0.0], 0.0, 6_000), None)
+            .is_empty());
+        assert_eq!(log.open().len(), 1);
+        // OK again at t=8 s: ended then; the peak and its cause stay.
+        let e = log.observe(&status([0.0, 0.05], 0.0, 8_000), None);
+        assert_eq!(e[0].change, EpisodeChange::Ended);
+        assert_eq!(e[0].episode.started_at_ms, 2_050);
+        assert_eq!(e[0].episode.ended_at_ms, Some(8_050));
+        assert_eq!(e[0].episode.peak_ratio, 0.9);
+        assert!(log.open().is_empty());
+    }
+
+    #[test]
+    fn a_resumed_episode_ends_and_a_vanished_job_ends_its_episodes() {
+        let mut log = EpisodeLog::default();
+        let started = log.observe(&status([0.9, 0.9], 0.7, 0), None);
+        assert_eq!(started.len(), 2);
+        // A restart: the open episodes come back from the store and end as before.
+        let mut log = EpisodeLog::resume(log.open());
+        assert_eq!(log.jobs(), ["j"]);
+        let e = log.observe(&status([0.0, 0.0], 0.7, 10_000), None);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].episode.vertex_id, "src");
+        let e = log.forget("j", 20_000);
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].episode.vertex_id.as_str(), e[0].episode.ended_at_ms),
+            ("sink", Some(20_000))
+        );
+        assert!(log.jobs().is_empty());
+    }
+
+    #[test]
+    fn a_vertex_without_samples_neither_starts_nor_ends_an_episode() {
+        let mut log = EpisodeLog::default();
+        log.observe(&status([0.9, 0.9], 0.0, 0), None);
+        let mut s = status([0.0, 0.0], 0.0, 2_000);
+        for st in &mut s.vertices[0].subtasks {
+            st.level = None;
+            st.ratio = None;
+        }
+        s.vertices[0].level = None;
+        s.vertices[0].ratio = None;
+        assert!(log.observe(&s, None).is_empty());
+        assert_eq!(log.open().len(), 1);
+    }
+}
