@@ -347,6 +347,8 @@ mod tests {
                     hard_ms,
                 },
             ),
+            back_pressured_from_ms: None,
+            back_pressured_until_ms: None,
         }
     }
 

@@ -136,6 +136,12 @@ pub struct TimerWindow {
     /// Exact time between the first and last reading; absent with a single reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<TimerTotals>,
+    /// When the first and the last sample whose soft or hard timer ran were read (epoch ms):
+    /// where in the window back-pressure began and ended, to the sample. Absent when none ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_pressured_from_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_pressured_until_ms: Option<u64>,
 }
 
 #[cfg(test)]

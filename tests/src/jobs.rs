@@ -398,6 +398,23 @@ impl TestJobs {
             .with_context(|| format!("submitting {mode} job {job_name:?}"))
     }
 
+    /// The job whose back-pressure comes and goes: "Source: numbers -> pace" back-pressured by
+    /// "phased consumer -> discard: Writer" in every other period of `period_ms` (the periods
+    /// with `(epoch ms / period_ms) % 2 == 1`), free in the others.
+    pub fn submit_phases(
+        rest: &FlinkRest,
+        jar: &Path,
+        job_name: &str,
+        period_ms: u64,
+    ) -> Result<String> {
+        rest.submit_job(
+            jar,
+            Self::MAIN_CLASS,
+            &["phases", job_name, &period_ms.to_string()],
+        )
+        .with_context(|| format!("submitting phases job {job_name:?}"))
+    }
+
     /// The benchmark's bounded job: `records` numbers with a fixed amount of CPU work each
     /// ("Source: numbers -> work"), shuffled to "discard: Writer"; it finishes by itself.
     pub fn submit_throughput(

@@ -28,6 +28,7 @@ pub mod flink_dist;
 pub mod jobs;
 pub mod jvmti;
 pub mod netns;
+pub mod phases;
 pub mod process;
 pub mod proxy;
 pub mod readings;

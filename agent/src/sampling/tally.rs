@@ -87,6 +87,8 @@ struct TimerTally {
     waiting_soft: u32,
     first: Option<TimerReading>,
     last: Option<TimerReading>,
+    /// When the first and last back-pressured readings were taken.
+    back_pressured: Option<(u64, u64)>,
     /// Samples without a reading: the window then reports no timers for the task, since its
     /// state counts would not cover every sample.
     unread: u32,
@@ -98,6 +100,11 @@ impl TimerTally {
             self.unread += 1;
             return;
         };
+        if matches!(r.running, Some(RunningTimer::Soft | RunningTimer::Hard)) {
+            let span = self.back_pressured.get_or_insert((r.at_ms, r.at_ms));
+            span.0 = span.0.min(r.at_ms);
+            span.1 = span.1.max(r.at_ms);
+        }
         match r.running {
             Some(RunningTimer::Idle) => self.states.idle += 1,
             Some(RunningTimer::Soft) => {
@@ -125,6 +132,8 @@ impl TimerTally {
             states: self.states,
             waiting_soft: self.waiting_soft,
             totals: TimerTotals::between(&first, &last),
+            back_pressured_from_ms: self.back_pressured.map(|b| b.0),
+            back_pressured_until_ms: self.back_pressured.map(|b| b.1),
         })
     }
 }
@@ -812,6 +821,14 @@ mod tests {
         );
         let totals = timers.totals.expect("totals");
         assert_eq!((totals.span_ms, totals.soft_ms), (300, 150));
+        // Back-pressured (soft) at the first two samples only.
+        assert_eq!(
+            (
+                timers.back_pressured_from_ms,
+                timers.back_pressured_until_ms
+            ),
+            (Some(1_000), Some(1_100))
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl EpisodeLog {
             match (level, self.open.get_mut(&key)) {
                 (Level::Ok, Some(_)) => {
                     if let Some(mut e) = self.open.remove(&key) {
-                        e.ended_at_ms = Some(newest_window_start(v).max(e.peak_at_ms));
+                        e.ended_at_ms = Some(relief(v).max(e.peak_at_ms));
                         events.push(EpisodeEvent {
                             change: EpisodeChange::Ended,
                             episode: e,
@@ -102,7 +102,7 @@ impl EpisodeLog {
                 }
                 (Level::Ok, None) => {}
                 (_, None) => {
-                    let at = worst_window_start(v);
+                    let at = onset(v);
                     let e = Episode {
                         job_id: status.job_id.clone(),
                         vertex_id: v.vertex_id.clone(),
@@ -203,6 +203,34 @@ fn episode_bottleneck(b: &Bottleneck) -> EpisodeBottleneck {
         share: b.share,
         summary: b.summary.clone(),
     }
+}
+
+/// When back-pressure began in the windows that first show the vertex LOW or HIGH: the first
+/// back-pressured sample of its back-pressured subtasks where Flink's timers tell it (to the
+/// sample: 100 ms when watching continuously), else their windows' start.
+fn onset(v: &VertexStatus) -> u64 {
+    v.subtasks
+        .iter()
+        .filter(|s| s.level.is_some_and(|l| l > Level::Ok))
+        .filter_map(|s| {
+            let from = s.timers.and_then(|t| t.back_pressured_from_ms);
+            from.or(s.window_start_ms)
+        })
+        .min()
+        .unwrap_or_else(|| worst_window_start(v))
+}
+
+/// When back-pressure ended, seen in the windows that show the vertex OK again: the last
+/// back-pressured sample in them where the timers tell it, else their start.
+fn relief(v: &VertexStatus) -> u64 {
+    v.subtasks
+        .iter()
+        .filter_map(|s| {
+            let until = s.timers.and_then(|t| t.back_pressured_until_ms);
+            until.max(s.window_start_ms)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// When the window that shows the vertex at its worst started: its worst subtask's newest.
@@ -349,6 +377,32 @@ mod tests {
         assert_eq!(e[0].episode.ended_at_ms, Some(8_050));
         assert_eq!(e[0].episode.peak_ratio, 0.9);
         assert!(log.open().is_empty());
+    }
+
+    #[test]
+    fn with_timers_an_episode_starts_and_ends_at_the_back_pressured_samples() {
+        use bpmon_proto::{TimerMethod, TimerWindow};
+        let timers = |from: Option<u64>, until: Option<u64>| TimerWindow {
+            method: TimerMethod::Fields,
+            states: Default::default(),
+            waiting_soft: 0,
+            totals: None,
+            back_pressured_from_ms: from,
+            back_pressured_until_ms: until,
+        };
+        let mut log = EpisodeLog::default();
+        // The window from t=2 s shows the source LOW: back-pressure began at its sample of
+        // 3.3 s (subtask 1); subtask 0 is OK.
+        let mut s = status([0.0, 0.35], 0.0, 2_000);
+        s.vertices[0].subtasks[1].timers = Some(timers(Some(3_300), Some(3_950)));
+        let e = log.observe(&s, None);
+        assert_eq!(e[0].episode.started_at_ms, 3_300);
+        // OK again in the window from t=6 s, whose first sample at 6.05 s was still
+        // back-pressured.
+        let mut s = status([0.0, 0.05], 0.0, 6_000);
+        s.vertices[0].subtasks[1].timers = Some(timers(Some(6_050), Some(6_050)));
+        let e = log.observe(&s, None);
+        assert_eq!(e[0].episode.ended_at_ms, Some(6_050));
     }
 
     #[test]

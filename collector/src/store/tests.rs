@@ -686,6 +686,8 @@ fn evidence_round_trips_and_a_database_of_the_first_schema_is_migrated() {
                 soft_ms: 4000,
                 hard_ms: 0,
             }),
+            back_pressured_from_ms: Some(1_200),
+            back_pressured_until_ms: Some(4_900),
         }),
         stack_samples: Some(10),
     };

@@ -24,7 +24,7 @@ use bpmon_agent::backends::jvmti::{JvmtiOptions, LIBRARY_NAME};
 use bpmon_agent::backends::{Backend, BackendKind};
 use bpmon_agent::discovery::hsperf::SafepointProbe;
 use bpmon_agent::discovery::ProcFs;
-use bpmon_agent::sampling::take_dump;
+use bpmon_agent::sampling::{take_dump, take_sample};
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, JobMode, TestJobs};
 use bpmon_stacks::classify::Classifier;
 
@@ -176,17 +176,27 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
     let counters = || probe.read();
     let classifier = Classifier::new();
     let mut task_threads = 0;
+    // The in-process sampler's timers-only samples (continuous watching between its stack
+    // samples), taken in the same rounds as its stack samples.
+    let mut timers_only = Series::default();
     for round in 0..COST_ROUNDS {
         for (kind, backend, series) in backends.iter_mut() {
             let n = match kind {
-                BackendKind::Jvmti => JVMTI_PER_ROUND,
+                BackendKind::Jvmti => 2 * JVMTI_PER_ROUND,
                 BackendKind::Attach => ATTACH_PER_ROUND,
                 BackendKind::Jcmd => 1,
             };
-            for _ in 0..n {
+            for i in 0..n {
+                // jvmti: stacks and timers only, alternately.
+                let stacks = *kind != BackendKind::Jvmti || i % 2 == 0;
+                let series = if stacks {
+                    &mut *series
+                } else {
+                    &mut timers_only
+                };
                 let before = counters();
                 let cpu = thread_cpu_us();
-                let dump = take_dump(Some(&probe), backend, &classifier);
+                let dump = take_sample(Some(&probe), backend, &classifier, stacks);
                 let cpu = thread_cpu_us() - cpu;
                 let after = counters();
                 let classified = dump.result.with_context(|| format!("{kind:?} sample"))?;
@@ -221,10 +231,14 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
     );
     println!("| backend | samples | agent wall p50 | p90 | agent CPU p50 | in-JVM sampler wall p50 / CPU p50 | safepoints per sample | JVM pause per sample p50 | p90 |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (kind, _, s) in &backends {
+    let rows = backends
+        .iter()
+        .map(|(kind, _, s)| (kind.as_str(), s))
+        .chain([("jvmti, timers only", &timers_only)]);
+    for (label, s) in rows {
         println!(
             "| {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {:.2} | {:.3} ms | {:.3} ms |",
-            kind.as_str(),
+            label,
             s.wall_us.len(),
             quantile(&s.wall_us, 0.5),
             quantile(&s.wall_us, 0.9),

@@ -78,6 +78,12 @@ public final class TestJobs {
             case "remote":
                 remote(env);
                 break;
+            case "phases":
+                if (args.length < 3) {
+                    throw new IllegalArgumentException("usage: TestJobs phases <job name> <period ms>");
+                }
+                phases(env, Long.parseLong(args[2]));
+                break;
             case "throughput":
                 if (args.length < 3) {
                     throw new IllegalArgumentException("usage: TestJobs throughput <job name> <records>");
@@ -151,6 +157,28 @@ public final class TestJobs {
                 .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(2);
+    }
+
+    /**
+     * Back-pressure that comes and goes: "Source: numbers -> pace" sends ~900 records of 1 KiB a
+     * second to "phased consumer", which in every other period of {@code periodMs} sleeps 4 ms
+     * per record (~240 records/s): then the source is back-pressured within a second or two;
+     * in the periods between, it is not (busy pacing).
+     */
+    static void phases(StreamExecutionEnvironment env, long periodMs) {
+        env.fromSequence(0, Long.MAX_VALUE)
+                .name("numbers")
+                .setParallelism(1)
+                .map(new Pace(1))
+                .name("pace")
+                .setParallelism(1)
+                .rebalance()
+                .map(new Phased(periodMs, 4))
+                .name("phased consumer")
+                .setParallelism(1)
+                .sinkTo(Discard.sink())
+                .name("discard")
+                .setParallelism(1);
     }
 
     /**
