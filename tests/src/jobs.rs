@@ -415,6 +415,28 @@ impl TestJobs {
         .with_context(|| format!("submitting phases job {job_name:?}"))
     }
 
+    /// Many task threads: "Source: numbers", `depth - 2` identity stages and "discard", each its
+    /// own task with `parallelism` subtasks (forward edges, chaining disabled).
+    pub fn submit_wide(
+        rest: &FlinkRest,
+        jar: &Path,
+        job_name: &str,
+        parallelism: u32,
+        depth: u32,
+    ) -> Result<String> {
+        rest.submit_job(
+            jar,
+            Self::MAIN_CLASS,
+            &[
+                "wide",
+                job_name,
+                &parallelism.to_string(),
+                &depth.to_string(),
+            ],
+        )
+        .with_context(|| format!("submitting wide job {job_name:?}"))
+    }
+
     /// The benchmark's bounded job: `records` numbers with a fixed amount of CPU work each
     /// ("Source: numbers -> work"), shuffled to "discard: Writer"; it finishes by itself.
     pub fn submit_throughput(

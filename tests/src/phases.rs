@@ -49,6 +49,8 @@ pub struct Followed {
     /// at the change (its averages over a minute may never reach the new level in a short
     /// phase).
     pub flink_moved_ms: Option<u64>,
+    /// The levels Flink's `/backpressure` showed during the phase, in the order first seen.
+    pub flink_levels: Vec<String>,
     /// Whether bpmon's ratio then came from Flink's timers (the in-process sampler).
     pub from_timers: bool,
 }
@@ -147,10 +149,16 @@ impl<'a> Watch<'a> {
                 bpmon_ms: None,
                 flink_ms: None,
                 flink_moved_ms: None,
+                flink_levels: before.iter().cloned().collect(),
                 from_timers: false,
             };
             while now_ms() < until && (f.bpmon_ms.is_none() || f.flink_ms.is_none()) {
                 let flink = self.flink();
+                if let Some(l) = &flink {
+                    if !f.flink_levels.contains(l) {
+                        f.flink_levels.push(l.clone());
+                    }
+                }
                 let polled = now_ms();
                 if f.bpmon_ms.is_none() {
                     if let Ok(Some((level, timers))) = self.bpmon() {

@@ -16,14 +16,18 @@ use nix::unistd::Pid;
 
 /// The path of a binary of this workspace, built first (a no-op when it is fresh). The tests
 /// run under `cargo test`, which sets `$CARGO`; the binary lands next to the test's `deps/`.
+/// A benchmark binary (`target/release/bench-…`) finds them beside itself.
 pub fn binary(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable outside a target dir")?
-        .to_path_buf();
+    let dir = exe.parent().context("an executable without a directory")?;
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent()
+            .context("test executable outside a target dir")?
+    } else {
+        dir
+    }
+    .to_path_buf();
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);

@@ -138,7 +138,7 @@ fn main() -> Result<()> {
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     println!(
         "\nmean absolute difference of the shares, over {} subtasks:",
-        vs_stacks.len()
+        vs_stacks.len() / 3
     );
     println!(
         "  timers vs Flink's time metrics: {:.4} (max {:.3}; {} shares)",

@@ -99,12 +99,13 @@ fn main() -> Result<()> {
     ));
     let followed = watch.follow(a.changes, |f: &Followed| {
         say(format!(
-            "{} at {}: bpmon {:?} ms, Flink {:?} ms (moved after {:?} ms)",
+            "{} at {}: bpmon {:?} ms, Flink {:?} ms (moved after {:?} ms; showed {:?})",
             if f.slow { "slow" } else { "free" },
             f.at_ms,
             f.bpmon_ms,
             f.flink_ms,
-            f.flink_moved_ms
+            f.flink_moved_ms,
+            f.flink_levels
         ))
     })?;
     let bpmon: Vec<u64> = followed.iter().filter_map(|f| f.bpmon_ms).collect();

@@ -84,6 +84,12 @@ public final class TestJobs {
                 }
                 phases(env, Long.parseLong(args[2]));
                 break;
+            case "wide":
+                if (args.length < 4) {
+                    throw new IllegalArgumentException("usage: TestJobs wide <job name> <parallelism> <depth>");
+                }
+                wide(env, Integer.parseInt(args[2]), Integer.parseInt(args[3]));
+                break;
             case "throughput":
                 if (args.length < 3) {
                     throw new IllegalArgumentException("usage: TestJobs throughput <job name> <records>");
@@ -179,6 +185,25 @@ public final class TestJobs {
                 .sinkTo(Discard.sink())
                 .name("discard")
                 .setParallelism(1);
+    }
+
+    /**
+     * Many task threads for the cost benchmark: a source, a pacing map (1 ms of sleep per record,
+     * ~900 records/s per subtask), {@code depth - 3} identity maps and a discarding sink, each its
+     * own task ({@code disableChaining}, forward edges) with {@code parallelism} subtasks: {@code
+     * parallelism * depth} task threads, most of them idle part of the time, as in a TaskManager
+     * that keeps up with its input. Paced, the job leaves CPU to spare, and what sampling costs
+     * shows as the TaskManager's CPU.
+     */
+    static void wide(StreamExecutionEnvironment env, int parallelism, int depth) {
+        env.setParallelism(parallelism);
+        env.disableOperatorChaining();
+        org.apache.flink.streaming.api.datastream.DataStream<Long> stream =
+                env.fromSequence(0, Long.MAX_VALUE).name("numbers").map(new Throttle(1)).name("pace");
+        for (int i = 0; i < depth - 3; i++) {
+            stream = stream.map(new Slow<Long>(0)).name("stage " + i);
+        }
+        stream.sinkTo(Discard.sink()).name("discard");
     }
 
     /**
