@@ -210,7 +210,7 @@ fn run(
             let mut i = 0usize;
             while t0.elapsed() < Duration::from_secs(a.seconds) {
                 if watching {
-                    let stacks = i % stacks_every == 0;
+                    let stacks = i.is_multiple_of(stacks_every);
                     let c = thread_cpu_us();
                     let taken = take_sample(None, &mut backend, &classifier, stacks);
                     agent_us += thread_cpu_us() - c;
