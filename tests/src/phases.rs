@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use bpmon_proto::time::now_ms;
 use serde_json::Value;
 
-use crate::FlinkRest;
+use crate::services::{AgentProc, CollectorProc};
+use crate::{wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, TestJobs};
 
 /// How often both sides are polled.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -181,6 +182,102 @@ impl<'a> Watch<'a> {
             at = until;
         }
         Ok(out)
+    }
+}
+
+/// Everything continuous watching is measured with: a Flink 2.3 cluster started by its own
+/// scripts (one TaskManager) running the `phases` job, a collector watching that job with
+/// `config set <job> --continuous`, and an agent sampling in-process.
+pub struct PhasesRig {
+    pub cluster: FlinkCluster,
+    pub collector: CollectorProc,
+    pub agent: AgentProc,
+    pub job_id: String,
+    /// What `config set <job> --continuous --output json` answered.
+    pub config: Value,
+    pub period_ms: u64,
+}
+
+impl PhasesRig {
+    /// Starts it all; `tag` names the work directory and the agent. Returns once the job runs
+    /// and the collector has taken its settings (the agent may not have reported yet).
+    pub fn start(tag: &str, period_ms: u64) -> Result<PhasesRig> {
+        crate::jvmti::library()?;
+        let dist = FlinkDist::install("2.3.0")?;
+        let jar = TestJobs::build(&dist)?;
+        let cluster = FlinkCluster::start(
+            &dist,
+            ClusterOptions {
+                taskmanagers: 1,
+                slots_per_tm: 2,
+                ..ClusterOptions::default()
+            },
+        )?;
+        let rest = cluster.rest().clone();
+        let job_id = TestJobs::submit_phases(&rest, &jar, &format!("bpmon-{tag}"), period_ms)?;
+        rest.wait_job_running(&job_id, Duration::from_secs(120))?;
+        let dir = work_dir().join(tag).join(now_ms().to_string());
+        let collector = CollectorProc::start(
+            &[cluster.rest_url()],
+            &dir.join("collector"),
+            0,
+            &["--poll-interval", "1s"],
+        )?;
+        // Continuous watching of this job only; the default stays Flink's classic monitor.
+        // Settings are set for jobs the collector has seen: after its first poll.
+        let config = wait_for(
+            "the collector to know the job",
+            Duration::from_secs(30),
+            || {
+                Ok(collector
+                    .cli_json(&["config", "set", &job_id, "--continuous"])
+                    .ok())
+            },
+        )?;
+        let agent = AgentProc::start(
+            &collector.url,
+            tag,
+            &dir.join("agent-spool"),
+            &[
+                "--backend",
+                "jvmti",
+                "--discovery-interval",
+                "2s",
+                "--plan-refresh-interval",
+                "2s",
+            ],
+        )?;
+        Ok(PhasesRig {
+            cluster,
+            collector,
+            agent,
+            job_id,
+            config,
+            period_ms,
+        })
+    }
+
+    /// A watch of the source, once the collector shows its first level from Flink's timers.
+    pub fn watch(&self) -> Result<Watch<'_>> {
+        let watch = Watch::new(
+            &self.collector.url,
+            self.cluster.rest(),
+            &self.job_id,
+            self.period_ms,
+        )?;
+        wait_for(
+            "the source's first level from Flink's timers",
+            Duration::from_secs(90),
+            || Ok(watch.bpmon()?.filter(|(_, timers)| *timers)),
+        )
+        .with_context(|| {
+            format!(
+                "agent log:\n{}\ncollector log:\n{}",
+                self.agent.daemon.log_tail(20),
+                self.collector.daemon.log_tail(20)
+            )
+        })?;
+        Ok(watch)
     }
 }
 

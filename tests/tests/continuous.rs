@@ -9,15 +9,11 @@
 //!   4 s of the phase's (its times are the first and last back-pressured samples'), with the
 //!   consumer as the bottleneck and its cause (sleep).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use bpmon_e2e::phases::{self, Watch, CONSUMER, SOURCE};
-use bpmon_e2e::services::{AgentProc, CollectorProc};
-use bpmon_e2e::{
-    one_cluster_at_a_time, wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist, TestJobs,
-};
-use bpmon_proto::time::now_ms;
+use bpmon_e2e::one_cluster_at_a_time;
+use bpmon_e2e::phases::{self, PhasesRig, CONSUMER, SOURCE};
 use serde_json::Value;
 
 /// Short phases keep the test short; `scripts/bench onset` runs 40 s ones.
@@ -39,40 +35,10 @@ fn log(t0: Instant, msg: impl AsRef<str>) {
 fn continuous_watching_follows_back_pressure_that_comes_and_goes() -> Result<()> {
     let _one = one_cluster_at_a_time();
     let t0 = Instant::now();
-    bpmon_e2e::jvmti::library()?;
-    let dist = FlinkDist::install("2.3.0")?;
-    let jar = TestJobs::build(&dist)?;
-    let cluster = FlinkCluster::start(
-        &dist,
-        ClusterOptions {
-            taskmanagers: 1,
-            slots_per_tm: 2,
-            ..ClusterOptions::default()
-        },
-    )?;
-    let rest = cluster.rest().clone();
-    let jid = TestJobs::submit_phases(&rest, &jar, "bpmon-phases", PERIOD_MS)?;
-    rest.wait_job_running(&jid, Duration::from_secs(120))?;
+    let rig = PhasesRig::start("continuous", PERIOD_MS)?;
+    let (collector, jid) = (&rig.collector, rig.job_id.as_str());
     log(t0, format!("phases job {jid} running"));
-
-    let dir = work_dir().join("continuous").join(now_ms().to_string());
-    let collector = CollectorProc::start(
-        &[cluster.rest_url()],
-        &dir.join("collector"),
-        0,
-        &["--poll-interval", "1s"],
-    )?;
-    // Continuous watching of this job only; the default stays Flink's classic monitor.
-    // Settings are set for jobs the collector has seen: after its first poll.
-    let set = wait_for(
-        "the collector to know the job",
-        Duration::from_secs(30),
-        || {
-            Ok(collector
-                .cli_json(&["config", "set", &jid, "--continuous"])
-                .ok())
-        },
-    )?;
+    let set = &rig.config;
     ensure!(
         set["settings"]["samples"] == 20
             && set["settings"]["delay_ms"] == 100
@@ -80,35 +46,10 @@ fn continuous_watching_follows_back_pressure_that_comes_and_goes() -> Result<()>
             && set["settings"]["stacks_every"] == 10,
         "config set --continuous: {set}"
     );
-    let shown = collector.cli(&["config", "get", &jid])?;
+    let shown = collector.cli(&["config", "get", jid])?;
     let shown = String::from_utf8_lossy(&shown.stdout).to_string();
     ensure!(shown.contains("continuous"), "config get: {shown}");
-    let agent = AgentProc::start(
-        &collector.url,
-        "continuous-agent",
-        &dir.join("agent-spool"),
-        &[
-            "--backend",
-            "jvmti",
-            "--discovery-interval",
-            "2s",
-            "--plan-refresh-interval",
-            "2s",
-        ],
-    )?;
-    let watch = Watch::new(&collector.url, &rest, &jid, PERIOD_MS)?;
-    wait_for(
-        "the source's first level from Flink's timers",
-        Duration::from_secs(90),
-        || Ok(watch.bpmon()?.filter(|(_, timers)| *timers)),
-    )
-    .with_context(|| {
-        format!(
-            "agent log:\n{}\ncollector log:\n{}",
-            agent.daemon.log_tail(20),
-            collector.daemon.log_tail(20)
-        )
-    })?;
+    let watch = rig.watch()?;
     log(t0, "first level from timers; following the phases");
 
     let mut metrics_seen = false;
@@ -126,7 +67,7 @@ fn continuous_watching_follows_back_pressure_that_comes_and_goes() -> Result<()>
         );
         // While the source is HIGH, /metrics says so, with its episode under way.
         if f.slow && f.bpmon_ms.is_some() && !metrics_seen {
-            metrics_seen = metrics_show_high(&collector.url, &jid).unwrap_or(false);
+            metrics_seen = metrics_show_high(&collector.url, jid).unwrap_or(false);
         }
     };
     let mut followed = watch.follow(CHANGES, &mut progress)?;
@@ -156,8 +97,8 @@ fn continuous_watching_follows_back_pressure_that_comes_and_goes() -> Result<()>
     );
 
     // Each slow phase followed is an episode of the source that started and ended with it.
-    let episodes = collector.cli_json(&["episodes", &jid, "--since", "10m"])?;
-    let text = collector.cli(&["episodes", &jid, "--since", "10m"])?;
+    let episodes = collector.cli_json(&["episodes", jid, "--since", "10m"])?;
+    let text = collector.cli(&["episodes", jid, "--since", "10m"])?;
     log(
         t0,
         format!("episodes:\n{}", String::from_utf8_lossy(&text.stdout)),

@@ -203,9 +203,7 @@ impl Tally {
             });
         }
         t.samples += 1;
-        // The task's timers are read through its main thread.
-        let main = (!task.legacy || task.threads.len() > 1).then_some(task.thread);
-        t.timers.note(main.and_then(|m| m.timers), task.class);
+        t.timers.note(task.timers, task.class);
         // A timers-only sample counts in its class; what it was doing is not known.
         let stackless = task.thread.stackless;
         if !stackless {
@@ -389,6 +387,8 @@ struct DumpTask<'d, 'n> {
     lock: Option<&'d AwaitedLock>,
     stack: Option<&'n str>,
     legacy: bool,
+    /// Flink's timers of the task, read through its main thread (none without it).
+    timers: Option<&'n TimerReading>,
     /// Every thread of the task in this dump, for their CPU time.
     threads: Vec<&'d ThreadSample<'n>>,
 }
@@ -413,6 +413,7 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                 lock: t.lock,
                 stack: t.stack,
                 legacy: false,
+                timers: t.timers,
                 threads: vec![t],
             }),
             Some((identity, ThreadRole::LegacySource)) => legacies.push((t, identity)),
@@ -448,6 +449,7 @@ fn dump_tasks<'d, 'n>(threads: &'d [ThreadSample<'n>]) -> Vec<DumpTask<'d, 'n>> 
                 lock: legacy.lock,
                 stack: legacy.stack,
                 legacy: true,
+                timers: None,
                 threads: vec![legacy],
             }),
         }

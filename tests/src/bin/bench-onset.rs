@@ -9,13 +9,10 @@
 //!
 //!   scripts/bench onset [--period-seconds 40] [--changes 6]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bpmon_e2e::phases::{quantile, Followed, Watch};
-use bpmon_e2e::services::{AgentProc, CollectorProc};
-use bpmon_e2e::{wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist, TestJobs};
-use bpmon_proto::time::now_ms;
+use bpmon_e2e::phases::{quantile, Followed, PhasesRig};
 
 struct Args {
     period_ms: u64,
@@ -47,51 +44,8 @@ fn main() -> Result<()> {
     let a = args()?;
     let t0 = Instant::now();
     let say = |msg: String| eprintln!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
-    bpmon_e2e::jvmti::library()?;
-    let dist = FlinkDist::install("2.3.0")?;
-    let jar = TestJobs::build(&dist)?;
-    let cluster = FlinkCluster::start(
-        &dist,
-        ClusterOptions {
-            taskmanagers: 1,
-            slots_per_tm: 2,
-            ..ClusterOptions::default()
-        },
-    )?;
-    let rest = cluster.rest().clone();
-    let jid = TestJobs::submit_phases(&rest, &jar, "bpmon-onset", a.period_ms)?;
-    rest.wait_job_running(&jid, Duration::from_secs(120))?;
-    let dir = work_dir().join("bench-onset").join(now_ms().to_string());
-    let collector = CollectorProc::start(
-        &[cluster.rest_url()],
-        &dir.join("collector"),
-        0,
-        &["--poll-interval", "1s"],
-    )?;
-    wait_for(
-        "the collector to know the job",
-        Duration::from_secs(30),
-        || {
-            Ok(collector
-                .cli_json(&["config", "set", &jid, "--continuous"])
-                .ok())
-        },
-    )?;
-    let _agent = AgentProc::start(
-        &collector.url,
-        "bench-onset",
-        &dir.join("agent-spool"),
-        &[
-            "--backend",
-            "jvmti",
-            "--discovery-interval",
-            "2s",
-            "--plan-refresh-interval",
-            "2s",
-        ],
-    )?;
-    let watch = Watch::new(&collector.url, &rest, &jid, a.period_ms)?;
-    wait_for("a first level", Duration::from_secs(90), || watch.bpmon())?;
+    let rig = PhasesRig::start("bench-onset", a.period_ms)?;
+    let watch = rig.watch()?;
     say(format!(
         "following {} phase changes, {} s apart",
         a.changes,
