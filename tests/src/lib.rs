@@ -21,6 +21,7 @@
 //! * [`jobs`]: compiles and packages the Java test jobs (`tests/flink-jobs`) and describes
 //!   their vertices and expected behaviour.
 
+pub mod bench;
 pub mod cgroup;
 pub mod cluster;
 pub mod conf;

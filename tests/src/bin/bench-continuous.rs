@@ -12,16 +12,16 @@
 //!
 //!   scripts/bench continuous [--parallelism 32] [--depth 10] [--hz 20] [--rounds 3] [--seconds 20]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::backends::attach::AttachOptions;
-use bpmon_agent::backends::jvmti::{JvmtiOptions, LIBRARY_NAME};
+use bpmon_agent::backends::jvmti::JvmtiOptions;
 use bpmon_agent::backends::{Backend, BackendKind};
 use bpmon_agent::discovery::hsperf::SafepointProbe;
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::sampling::take_sample;
+use bpmon_e2e::bench::{library_beside_me, thread_cpu_us};
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, TestJobs};
 use bpmon_stacks::classify::Classifier;
 
@@ -64,16 +64,6 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
-fn thread_cpu_us() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
-}
-
 /// utime + stime of a process, ms.
 fn process_cpu_ms(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -83,17 +73,6 @@ fn process_cpu_ms(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks * 1000.0 / hz)
-}
-
-fn library() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.parent().context("exe dir")?.join(LIBRARY_NAME);
-    ensure!(
-        path.is_file(),
-        "{} not found: scripts/bench continuous builds it",
-        path.display()
-    );
-    Ok(path)
 }
 
 /// Records into the job's sink so far, over all its subtasks.
@@ -120,7 +99,7 @@ struct Round {
 
 fn main() -> Result<()> {
     let a = args()?;
-    let lib = library()?;
+    let lib = library_beside_me()?;
     let dist = FlinkDist::install("2.3.0")?;
     let jar = TestJobs::build(&dist)?;
     let conf = [

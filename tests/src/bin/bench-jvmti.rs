@@ -13,18 +13,19 @@
 //!
 //!   scripts/bench jvmti [--rounds N] [--job-seconds S]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::backends::attach::AttachOptions;
-use bpmon_agent::backends::jvmti::{JvmtiOptions, LIBRARY_NAME};
+use bpmon_agent::backends::jvmti::JvmtiOptions;
 use bpmon_agent::backends::{Backend, BackendKind};
 use bpmon_agent::discovery::hsperf::SafepointProbe;
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::sampling::{take_dump, take_sample};
+use bpmon_e2e::bench::{library_beside_me, thread_cpu_us};
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, JobMode, TestJobs};
 use bpmon_stacks::classify::Classifier;
 
@@ -83,36 +84,13 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
-/// CPU time of the calling thread, µs.
-fn thread_cpu_us() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
-}
-
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// The library next to this binary (`scripts/bench jvmti` builds it in release mode).
-fn library() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.parent().context("exe dir")?.join(LIBRARY_NAME);
-    ensure!(
-        path.is_file(),
-        "{} not found: build it first (scripts/bench jvmti does)",
-        path.display()
-    );
-    Ok(path)
-}
-
 fn main() -> Result<()> {
     let args = args()?;
-    let lib = library()?;
+    let lib = library_beside_me()?;
     let dist = FlinkDist::from_env()?;
     let jar = TestJobs::build(&dist)?;
     eprintln!(
