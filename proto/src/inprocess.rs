@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{Activity, SampleClass, TimerReading};
+use crate::{Activity, RunningTimer, SampleClass, TimerMethod, TimerReading};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; the library refuses other versions in `hello`.
@@ -28,16 +28,42 @@ pub enum Request {
     /// First request on every connection.
     Hello { protocol: u32 },
     /// One sample of every task thread (and legacy source thread).
-    Sample {
-        /// Frames read per thread, from the top (capped at [`MAX_STACK_DEPTH`]).
-        max_depth: u32,
-        /// false: read only Flink's timers of each task (a task thread whose timers cannot be
-        /// read still has its stack read). Libraries older than this field read stacks anyway.
-        #[serde(default = "yes", skip_serializing_if = "is_true")]
-        stacks: bool,
-    },
+    Sample(SampleRequest),
     /// The sampler thread exits and the socket closes; a later attach `load` starts it again.
     Stop,
+}
+
+/// What a sample is to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleRequest {
+    /// Frames read per thread, from the top (capped at [`MAX_STACK_DEPTH`]).
+    pub max_depth: u32,
+    /// false: read only Flink's timers of each task (a task thread whose timers cannot be
+    /// read still has its stack read). Libraries older than this field read stacks anyway.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub stacks: bool,
+    /// Answer the threads read by their timers as one state letter each
+    /// ([`InProcessSample::timer_states`]) instead of a [`SampledThread`] each. With `stacks`,
+    /// only the main task threads whose timers say busy have their stack read; the others come
+    /// as states. Older libraries ignore it and answer as before, which the agent reads as well.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub states: bool,
+    /// With `states`: the timers' totals too (read under each gauge's monitor), which a window
+    /// needs at its first and last sample only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub totals: bool,
+}
+
+impl SampleRequest {
+    /// A sample with stacks, as every sample was before timers.
+    pub fn stacks(max_depth: u32) -> SampleRequest {
+        SampleRequest {
+            max_depth,
+            stacks: true,
+            states: false,
+            totals: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +109,10 @@ pub struct InProcessSample {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_us: Option<u64>,
     pub threads: Vec<SampledThread>,
+    /// The threads classified by their task's timers alone, compactly (asked for with
+    /// [`SampleRequest::states`]); every other thread is in `threads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_states: Option<TimerStates>,
     /// Task threads that ended while being sampled (not errors: tasks finish).
     #[serde(default)]
     pub gone: u32,
@@ -130,6 +160,101 @@ pub struct SampledThread {
     pub stackless: bool,
 }
 
+/// Main task threads read by their task's timers alone, one letter each: at 20 samples a second
+/// of a few hundred threads, a [`SampledThread`] each was most of the sampling's cost on both
+/// sides of the socket. Only threads this connection was introduced to ([`Introduced`]) are
+/// listed here; a new one comes as a [`SampledThread`] the first time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerStates {
+    /// When the timers were read, ms since the epoch (one instant for the whole sample: reading
+    /// them all takes well under a millisecond).
+    pub at_ms: u64,
+    pub method: TimerMethod,
+    /// The threads' Java ids, in the order of `states`; left out when they are the same as in
+    /// the connection's previous `timer_states` ([`Introduced::compact`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Vec<u64>>,
+    /// One letter per thread, the timer running: `i` idle, `s` soft, `h` hard back-pressure,
+    /// `b` none (busy).
+    pub states: String,
+    /// When asked for: each thread's idle, soft and hard totals at `at_ms`, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Vec<[u64; 3]>>,
+}
+
+/// The letter of a state in [`TimerStates::states`].
+pub fn state_letter(running: Option<RunningTimer>) -> char {
+    match running {
+        Some(RunningTimer::Idle) => 'i',
+        Some(RunningTimer::Soft) => 's',
+        Some(RunningTimer::Hard) => 'h',
+        None => 'b',
+    }
+}
+
+/// The state a letter of [`TimerStates::states`] stands for; `None` for an unknown letter.
+pub fn state_of_letter(letter: u8) -> Option<Option<RunningTimer>> {
+    match letter {
+        b'i' => Some(Some(RunningTimer::Idle)),
+        b's' => Some(Some(RunningTimer::Soft)),
+        b'h' => Some(Some(RunningTimer::Hard)),
+        b'b' => Some(None),
+        _ => None,
+    }
+}
+
+impl TimerStates {
+    /// Each thread's reading as a [`TimerReading`] (totals only where sent), checked: the
+    /// lengths must agree and every letter be known.
+    pub fn readings(&self, threads: &[u64]) -> Result<Vec<StateReading>, String> {
+        if threads.len() != self.states.len() {
+            return Err(format!(
+                "{} timer states for {} threads",
+                self.states.len(),
+                threads.len()
+            ));
+        }
+        if let Some(t) = &self.totals {
+            if t.len() != threads.len() {
+                return Err(format!(
+                    "{} timer totals for {} threads",
+                    t.len(),
+                    threads.len()
+                ));
+            }
+        }
+        self.states
+            .bytes()
+            .enumerate()
+            .map(|(i, letter)| {
+                let running = state_of_letter(letter)
+                    .ok_or_else(|| format!("unknown timer state {:?}", letter as char))?;
+                Ok(StateReading {
+                    running,
+                    totals: self.totals.as_ref().map(|t| {
+                        let [idle_ms, soft_ms, hard_ms] = t[i];
+                        TimerReading {
+                            at_ms: self.at_ms,
+                            running,
+                            idle_ms,
+                            soft_ms,
+                            hard_ms,
+                            method: self.method,
+                        }
+                    }),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One thread of a [`TimerStates`]: the timer running, and the totals when they were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateReading {
+    pub running: Option<RunningTimer>,
+    pub totals: Option<TimerReading>,
+}
+
 fn yes() -> bool {
     true
 }
@@ -163,55 +288,104 @@ pub struct TaskRef {
     pub execution_attempt_id: String,
 }
 
-/// Library side, per connection: which threads were introduced (name and task sent) already.
+/// Library side, per connection: which threads were introduced (name and task sent) already,
+/// and the threads of the last [`TimerStates`] sent.
 #[derive(Debug, Default)]
-pub struct Introduced(HashSet<u64>);
+pub struct Introduced {
+    ids: HashSet<u64>,
+    roster: Vec<u64>,
+}
 
 /// Threads remembered per connection before starting over (a TaskManager's task threads come
 /// and go with every deployment; starting over only sends names again).
 const MAX_REMEMBERED: usize = 100_000;
 
 impl Introduced {
-    /// Leaves out the name and task of threads this connection has reported before.
+    /// Whether this connection was told the thread's name and task (a thread in
+    /// [`TimerStates`] must have been).
+    pub fn knows(&self, java_id: u64) -> bool {
+        self.ids.contains(&java_id)
+    }
+
+    /// Leaves out the name and task of threads this connection has reported before, and the
+    /// thread list of timer states that is the same as last time.
     pub fn compact(&mut self, sample: &mut InProcessSample) {
-        if self.0.len() > MAX_REMEMBERED {
-            self.0.clear();
+        if self.ids.len() > MAX_REMEMBERED {
+            self.ids.clear();
+            self.roster.clear();
+            // Threads listed by their timers alone were known; they are no longer.
+            if let Some(states) = &mut sample.timer_states {
+                states.threads = None;
+                states.states.clear();
+                states.totals = None;
+            }
         }
         for t in &mut sample.threads {
-            if !self.0.insert(t.java_id) {
+            if !self.ids.insert(t.java_id) {
                 t.name.clear();
                 t.task = None;
+            }
+        }
+        if let Some(states) = &mut sample.timer_states {
+            if states.threads.as_deref() == Some(self.roster.as_slice()) {
+                states.threads = None;
+            } else if let Some(threads) = &states.threads {
+                self.roster.clone_from(threads);
             }
         }
     }
 }
 
-/// Agent side, per connection: the names and tasks of the threads introduced so far.
+/// Agent side, per connection: the names and tasks of the threads introduced so far, and the
+/// threads of the last [`TimerStates`].
 #[derive(Debug, Default)]
-pub struct Known(HashMap<u64, (String, Option<TaskRef>)>);
+pub struct Known {
+    threads: HashMap<u64, (String, Option<TaskRef>)>,
+    roster: Vec<u64>,
+}
 
 impl Known {
     /// Puts back the name and task [`Introduced::compact`] left out; an error names a thread
     /// never introduced (the connection must then start over).
     pub fn expand(&mut self, sample: &mut InProcessSample) -> Result<(), String> {
-        if self.0.len() > MAX_REMEMBERED {
+        if self.threads.len() > MAX_REMEMBERED {
             // The library starts over at the same bound, on a connection of the same age.
-            self.0
+            self.threads
                 .retain(|id, _| sample.threads.iter().any(|t| t.java_id == *id));
+            self.roster.clear();
         }
         for t in &mut sample.threads {
             if t.name.is_empty() {
                 let (name, task) = self
-                    .0
+                    .threads
                     .get(&t.java_id)
                     .ok_or_else(|| format!("thread #{} was never introduced", t.java_id))?;
                 t.name.clone_from(name);
                 t.task.clone_from(task);
             } else {
-                self.0.insert(t.java_id, (t.name.clone(), t.task.clone()));
+                self.threads
+                    .insert(t.java_id, (t.name.clone(), t.task.clone()));
             }
         }
+        if let Some(states) = &mut sample.timer_states {
+            match &states.threads {
+                Some(threads) => self.roster.clone_from(threads),
+                None => states.threads = Some(self.roster.clone()),
+            }
+            let threads = states.threads.as_deref().unwrap_or_default();
+            if let Some(id) = threads.iter().find(|id| !self.threads.contains_key(id)) {
+                return Err(format!("thread #{id} was never introduced"));
+            }
+            states.readings(threads)?;
+        }
         Ok(())
+    }
+
+    /// The name and task of an introduced thread.
+    pub fn get(&self, java_id: u64) -> Option<(&str, Option<&TaskRef>)> {
+        self.threads
+            .get(&java_id)
+            .map(|(name, task)| (name.as_str(), task.as_ref()))
     }
 }
 
@@ -273,6 +447,74 @@ mod tests {
     }
 
     #[test]
+    fn timer_states_cross_as_letters_and_their_threads_only_when_changed() {
+        let introduce = |id: u64| SampledThread {
+            name: format!("Map (1/2)#{id}"),
+            java_id: id,
+            class: SampleClass::Busy,
+            top_frame: None,
+            activity: None,
+            lock: None,
+            cpu_ns: None,
+            timers: None,
+            stackless: true,
+            task: None,
+        };
+        let states = |threads: Vec<u64>, letters: &str| TimerStates {
+            at_ms: 5_000,
+            method: TimerMethod::Fields,
+            threads: Some(threads),
+            states: letters.into(),
+            totals: None,
+        };
+        let (mut lib, mut agent) = (Introduced::default(), Known::default());
+        // First: both threads introduced in full.
+        let mut first = InProcessSample {
+            threads: vec![introduce(1), introduce(2)],
+            ..Default::default()
+        };
+        lib.compact(&mut first);
+        agent.expand(&mut first).unwrap();
+        assert!(lib.knows(1) && lib.knows(2) && !lib.knows(3));
+        // Then by letters; the thread list crosses once, and is filled in again by the agent.
+        for round in 0..2 {
+            let mut s = InProcessSample {
+                timer_states: Some(states(vec![2, 1], "sb")),
+                ..Default::default()
+            };
+            lib.compact(&mut s);
+            let line = serde_json::to_string(&s).unwrap();
+            assert_eq!(line.contains("[2,1]"), round == 0, "{line}");
+            let mut decoded: InProcessSample = serde_json::from_str(&line).unwrap();
+            agent.expand(&mut decoded).unwrap();
+            let st = decoded.timer_states.unwrap();
+            assert_eq!(st.threads.as_deref(), Some(&[2, 1][..]));
+            let r = st.readings(&[2, 1]).unwrap();
+            assert_eq!(r[0].running, Some(RunningTimer::Soft));
+            assert_eq!(r[1].running, None);
+            assert!(r[0].totals.is_none());
+        }
+        // Totals, when sent, become readings at the sample's instant.
+        let mut with_totals = states(vec![1], "h");
+        with_totals.totals = Some(vec![[10, 20, 30]]);
+        let r = with_totals.readings(&[1]).unwrap()[0].totals.unwrap();
+        assert_eq!(
+            (r.at_ms, r.idle_ms, r.soft_ms, r.hard_ms),
+            (5_000, 10, 20, 30)
+        );
+        assert_eq!(r.running, Some(RunningTimer::Hard));
+        // Malformed: unknown letter, lengths that disagree, a thread never introduced.
+        assert!(states(vec![1], "x").readings(&[1]).is_err());
+        assert!(states(vec![1, 2], "b").readings(&[1, 2]).is_err());
+        let mut stranger = InProcessSample {
+            timer_states: Some(states(vec![9], "b")),
+            ..Default::default()
+        };
+        let err = agent.expand(&mut stranger).unwrap_err();
+        assert!(err.contains("#9"), "{err}");
+    }
+
+    #[test]
     fn evidence_fields_are_optional_both_ways() {
         // What a library without the evidence fields sends still decodes.
         let old = r#"{"name":"Map (1/2)#0","java_id":7,"class":"busy","top_frame":"com.acme.Map.map(Map.java:3)"}"#;
@@ -299,17 +541,13 @@ mod tests {
 
     #[test]
     fn requests_and_responses_are_one_line_of_tagged_json() {
-        let r = serde_json::to_string(&Request::Sample {
-            max_depth: 64,
-            stacks: true,
-        })
-        .unwrap();
+        let r = serde_json::to_string(&Request::Sample(SampleRequest::stacks(64))).unwrap();
         // Stacks at every sample is what every library did before the field: left out.
         assert_eq!(r, r#"{"op":"sample","max_depth":64}"#);
-        let timers_only = Request::Sample {
-            max_depth: 64,
+        let timers_only = Request::Sample(SampleRequest {
             stacks: false,
-        };
+            ..SampleRequest::stacks(64)
+        });
         let line = serde_json::to_string(&timers_only).unwrap();
         assert_eq!(line, r#"{"op":"sample","max_depth":64,"stacks":false}"#);
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), timers_only);
@@ -334,6 +572,7 @@ mod tests {
                     execution_attempt_id: "e".into(),
                 }),
             }],
+            timer_states: None,
             gone: 0,
             errors: vec![],
             cpu_us: Some(1),

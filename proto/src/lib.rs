@@ -29,10 +29,12 @@ pub use evidence::{Activity, ActivityCounts, CgroupCpu, JvmResources, LockCount,
 pub use identity::{parse_task_thread_name, TaskIdentity, ThreadRole};
 pub use ingest::{BatchProblem, ReportBatch, SCHEMA_VERSION};
 pub use level::Level;
-pub use plan::{AgentPlan, JvmPlan, PlanJvm, PlanRequest, TaskPlan};
+pub use plan::{AgentPlan, JvmPlan, PlanIndex, PlanJvm, PlanRequest, TaskPlan};
 pub use report::{
     ExactTask, FrameCount, JvmInfo, SampleCost, SampleReport, StackCount, TaskSamples, OTHER_STACKS,
 };
 pub use settings::{SamplingSettings, Scope, SettingsProblem};
-pub use timers::{RunningTimer, TimerCounts, TimerMethod, TimerReading, TimerTotals, TimerWindow};
+pub use timers::{
+    timer_class, RunningTimer, TimerCounts, TimerMethod, TimerReading, TimerTotals, TimerWindow,
+};
 pub use whereabouts::{JvmNetwork, ResourceIdSource};

@@ -159,6 +159,16 @@ pub struct ExactTask {
     pub execution_attempt_id: String,
 }
 
+impl ExactTask {
+    pub fn of(task: &crate::inprocess::TaskRef) -> ExactTask {
+        ExactTask {
+            job_id: task.job_id.clone(),
+            vertex_id: task.vertex_id.clone(),
+            execution_attempt_id: task.execution_attempt_id.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameCount {
     pub frame: String,

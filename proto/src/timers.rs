@@ -21,6 +21,17 @@ pub enum RunningTimer {
     Hard,
 }
 
+/// The class Flink's timers give a task: hard back-pressure is blocked, soft back-pressure and
+/// idleness are waiting (as their stacks would be), no timer running is busy.
+pub fn timer_class(running: Option<RunningTimer>) -> crate::SampleClass {
+    use crate::SampleClass;
+    match running {
+        Some(RunningTimer::Hard) => SampleClass::Blocked,
+        Some(RunningTimer::Soft | RunningTimer::Idle) => SampleClass::Waiting,
+        None => SampleClass::Busy,
+    }
+}
+
 /// How the timers were read, which says how exact the totals are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::backends::attach::AttachOptions;
 use bpmon_agent::backends::jvmti::{socket_name, JvmtiClient};
-use bpmon_agent::backends::{Backend, BackendKind};
+use bpmon_agent::backends::{Backend, BackendKind, DumpThread, SampleMode};
 use bpmon_agent::discovery::{JvmProcess, ProcFs};
 use bpmon_agent::sampling::{self as sampler, SampleSettings};
 use bpmon_e2e::jvmti::{exact_of, library, options, placed_on};
@@ -296,20 +296,44 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
     let mut jvmti = jvmti;
     let mut by_timers: BTreeMap<u64, (String, Option<String>, [u32; 3])> = BTreeMap::new();
     let mut timer_us = Vec::new();
-    for _ in 0..20 {
-        let (s, _) = jvmti.sample_with(false)?;
+    // Every other sample with the totals, as a window's edges ask for them; a thread the
+    // connection knows comes as one letter, with its totals only when asked.
+    let mut with_totals = 0;
+    for i in 0..20 {
+        let totals = i % 2 == 0;
+        let (s, dump) = jvmti.sample_with(SampleMode::Timers { totals })?;
         ensure!(s.errors.is_empty(), "timers only: {:?}", s.errors);
         timer_us.push(s.took_us);
-        for t in &s.threads {
+        let mut seen: Vec<(&DumpThread, SampleClass)> = Vec::new();
+        for t in &dump.threads {
             ensure!(
                 t.stackless && t.timers.is_some() && t.top_frame.is_none(),
                 "timers only, yet {t:?}"
             );
-            let e = by_timers.entry(t.java_id).or_insert_with(|| {
+            seen.push((t, t.class));
+        }
+        if let Some(states) = &dump.states {
+            for ((t, _), r) in states.roster.threads.iter().zip(&states.readings) {
+                ensure!(
+                    r.totals.is_some() == totals,
+                    "{}: totals {:?} when asked {totals}",
+                    t.name,
+                    r.totals
+                );
+                if let Some(tot) = r.totals {
+                    ensure!(tot.at_ms == states.at_ms && tot.method == TimerMethod::Fields);
+                    with_totals += 1;
+                }
+                seen.push((t, bpmon_proto::timer_class(r.running)));
+            }
+        }
+        for (t, class) in seen {
+            let java_id = t.java_id.context("a java id")?;
+            let e = by_timers.entry(java_id).or_insert_with(|| {
                 let job = t.task.as_ref().map(|r| r.job_id.clone());
                 (t.name.clone(), job, [0; 3])
             });
-            e.2[match t.class {
+            e.2[match class {
                 SampleClass::Blocked => 0,
                 SampleClass::Waiting => 1,
                 SampleClass::Busy => 2,
@@ -317,6 +341,7 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
         }
         sleep(Duration::from_millis(50));
     }
+    ensure!(with_totals > 0, "no timer states came with totals");
     ensure!(
         by_timers.len() == by_jvmti.tasks.len(),
         "timers only sampled {} threads, stacks {}",

@@ -55,7 +55,9 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bpmon_proto::inprocess::{Hello, InProcessSample, INPROCESS_PROTOCOL_VERSION};
+use bpmon_proto::inprocess::{
+    Hello, InProcessSample, Introduced, SampleRequest, INPROCESS_PROTOCOL_VERSION,
+};
 use jni::sys::{jint, JNI_ERR, JNI_OK};
 
 use crate::evidence::EvidenceCaps;
@@ -603,14 +605,18 @@ impl Backend for JvmBackend {
         self.hello.clone()
     }
 
-    fn sample(&mut self, max_depth: u32, stacks: bool) -> Result<InProcessSample, String> {
+    fn sample(
+        &mut self,
+        request: SampleRequest,
+        known: &Introduced,
+    ) -> Result<InProcessSample, String> {
         let mut methods = METHODS.lock().unwrap_or_else(PoisonError::into_inner);
         let sampler = &mut self.sampler;
         // One local frame per sample: whatever JNI local references a sample makes are gone
         // when it returns.
         self.vm
             .with_local_frame(32, |env| -> Result<_, jni::errors::Error> {
-                let mut sample = sampler.sample(env, &mut methods, max_depth, stacks);
+                let mut sample = sampler.sample(env, &mut methods, request, known);
                 // Every call that can throw is checked where it is made; this is the net under
                 // that rule, so no exception ever stays pending on this thread.
                 if let Some(thrown) = identity::clear_exception(env) {

@@ -6,9 +6,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bpmon_proto::inprocess::{InProcessSample, SampledLock, SampledThread, MAX_STACK_DEPTH};
+use bpmon_proto::inprocess::{
+    state_letter, InProcessSample, Introduced, SampleRequest, SampledLock, SampledThread,
+    TimerStates, MAX_STACK_DEPTH,
+};
 use bpmon_proto::ThreadRole;
-use bpmon_proto::{RunningTimer, TimerReading};
+use bpmon_proto::{timer_class, TimerReading};
 use bpmon_stacks::activity::{activity, Activity};
 use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
 use bpmon_stacks::threaddump::{Frame, ThreadState};
@@ -20,8 +23,7 @@ use crate::evidence::{mx_locks, thread_state, EvidenceCaps, Monitors};
 use crate::identity::{clear_exception, read_task_ref};
 use crate::jvmti::Jvmti;
 use crate::stacks::{MethodCache, StackError, StackReader};
-use crate::sys::JVMTI_THREAD_STATE_ALIVE;
-use crate::threads::{Identity, TaskThread, TaskThreads, Timers};
+use crate::threads::{Identity, Liveness, TaskThread, TaskThreads, Timers};
 use crate::timers::{self, TimerReader};
 
 /// Frames read first. The rules look at the topmost non-JDK frame and its caller, and a busy
@@ -92,16 +94,24 @@ impl Sampler {
     /// [`MAX_STACK_DEPTH`]). Call inside a JNI local frame; no local reference outlives it.
     ///
     /// Without `stacks`, a main task thread whose task's timers can be read is classified by
-    /// them alone (see [`timer_class`]), at a fraction of a stack's cost; legacy source threads
+    /// them alone (see [`bpmon_proto::timer_class`]), at a fraction of a stack's cost; legacy source threads
     /// are left out (their task's timers are read through its main thread), and a thread
     /// without timers has its stack read as usual.
+    ///
+    /// With `request.states`, a thread read by its timers alone that `known` was introduced to
+    /// goes into [`InProcessSample::timer_states`] as one letter (and its totals with
+    /// `request.totals`), read without the thread's state or CPU time; with `stacks` as well,
+    /// only the threads whose timers say busy have their stack read (a waiting or blocked
+    /// thread's stack adds nothing to its timers, and reading a stack is a handshake).
     pub fn sample<'l>(
         &mut self,
         env: &mut Env<'l>,
         methods: &mut MethodCache,
-        max_depth: u32,
-        stacks: bool,
+        request: SampleRequest,
+        known: &Introduced,
     ) -> InProcessSample {
+        let stacks = request.stacks;
+        let max_depth = request.max_depth;
         let taken_at_ms = now_ms();
         let start = Instant::now();
         let cpu_start = thread_cpu_ns();
@@ -114,6 +124,16 @@ impl Sampler {
             Err(e) => out.errors.push(format!("listing threads: {e}")),
         }
         methods.trim();
+        let live = self.threads.liveness(env);
+        // With stacks, states mean: only the threads the timers find busy have their stack read.
+        let busy_stacks = stacks && request.states;
+        let mut states = request.states.then(|| StatesOut {
+            at_ms: taken_at_ms,
+            totals: request.totals,
+            threads: Vec::with_capacity(self.threads.len()),
+            letters: String::with_capacity(self.threads.len()),
+            sums: Vec::new(),
+        });
         let depth = max_depth.clamp(1, MAX_STACK_DEPTH) as usize;
         let mut ended = Vec::new();
         let mut monitors = Monitors::new();
@@ -131,11 +151,19 @@ impl Sampler {
                     }
                 };
             }
-            if !stacks {
-                if t.role == ThreadRole::LegacySource {
-                    continue;
-                }
-                match timers_only(&mut self.timers, self.jvmti, self.caps, env, t, &mut out) {
+            if !stacks && t.role == ThreadRole::LegacySource {
+                // Its task's timers are read through its main thread.
+                continue;
+            }
+            if (!stacks || busy_stacks) && t.role == ThreadRole::Main {
+                let compact = states.as_mut().filter(|_| known.knows(t.java_id));
+                let ctx = TimersOnlyCtx {
+                    jvmti: self.jvmti,
+                    caps: self.caps,
+                    live,
+                    busy_stacks,
+                };
+                match timers_only(&mut self.timers, ctx, env, t, &mut out, compact) {
                     TimersOnly::Sampled => continue,
                     TimersOnly::Gone => {
                         out.gone += 1;
@@ -143,7 +171,7 @@ impl Sampler {
                         continue;
                     }
                     // Read its stack instead.
-                    TimersOnly::NoTimers => {}
+                    TimersOnly::NoTimers | TimersOnly::Busy => {}
                 }
             }
             // Shallow first: walking a stack is most of a sample's cost, and the top frames
@@ -260,6 +288,17 @@ impl Sampler {
                 out.errors.push(format!("awaited monitors: {e}"));
             }
         }
+        if let (Some(st), Some(method)) = (states, self.timers.method()) {
+            if !st.threads.is_empty() {
+                out.timer_states = Some(TimerStates {
+                    at_ms: st.at_ms,
+                    method,
+                    threads: Some(st.threads),
+                    states: st.letters,
+                    totals: st.totals.then_some(st.sums),
+                });
+            }
+        }
         self.threads.remove(&ended);
         self.recent_locks
             .retain(|_, (at, _)| start.duration_since(*at) < LOCK_LOOKUP_EVERY);
@@ -276,15 +315,15 @@ impl Sampler {
     }
 }
 
-/// Reads the timers of a main task thread's task, finding them on first use. A failure is
-/// said once and the thread is sampled without timers from then on.
-fn read_timers(
+/// Finds the timers of a main task thread's task on first use; whether it has them. A failure
+/// is said once and the thread is sampled without timers from then on.
+fn find_timers(
     reader: &mut TimerReader,
     jvmti: Jvmti,
     env: &mut Env,
     t: &mut TaskThread,
     errors: &mut Vec<String>,
-) -> Option<TimerReading> {
+) -> bool {
     if matches!(t.timers, Timers::Unread) {
         t.timers = match (&t.identity, timers::find(env, jvmti, &t.thread)) {
             // Not a task (already said), or no timers in this Flink: said once per reason,
@@ -305,6 +344,21 @@ fn read_timers(
             }
         };
     }
+    matches!(t.timers, Timers::Known(_))
+}
+
+/// Reads the timers of a main task thread's task ([`find_timers`] first). A failure is said
+/// and the thread is sampled without timers from then on.
+fn read_timers(
+    reader: &mut TimerReader,
+    jvmti: Jvmti,
+    env: &mut Env,
+    t: &mut TaskThread,
+    errors: &mut Vec<String>,
+) -> Option<TimerReading> {
+    if !find_timers(reader, jvmti, env, t, errors) {
+        return None;
+    }
     let Timers::Known(found) = &t.timers else {
         return None;
     };
@@ -319,44 +373,87 @@ fn read_timers(
     }
 }
 
-/// The class Flink's timers give a task: hard back-pressure is blocked, soft back-pressure and
-/// idleness are waiting (as their stacks would be), no timer running is busy.
-pub fn timer_class(running: Option<RunningTimer>) -> SampleClass {
-    match running {
-        Some(RunningTimer::Hard) => SampleClass::Blocked,
-        Some(RunningTimer::Soft | RunningTimer::Idle) => SampleClass::Waiting,
-        None => SampleClass::Busy,
-    }
-}
-
 /// What a timers-only sample of one thread came to.
 enum TimersOnly {
     Sampled,
+    /// No timer runs and its stack is wanted then (`busy_stacks`): nothing was recorded.
+    Busy,
     /// The thread ended (its task finished or failed).
     Gone,
     /// Its task's timers cannot be read.
     NoTimers,
 }
 
-/// Samples a main task thread by its task's timers alone: is the thread alive (the timers of a
-/// finished task stand still and would read as busy), the timers, and its CPU time.
-fn timers_only(
-    reader: &mut TimerReader,
+/// The timer states of one sample as they are read ([`TimerStates`] once complete).
+struct StatesOut {
+    at_ms: u64,
+    totals: bool,
+    threads: Vec<u64>,
+    letters: String,
+    sums: Vec<[u64; 3]>,
+}
+
+/// What a timers-only read needs besides the thread.
+#[derive(Clone, Copy)]
+struct TimersOnlyCtx {
     jvmti: Jvmti,
     caps: EvidenceCaps,
+    live: Liveness,
+    /// A thread whose timers say busy is left to the stack reader.
+    busy_stacks: bool,
+}
+
+/// Samples a main task thread by its task's timers alone: is the thread alive (the timers of a
+/// finished task stand still and would read as busy), then the timers. Into `states` (a thread
+/// the connection knows), one letter and the totals if asked; else a [`SampledThread`] with the
+/// timers' totals and the thread's CPU time.
+fn timers_only(
+    reader: &mut TimerReader,
+    ctx: TimersOnlyCtx,
     env: &mut Env,
     t: &mut TaskThread,
     out: &mut InProcessSample,
+    states: Option<&mut StatesOut>,
 ) -> TimersOnly {
-    match jvmti.thread_state(t.thread.as_obj()) {
-        Ok(bits) if bits & JVMTI_THREAD_STATE_ALIVE == 0 => return TimersOnly::Gone,
-        Ok(_) => {}
-        // Let the stack read say what is wrong.
-        Err(_) => return TimersOnly::NoTimers,
+    let jvmti = ctx.jvmti;
+    if !ctx.live.alive(env, jvmti, t.thread.as_obj()) {
+        return TimersOnly::Gone;
+    }
+    if !find_timers(reader, jvmti, env, t, &mut out.errors) {
+        return TimersOnly::NoTimers;
+    }
+    if let (Some(st), Timers::Known(found)) = (states, &t.timers) {
+        let read = if st.totals {
+            reader
+                .read_at(env, found, st.at_ms)
+                .map(|r| (r.running, Some([r.idle_ms, r.soft_ms, r.hard_ms])))
+        } else {
+            reader.state(env, found).map(|running| (running, None))
+        };
+        return match read {
+            Ok((None, _)) if ctx.busy_stacks => TimersOnly::Busy,
+            Ok((running, sums)) => {
+                st.threads.push(t.java_id);
+                st.letters.push(state_letter(running));
+                st.sums.extend(sums);
+                TimersOnly::Sampled
+            }
+            Err(e) => {
+                clear_exception(env);
+                out.errors
+                    .push(format!("{}: reading task timers: {e}", t.name));
+                t.timers = Timers::Failed;
+                TimersOnly::NoTimers
+            }
+        };
     }
     let Some(reading) = read_timers(reader, jvmti, env, t, &mut out.errors) else {
         return TimersOnly::NoTimers;
     };
+    if reading.running.is_none() && ctx.busy_stacks {
+        return TimersOnly::Busy;
+    }
+    let caps = ctx.caps;
     let cpu_ns = if caps.cpu_time {
         jvmti.thread_cpu_time(t.thread.as_obj()).ok()
     } else {

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Introduced, Request, Response, INPROCESS_PROTOCOL_VERSION,
-    MAX_LINE_BYTES,
+    Hello, InProcessSample, Introduced, Request, Response, SampleRequest,
+    INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
 };
 use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -168,7 +168,12 @@ pub trait Backend {
     fn hello(&mut self) -> Hello;
     /// One sample of every task thread (`stacks`: false reads Flink's timers instead where it
     /// can); `Err` only when no sample could be taken at all.
-    fn sample(&mut self, max_depth: u32, stacks: bool) -> Result<InProcessSample, String>;
+    /// `known`: the threads this connection was introduced to (see [`SampleRequest::states`]).
+    fn sample(
+        &mut self,
+        request: SampleRequest,
+        known: &Introduced,
+    ) -> Result<InProcessSample, String>;
     /// A client asked to stop: called after the socket file is gone and before `stopping` is
     /// answered, so that by the time the client reads the answer a new `load` starts afresh.
     fn stopping(&mut self);
@@ -374,7 +379,7 @@ impl Session<'_> {
                 },
                 None,
             ),
-            Request::Sample { max_depth, stacks } => match self.backend.sample(max_depth, stacks) {
+            Request::Sample(request) => match self.backend.sample(request, &self.introduced) {
                 Ok(mut sample) => {
                     self.introduced.compact(&mut sample);
                     (Response::Sample(sample), None)
@@ -490,7 +495,12 @@ mod tests {
                 starts: 1,
             }
         }
-        fn sample(&mut self, max_depth: u32, _stacks: bool) -> Result<InProcessSample, String> {
+        fn sample(
+            &mut self,
+            request: SampleRequest,
+            _known: &Introduced,
+        ) -> Result<InProcessSample, String> {
+            let max_depth = request.max_depth;
             self.samples += 1;
             if max_depth == 999 {
                 return Err("no".into());

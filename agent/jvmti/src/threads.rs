@@ -2,28 +2,39 @@
 //! name with `bpmon_proto::parse_task_thread_name`, held as JNI global references between
 //! samples.
 //!
-//! Listing threads (`GetAllThreads` + `GetThreadInfo` per thread) costs far more than sampling
-//! the few task threads, so the list is refreshed at most once per [`REFRESH_INTERVAL`]. A task
-//! that starts in between is picked up by the next refresh; one that ends in between shows up as
-//! `JVMTI_ERROR_THREAD_NOT_ALIVE` when sampled and is dropped then (see `sampler`).
+//! Listing threads costs far more than sampling the few task threads, so the list is refreshed
+//! at most once per [`REFRESH_INTERVAL`]. A task that starts in between is picked up by the next
+//! refresh; one that ends in between shows up as `JVMTI_ERROR_THREAD_NOT_ALIVE` when sampled (or
+//! not [`TaskThreads::alive`]) and is dropped then (see `sampler`).
+//!
+//! A refresh names only the threads it has not seen: `GetAllThreads`, then each thread's id
+//! (one field read), and `GetThreadInfo` (the name, two local references, a string) only for ids
+//! neither tracked nor known to be other threads. Flink never renames a task thread, but a full
+//! refresh every [`FULL_REFRESH_INTERVAL`] would notice one that was.
 //!
 //! Threads are keyed by their Java thread id (`Thread.tid`, never reused within a JVM), so a
 //! thread's global reference and what was learnt about its task survive refreshes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::TaskRef;
 use bpmon_proto::{parse_task_thread_name, ThreadRole};
+use jni::ids::JFieldID;
 use jni::objects::{Global, JObject};
 use jni::{jni_sig, jni_str, Env};
 
 use crate::identity::clear_exception;
 use crate::jvmti::{Jvmti, JvmtiError};
-use crate::timers::TaskTimers;
+use crate::sys::JVMTI_THREAD_STATE_ALIVE;
+use crate::timers::{long_field, TaskTimers};
 
 /// Longest time a new task thread can go unnoticed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often every thread's name is read again.
+pub const FULL_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Ids of other threads remembered at most before starting over.
+const MAX_OTHER_THREADS: usize = 100_000;
 /// Task threads tracked at most (a TaskManager has a few hundred at the very most).
 pub const MAX_TASK_THREADS: usize = 16_384;
 
@@ -95,6 +106,14 @@ pub enum ThreadsError {
 pub struct TaskThreads {
     threads: Vec<TaskThread>,
     refreshed_at: Option<Instant>,
+    /// When every thread's name was last read.
+    full_at: Option<Instant>,
+    /// Ids of the threads that are not task threads, as of their names when first seen.
+    others: HashSet<u64>,
+    /// `java.lang.Thread.tid` and `eetop` (non-zero while the thread runs), once looked up;
+    /// `None` inside: the field is not there in this JDK.
+    tid: Option<Option<JFieldID>>,
+    eetop: Option<Option<JFieldID>>,
 }
 
 impl TaskThreads {
@@ -113,16 +132,44 @@ impl TaskThreads {
         match self.refreshed_at {
             Some(at) if now.saturating_duration_since(at) < REFRESH_INTERVAL => Ok(Vec::new()),
             _ => {
-                let errors = self.refresh(env, jvmti)?;
+                let full = self
+                    .full_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= FULL_REFRESH_INTERVAL);
+                if full {
+                    self.others.clear();
+                    self.full_at = Some(now);
+                }
+                let errors = self.refresh(env, jvmti, full)?;
                 self.refreshed_at = Some(now);
                 Ok(errors)
             }
         }
     }
 
-    /// Lists every thread and keeps the task threads. Runs in the caller's local frame, which
+    /// How to tell whether a tracked thread still runs (looked up once).
+    pub fn liveness(&mut self, env: &mut Env) -> Liveness {
+        Liveness(
+            *self
+                .eetop
+                .get_or_insert_with(|| thread_field(env, jni_str!("eetop"))),
+        )
+    }
+
+    /// Lists every thread and keeps the task threads; `full`: reads every thread's name again,
+    /// else only those of threads not seen before. Runs in the caller's local frame, which
     /// receives one local reference per JVM thread (deleted as soon as each is looked at).
-    pub fn refresh(&mut self, env: &mut Env, jvmti: Jvmti) -> Result<Vec<String>, ThreadsError> {
+    pub fn refresh(
+        &mut self,
+        env: &mut Env,
+        jvmti: Jvmti,
+        full: bool,
+    ) -> Result<Vec<String>, ThreadsError> {
+        let tid = *self
+            .tid
+            .get_or_insert_with(|| thread_field(env, jni_str!("tid")));
+        if self.others.len() > MAX_OTHER_THREADS {
+            self.others.clear();
+        }
         let all = jvmti.all_threads()?;
         let mut known: HashMap<u64, TaskThread> =
             self.threads.drain(..).map(|t| (t.java_id, t)).collect();
@@ -133,13 +180,28 @@ impl TaskThreads {
             // SAFETY: GetAllThreads made `raw` a local reference of this thread's current frame;
             // this wrapper is its only owner and deletes it below.
             let thread = unsafe { JObject::from_raw(env, raw) };
+            if !full {
+                // SAFETY: the id is of `Thread.tid`, a long, and `thread` is a java.lang.Thread.
+                let id = tid.map(|id| unsafe { long_field(env, &thread, id) } as u64);
+                if let Some(id) = id {
+                    if let Some(t) = known.remove(&id) {
+                        env.delete_local_ref(thread);
+                        fresh.push(t);
+                        continue;
+                    }
+                    if self.others.contains(&id) {
+                        env.delete_local_ref(thread);
+                        continue;
+                    }
+                }
+            }
             // A frame per thread: GetThreadInfo adds two local references (group, loader).
             let found = env.with_local_frame(8, |env| -> Result<_, ThreadsError> {
                 let info = jvmti.thread_info(&thread)?;
-                let Some((_, role)) = parse_task_thread_name(&info.name) else {
-                    return Ok(None);
-                };
                 let java_id = java_id(env, &thread)?;
+                let Some((_, role)) = parse_task_thread_name(&info.name) else {
+                    return Ok(Err(java_id));
+                };
                 if let Some(mut t) = known.remove(&java_id) {
                     if t.name != info.name {
                         // Renamed: whatever was read for the old name may not hold.
@@ -148,9 +210,9 @@ impl TaskThreads {
                         t.name = info.name;
                         t.role = role;
                     }
-                    return Ok(Some(t));
+                    return Ok(Ok(t));
                 }
-                Ok(Some(TaskThread {
+                Ok(Ok(TaskThread {
                     name: info.name,
                     java_id,
                     role,
@@ -161,9 +223,11 @@ impl TaskThreads {
             });
             env.delete_local_ref(thread);
             match found {
-                Ok(Some(t)) if fresh.len() < MAX_TASK_THREADS => fresh.push(t),
-                Ok(Some(_)) => over_cap += 1,
-                Ok(None) => {}
+                Ok(Ok(t)) if fresh.len() < MAX_TASK_THREADS => fresh.push(t),
+                Ok(Ok(_)) => over_cap += 1,
+                Ok(Err(other)) => {
+                    self.others.insert(other);
+                }
                 Err(e) => {
                     // e.g. an OutOfMemoryError from PushLocalFrame or NewGlobalRef.
                     clear_exception(env);
@@ -206,7 +270,40 @@ impl TaskThreads {
     /// Drops every thread; call on the sampler thread while it is still attached.
     pub fn clear(&mut self) {
         self.threads.clear();
+        self.others.clear();
         self.refreshed_at = None;
+        self.full_at = None;
+    }
+}
+
+/// Whether a thread still runs: its `eetop` (the VM's thread, cleared as it exits), one field
+/// read; where the JDK has no such field, its JVMTI state.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness(Option<JFieldID>);
+
+impl Liveness {
+    pub fn alive(self, env: &Env, jvmti: Jvmti, thread: &JObject) -> bool {
+        match self.0 {
+            // SAFETY: the id is of `Thread.eetop`, a long, and `thread` is a java.lang.Thread.
+            Some(id) => unsafe { long_field(env, thread, id) != 0 },
+            None => jvmti
+                .thread_state(thread)
+                .is_ok_and(|bits| bits & JVMTI_THREAD_STATE_ALIVE != 0),
+        }
+    }
+}
+
+/// The id of a `long` field of `java.lang.Thread`, if this JDK has it.
+fn thread_field(env: &mut Env, name: &jni::strings::JNIStr) -> Option<JFieldID> {
+    let found = env
+        .find_class(jni_str!("java/lang/Thread"))
+        .and_then(|class| env.get_field_id(&class, name, jni_sig!("J")));
+    match found {
+        Ok(id) => Some(id),
+        Err(_) => {
+            clear_exception(env);
+            None
+        }
     }
 }
 

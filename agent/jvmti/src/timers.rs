@@ -27,10 +27,17 @@
 //! instant: `accumulatedCount + (measuring ? now − currentUpdateTS : 0)`
 //! ([`TimerMethod::Fields`]).
 //!
+//! A sample that needs only the state (continuous watching between a window's edges) reads one
+//! field per gauge, `currentMeasurementStartTS`, without the monitor and straight through the
+//! JNI function table ([`TimerReader::state`]): a `long` field is read whole, and which timer
+//! runs needs no other field to agree with. Entering a monitor from JNI inflates it, and that,
+//! with two JNI calls and an exception check per field, was most of the cost of a read.
+//!
 //! Should a Flink rename the fields, the public `isMeasuring()` and `getAccumulatedCount()` are
 //! called instead ([`TimerMethod::Methods`]): the state is still exact, but the total lags by the
 //! running measurement until the metric view folds it in (up to its update period, 5 s).
 
+use bpmon_proto::time::now_ms;
 use bpmon_proto::{RunningTimer, TimerMethod, TimerReading};
 use jni::ids::{JFieldID, JMethodID};
 use jni::objects::{Global, JObject};
@@ -141,36 +148,98 @@ impl TimerReader {
         self.failures.len() < 64 && self.failures.insert(reason.to_string())
     }
 
-    /// Reads a task's three timers. Call inside a JNI local frame.
+    fn access(&mut self, env: &mut Env, timers: &TaskTimers) -> Result<Access, IdentityError> {
+        match self.access {
+            Some(a) => Ok(a),
+            None => {
+                let a = learn(env, timers.idle.as_obj())?;
+                self.access = Some(a);
+                Ok(a)
+            }
+        }
+    }
+
+    /// How the timers are read (once one was).
+    pub fn method(&self) -> Option<TimerMethod> {
+        self.access.map(|a| match a {
+            Access::Fields { .. } => TimerMethod::Fields,
+            Access::Methods { .. } => TimerMethod::Methods,
+        })
+    }
+
+    /// Which of a task's timers runs now, and nothing else: one field per gauge, no monitor.
+    pub fn state(
+        &mut self,
+        env: &mut Env,
+        timers: &TaskTimers,
+    ) -> Result<Option<RunningTimer>, IdentityError> {
+        match self.access(env, timers)? {
+            Access::Fields { start, .. } => {
+                // Flink runs one timer at a time: the first found running is the one, in the
+                // order `running` ranks them, so most reads stop early.
+                for (gauge, timer) in [
+                    (&timers.hard, RunningTimer::Hard),
+                    (&timers.soft, RunningTimer::Soft),
+                    (&timers.idle, RunningTimer::Idle),
+                ] {
+                    // SAFETY: `start` is the id of a `long` field of this object's class, and a
+                    // field read cannot throw.
+                    if unsafe { long_field(env, gauge.as_obj(), start) } != 0 {
+                        return Ok(Some(timer));
+                    }
+                }
+                Ok(None)
+            }
+            access @ Access::Methods { .. } => {
+                let hard = read_gauge(env, access, timers.hard.as_obj(), 0)?.measuring;
+                let soft = read_gauge(env, access, timers.soft.as_obj(), 0)?.measuring;
+                let idle = read_gauge(env, access, timers.idle.as_obj(), 0)?.measuring;
+                Ok(running(idle, soft, hard))
+            }
+        }
+    }
+
+    /// Reads a task's three timers, totals exact at `now_ms` (the realtime clock, ms). Call
+    /// inside a JNI local frame.
+    pub fn read_at(
+        &mut self,
+        env: &mut Env,
+        timers: &TaskTimers,
+        now_ms: u64,
+    ) -> Result<TimerReading, IdentityError> {
+        let access = self.access(env, timers)?;
+        let now = now_ms as i64;
+        let idle = read_gauge(env, access, timers.idle.as_obj(), now)?;
+        let soft = read_gauge(env, access, timers.soft.as_obj(), now)?;
+        let hard = read_gauge(env, access, timers.hard.as_obj(), now)?;
+        Ok(TimerReading {
+            at_ms: now_ms,
+            running: running(idle.measuring, soft.measuring, hard.measuring),
+            idle_ms: idle.accumulated_ms,
+            soft_ms: soft.accumulated_ms,
+            hard_ms: hard.accumulated_ms,
+            method: match access {
+                Access::Fields { .. } => TimerMethod::Fields,
+                Access::Methods { .. } => TimerMethod::Methods,
+            },
+        })
+    }
+
+    /// Reads a task's three timers now. Call inside a JNI local frame.
     pub fn read(
         &mut self,
         env: &mut Env,
         timers: &TaskTimers,
     ) -> Result<TimerReading, IdentityError> {
-        let access = match self.access {
-            Some(a) => a,
-            None => {
-                let a = learn(env, timers.idle.as_obj())?;
-                self.access = Some(a);
-                a
-            }
-        };
-        let idle = read_gauge(env, access, timers.idle.as_obj())?;
-        let soft = read_gauge(env, access, timers.soft.as_obj())?;
-        let hard = read_gauge(env, access, timers.hard.as_obj())?;
-        // Flink starts one at a time; should two ever overlap, the harder one speaks.
-        let running = if hard.measuring {
-            Some(RunningTimer::Hard)
-        } else if soft.measuring {
-            Some(RunningTimer::Soft)
-        } else if idle.measuring {
-            Some(RunningTimer::Idle)
-        } else {
-            None
-        };
+        let access = self.access(env, timers)?;
+        // Each gauge at the moment its monitor is held.
+        let now = -1;
+        let idle = read_gauge(env, access, timers.idle.as_obj(), now)?;
+        let soft = read_gauge(env, access, timers.soft.as_obj(), now)?;
+        let hard = read_gauge(env, access, timers.hard.as_obj(), now)?;
         Ok(TimerReading {
             at_ms: now_ms(),
-            running,
+            running: running(idle.measuring, soft.measuring, hard.measuring),
             idle_ms: idle.accumulated_ms,
             soft_ms: soft.accumulated_ms,
             hard_ms: hard.accumulated_ms,
@@ -182,9 +251,28 @@ impl TimerReader {
     }
 }
 
-/// The realtime clock in ms, the clock Flink's `SystemClock.absoluteTimeMillis` reads.
-fn now_ms() -> u64 {
-    bpmon_proto::time::now_ms()
+/// Flink starts one timer at a time; should two ever overlap, the harder one speaks.
+fn running(idle: bool, soft: bool, hard: bool) -> Option<RunningTimer> {
+    if hard {
+        Some(RunningTimer::Hard)
+    } else if soft {
+        Some(RunningTimer::Soft)
+    } else if idle {
+        Some(RunningTimer::Idle)
+    } else {
+        None
+    }
+}
+
+/// `GetLongField` straight through the JNI function table: the `jni` crate's wrapper checks for
+/// a pending exception after every call, which doubles the cost of a read that cannot throw.
+///
+/// # Safety
+/// `id` must be the id of a `long` instance field of `obj`'s class.
+pub unsafe fn long_field(env: &Env, obj: &JObject, id: JFieldID) -> i64 {
+    let raw = env.get_raw();
+    // SAFETY: `raw` is this thread's live JNIEnv; the caller vouches for `obj` and `id`.
+    unsafe { ((**raw).v1_1.GetLongField)(raw, obj.as_raw(), id.into_raw()) }
 }
 
 /// Field ids of the gauge's class where its fields are the ones known, else its methods.
@@ -215,7 +303,14 @@ fn learn(env: &mut Env, gauge: &JObject) -> Result<Access, IdentityError> {
     })
 }
 
-fn read_gauge(env: &mut Env, access: Access, gauge: &JObject) -> Result<GaugeState, IdentityError> {
+/// One gauge's state and total; with the fields, the total is exact at `now` (epoch ms), or at
+/// the moment its monitor is held when `now` is negative.
+fn read_gauge(
+    env: &mut Env,
+    access: Access,
+    gauge: &JObject,
+    now: i64,
+) -> Result<GaugeState, IdentityError> {
     match access {
         Access::Fields {
             accumulated,
@@ -224,7 +319,11 @@ fn read_gauge(env: &mut Env, access: Access, gauge: &JObject) -> Result<GaugeSta
         } => {
             let guard = env.lock_obj(gauge);
             let _guard = check(env, "MonitorEnter(TimerGauge)", guard)?;
-            let now = now_ms() as i64;
+            let now = if now < 0 {
+                bpmon_proto::time::now_ms() as i64
+            } else {
+                now
+            };
             let long = |env: &mut Env, id: JFieldID, step| {
                 // SAFETY: the ids were taken from this object's class for fields of type long.
                 let r = unsafe {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Known, Request, Response, SampledLock, SampledThread, TaskRef,
-    INPROCESS_PROTOCOL_VERSION,
+    Hello, InProcessSample, Known, Request, Response, SampleRequest, SampledLock, SampledThread,
+    TaskRef, INPROCESS_PROTOCOL_VERSION,
 };
 use bpmon_proto::Activity;
 use bpmon_stacks::classify::SampleClass;
@@ -359,10 +359,7 @@ impl Client {
     /// One sample, with names and tasks put back as the agent does; on the wire a thread
     /// comes with its name the first time only.
     fn sample(&mut self, max_depth: u32) -> InProcessSample {
-        let mut s = match self.ask(&Request::Sample {
-            max_depth,
-            stacks: true,
-        }) {
+        let mut s = match self.ask(&Request::Sample(SampleRequest::stacks(max_depth))) {
             Response::Sample(s) => s,
             other => panic!("sample answered {other:?}"),
         };

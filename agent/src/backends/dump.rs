@@ -4,7 +4,9 @@
 //! ([`super::jvmti`]). Kept apart from the backends and from the sampling loop so that both can
 //! use these types without using each other.
 
-use bpmon_proto::inprocess::TaskRef;
+use std::sync::Arc;
+
+use bpmon_proto::inprocess::{StateReading, TaskRef};
 use bpmon_proto::{parse_task_thread_name, Activity, TaskIdentity, TimerReading};
 use bpmon_stacks::classify::SampleClass;
 
@@ -60,4 +62,45 @@ pub struct ClassifiedDump {
     pub inside_us: Option<u64>,
     /// CPU time of that, µs.
     pub inside_cpu_us: Option<u64>,
+    /// Threads classified by Flink's timers alone, one state each (in-process backend, between
+    /// stack samples); none of them is in `threads`.
+    pub states: Option<StateSample>,
+}
+
+/// Task threads read by their task's timers alone: a state each, and totals where asked for.
+#[derive(Debug, Clone)]
+pub struct StateSample {
+    /// The threads, in the order of `readings`: the same `Arc` for as long as the list does not
+    /// change, so that what is derived from it (settings, window membership, tally entries) is
+    /// derived once.
+    pub roster: Arc<Roster>,
+    /// When the timers were read, ms since the epoch.
+    pub at_ms: u64,
+    pub readings: Vec<StateReading>,
+}
+
+/// The main task threads of a [`StateSample`].
+#[derive(Debug)]
+pub struct Roster {
+    /// Each thread as a timers-only dump thread (class and timers aside), and its identity.
+    pub threads: Vec<(DumpThread, Option<TaskIdentity>)>,
+}
+
+impl Roster {
+    pub fn new(threads: impl IntoIterator<Item = DumpThread>) -> Roster {
+        Roster {
+            threads: threads
+                .into_iter()
+                .map(|t| {
+                    let identity = t.identity();
+                    (t, identity)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether two samples carry the very same list.
+    pub fn same(a: &Arc<Roster>, b: &Arc<Roster>) -> bool {
+        Arc::ptr_eq(a, b)
+    }
 }

@@ -12,17 +12,20 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Known, Request, Response, INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
+    Hello, InProcessSample, Known, Request, Response, SampleRequest, INPROCESS_PROTOCOL_VERSION,
+    MAX_LINE_BYTES,
 };
 use bpmon_proto::Activity;
 use bpmon_stacks::classify::SampleClass;
 use thiserror::Error;
 
 use super::attach::{is_timeout, AttachError, AttachOptions, Attacher};
-use super::dump::{AwaitedLock, ClassifiedDump, DumpThread};
+use super::dump::{AwaitedLock, ClassifiedDump, DumpThread, Roster, StateSample};
+use super::SampleMode;
 use crate::discovery::{JvmProcess, ProcFs};
 
 /// The library's file name, as built and as packaged.
@@ -141,11 +144,58 @@ impl Default for JvmtiOptions {
     }
 }
 
+impl Connection {
+    /// Puts back what the library left out of a sample (names, tasks, the thread list of the
+    /// timer states) and makes the sampling loop's dump of it.
+    fn read(&mut self, s: &mut InProcessSample) -> Result<ClassifiedDump, String> {
+        self.known.expand(s)?;
+        let mut dump = to_classified(s);
+        if let Some(st) = &s.timer_states {
+            let ids = st.threads.as_deref().unwrap_or_default();
+            let readings = st.readings(ids)?;
+            let roster = match &self.roster {
+                Some((same, roster)) if same.as_slice() == ids => roster.clone(),
+                _ => {
+                    let threads = ids.iter().map(|id| {
+                        let (name, task) = self.known.get(*id).unwrap_or_default();
+                        DumpThread {
+                            name: name.to_string(),
+                            java_id: Some(*id),
+                            os_tid: None,
+                            elapsed_s: None,
+                            class: SampleClass::Busy,
+                            top_frame: None,
+                            task: task.cloned(),
+                            activity: None,
+                            lock: None,
+                            cpu_ms: None,
+                            stack: None,
+                            timers: None,
+                            stackless: true,
+                        }
+                    });
+                    let roster = Arc::new(Roster::new(threads));
+                    self.roster = Some((ids.to_vec(), roster.clone()));
+                    roster
+                }
+            };
+            dump.states = Some(StateSample {
+                roster,
+                at_ms: st.at_ms,
+                readings,
+            });
+        }
+        Ok(dump)
+    }
+}
+
 struct Connection {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     /// Names and tasks of the threads this connection introduced.
     known: Known,
+    /// The threads of the last timer states, and what the sampling loop makes of them.
+    roster: Option<(Vec<u64>, Arc<Roster>)>,
 }
 
 /// The in-process sampler of one JVM.
@@ -205,32 +255,46 @@ impl JvmtiClient {
 
     /// One sample of every task thread, classified inside the JVM.
     pub fn sample(&mut self) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
-        self.sample_with(true)
+        self.sample_with(SampleMode::Stacks)
     }
 
-    /// One sample; without `stacks`, each task is classified by Flink's timers where the
-    /// library can read them (see `bpmon_jvmti::sampler`).
+    /// One sample; by timers, each task is classified by Flink's timers where the library can
+    /// read them (see `bpmon_jvmti::sampler`), and comes as one state in the dump's `states`.
     pub fn sample_with(
         &mut self,
-        stacks: bool,
+        mode: SampleMode,
     ) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
-        let max_depth = self.options.max_depth;
-        match self.request(&Request::Sample { max_depth, stacks })? {
+        let request = match mode {
+            SampleMode::Stacks => SampleRequest::stacks(self.options.max_depth),
+            SampleMode::Timers { totals } => SampleRequest {
+                stacks: false,
+                states: true,
+                totals,
+                ..SampleRequest::stacks(self.options.max_depth)
+            },
+            SampleMode::BusyStacks { totals } => SampleRequest {
+                states: true,
+                totals,
+                ..SampleRequest::stacks(self.options.max_depth)
+            },
+        };
+        match self.request(&Request::Sample(request))? {
             Response::Sample(mut s) => {
-                let expanded = match self.conn.as_mut() {
-                    Some(conn) => conn.known.expand(&mut s),
+                let read = match self.conn.as_mut() {
+                    Some(conn) => conn.read(&mut s),
                     None => Err("not connected".into()),
                 };
-                if let Err(message) = expanded {
-                    // Start over on a fresh connection, where every thread is introduced.
-                    self.conn = None;
-                    return Err(JvmtiError::Sampler {
-                        pid: self.pid,
-                        message,
-                    });
+                match read {
+                    Ok(dump) => Ok((s, dump)),
+                    Err(message) => {
+                        // Start over on a fresh connection, where every thread is introduced.
+                        self.conn = None;
+                        Err(JvmtiError::Sampler {
+                            pid: self.pid,
+                            message,
+                        })
+                    }
                 }
-                let dump = to_classified(&s);
-                Ok((s, dump))
             }
             other => Err(self.unexpected("sample", &other)),
         }
@@ -352,6 +416,7 @@ impl JvmtiClient {
             reader: BufReader::new(stream),
             writer,
             known: Known::default(),
+            roster: None,
         });
         let hello = Request::Hello {
             protocol: INPROCESS_PROTOCOL_VERSION,
@@ -508,6 +573,7 @@ fn to_classified(s: &InProcessSample) -> ClassifiedDump {
         skipped_lines: 0,
         inside_us: Some(s.took_us),
         inside_cpu_us: s.cpu_us,
+        states: None,
     }
 }
 
@@ -567,6 +633,7 @@ mod tests {
                     execution_attempt_id: "e".into(),
                 }),
             }],
+            timer_states: None,
             gone: 0,
             errors: vec![],
             cpu_us: Some(40),

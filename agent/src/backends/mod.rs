@@ -17,5 +17,5 @@ pub mod jcmd;
 pub mod jvmti;
 pub mod switch;
 
-pub use dump::{ClassifiedDump, DumpThread};
-pub use switch::{Backend, BackendKind, DumpError, Fetched};
+pub use dump::{ClassifiedDump, DumpThread, Roster, StateSample};
+pub use switch::{Backend, BackendKind, DumpError, Fetched, SampleMode};

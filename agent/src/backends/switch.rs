@@ -77,6 +77,19 @@ pub enum Backend {
     Jvmti(Box<JvmtiClient>),
 }
 
+/// What a sample reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleMode {
+    /// Every task thread's stack (what a dump always is).
+    Stacks,
+    /// Flink's timers of each task alone, where the in-process sampler can read them; with
+    /// `totals`, their accumulated totals too (a window's first and last sample need them).
+    Timers { totals: bool },
+    /// Flink's timers, and the stacks of the tasks they find busy (the only stacks that add
+    /// anything to the timers: what the work is). Dump backends read every stack.
+    BusyStacks { totals: bool },
+}
+
 /// What one request to a backend gave: dump text to parse, or samples already classified.
 pub enum Fetched {
     Text(Vec<u8>),
@@ -113,13 +126,13 @@ impl Backend {
         }
     }
 
-    /// One sample of every task thread. Without `stacks` the in-process backend reads Flink's
-    /// timers instead where it can; a dump always has stacks.
-    pub fn fetch(&mut self, stacks: bool) -> Result<Fetched, DumpError> {
+    /// One sample of every task thread. By timers, the in-process backend reads Flink's timers
+    /// instead of stacks where it can; a dump always has stacks.
+    pub fn fetch(&mut self, mode: SampleMode) -> Result<Fetched, DumpError> {
         match self {
             Backend::Attach(a) => Ok(Fetched::Text(a.thread_dump()?)),
             Backend::Jcmd(j) => Ok(Fetched::Text(j.thread_dump()?)),
-            Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample_with(stacks)?.1)),
+            Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample_with(mode)?.1)),
         }
     }
 

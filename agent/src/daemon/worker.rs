@@ -10,13 +10,13 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bpmon_proto::{JvmPlan, SampleReport, SamplingSettings, TaskIdentity};
+use bpmon_proto::{JvmPlan, PlanIndex, SampleReport, SamplingSettings, TaskIdentity};
 use bpmon_stacks::classify::Classifier;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::backends::attach::{AttachError, AttachOptions};
 use crate::backends::jvmti::{JvmtiError, JvmtiOptions};
-use crate::backends::{Backend, BackendKind, DumpError, DumpThread};
+use crate::backends::{Backend, BackendKind, DumpError, DumpThread, Roster, SampleMode};
 use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::{JvmProcess, ProcFs};
 use crate::metrics::AgentMetrics;
@@ -69,6 +69,9 @@ struct OpenWindow {
     /// Threads counted so far: a thread whose settings change mid-window stays in the window it
     /// started in until that window ends (and joins its new group's windows too).
     members: HashSet<ThreadKey>,
+    /// Which threads of a roster of timer states the window counts, for the roster and plan it
+    /// was worked out for.
+    states_mask: Option<(Arc<Roster>, u64, Vec<bool>)>,
 }
 
 /// Everything a worker needs, given by the supervisor.
@@ -97,6 +100,13 @@ struct Session {
     windows: HashMap<WindowId, OpenWindow>,
     /// The task threads of the last good dump.
     threads: Vec<TaskIdentity>,
+    /// The roster of timer states `threads` was last taken from (unchanged: nothing to replan).
+    threads_roster: Option<Arc<Roster>>,
+    /// The plan, indexed; `plan_epoch` counts its changes.
+    index: Option<PlanIndex>,
+    plan_epoch: u64,
+    /// Each thread's settings of the last roster of timer states, under `plan_epoch`.
+    roster_settings: Option<(Arc<Roster>, u64, Vec<SamplingSettings>)>,
     /// Good dumps so far.
     dumps: u64,
 }
@@ -194,6 +204,10 @@ impl Worker {
             sched: Scheduler::default(),
             windows: HashMap::new(),
             threads: Vec::new(),
+            threads_roster: None,
+            index: self.plan.as_ref().map(PlanIndex::new),
+            plan_epoch: 0,
+            roster_settings: None,
             dumps: 0,
         };
         self.replan(&mut s, Duration::ZERO);
@@ -202,7 +216,7 @@ impl Worker {
 
     /// Tells the timetable which settings groups the known threads want now.
     fn replan(&self, s: &mut Session, now: Duration) {
-        let wanted = schedule::wanted_groups(&s.threads, self.plan.as_ref(), self.default);
+        let wanted = schedule::wanted_groups(&s.threads, s.index.as_ref(), self.default);
         s.sched.set_wanted(now, &wanted);
     }
 
@@ -217,6 +231,8 @@ impl Worker {
             };
             match order {
                 Control::Plan { plan, default } => {
+                    s.index = plan.as_ref().map(PlanIndex::new);
+                    s.plan_epoch += 1;
                     self.plan = plan;
                     self.default = default;
                     self.replan(s, s.origin.elapsed());
@@ -269,6 +285,7 @@ impl Worker {
                     ),
                     settings: slot.settings,
                     members: HashSet::new(),
+                    states_mask: None,
                 },
             );
         }
@@ -281,7 +298,17 @@ impl Worker {
             self.skip(s, slots);
             return None;
         }
-        let dump = take_sample(s.probe.as_ref(), &mut s.backend, &self.classifier, stacks);
+        // A window's exact totals run from its first sample to its last.
+        let totals = slots.iter().any(|slot| slot.opens || slot.closes);
+        let mode = if !stacks {
+            SampleMode::Timers { totals }
+        } else if slots.iter().all(|slot| slot.settings.stacks_every > 1) {
+            // Only windows that watch by timers are due: the stacks of busy tasks are enough.
+            SampleMode::BusyStacks { totals }
+        } else {
+            SampleMode::Stacks
+        };
+        let dump = take_sample(s.probe.as_ref(), &mut s.backend, &self.classifier, mode);
         match &dump.result {
             Ok(_) => self.metrics.dump_taken(dump.took + dump.parse),
             Err(e) => self.metrics.dump_failed(e.reason()),
@@ -290,8 +317,23 @@ impl Worker {
         match &dump.result {
             Ok(d) => {
                 s.dumps += 1;
-                s.threads = d.threads.iter().filter_map(DumpThread::identity).collect();
-                self.replan(s, s.origin.elapsed());
+                let roster = d.states.as_ref().map(|st| &st.roster);
+                let unchanged = d.threads.is_empty()
+                    && matches!((roster, &s.threads_roster), (Some(a), Some(b)) if Roster::same(a, b));
+                if !unchanged {
+                    s.threads = d
+                        .threads
+                        .iter()
+                        .filter_map(DumpThread::identity)
+                        .chain(
+                            roster
+                                .into_iter()
+                                .flat_map(|r| r.threads.iter().filter_map(|(_, id)| id.clone())),
+                        )
+                        .collect();
+                    s.threads_roster = roster.cloned();
+                    self.replan(s, s.origin.elapsed());
+                }
                 None
             }
             Err(e) if e.is_permanent() => {
@@ -317,12 +359,30 @@ impl Worker {
                     let id = t.identity()?;
                     Some((
                         key_of(t),
-                        schedule::settings_of(&id, self.plan.as_ref(), self.default),
+                        schedule::settings_of(&id, s.index.as_ref(), self.default),
                     ))
                 })
                 .collect(),
             Err(_) => HashMap::new(),
         };
+        // The roster's settings, worked out once per roster and plan.
+        let states = dump.result.as_ref().ok().and_then(|d| d.states.as_ref());
+        if let Some(st) = states {
+            let fresh = matches!(&s.roster_settings,
+                Some((r, epoch, _)) if Roster::same(r, &st.roster) && *epoch == s.plan_epoch);
+            if !fresh {
+                let settings = st
+                    .roster
+                    .threads
+                    .iter()
+                    .map(|(_, id)| match id {
+                        Some(id) => schedule::settings_of(id, s.index.as_ref(), self.default),
+                        None => self.default,
+                    })
+                    .collect();
+                s.roster_settings = Some((st.roster.clone(), s.plan_epoch, settings));
+            }
+        }
         for slot in slots {
             let Some(open) = s.windows.get_mut(&slot.window) else {
                 continue;
@@ -333,8 +393,36 @@ impl Worker {
                 .map(|(k, _)| k.clone())
                 .collect();
             open.members.extend(joining);
+            if let (Some(st), Some((_, _, settings))) = (states, &s.roster_settings) {
+                let fresh = matches!(&open.states_mask,
+                    Some((r, epoch, _)) if Roster::same(r, &st.roster) && *epoch == s.plan_epoch);
+                if !fresh {
+                    let mask = st
+                        .roster
+                        .threads
+                        .iter()
+                        .zip(settings)
+                        .map(|((t, _), settings)| {
+                            let key = key_of(t);
+                            if *settings == open.settings {
+                                open.members.insert(key);
+                                true
+                            } else {
+                                open.members.contains(&key)
+                            }
+                        })
+                        .collect();
+                    open.states_mask = Some((st.roster.clone(), s.plan_epoch, mask));
+                }
+            }
+            let mask = match (&open.states_mask, states) {
+                (Some((_, _, mask)), Some(_)) => mask.as_slice(),
+                _ => &[],
+            };
             let members = &open.members;
-            let progress = open.window.record(dump, |t| members.contains(&key_of(t)));
+            let progress = open
+                .window
+                .record(dump, |t| members.contains(&key_of(t)), mask);
             if slot.closes || progress == Progress::Stop {
                 if !slot.closes {
                     s.sched.abort(slot.window);

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use bpmon_proto::{JvmPlan, SamplingSettings, TaskIdentity};
+use bpmon_proto::{PlanIndex, SamplingSettings, TaskIdentity};
 
 /// Time since the scheduler's origin.
 pub type Time = Duration;
@@ -230,7 +230,7 @@ impl Scheduler {
 /// duplicates.
 pub fn wanted_groups(
     threads: &[TaskIdentity],
-    plan: Option<&JvmPlan>,
+    plan: Option<&PlanIndex>,
     default: SamplingSettings,
 ) -> Vec<SamplingSettings> {
     let mut out: Vec<SamplingSettings> = threads
@@ -248,7 +248,7 @@ pub fn wanted_groups(
 /// The settings of one task thread.
 pub fn settings_of(
     thread: &TaskIdentity,
-    plan: Option<&JvmPlan>,
+    plan: Option<&PlanIndex>,
     default: SamplingSettings,
 ) -> SamplingSettings {
     match plan {
@@ -260,7 +260,7 @@ pub fn settings_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpmon_proto::TaskPlan;
+    use bpmon_proto::{JvmPlan, TaskPlan};
 
     fn ms(v: u64) -> Time {
         Duration::from_millis(v)
@@ -522,6 +522,7 @@ mod tests {
                 settings: fast,
             }],
         };
+        let plan = PlanIndex::new(&plan);
         assert_eq!(
             wanted_groups(
                 &[id("Map", 0), id("Map", 1), id("Sink", 0)],

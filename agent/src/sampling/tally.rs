@@ -6,16 +6,17 @@
 //! into the task it serves, since that thread, not the mailbox thread, does the task's work.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bpmon_proto::inprocess::TaskRef;
 use bpmon_proto::{
-    parse_task_thread_name, Activity, ActivityCounts, ExactTask, FrameCount, LockCount,
-    RunningTimer, StackCount, TaskIdentity, TaskSamples, ThreadCpu, ThreadRole, TimerCounts,
-    TimerReading, TimerTotals, TimerWindow, OTHER_STACKS,
+    parse_task_thread_name, timer_class, Activity, ActivityCounts, ExactTask, FrameCount,
+    LockCount, RunningTimer, StackCount, TaskIdentity, TaskSamples, ThreadCpu, ThreadRole,
+    TimerCounts, TimerReading, TimerTotals, TimerWindow, OTHER_STACKS,
 };
 use bpmon_stacks::classify::SampleClass;
 
-use crate::backends::dump::AwaitedLock;
+use crate::backends::dump::{AwaitedLock, Roster, StateSample};
 
 /// Locks kept per task, most samples first.
 const TOP_LOCKS: usize = 3;
@@ -96,16 +97,26 @@ struct TimerTally {
 
 impl TimerTally {
     fn note(&mut self, reading: Option<&TimerReading>, class: SampleClass) {
-        let Some(r) = reading else {
-            self.unread += 1;
-            return;
-        };
-        if matches!(r.running, Some(RunningTimer::Soft | RunningTimer::Hard)) {
-            let span = self.back_pressured.get_or_insert((r.at_ms, r.at_ms));
-            span.0 = span.0.min(r.at_ms);
-            span.1 = span.1.max(r.at_ms);
+        match reading {
+            Some(r) => self.note_state(r.at_ms, r.running, Some(r), class),
+            None => self.unread += 1,
         }
-        match r.running {
+    }
+
+    /// One sample's timer state, read at `at_ms`, with the totals when they were read.
+    fn note_state(
+        &mut self,
+        at_ms: u64,
+        running: Option<RunningTimer>,
+        totals: Option<&TimerReading>,
+        class: SampleClass,
+    ) {
+        if matches!(running, Some(RunningTimer::Soft | RunningTimer::Hard)) {
+            let span = self.back_pressured.get_or_insert((at_ms, at_ms));
+            span.0 = span.0.min(at_ms);
+            span.1 = span.1.max(at_ms);
+        }
+        match running {
             Some(RunningTimer::Idle) => self.states.idle += 1,
             Some(RunningTimer::Soft) => {
                 self.states.soft += 1;
@@ -116,10 +127,12 @@ impl TimerTally {
             Some(RunningTimer::Hard) => self.states.hard += 1,
             None => self.states.busy += 1,
         }
-        if self.first.is_none() {
-            self.first = Some(*r);
+        if let Some(r) = totals {
+            if self.first.is_none() {
+                self.first = Some(*r);
+            }
+            self.last = Some(*r);
         }
-        self.last = Some(*r);
     }
 
     fn window(&self) -> Option<TimerWindow> {
@@ -148,7 +161,11 @@ struct CpuSpan {
 /// Counts per task across a sampling run.
 #[derive(Debug, Default)]
 pub struct Tally {
-    tasks: HashMap<TaskKey, TaskTally>,
+    tasks: Vec<(TaskKey, TaskTally)>,
+    index: HashMap<TaskKey, usize>,
+    /// The last roster of timer states seen, and each of its threads' task (index in `tasks`)
+    /// once counted: timers-only samples then cost a few increments per thread.
+    roster: Option<(Arc<Roster>, Vec<Option<usize>>)>,
 }
 
 impl Tally {
@@ -168,27 +185,60 @@ impl Tally {
         }
     }
 
+    /// Adds the threads of a timers-only sample that `include` (by roster index) accepts.
+    pub fn add_states(&mut self, states: &StateSample, include: &[bool]) {
+        let n = states.roster.threads.len();
+        if !matches!(&self.roster, Some((r, _)) if Roster::same(r, &states.roster)) {
+            self.roster = Some((states.roster.clone(), vec![None; n]));
+        }
+        let Some((roster, slots)) = &mut self.roster else {
+            return;
+        };
+        for (i, ((thread, identity), reading)) in
+            roster.threads.iter().zip(&states.readings).enumerate()
+        {
+            if !include.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let slot = match slots[i] {
+                Some(slot) => slot,
+                None => {
+                    // Not a task thread by its name: a dump would not count it either.
+                    let Some(identity) = identity else { continue };
+                    let key = TaskKey {
+                        main_thread: thread.name.clone(),
+                        id: thread.java_id,
+                    };
+                    let slot = entry(&mut self.tasks, &mut self.index, key, identity);
+                    let t = &mut self.tasks[slot].1;
+                    if t.exact.is_none() {
+                        t.exact = thread.task.as_ref().map(ExactTask::of);
+                    }
+                    slots[i] = Some(slot);
+                    slot
+                }
+            };
+            let t = &mut self.tasks[slot].1;
+            let class = timer_class(reading.running);
+            t.samples += 1;
+            t.timers.note_state(
+                states.at_ms,
+                reading.running,
+                reading.totals.as_ref(),
+                class,
+            );
+            match class {
+                SampleClass::Blocked => t.blocked += 1,
+                SampleClass::Waiting => t.waiting += 1,
+                SampleClass::Busy => t.busy += 1,
+            }
+        }
+    }
+
     /// Counts one task's sample.
     fn count(&mut self, task: DumpTask, at_ms: u64) {
-        let t = self.tasks.entry(task.key).or_insert_with(|| TaskTally {
-            identity: task.identity,
-            os_tid: None,
-            elapsed_s: None,
-            legacy: false,
-            exact: None,
-            samples: 0,
-            stack_samples: 0,
-            blocked: 0,
-            waiting: 0,
-            busy: 0,
-            frames: HashMap::new(),
-            activity: ActivityCounts::default(),
-            activity_unknown: 0,
-            locks: HashMap::new(),
-            cpu: HashMap::new(),
-            stacks: HashMap::new(),
-            timers: TimerTally::default(),
-        });
+        let slot = entry(&mut self.tasks, &mut self.index, task.key, &task.identity);
+        let t = &mut self.tasks[slot].1;
         for thread in &task.threads {
             t.note_cpu(thread, at_ms);
         }
@@ -196,11 +246,7 @@ impl Tally {
         t.elapsed_s = task.thread.elapsed_s.or(t.elapsed_s);
         t.legacy |= task.legacy;
         if t.exact.is_none() {
-            t.exact = task.thread.task.map(|r| ExactTask {
-                job_id: r.job_id.clone(),
-                vertex_id: r.vertex_id.clone(),
-                execution_attempt_id: r.execution_attempt_id.clone(),
-            });
+            t.exact = task.thread.task.map(ExactTask::of);
         }
         t.samples += 1;
         t.timers.note(task.timers, task.class);
@@ -243,7 +289,7 @@ impl Tally {
     /// [`Tally::into_tasks`], with the frame table the tasks' stacks index.
     pub fn into_tasks_and_frames(self, top_n: usize) -> (Vec<TaskSamples>, Vec<String>) {
         let mut table = FrameTable::default();
-        let mut tallies: Vec<(TaskKey, TaskTally)> = self.tasks.into_iter().collect();
+        let mut tallies = self.tasks;
         tallies.sort_by(|a, b| a.0.cmp(&b.0));
         let tasks = tallies
             .into_iter()
@@ -278,6 +324,43 @@ impl Tally {
             .collect();
         (tasks, table.frames)
     }
+}
+
+/// The index of a task's tally, made empty the first time the task is seen.
+fn entry(
+    tasks: &mut Vec<(TaskKey, TaskTally)>,
+    index: &mut HashMap<TaskKey, usize>,
+    key: TaskKey,
+    identity: &TaskIdentity,
+) -> usize {
+    if let Some(&i) = index.get(&key) {
+        return i;
+    }
+    let i = tasks.len();
+    index.insert(key.clone(), i);
+    tasks.push((
+        key,
+        TaskTally {
+            identity: identity.clone(),
+            os_tid: None,
+            elapsed_s: None,
+            legacy: false,
+            exact: None,
+            samples: 0,
+            stack_samples: 0,
+            blocked: 0,
+            waiting: 0,
+            busy: 0,
+            frames: HashMap::new(),
+            activity: ActivityCounts::default(),
+            activity_unknown: 0,
+            locks: HashMap::new(),
+            cpu: HashMap::new(),
+            stacks: HashMap::new(),
+            timers: TimerTally::default(),
+        },
+    ));
+    i
 }
 
 /// Frames interned for a report: each stack names its frames by index, so a frame shared by
@@ -824,6 +907,74 @@ mod tests {
         let totals = timers.totals.expect("totals");
         assert_eq!((totals.span_ms, totals.soft_ms), (300, 150));
         // Back-pressured (soft) at the first two samples only.
+        assert_eq!(
+            (
+                timers.back_pressured_from_ms,
+                timers.back_pressured_until_ms
+            ),
+            (Some(1_000), Some(1_100))
+        );
+    }
+
+    #[test]
+    fn timer_states_count_like_full_samples_and_only_where_included() {
+        use crate::backends::dump::{DumpThread, Roster, StateSample};
+        use bpmon_proto::inprocess::StateReading;
+        let thread = |name: &str, id| DumpThread {
+            name: name.into(),
+            java_id: Some(id),
+            os_tid: None,
+            elapsed_s: None,
+            class: SampleClass::Busy,
+            top_frame: None,
+            task: None,
+            activity: None,
+            lock: None,
+            cpu_ms: None,
+            stack: None,
+            timers: None,
+            stackless: true,
+        };
+        // A stack sample opens the window (soft, totals 500 ms), then three states of the
+        // same two threads: soft, idle, and busy with totals at the last.
+        let first = reading(1_000, Some(RunningTimer::Soft), 500);
+        let mut t = ts("Map (1/2)#0", 60, 1.0, SampleClass::Waiting);
+        t.timers = Some(&first);
+        let mut tally = Tally::new();
+        tally.add_dump(&[t], 0);
+        let roster = Arc::new(Roster::new([
+            thread("Map (1/2)#0", 60),
+            thread("Map (2/2)#0", 61),
+        ]));
+        let last = reading(1_300, None, 650);
+        for (at_ms, running, totals) in [
+            (1_100, Some(RunningTimer::Soft), None),
+            (1_200, Some(RunningTimer::Idle), None),
+            (1_300, None, Some(last)),
+        ] {
+            let state = StateReading { running, totals };
+            let sample = StateSample {
+                roster: roster.clone(),
+                at_ms,
+                readings: vec![state, state],
+            };
+            // The second thread is another group's.
+            tally.add_states(&sample, &[true, false]);
+        }
+        let tasks = tally.into_tasks(5);
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        let task = &tasks[0];
+        assert_eq!((task.samples, task.stack_samples), (4, Some(1)));
+        assert_eq!((task.waiting, task.busy, task.blocked), (3, 1, 0));
+        let timers = task.timers.expect("timers");
+        assert_eq!(timers.waiting_soft, 2);
+        assert_eq!(
+            (timers.states.soft, timers.states.idle, timers.states.busy),
+            (2, 1, 1)
+        );
+        // Totals from the stack sample to the last state that carried them.
+        let totals = timers.totals.expect("totals");
+        assert_eq!((totals.span_ms, totals.soft_ms), (300, 150));
         assert_eq!(
             (
                 timers.back_pressured_from_ms,

@@ -16,7 +16,9 @@ use bpmon_stacks::threaddump;
 
 use super::tally::{Tally, ThreadSample};
 use crate::backends::dump::AwaitedLock;
-use crate::backends::{Backend, BackendKind, ClassifiedDump, DumpError, DumpThread, Fetched};
+use crate::backends::{
+    Backend, BackendKind, ClassifiedDump, DumpError, DumpThread, Fetched, SampleMode,
+};
 use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::JvmProcess;
 use crate::resources::{ResourceProbe, ResourceReading};
@@ -96,6 +98,7 @@ pub fn classify_dump(text: &[u8], classifier: &Classifier) -> ClassifiedDump {
         skipped_lines: dump.summary.skipped_lines as u64,
         inside_us: None,
         inside_cpu_us: None,
+        states: None,
     }
 }
 
@@ -131,21 +134,20 @@ pub fn take_dump(
     backend: &mut Backend,
     classifier: &Classifier,
 ) -> TakenDump {
-    take_sample(probe, backend, classifier, true)
+    take_sample(probe, backend, classifier, SampleMode::Stacks)
 }
 
-/// [`take_dump`]; without `stacks`, the in-process backend classifies by Flink's timers where
-/// it can.
+/// [`take_dump`]; by timers, the in-process backend classifies by Flink's timers where it can.
 pub fn take_sample(
     probe: Option<&SafepointProbe>,
     backend: &mut Backend,
     classifier: &Classifier,
-    stacks: bool,
+    mode: SampleMode,
 ) -> TakenDump {
     let read_counters = || probe.and_then(SafepointProbe::read);
     let before = read_counters();
     let t0 = Instant::now();
-    let result = backend.fetch(stacks);
+    let result = backend.fetch(mode);
     let took = t0.elapsed();
     let after = before.and_then(|_| read_counters());
     let safepoints = match (before, after) {
@@ -236,8 +238,14 @@ impl Window {
     }
 
     /// Records one dump as this window's next sample, counting only the threads `include`
-    /// accepts (a window counts the threads of its own settings group).
-    pub fn record(&mut self, dump: &TakenDump, include: impl Fn(&DumpThread) -> bool) -> Progress {
+    /// accepts (a window counts the threads of its own settings group), and of the dump's timer
+    /// states those `include_states` marks (by roster index).
+    pub fn record(
+        &mut self,
+        dump: &TakenDump,
+        include: impl Fn(&DumpThread) -> bool,
+        include_states: &[bool],
+    ) -> Progress {
         let index = self.slots;
         self.slots += 1;
         match (&mut self.safepoints, dump.safepoints) {
@@ -263,6 +271,9 @@ impl Window {
                     .collect();
                 let at_ms = dump.at.saturating_duration_since(self.start).as_millis() as u64;
                 self.tally.add_dump(&samples, at_ms);
+                if let Some(states) = &classified.states {
+                    self.tally.add_states(states, include_states);
+                }
                 Progress::Continue
             }
             Err(e) => {
@@ -356,7 +367,14 @@ pub fn sample(
             std::thread::sleep(due - now);
         }
         let dump = take_dump(probe.as_ref(), backend, classifier);
-        if window.record(&dump, |_| true) == Progress::Stop {
+        let all_states = dump
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|d| d.states.as_ref())
+            .map(|st| vec![true; st.readings.len()])
+            .unwrap_or_default();
+        if window.record(&dump, |_| true, &all_states) == Progress::Stop {
             break;
         }
     }

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::backends::attach::AttachOptions;
 use bpmon_agent::backends::jvmti::JvmtiOptions;
-use bpmon_agent::backends::{Backend, BackendKind};
+use bpmon_agent::backends::{Backend, BackendKind, SampleMode};
 use bpmon_agent::discovery::hsperf::SafepointProbe;
 use bpmon_agent::discovery::ProcFs;
-use bpmon_agent::sampling::take_sample;
+use bpmon_agent::sampling::{take_sample, Window};
 use bpmon_e2e::bench::{library_beside_me, thread_cpu_us};
 use bpmon_e2e::{ClusterOptions, FlinkCluster, FlinkDist, FlinkRest, TestJobs};
 use bpmon_stacks::classify::Classifier;
@@ -92,6 +92,13 @@ struct Round {
     library_cpu_ms_per_s: f64,
     agent_cpu_ms_per_s: f64,
     samples: usize,
+    windows: usize,
+    encoded_bytes: usize,
+    /// Agent CPU, µs, by whether the sample read stacks: taking it, recording it in the window;
+    /// and making and encoding the windows' reports.
+    agent_fetch_us: std::collections::BTreeMap<bool, f64>,
+    agent_record_us: std::collections::BTreeMap<bool, f64>,
+    agent_finish_us: f64,
     timers_inside_us: Vec<f64>,
     stacks_inside_us: Vec<f64>,
     task_threads: usize,
@@ -162,7 +169,7 @@ fn run(
     })?;
     std::thread::sleep(Duration::from_secs(10));
     for _ in 0..5 {
-        take_sample(Some(&probe), &mut backend, &classifier, true)
+        take_sample(Some(&probe), &mut backend, &classifier, SampleMode::Stacks)
             .result
             .context("a warm-up sample")?;
     }
@@ -171,6 +178,7 @@ fn run(
     std::thread::sleep(Duration::from_secs(11));
     let delay = Duration::from_micros(1_000_000 / u64::from(a.hz));
     let stacks_every = a.hz as usize;
+    let window_samples = a.hz as usize;
     let mut none = Vec::new();
     let mut continuous = Vec::new();
     for round in 0..a.rounds {
@@ -187,14 +195,50 @@ fn run(
             let t0 = Instant::now();
             let (mut library_us, mut agent_us) = (0.0, 0.0);
             let mut i = 0usize;
+            let mut window: Option<Window> = None;
             while t0.elapsed() < Duration::from_secs(a.seconds) {
                 if watching {
-                    let stacks = i.is_multiple_of(stacks_every);
+                    // As the agent's worker does: windows of `hz` samples (one a second), the
+                    // stacks of busy tasks at the first, the timers' totals at the first and
+                    // last, each sample recorded in the window's tally, and the report made and
+                    // encoded.
+                    let index = i % window_samples;
+                    let stacks = index.is_multiple_of(stacks_every);
+                    let totals = index == 0 || index == window_samples - 1;
+                    let mode = if stacks {
+                        SampleMode::BusyStacks { totals }
+                    } else {
+                        SampleMode::Timers { totals }
+                    };
                     let c = thread_cpu_us();
-                    let taken = take_sample(None, &mut backend, &classifier, stacks);
+                    let w = window
+                        .get_or_insert_with(|| Window::new(&jvm, window_samples as u32, delay, 5));
+                    let taken = take_sample(None, &mut backend, &classifier, mode);
+                    let c_fetched = thread_cpu_us();
+                    *r.agent_fetch_us.entry(stacks).or_default() += c_fetched - c;
+                    let all = taken
+                        .result
+                        .as_ref()
+                        .ok()
+                        .and_then(|d| d.states.as_ref())
+                        .map(|st| vec![true; st.readings.len()])
+                        .unwrap_or_default();
+                    w.record(&taken, |_| true, &all);
+                    let c_recorded = thread_cpu_us();
+                    *r.agent_record_us.entry(stacks).or_default() += c_recorded - c_fetched;
+                    if index == window_samples - 1 {
+                        if let Some(done) = window.take() {
+                            let report = done.finish(&jvm, BackendKind::Jvmti);
+                            r.encoded_bytes += serde_json::to_vec(&report)?.len();
+                            r.windows += 1;
+                        }
+                        r.agent_finish_us += thread_cpu_us() - c_recorded;
+                    }
                     agent_us += thread_cpu_us() - c;
                     let d = taken.result.context("a sample")?;
-                    r.task_threads = r.task_threads.max(d.threads.len());
+                    let threads =
+                        d.threads.len() + d.states.as_ref().map_or(0, |st| st.readings.len());
+                    r.task_threads = r.task_threads.max(threads);
                     library_us += d.inside_cpu_us.unwrap_or(0) as f64;
                     let inside = d.inside_us.unwrap_or(0) as f64;
                     if stacks {
@@ -289,6 +333,18 @@ fn report(a: &Args, none: &[Round], cont: &[Round]) {
         "\nSampling CPU per second of wall time: library (inside the JVM) {library:.2} ms + agent \
          {agent:.2} ms = {:.2} % of one core",
         (library + agent) / 10.0
+    );
+    let per_s =
+        |f: &dyn Fn(&Round) -> f64| mean(cont.iter().map(|r| f(r) / 1000.0 / a.seconds as f64));
+    println!(
+        "Agent CPU per second: taking samples with stacks {:.2} ms, timers only {:.2} ms; \
+         recording them {:.2} ms + {:.2} ms; reports (made and encoded, {:.0} KB/s) {:.2} ms",
+        per_s(&|r| r.agent_fetch_us.get(&true).copied().unwrap_or(0.0)),
+        per_s(&|r| r.agent_fetch_us.get(&false).copied().unwrap_or(0.0)),
+        per_s(&|r| r.agent_record_us.get(&true).copied().unwrap_or(0.0)),
+        per_s(&|r| r.agent_record_us.get(&false).copied().unwrap_or(0.0)),
+        per_s(&|r| r.encoded_bytes as f64),
+        per_s(&|r| r.agent_finish_us),
     );
     println!(
         "Inside the JVM per sample (p50): timers only {:.0} µs, with stacks {:.0} µs",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_agent::backends::attach::AttachOptions;
 use bpmon_agent::backends::jvmti::JvmtiOptions;
-use bpmon_agent::backends::{Backend, BackendKind};
+use bpmon_agent::backends::{Backend, BackendKind, SampleMode};
 use bpmon_agent::discovery::hsperf::SafepointProbe;
 use bpmon_agent::discovery::ProcFs;
 use bpmon_agent::sampling::{take_dump, take_sample};
@@ -174,11 +174,20 @@ fn run(cluster: &FlinkCluster, jar: &Path, lib: &Path, args: &Args) -> Result<()
                 };
                 let before = counters();
                 let cpu = thread_cpu_us();
-                let dump = take_sample(Some(&probe), backend, &classifier, stacks);
+                let mode = if stacks {
+                    SampleMode::Stacks
+                } else {
+                    // What continuous watching asks between a window's edges.
+                    SampleMode::Timers { totals: false }
+                };
+                let dump = take_sample(Some(&probe), backend, &classifier, mode);
                 let cpu = thread_cpu_us() - cpu;
                 let after = counters();
                 let classified = dump.result.with_context(|| format!("{kind:?} sample"))?;
-                task_threads = task_threads.max(classified.threads.len());
+                task_threads = task_threads.max(
+                    classified.threads.len()
+                        + classified.states.as_ref().map_or(0, |s| s.readings.len()),
+                );
                 series
                     .wall_us
                     .push((dump.took + dump.parse).as_secs_f64() * 1e6);
