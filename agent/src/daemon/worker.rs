@@ -214,9 +214,19 @@ impl Worker {
         s
     }
 
-    /// Tells the timetable which settings groups the known threads want now.
+    /// Tells the timetable which settings groups the known threads want now, and the tasks the
+    /// plan places on this JVM: a job deployed since the last dump gets its own schedule at
+    /// once (its first sample finds its threads) instead of waiting for the next window of a
+    /// group that already runs, up to a minute with the default settings.
     fn replan(&self, s: &mut Session, now: Duration) {
-        let wanted = schedule::wanted_groups(&s.threads, s.index.as_ref(), self.default);
+        let planned = self.plan.iter().flat_map(|p| &p.tasks);
+        let threads: Vec<TaskIdentity> = s
+            .threads
+            .iter()
+            .cloned()
+            .chain(planned.map(|t| t.identity.clone()))
+            .collect();
+        let wanted = schedule::wanted_groups(&threads, s.index.as_ref(), self.default);
         s.sched.set_wanted(now, &wanted);
     }
 

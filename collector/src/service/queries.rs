@@ -69,22 +69,24 @@ impl QueryError {
     }
 }
 
-/// The stored job with this id or name.
-fn find_job(store: &Store, job: &str) -> Result<JobRow, QueryError> {
-    store
-        .find_job(job)?
-        .ok_or_else(|| QueryError::NoJob(job.to_string()))
-}
-
-/// The scope `job` names, with the job's name: `*` or `default` for the default, else a job id
-/// or name.
-fn scope_of(store: &Store, job: &str) -> Result<(Scope, Option<String>), QueryError> {
-    if Scope::parse(job).is_default() {
-        return Ok((Scope::Default, None));
+impl Collector {
+    /// The stored job with this id or name (of same-named jobs, the one still running).
+    fn find_job(&self, store: &Store, job: &str) -> Result<JobRow, QueryError> {
+        store
+            .find_job_preferring(job, |id| self.clusters.live_job(id).is_some())?
+            .ok_or_else(|| QueryError::NoJob(job.to_string()))
     }
-    match store.find_job(job)? {
-        Some(row) => Ok((Scope::Job(row.job_id), Some(row.name))),
-        None => Err(QueryError::NoJobForSettings(job.to_string())),
+
+    /// The scope `job` names, with the job's name: `*` or `default` for the default, else a
+    /// job id or name.
+    fn scope_of(&self, store: &Store, job: &str) -> Result<(Scope, Option<String>), QueryError> {
+        if Scope::parse(job).is_default() {
+            return Ok((Scope::Default, None));
+        }
+        match store.find_job_preferring(job, |id| self.clusters.live_job(id).is_some())? {
+            Some(row) => Ok((Scope::Job(row.job_id), Some(row.name))),
+            None => Err(QueryError::NoJobForSettings(job.to_string())),
+        }
     }
 }
 
@@ -112,7 +114,7 @@ impl Collector {
     pub async fn status_json(self: &Arc<Self>, job: String) -> Result<Bytes, QueryError> {
         self.blocking(move |me| {
             let store = lock(&me.reader);
-            let row = find_job(&store, &job)?;
+            let row = me.find_job(&store, &job)?;
             Ok(me.cached_status(row, &store)?.json)
         })
         .await?
@@ -121,7 +123,7 @@ impl Collector {
     pub async fn status(self: &Arc<Self>, job: String) -> Result<Arc<StatusView>, QueryError> {
         self.blocking(move |me| {
             let store = lock(&me.reader);
-            let row = find_job(&store, &job)?;
+            let row = me.find_job(&store, &job)?;
             Ok(me.cached_status(row, &store)?.view)
         })
         .await?
@@ -179,7 +181,7 @@ impl Collector {
     ) -> Result<EpisodesView, QueryError> {
         self.blocking(move |me| {
             let store = lock(&me.reader);
-            let row = find_job(&store, &job)?;
+            let row = me.find_job(&store, &job)?;
             let episodes = store.episodes(&row.job_id, since_ms)?;
             Ok(EpisodesView {
                 job_id: row.job_id,
@@ -204,7 +206,7 @@ impl Collector {
     ) -> Result<HistoryView, QueryError> {
         self.blocking(move |me| {
             let store = lock(&me.reader);
-            let row = find_job(&store, &job)?;
+            let row = me.find_job(&store, &job)?;
             let names: HashMap<&str, &str> = row
                 .vertices
                 .iter()
@@ -227,7 +229,7 @@ impl Collector {
 
     pub async fn config_get(self: &Arc<Self>, job: String) -> Result<ConfigView, QueryError> {
         self.blocking(move |me| {
-            let (scope, name) = scope_of(&lock(&me.reader), &job)?;
+            let (scope, name) = me.scope_of(&lock(&me.reader), &job)?;
             Ok(me.settings.config_view(scope, name))
         })
         .await?
@@ -239,7 +241,7 @@ impl Collector {
         update: ConfigUpdate,
     ) -> Result<ConfigView, QueryError> {
         self.blocking(move |me| {
-            let (scope, name) = scope_of(&lock(&me.reader), &job)?;
+            let (scope, name) = me.scope_of(&lock(&me.reader), &job)?;
             let current = me
                 .settings
                 .config_view(scope.clone(), name.clone())
@@ -259,7 +261,7 @@ impl Collector {
 
     pub async fn config_reset(self: &Arc<Self>, job: String) -> Result<ConfigView, QueryError> {
         self.blocking(move |me| {
-            let (scope, name) = scope_of(&lock(&me.reader), &job)?;
+            let (scope, name) = me.scope_of(&lock(&me.reader), &job)?;
             {
                 let mut store = me.writer.lock();
                 store.remove_settings(&scope)?;

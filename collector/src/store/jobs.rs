@@ -130,17 +130,7 @@ impl Store {
         if let Some(job) = by_id {
             return Ok(self.with_vertices(vec![job])?.pop());
         }
-        let by_name = self
-            .conn
-            .prepare_cached(
-                "SELECT job_id, name, flink_url, last_seen_ms FROM jobs WHERE name = ?1
-                 ORDER BY last_seen_ms DESC, job_id",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![id_or_name], job_from_row)?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(sql("look up the job", path))?;
+        let by_name = self.named(id_or_name)?;
         match by_name.len() {
             0 => Ok(None),
             1 => Ok(self.with_vertices(by_name)?.pop()),
@@ -151,6 +141,45 @@ impl Store {
                     .map(|j| format!("{} (last seen {})", j.job_id, timestamp(j.last_seen_ms)))
                     .collect(),
             }),
+        }
+    }
+
+    /// Every job with this name, the most recently seen first, without their vertices.
+    fn named(&self, name: &str) -> Result<Vec<JobRow>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT job_id, name, flink_url, last_seen_ms FROM jobs WHERE name = ?1
+                 ORDER BY last_seen_ms DESC, job_id",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![name], job_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql("look up the job", &self.path))
+    }
+
+    /// [`Store::find_job`], where a name several jobs share (a job resubmitted under a new id)
+    /// means the one of them `is_running` says still runs, if exactly one does: an operator who
+    /// redeployed `my-job` means the running one, not the cancelled one before it.
+    pub fn find_job_preferring(
+        &self,
+        id_or_name: &str,
+        is_running: impl Fn(&str) -> bool,
+    ) -> Result<Option<JobRow>, StoreError> {
+        match self.find_job(id_or_name) {
+            Err(ambiguous @ StoreError::AmbiguousJob { .. }) => {
+                let mut running: Vec<JobRow> = self
+                    .named(id_or_name)?
+                    .into_iter()
+                    .filter(|j| is_running(&j.job_id))
+                    .collect();
+                if running.len() == 1 {
+                    Ok(self.with_vertices(running.split_off(0))?.pop())
+                } else {
+                    Err(ambiguous)
+                }
+            }
+            other => other,
         }
     }
 

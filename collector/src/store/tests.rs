@@ -406,6 +406,15 @@ fn jobs_and_vertices_survive_restarts_and_are_found_by_id_or_name() {
         other => panic!("{other}"),
     }
     assert!(e.to_string().contains("a1 (last seen"), "{e}");
+    // Where exactly one of them still runs, the name means that one; else it stays ambiguous.
+    let running = |id: &str| id == "a1";
+    let found = store.find_job_preferring("wordcount", running).unwrap();
+    assert_eq!(
+        found.map(|j| (j.job_id, j.vertices.len())),
+        Some(("a1".to_string(), 1))
+    );
+    assert!(store.find_job_preferring("wordcount", |_| true).is_err());
+    assert!(store.find_job_preferring("wordcount", |_| false).is_err());
     // The id still finds each.
     assert_eq!(store.find_job("c3").unwrap().unwrap().job_id, "c3");
 }
