@@ -345,8 +345,9 @@ pub struct Known {
 }
 
 impl Known {
-    /// Puts back the name and task [`Introduced::compact`] left out; an error names a thread
-    /// never introduced (the connection must then start over).
+    /// Puts back the name and task [`Introduced::compact`] left out, and the thread list of
+    /// timer states; an error names a thread never introduced (the connection must then start
+    /// over). The states themselves are checked by [`TimerStates::readings`].
     pub fn expand(&mut self, sample: &mut InProcessSample) -> Result<(), String> {
         if self.threads.len() > MAX_REMEMBERED {
             // The library starts over at the same bound, on a connection of the same age.
@@ -369,14 +370,16 @@ impl Known {
         }
         if let Some(states) = &mut sample.timer_states {
             match &states.threads {
-                Some(threads) => self.roster.clone_from(threads),
+                // A new list: every thread on it must have been introduced (the list is kept
+                // only once it checks out, so an unchanged list needs no second look).
+                Some(threads) => {
+                    if let Some(id) = threads.iter().find(|id| !self.threads.contains_key(id)) {
+                        return Err(format!("thread #{id} was never introduced"));
+                    }
+                    self.roster.clone_from(threads);
+                }
                 None => states.threads = Some(self.roster.clone()),
             }
-            let threads = states.threads.as_deref().unwrap_or_default();
-            if let Some(id) = threads.iter().find(|id| !self.threads.contains_key(id)) {
-                return Err(format!("thread #{id} was never introduced"));
-            }
-            states.readings(threads)?;
         }
         Ok(())
     }

@@ -161,10 +161,7 @@ impl TimerReader {
 
     /// How the timers are read (once one was).
     pub fn method(&self) -> Option<TimerMethod> {
-        self.access.map(|a| match a {
-            Access::Fields { .. } => TimerMethod::Fields,
-            Access::Methods { .. } => TimerMethod::Methods,
-        })
+        self.access.map(Access::method)
     }
 
     /// Which of a task's timers runs now, and nothing else: one field per gauge, no monitor.
@@ -207,47 +204,47 @@ impl TimerReader {
         timers: &TaskTimers,
         now_ms: u64,
     ) -> Result<TimerReading, IdentityError> {
-        let access = self.access(env, timers)?;
-        let now = now_ms as i64;
-        let idle = read_gauge(env, access, timers.idle.as_obj(), now)?;
-        let soft = read_gauge(env, access, timers.soft.as_obj(), now)?;
-        let hard = read_gauge(env, access, timers.hard.as_obj(), now)?;
-        Ok(TimerReading {
-            at_ms: now_ms,
-            running: running(idle.measuring, soft.measuring, hard.measuring),
-            idle_ms: idle.accumulated_ms,
-            soft_ms: soft.accumulated_ms,
-            hard_ms: hard.accumulated_ms,
-            method: match access {
-                Access::Fields { .. } => TimerMethod::Fields,
-                Access::Methods { .. } => TimerMethod::Methods,
-            },
-        })
+        self.read_gauges(env, timers, Some(now_ms))
     }
 
-    /// Reads a task's three timers now. Call inside a JNI local frame.
+    /// Reads a task's three timers now, each gauge at the moment its monitor is held. Call
+    /// inside a JNI local frame.
     pub fn read(
         &mut self,
         env: &mut Env,
         timers: &TaskTimers,
     ) -> Result<TimerReading, IdentityError> {
+        self.read_gauges(env, timers, None)
+    }
+
+    fn read_gauges(
+        &mut self,
+        env: &mut Env,
+        timers: &TaskTimers,
+        at_ms: Option<u64>,
+    ) -> Result<TimerReading, IdentityError> {
         let access = self.access(env, timers)?;
-        // Each gauge at the moment its monitor is held.
-        let now = -1;
+        let now = at_ms.map_or(-1, |ms| ms as i64);
         let idle = read_gauge(env, access, timers.idle.as_obj(), now)?;
         let soft = read_gauge(env, access, timers.soft.as_obj(), now)?;
         let hard = read_gauge(env, access, timers.hard.as_obj(), now)?;
         Ok(TimerReading {
-            at_ms: now_ms(),
+            at_ms: at_ms.unwrap_or_else(now_ms),
             running: running(idle.measuring, soft.measuring, hard.measuring),
             idle_ms: idle.accumulated_ms,
             soft_ms: soft.accumulated_ms,
             hard_ms: hard.accumulated_ms,
-            method: match access {
-                Access::Fields { .. } => TimerMethod::Fields,
-                Access::Methods { .. } => TimerMethod::Methods,
-            },
+            method: access.method(),
         })
+    }
+}
+
+impl Access {
+    fn method(self) -> TimerMethod {
+        match self {
+            Access::Fields { .. } => TimerMethod::Fields,
+            Access::Methods { .. } => TimerMethod::Methods,
+        }
     }
 }
 

@@ -47,6 +47,26 @@ pub struct AwaitedLock {
 }
 
 impl DumpThread {
+    /// A main task thread classified by its task's timers alone: no stack, so no frame and no
+    /// evidence (its class is set by whoever reads the timers).
+    pub fn stackless(name: String, java_id: u64, task: Option<TaskRef>) -> DumpThread {
+        DumpThread {
+            name,
+            java_id: Some(java_id),
+            os_tid: None,
+            elapsed_s: None,
+            class: SampleClass::Busy,
+            top_frame: None,
+            task,
+            activity: None,
+            lock: None,
+            cpu_ms: None,
+            stack: None,
+            timers: None,
+            stackless: true,
+        }
+    }
+
     /// The task this thread works for, from its name.
     pub fn identity(&self) -> Option<TaskIdentity> {
         parse_task_thread_name(&self.name).map(|(identity, _)| identity)

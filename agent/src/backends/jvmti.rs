@@ -158,21 +158,7 @@ impl Connection {
                 _ => {
                     let threads = ids.iter().map(|id| {
                         let (name, task) = self.known.get(*id).unwrap_or_default();
-                        DumpThread {
-                            name: name.to_string(),
-                            java_id: Some(*id),
-                            os_tid: None,
-                            elapsed_s: None,
-                            class: SampleClass::Busy,
-                            top_frame: None,
-                            task: task.cloned(),
-                            activity: None,
-                            lock: None,
-                            cpu_ms: None,
-                            stack: None,
-                            timers: None,
-                            stackless: true,
-                        }
+                        DumpThread::stackless(name.to_string(), *id, task.cloned())
                     });
                     let roster = Arc::new(Roster::new(threads));
                     self.roster = Some((ids.to_vec(), roster.clone()));

@@ -920,21 +920,7 @@ mod tests {
     fn timer_states_count_like_full_samples_and_only_where_included() {
         use crate::backends::dump::{DumpThread, Roster, StateSample};
         use bpmon_proto::inprocess::StateReading;
-        let thread = |name: &str, id| DumpThread {
-            name: name.into(),
-            java_id: Some(id),
-            os_tid: None,
-            elapsed_s: None,
-            class: SampleClass::Busy,
-            top_frame: None,
-            task: None,
-            activity: None,
-            lock: None,
-            cpu_ms: None,
-            stack: None,
-            timers: None,
-            stackless: true,
-        };
+        let thread = |name: &str, id| DumpThread::stackless(name.into(), id, None);
         // A stack sample opens the window (soft, totals 500 ms), then three states of the
         // same two threads: soft, idle, and busy with totals at the last.
         let first = reading(1_000, Some(RunningTimer::Soft), 500);

@@ -127,6 +127,18 @@ pub struct TakenDump {
     pub result: Result<ClassifiedDump, DumpError>,
 }
 
+impl TakenDump {
+    /// A mask that includes every thread of the dump's timer states (none: an empty mask).
+    pub fn every_state(&self) -> Vec<bool> {
+        self.result
+            .as_ref()
+            .ok()
+            .and_then(|d| d.states.as_ref())
+            .map(|st| vec![true; st.readings.len()])
+            .unwrap_or_default()
+    }
+}
+
 /// Takes one dump, with its cost (the JVM's safepoint counters around it, when `probe` reads
 /// them), and classifies it.
 pub fn take_dump(
@@ -367,14 +379,7 @@ pub fn sample(
             std::thread::sleep(due - now);
         }
         let dump = take_dump(probe.as_ref(), backend, classifier);
-        let all_states = dump
-            .result
-            .as_ref()
-            .ok()
-            .and_then(|d| d.states.as_ref())
-            .map(|st| vec![true; st.readings.len()])
-            .unwrap_or_default();
-        if window.record(&dump, |_| true, &all_states) == Progress::Stop {
+        if window.record(&dump, |_| true, &dump.every_state()) == Progress::Stop {
             break;
         }
     }

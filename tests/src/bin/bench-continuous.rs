@@ -216,14 +216,7 @@ fn run(
                     let taken = take_sample(None, &mut backend, &classifier, mode);
                     let c_fetched = thread_cpu_us();
                     *r.agent_fetch_us.entry(stacks).or_default() += c_fetched - c;
-                    let all = taken
-                        .result
-                        .as_ref()
-                        .ok()
-                        .and_then(|d| d.states.as_ref())
-                        .map(|st| vec![true; st.readings.len()])
-                        .unwrap_or_default();
-                    w.record(&taken, |_| true, &all);
+                    w.record(&taken, |_| true, &taken.every_state());
                     let c_recorded = thread_cpu_us();
                     *r.agent_record_us.entry(stacks).or_default() += c_recorded - c_fetched;
                     if index == window_samples - 1 {
