@@ -8,7 +8,7 @@
 //! crosses the socket per sample is only the task threads, already classified, and a thread's
 //! name and task only the first time a connection reports it ([`Introduced`], [`Known`]).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{Activity, RunningTimer, SampleClass, TimerMethod, TimerReading};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ pub enum Request {
     Hello { protocol: u32 },
     /// One sample of every task thread (and legacy source thread).
     Sample(SampleRequest),
+    /// Several timers-only samples taken by the library on its own clock and answered at once
+    /// ([`Response::Run`]); only where [`Hello::runs`] says the library takes them.
+    Run(SampleRun),
     /// The sampler thread exits and the socket closes; a later attach `load` starts it again.
     Stop,
 }
@@ -66,11 +69,76 @@ impl SampleRequest {
     }
 }
 
+/// Most samples in one [`SampleRun`].
+pub const MAX_RUN_SAMPLES: usize = 200;
+/// Latest sample of a [`SampleRun`], µs after its first: the connection is busy until the run
+/// ends, and the agent's read timeout must cover it.
+pub const MAX_RUN_SPAN_US: u64 = 5_000_000;
+
+/// Timers-only samples ([`SampleRequest`] with `stacks` false and `states` true) on a
+/// timetable: between two stack samples, continuous watching is nothing else, and taking them one
+/// request at a time cost a round trip each (two wake-ups, two syscalls, JSON both ways) for a
+/// reply of a few hundred bytes. The library sleeps between them on its own thread and answers
+/// once, when the last is taken; the agent records each at its own instant, as if it had asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleRun {
+    pub max_depth: u32,
+    /// When each sample is due, µs after the run starts (the first normally 0: at once);
+    /// ascending.
+    pub at_us: Vec<u64>,
+    /// Which samples read the timers' totals too, by index into `at_us` (a window's first
+    /// and last sample).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub totals: Vec<u32>,
+}
+
+impl SampleRun {
+    /// Whether the library takes this run: 1 to [`MAX_RUN_SAMPLES`] samples, in order, the last
+    /// within [`MAX_RUN_SPAN_US`], totals naming samples of the run.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.at_us.len();
+        if n == 0 || n > MAX_RUN_SAMPLES {
+            return Err(format!("a run of {n} samples (1 to {MAX_RUN_SAMPLES})"));
+        }
+        if self.at_us.windows(2).any(|w| w[1] < w[0]) {
+            return Err("a run's samples out of order".into());
+        }
+        let last = self.at_us[n - 1];
+        if last > MAX_RUN_SPAN_US {
+            return Err(format!("a run over {last} µs (at most {MAX_RUN_SPAN_US})"));
+        }
+        if let Some(i) = self.totals.iter().find(|i| **i as usize >= n) {
+            return Err(format!("totals at sample {i} of a run of {n}"));
+        }
+        Ok(())
+    }
+
+    /// The request for sample `i` of the run.
+    pub fn request(&self, i: usize) -> SampleRequest {
+        SampleRequest {
+            max_depth: self.max_depth,
+            stacks: false,
+            states: true,
+            totals: self.totals.contains(&(i as u32)),
+        }
+    }
+}
+
+/// What a [`SampleRun`] gave: its samples in order, all of them unless `error` says why the
+/// run stopped early (the samples after it were not taken).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReply {
+    pub samples: Vec<InProcessSample>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     Hello(Hello),
     Sample(InProcessSample),
+    Run(RunReply),
     Stopping,
     /// The request was understood but failed, or was not understood; the connection stays
     /// usable unless the message says otherwise.
@@ -95,6 +163,9 @@ pub struct Hello {
     pub started_at_ms: u64,
     /// How many times `Agent_OnLoad`/`Agent_OnAttach` started the sampler in this JVM.
     pub starts: u32,
+    /// Whether it takes [`Request::Run`] (a library loaded by an older agent does not).
+    #[serde(default)]
+    pub runs: bool,
 }
 
 /// One sample, as the library took it.
@@ -175,7 +246,9 @@ pub struct TimerStates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<Vec<u64>>,
     /// One letter per thread, the timer running: `i` idle, `s` soft, `h` hard back-pressure,
-    /// `b` none (busy).
+    /// `b` none (busy); `x`: busy, and its stack was read, so the thread is in
+    /// [`InProcessSample::threads`] too and counted there (the list stays the same whether a
+    /// sample reads stacks or not, so neither side redoes its per-list work).
     pub states: String,
     /// When asked for: each thread's idle, soft and hard totals at `at_ms`, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,13 +265,18 @@ pub fn state_letter(running: Option<RunningTimer>) -> char {
     }
 }
 
-/// The state a letter of [`TimerStates::states`] stands for; `None` for an unknown letter.
-pub fn state_of_letter(letter: u8) -> Option<Option<RunningTimer>> {
+/// The letter of a busy thread whose stack was read (see [`TimerStates::states`]).
+pub const STACKED_LETTER: char = 'x';
+
+/// The state a letter of [`TimerStates::states`] stands for, and whether the thread's stack was
+/// read; `None` for an unknown letter.
+pub fn state_of_letter(letter: u8) -> Option<(Option<RunningTimer>, bool)> {
     match letter {
-        b'i' => Some(Some(RunningTimer::Idle)),
-        b's' => Some(Some(RunningTimer::Soft)),
-        b'h' => Some(Some(RunningTimer::Hard)),
-        b'b' => Some(None),
+        b'i' => Some((Some(RunningTimer::Idle), false)),
+        b's' => Some((Some(RunningTimer::Soft), false)),
+        b'h' => Some((Some(RunningTimer::Hard), false)),
+        b'b' => Some((None, false)),
+        b'x' => Some((None, true)),
         _ => None,
     }
 }
@@ -227,9 +305,10 @@ impl TimerStates {
             .bytes()
             .enumerate()
             .map(|(i, letter)| {
-                let running = state_of_letter(letter)
+                let (running, stacked) = state_of_letter(letter)
                     .ok_or_else(|| format!("unknown timer state {:?}", letter as char))?;
                 Ok(StateReading {
+                    stacked,
                     running,
                     totals: self.totals.as_ref().map(|t| {
                         let [idle_ms, soft_ms, hard_ms] = t[i];
@@ -252,6 +331,8 @@ impl TimerStates {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateReading {
     pub running: Option<RunningTimer>,
+    /// Busy, and sampled with its stack in the same sample's `threads`: counted there, not here.
+    pub stacked: bool,
     pub totals: Option<TimerReading>,
 }
 
@@ -292,7 +373,9 @@ pub struct TaskRef {
 /// and the threads of the last [`TimerStates`] sent.
 #[derive(Debug, Default)]
 pub struct Introduced {
-    ids: HashSet<u64>,
+    /// Thread ids, looked up for every thread of every sample: a fast hash, not SipHash (the
+    /// ids are the JVM's own, nothing an attacker picks).
+    ids: FxHashSet<u64>,
     roster: Vec<u64>,
 }
 
@@ -340,7 +423,7 @@ impl Introduced {
 /// threads of the last [`TimerStates`].
 #[derive(Debug, Default)]
 pub struct Known {
-    threads: HashMap<u64, (String, Option<TaskRef>)>,
+    threads: FxHashMap<u64, (String, Option<TaskRef>)>,
     roster: Vec<u64>,
 }
 
@@ -507,7 +590,11 @@ mod tests {
         );
         assert_eq!(r.running, Some(RunningTimer::Hard));
         // Malformed: unknown letter, lengths that disagree, a thread never introduced.
-        assert!(states(vec![1], "x").readings(&[1]).is_err());
+        assert!(states(vec![1], "q").readings(&[1]).is_err());
+        // A busy thread whose stack was read is marked, so that it is counted once.
+        let r = states(vec![1, 2], "xb").readings(&[1, 2]).unwrap();
+        assert_eq!((r[0].running, r[0].stacked), (None, true));
+        assert_eq!((r[1].running, r[1].stacked), (None, false));
         assert!(states(vec![1, 2], "b").readings(&[1, 2]).is_err());
         let mut stranger = InProcessSample {
             timer_states: Some(states(vec![9], "b")),

@@ -299,9 +299,31 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
     // Every other sample with the totals, as a window's edges ask for them; a thread the
     // connection knows comes as one letter, with its totals only when asked.
     let mut with_totals = 0;
-    for i in 0..20 {
+    // The first ten one request each, the next ten as one run taken on the library's clock.
+    let mut taken = Vec::new();
+    for i in 0..10 {
         let totals = i % 2 == 0;
-        let (s, dump) = jvmti.sample_with(SampleMode::Timers { totals })?;
+        taken.push((totals, jvmti.sample_with(SampleMode::Timers { totals })?));
+        sleep(Duration::from_millis(50));
+    }
+    let at: Vec<(Duration, bool)> = (0..10u32)
+        .map(|i| (Duration::from_millis(50) * i, i % 2 == 0))
+        .collect();
+    let run_started = std::time::Instant::now();
+    for (result, (_, totals)) in jvmti.run(&at).into_iter().zip(&at) {
+        taken.push((*totals, result?));
+    }
+    ensure!(
+        run_started.elapsed() >= Duration::from_millis(450),
+        "a run of 10 samples 50 ms apart answered after {:?}",
+        run_started.elapsed()
+    );
+    let roster_of_run = taken
+        .last()
+        .and_then(|(_, (_, d))| d.states.as_ref())
+        .map(|st| st.roster.clone())
+        .context("timer states in the run")?;
+    for (totals, (s, dump)) in taken {
         ensure!(s.errors.is_empty(), "timers only: {:?}", s.errors);
         timer_us.push(s.took_us);
         let mut seen: Vec<(&DumpThread, SampleClass)> = Vec::new();
@@ -339,9 +361,39 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
                 SampleClass::Busy => 2,
             }] += 1;
         }
-        sleep(Duration::from_millis(50));
     }
     ensure!(with_totals > 0, "no timer states came with totals");
+    // Stacks of the busy tasks only: the same thread list as the timers-only samples, each busy
+    // thread marked in it and sampled with its stack, every other one by a letter.
+    let (_, dump) = jvmti.sample_with(SampleMode::BusyStacks { totals: false })?;
+    let states = dump.states.as_ref().context("busy stacks without timer states")?;
+    ensure!(
+        bpmon_agent::backends::Roster::same(&states.roster, &roster_of_run),
+        "a busy-stacks sample changed the thread list"
+    );
+    let stacked: HashSet<Option<u64>> = states
+        .roster
+        .threads
+        .iter()
+        .zip(&states.readings)
+        .filter(|(_, r)| r.stacked)
+        .map(|((t, _), _)| t.java_id)
+        .collect();
+    for t in &dump.threads {
+        // A legacy source thread has no timers of its own: its stack is read as before.
+        let legacy = t.name.starts_with("Legacy Source Thread");
+        ensure!(
+            !t.stackless && (legacy || stacked.contains(&t.java_id)),
+            "busy stacks: {} came with a stack but is not marked in the list",
+            t.name
+        );
+    }
+    ensure!(
+        stacked.len() <= dump.threads.len(),
+        "{} threads marked as stacked, {} stacks",
+        stacked.len(),
+        dump.threads.len()
+    );
     ensure!(
         by_timers.len() == by_jvmti.tasks.len(),
         "timers only sampled {} threads, stacks {}",

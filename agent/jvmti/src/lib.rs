@@ -481,6 +481,7 @@ fn start(st: &mut State, vm: &Vm, listener: Listener) -> Result<(), StartError> 
             jvmti_version: vm.jvmti_version.clone(),
             started_at_ms: now_ms(),
             starts,
+            runs: true,
         },
     };
     let handle = std::thread::Builder::new()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
     state_letter, InProcessSample, Introduced, SampleRequest, SampledLock, SampledThread,
-    TimerStates, MAX_STACK_DEPTH,
+    TimerStates, MAX_STACK_DEPTH, STACKED_LETTER,
 };
 use bpmon_proto::ThreadRole;
 use bpmon_proto::{timer_class, TimerReading};
@@ -127,6 +127,12 @@ impl Sampler {
         let live = self.threads.liveness(env);
         // With stacks, states mean: only the threads the timers find busy have their stack read.
         let busy_stacks = stacks && request.states;
+        // Whether each thread read by its timers is checked to be alive first: at every sample
+        // but the states-only ones between a window's edges. `Thread.eetop` shares its cache line
+        // with the thread status the VM writes at every park, so the check is a cache miss per
+        // thread; a thread that ended is then found at the window's last sample at the latest
+        // (its timers stand still meanwhile, in the state it ended in).
+        let check_alive = stacks || !request.states || request.totals;
         let mut states = request.states.then(|| StatesOut {
             at_ms: taken_at_ms,
             totals: request.totals,
@@ -161,6 +167,7 @@ impl Sampler {
                     jvmti: self.jvmti,
                     caps: self.caps,
                     live,
+                    check_alive,
                     busy_stacks,
                 };
                 match timers_only(&mut self.timers, ctx, env, t, &mut out, compact) {
@@ -399,6 +406,8 @@ struct TimersOnlyCtx {
     jvmti: Jvmti,
     caps: EvidenceCaps,
     live: Liveness,
+    /// Whether to check that the thread is alive before reading its timers.
+    check_alive: bool,
     /// A thread whose timers say busy is left to the stack reader.
     busy_stacks: bool,
 }
@@ -416,7 +425,7 @@ fn timers_only(
     states: Option<&mut StatesOut>,
 ) -> TimersOnly {
     let jvmti = ctx.jvmti;
-    if !ctx.live.alive(env, jvmti, t.thread.as_obj()) {
+    if ctx.check_alive && !ctx.live.alive(env, jvmti, t.thread.as_obj()) {
         return TimersOnly::Gone;
     }
     if !find_timers(reader, jvmti, env, t, &mut out.errors) {
@@ -428,10 +437,21 @@ fn timers_only(
                 .read_at(env, found, st.at_ms)
                 .map(|r| (r.running, Some([r.idle_ms, r.soft_ms, r.hard_ms])))
         } else {
-            reader.state(env, found).map(|running| (running, None))
+            reader
+                .state(env, found, t.last_state)
+                .map(|running| (running, None))
         };
+        if let Ok((running, _)) = &read {
+            t.last_state = *running;
+        }
         return match read {
-            Ok((None, _)) if ctx.busy_stacks => TimersOnly::Busy,
+            Ok((None, sums)) if ctx.busy_stacks => {
+                // Listed all the same, so that the list is the one of timers-only samples.
+                st.threads.push(t.java_id);
+                st.letters.push(STACKED_LETTER);
+                st.sums.extend(sums);
+                TimersOnly::Busy
+            }
             Ok((running, sums)) => {
                 st.threads.push(t.java_id);
                 st.letters.push(state_letter(running));

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Introduced, Request, Response, SampleRequest,
+    Hello, InProcessSample, Introduced, Request, Response, RunReply, SampleRequest, SampleRun,
     INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
 };
 use nix::poll::{poll, PollFd, PollFlags};
@@ -272,6 +272,7 @@ fn serve_connection(
     let mut session = Session {
         listener,
         backend,
+        stop,
         greeted: false,
         introduced: Introduced::default(),
     };
@@ -349,6 +350,8 @@ fn next_request(
 struct Session<'a> {
     listener: &'a Listener,
     backend: &'a mut dyn Backend,
+    /// Watched while a run sleeps between its samples.
+    stop: &'a AtomicBool,
     /// Whether the client said a supported `hello`: nothing else is answered before.
     greeted: bool,
     /// Names and tasks cross once per connection.
@@ -386,12 +389,63 @@ impl Session<'_> {
                 }
                 Err(message) => (Response::Error { message }, None),
             },
+            Request::Run(run) => match run.check() {
+                Ok(()) => self.run(&run),
+                Err(message) => (
+                    Response::Error {
+                        message: format!("not taken: {message}"),
+                    },
+                    None,
+                ),
+            },
             Request::Stop => {
                 self.listener.unlink_if_ours();
                 self.backend.stopping();
                 (Response::Stopping, Some(Connection::StopRequested))
             }
         }
+    }
+}
+
+impl Session<'_> {
+    /// Takes a run's samples on its timetable (sleeping in between, the stop flag watched) and
+    /// answers them together. A sample that cannot be taken ends the run: what was taken is
+    /// answered, with the reason.
+    fn run(&mut self, run: &SampleRun) -> (Response, Option<Connection>) {
+        let start = std::time::Instant::now();
+        let mut reply = RunReply {
+            samples: Vec::with_capacity(run.at_us.len()),
+            error: None,
+        };
+        for (i, at_us) in run.at_us.iter().enumerate() {
+            let due = start + Duration::from_micros(*at_us);
+            loop {
+                if self.stop.load(Ordering::Acquire) {
+                    return (
+                        Response::Error {
+                            message: "the sampler is stopping".into(),
+                        },
+                        Some(Connection::Stopped),
+                    );
+                }
+                let now = std::time::Instant::now();
+                if now >= due {
+                    break;
+                }
+                std::thread::sleep((due - now).min(POLL_INTERVAL));
+            }
+            match self.backend.sample(run.request(i), &self.introduced) {
+                Ok(mut sample) => {
+                    self.introduced.compact(&mut sample);
+                    reply.samples.push(sample);
+                }
+                Err(message) => {
+                    reply.error = Some(message);
+                    break;
+                }
+            }
+        }
+        (Response::Run(reply), None)
     }
 }
 
@@ -493,6 +547,7 @@ mod tests {
                 jvmti_version: "17.0.0".into(),
                 started_at_ms: 2,
                 starts: 1,
+                runs: true,
             }
         }
         fn sample(
@@ -507,6 +562,9 @@ mod tests {
             }
             Ok(InProcessSample {
                 took_us: u64::from(max_depth),
+                // What a run asked of each sample, and when it was taken.
+                taken_at_ms: bpmon_proto::time::now_ms(),
+                cpu_us: (request.states && !request.stacks).then_some(u64::from(request.totals)),
                 ..Default::default()
             })
         }
@@ -648,6 +706,99 @@ mod tests {
         assert!(matches!(exit, Exit::StopRequested), "{exit}");
         assert_eq!(samples, 3);
         assert!(stopped);
+    }
+
+    #[test]
+    fn a_run_is_taken_on_its_timetable_and_answered_at_once() {
+        let dir = TempDir::new("run");
+        let path = dir.join("run.sock");
+        let listener = Listener::bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut fake = Fake {
+                    samples: 0,
+                    stopped: false,
+                };
+                serve(&listener, &mut fake, &stop);
+                fake.samples
+            })
+        };
+        let mut c = Client::connect(&path);
+        assert!(matches!(
+            c.ask(r#"{"op":"hello","protocol":1}"#),
+            Some(Response::Hello(h)) if h.runs
+        ));
+        let t0 = std::time::Instant::now();
+        let reply =
+            match c.ask(r#"{"op":"run","max_depth":7,"at_us":[0,40000,80000],"totals":[2]}"#) {
+                Some(Response::Run(r)) => r,
+                other => panic!("expected a run, got {other:?}"),
+            };
+        assert!(
+            t0.elapsed() >= Duration::from_millis(80),
+            "answered once, after the last"
+        );
+        assert_eq!(reply.error, None);
+        assert_eq!(reply.samples.len(), 3);
+        // Timers-only samples with states, totals only where asked.
+        let totals: Vec<_> = reply.samples.iter().map(|s| s.cpu_us).collect();
+        assert_eq!(totals, [Some(0), Some(0), Some(1)]);
+        let at: Vec<u64> = reply.samples.iter().map(|s| s.taken_at_ms).collect();
+        assert!(at[1] >= at[0] + 39 && at[2] >= at[1] + 39, "{at:?}");
+        // A sample that fails ends the run with the reason; nothing after it is taken.
+        let reply = match c.ask(r#"{"op":"run","max_depth":999,"at_us":[0,10000]}"#) {
+            Some(Response::Run(r)) => r,
+            other => panic!("expected a run, got {other:?}"),
+        };
+        assert_eq!(
+            (reply.samples.len(), reply.error.as_deref()),
+            (0, Some("no"))
+        );
+        // Runs the library will not take are refused, and the connection goes on.
+        for (run, why) in [
+            (
+                r#"{"op":"run","max_depth":7,"at_us":[]}"#,
+                "a run of 0 samples",
+            ),
+            (
+                r#"{"op":"run","max_depth":7,"at_us":[50,10]}"#,
+                "out of order",
+            ),
+            (
+                r#"{"op":"run","max_depth":7,"at_us":[0,9000000]}"#,
+                "a run over",
+            ),
+            (
+                r#"{"op":"run","max_depth":7,"at_us":[0],"totals":[1]}"#,
+                "totals at sample 1",
+            ),
+        ] {
+            let message = error_text(c.ask(run));
+            assert!(
+                message.starts_with("not taken: ") && message.contains(why),
+                "{message}"
+            );
+        }
+        assert!(matches!(
+            c.ask(r#"{"op":"sample","max_depth":8}"#),
+            Some(Response::Sample(s)) if s.took_us == 8
+        ));
+        // A stop raised mid-run ends it without waiting for its last sample.
+        let raise = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                stop.store(true, Ordering::Release);
+            })
+        };
+        let t0 = std::time::Instant::now();
+        let r = c.ask(r#"{"op":"run","max_depth":7,"at_us":[0,4000000]}"#);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(error_text(r).contains("stopping"));
+        raise.join().unwrap();
+        assert_eq!(server.join().unwrap(), 3 + 1 + 1 + 1);
     }
 
     #[test]

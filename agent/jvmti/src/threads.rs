@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::TaskRef;
-use bpmon_proto::{parse_task_thread_name, ThreadRole};
+use bpmon_proto::{parse_task_thread_name, RunningTimer, ThreadRole};
 use jni::ids::JFieldID;
 use jni::objects::{Global, JObject};
 use jni::{jni_sig, jni_str, Env};
@@ -90,6 +90,8 @@ pub struct TaskThread {
     pub thread: Global<JObject<'static>>,
     pub identity: Identity,
     pub timers: Timers,
+    /// The timer found running at the last timers-only read (`None`: busy, or not read yet).
+    pub last_state: Option<RunningTimer>,
 }
 
 /// Why the thread list could not be read.
@@ -219,6 +221,7 @@ impl TaskThreads {
                     thread: env.new_global_ref(&thread)?,
                     identity: Identity::initial(role),
                     timers: Timers::initial(role),
+                    last_state: None,
                 }))
             });
             env.delete_local_ref(thread);

@@ -165,20 +165,28 @@ impl TimerReader {
     }
 
     /// Which of a task's timers runs now, and nothing else: one field per gauge, no monitor.
+    /// `last`: the state the task was in at its previous read, looked at first (a task mostly
+    /// stays in its state, and each read of a gauge the task thread keeps writing is a cache
+    /// miss); the others in the order [`running`] ranks them.
     pub fn state(
         &mut self,
         env: &mut Env,
         timers: &TaskTimers,
+        last: Option<RunningTimer>,
     ) -> Result<Option<RunningTimer>, IdentityError> {
         match self.access(env, timers)? {
             Access::Fields { start, .. } => {
-                // Flink runs one timer at a time: the first found running is the one, in the
-                // order `running` ranks them, so most reads stop early.
-                for (gauge, timer) in [
-                    (&timers.hard, RunningTimer::Hard),
-                    (&timers.soft, RunningTimer::Soft),
-                    (&timers.idle, RunningTimer::Idle),
-                ] {
+                let mut order = [RunningTimer::Hard, RunningTimer::Soft, RunningTimer::Idle];
+                if let Some(i) = last.and_then(|l| order.iter().position(|t| *t == l)) {
+                    order[..=i].rotate_right(1);
+                }
+                // Flink runs one timer at a time: the first found running is the one.
+                for timer in order {
+                    let gauge = match timer {
+                        RunningTimer::Hard => &timers.hard,
+                        RunningTimer::Soft => &timers.soft,
+                        RunningTimer::Idle => &timers.idle,
+                    };
                     // SAFETY: `start` is the id of a `long` field of this object's class, and a
                     // field read cannot throw.
                     if unsafe { long_field(env, gauge.as_obj(), start) } != 0 {

@@ -82,9 +82,37 @@ pub struct ClassifiedDump {
     pub inside_us: Option<u64>,
     /// CPU time of that, µs.
     pub inside_cpu_us: Option<u64>,
-    /// Threads classified by Flink's timers alone, one state each (in-process backend, between
-    /// stack samples); none of them is in `threads`.
+    /// Threads classified by Flink's timers alone, one state each (in-process backend); none
+    /// of them is in `threads` but those marked `stacked` (busy, their stack read).
     pub states: Option<StateSample>,
+}
+
+impl ClassifiedDump {
+    /// Whether every thread of `threads` is one of the states' stacked threads: the sample
+    /// brings no thread its roster does not list.
+    pub fn threads_all_listed(&self) -> bool {
+        if self.threads.is_empty() {
+            return true;
+        }
+        let Some(st) = &self.states else {
+            return false;
+        };
+        let mut stacked: Vec<Option<u64>> = st
+            .roster
+            .threads
+            .iter()
+            .zip(&st.readings)
+            .filter(|(_, r)| r.stacked)
+            .map(|((t, _), _)| t.java_id)
+            .collect();
+        if stacked.len() != self.threads.len() {
+            return false;
+        }
+        let mut ids: Vec<Option<u64>> = self.threads.iter().map(|t| t.java_id).collect();
+        stacked.sort_unstable();
+        ids.sort_unstable();
+        stacked == ids
+    }
 }
 
 /// Task threads read by their task's timers alone: a state each, and totals where asked for.

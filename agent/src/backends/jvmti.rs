@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpmon_proto::inprocess::{
-    Hello, InProcessSample, Known, Request, Response, SampleRequest, INPROCESS_PROTOCOL_VERSION,
-    MAX_LINE_BYTES,
+    Hello, InProcessSample, Known, Request, Response, SampleRequest, SampleRun,
+    INPROCESS_PROTOCOL_VERSION, MAX_LINE_BYTES,
 };
 use bpmon_proto::Activity;
 use bpmon_stacks::classify::SampleClass;
@@ -286,6 +286,75 @@ impl JvmtiClient {
         }
     }
 
+    /// Whether the library takes runs of timers-only samples ([`JvmtiClient::run`]).
+    pub fn runs(&self) -> bool {
+        self.hello.as_ref().is_some_and(|h| h.runs)
+    }
+
+    /// Timers-only samples taken by the library on its own clock, `at` after the request (the
+    /// timers' totals read at those marked), answered together: one round trip for what would
+    /// be a round trip each. One result per entry of `at`, in order: a run that stops short
+    /// gives its reason for the first sample it did not take, and says so for the others.
+    pub fn run(
+        &mut self,
+        at: &[(Duration, bool)],
+    ) -> Vec<Result<(InProcessSample, ClassifiedDump), JvmtiError>> {
+        let run = SampleRun {
+            max_depth: self.options.max_depth,
+            at_us: at.iter().map(|(d, _)| d.as_micros() as u64).collect(),
+            totals: (0..at.len() as u32).filter(|i| at[*i as usize].1).collect(),
+        };
+        let mut results = Vec::with_capacity(at.len());
+        let error = match self.request(&Request::Run(run)) {
+            Ok(Response::Run(reply)) => {
+                let mut error = reply.error.map(|message| JvmtiError::Sampler {
+                    pid: self.pid,
+                    message,
+                });
+                for mut s in reply.samples.into_iter().take(at.len()) {
+                    let read = match self.conn.as_mut() {
+                        Some(conn) => conn.read(&mut s),
+                        None => Err("not connected".into()),
+                    };
+                    match read {
+                        Ok(dump) => results.push(Ok((s, dump))),
+                        Err(message) => {
+                            // Start over on a fresh connection, where every thread is introduced.
+                            self.conn = None;
+                            error = Some(JvmtiError::Sampler {
+                                pid: self.pid,
+                                message,
+                            });
+                            break;
+                        }
+                    }
+                }
+                error
+            }
+            Ok(other) => Some(self.unexpected("run", &other)),
+            Err(e) => Some(e),
+        };
+        if results.len() < at.len() {
+            let first = error.unwrap_or_else(|| JvmtiError::Protocol {
+                pid: self.pid,
+                detail: format!(
+                    "a run of {} samples answered with {}",
+                    at.len(),
+                    results.len()
+                ),
+            });
+            let why = first.to_string();
+            results.push(Err(first));
+            while results.len() < at.len() {
+                results.push(Err(JvmtiError::Sampler {
+                    pid: self.pid,
+                    message: format!("not taken: the run stopped short ({why})"),
+                }));
+            }
+        }
+        results
+    }
+
     /// Ends the library's thread in the JVM (it closes and removes its socket). The library
     /// stays loaded (a JVM cannot unload an agent); the next `open` starts it again.
     pub fn stop(mut self) -> Result<(), JvmtiError> {
@@ -370,7 +439,7 @@ impl JvmtiClient {
                 detail: format!("a response longer than {MAX_LINE_BYTES} bytes"),
             });
         }
-        serde_json::from_slice(&reply).map_err(|e| JvmtiError::Protocol {
+        decode(&reply).map_err(|e| JvmtiError::Protocol {
             pid,
             detail: format!(
                 "malformed response ({e}): {}",
@@ -518,6 +587,20 @@ fn load_hint(message: &str) -> &'static str {
         " (the JVM must be able to read the library at that path, as its own user)"
     } else {
         ""
+    }
+}
+
+/// A response line. The protocol's `Response` is tagged by its first field (`kind`), which
+/// serde's generic path can only find by buffering the whole response first, a copy of every
+/// string in it: the two responses sampling is made of are decoded straight into their types
+/// (which ignore the tag as an unknown field), anything else the generic way.
+fn decode(line: &[u8]) -> serde_json::Result<Response> {
+    if line.starts_with(br#"{"kind":"run","#) {
+        serde_json::from_slice(line).map(Response::Run)
+    } else if line.starts_with(br#"{"kind":"sample","#) {
+        serde_json::from_slice(line).map(Response::Sample)
+    } else {
+        serde_json::from_slice(line)
     }
 }
 
@@ -743,6 +826,42 @@ mod tests {
         assert_eq!(task.locks[0].owner.as_deref(), Some("holder"));
         let cpu = task.cpu.expect("two CPU readings");
         assert_eq!((cpu.cpu_ms, cpu.wall_ms), (0, 1000));
+    }
+
+    #[test]
+    fn responses_decode_alike_by_the_fast_path_and_the_generic_one() {
+        use bpmon_proto::inprocess::{RunReply, TimerStates};
+        let sample = InProcessSample {
+            taken_at_ms: 7,
+            took_us: 250,
+            threads: vec![busy("Map (1/1)#0", Activity::Running)],
+            timer_states: Some(TimerStates {
+                at_ms: 7,
+                method: bpmon_proto::TimerMethod::Fields,
+                threads: Some(vec![1, 2]),
+                states: "ix".into(),
+                totals: None,
+            }),
+            ..Default::default()
+        };
+        for response in [
+            Response::Sample(sample.clone()),
+            Response::Run(RunReply {
+                samples: vec![sample.clone(), sample],
+                error: Some("gone".into()),
+            }),
+            Response::Stopping,
+            Response::Error {
+                message: "no".into(),
+            },
+        ] {
+            let line = serde_json::to_vec(&response).unwrap();
+            let generic: Response = serde_json::from_slice(&line).unwrap();
+            assert_eq!(decode(&line).unwrap(), generic);
+            assert_eq!(generic, response);
+        }
+        // A malformed sample is an error either way.
+        assert!(decode(br#"{"kind":"sample","threads":7}"#).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::dump::ClassifiedDump;
 use super::jcmd::{JcmdClient, JcmdError};
 use super::jvmti::{JvmtiClient, JvmtiError, JvmtiOptions};
 use crate::discovery::{JvmProcess, ProcFs};
+use std::time::Duration;
 use thiserror::Error;
 
 /// How thread dumps are taken.
@@ -133,6 +134,33 @@ impl Backend {
             Backend::Attach(a) => Ok(Fetched::Text(a.thread_dump()?)),
             Backend::Jcmd(j) => Ok(Fetched::Text(j.thread_dump()?)),
             Backend::Jvmti(j) => Ok(Fetched::Classified(j.sample_with(mode)?.1)),
+        }
+    }
+
+    /// Whether timers-only samples can be taken as a run ([`Backend::fetch_run`]).
+    pub fn takes_runs(&self) -> bool {
+        matches!(self, Backend::Jvmti(j) if j.runs())
+    }
+
+    /// Timers-only samples at `at` after now (totals where marked), taken by the in-process
+    /// library on its own clock and answered at once; one result per entry. Only where
+    /// [`Backend::takes_runs`].
+    pub fn fetch_run(&mut self, at: &[(Duration, bool)]) -> Vec<Result<ClassifiedDump, DumpError>> {
+        match self {
+            Backend::Jvmti(j) => j
+                .run(at)
+                .into_iter()
+                .map(|r| r.map(|(_, dump)| dump).map_err(DumpError::from))
+                .collect(),
+            Backend::Attach(_) | Backend::Jcmd(_) => at
+                .iter()
+                .map(|_| {
+                    Err(DumpError::Jvmti(JvmtiError::Protocol {
+                        pid: 0,
+                        detail: "runs of samples need the in-process sampler".into(),
+                    }))
+                })
+                .collect(),
         }
     }
 

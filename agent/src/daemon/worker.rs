@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bpmon_proto::inprocess::MAX_RUN_SAMPLES;
 use bpmon_proto::{JvmPlan, PlanIndex, SampleReport, SamplingSettings, TaskIdentity};
 use bpmon_stacks::classify::Classifier;
 use tokio::sync::mpsc as tmpsc;
@@ -20,8 +21,9 @@ use crate::backends::{Backend, BackendKind, DumpError, DumpThread, Roster, Sampl
 use crate::discovery::hsperf::SafepointProbe;
 use crate::discovery::{JvmProcess, ProcFs};
 use crate::metrics::AgentMetrics;
+use crate::resources::{ResourceProbe, ResourceReading};
 use crate::sampling::schedule::{self, Scheduler, Slot, WindowId};
-use crate::sampling::{take_sample, Progress, TakenDump, Window};
+use crate::sampling::{take_run, take_sample, Progress, TakenDump, Window};
 
 /// What a worker is told.
 #[derive(Debug)]
@@ -109,7 +111,16 @@ struct Session {
     roster_settings: Option<(Arc<Roster>, u64, Vec<SamplingSettings>)>,
     /// Good dumps so far.
     dumps: u64,
+    /// The JVM's resource probe, and when it was opened (reopened now and then: the JVM may
+    /// have been moved to another cgroup).
+    resources: Option<(Instant, Arc<ResourceProbe>)>,
+    /// The resource reading each settings group's last window closed with: the next window of
+    /// a continuous group starts from it.
+    closing: Vec<(SamplingSettings, Arc<ResourceProbe>, ResourceReading)>,
 }
+
+/// How long one resource probe serves a JVM's windows.
+const PROBE_REOPEN: Duration = Duration::from_secs(60);
 
 impl Worker {
     /// Samples the JVM until told to stop, the JVM goes away, or a permanent error.
@@ -209,6 +220,8 @@ impl Worker {
             plan_epoch: 0,
             roster_settings: None,
             dumps: 0,
+            resources: None,
+            closing: Vec::new(),
         };
         self.replan(&mut s, Duration::ZERO);
         s
@@ -284,14 +297,33 @@ impl Worker {
     /// permanent error ends the worker.
     fn serve(&self, s: &mut Session, slots: &[Slot]) -> Option<WorkerEnd> {
         for slot in slots.iter().filter(|slot| slot.opens) {
+            let probe = match &s.resources {
+                Some((opened, probe)) if opened.elapsed() < PROBE_REOPEN => probe.clone(),
+                _ => {
+                    let probe = Arc::new(ResourceProbe::open(&self.jvm));
+                    s.resources = Some((Instant::now(), probe.clone()));
+                    probe
+                }
+            };
+            let delay = Duration::from_millis(slot.settings.delay_ms);
+            // A window that follows its group's last one at once starts from that one's end.
+            let start = s
+                .closing
+                .iter()
+                .position(|(settings, ..)| *settings == slot.settings)
+                .map(|i| s.closing.swap_remove(i))
+                .filter(|(_, p, r)| Arc::ptr_eq(p, &probe) && r.at.elapsed() <= delay * 2)
+                .map(|(_, _, r)| r);
             s.windows.insert(
                 slot.window,
                 OpenWindow {
-                    window: Window::new(
+                    window: Window::with_probe(
                         &self.jvm,
                         slot.settings.samples,
-                        Duration::from_millis(slot.settings.delay_ms),
+                        delay,
                         self.top_frames,
+                        probe,
+                        start,
                     ),
                     settings: slot.settings,
                     members: HashSet::new(),
@@ -318,18 +350,38 @@ impl Worker {
         } else {
             SampleMode::Stacks
         };
+        if matches!(mode, SampleMode::Timers { .. }) && s.backend.takes_runs() {
+            // The timers-only samples up to the next stack sample or window edge, as one run.
+            let run = plan_run(&mut s.sched, s.origin.elapsed(), slots, totals);
+            if run.len() > 1 {
+                let at: Vec<(Duration, bool)> = run.iter().map(|(d, t, _)| (*d, *t)).collect();
+                let dumps = take_run(s.probe.as_ref(), &mut s.backend, &at);
+                for (dump, (_, _, slots)) in dumps.iter().zip(&run) {
+                    if let Some(end) = self.taken(s, slots, dump) {
+                        return Some(end);
+                    }
+                }
+                return None;
+            }
+        }
         let dump = take_sample(s.probe.as_ref(), &mut s.backend, &self.classifier, mode);
+        self.taken(s, slots, &dump)
+    }
+
+    /// Counts a sample taken for `slots`, records it in their windows and replans when its
+    /// threads changed; `Some` when a permanent error ends the worker.
+    fn taken(&self, s: &mut Session, slots: &[Slot], dump: &TakenDump) -> Option<WorkerEnd> {
         match &dump.result {
             Ok(_) => self.metrics.dump_taken(dump.took + dump.parse),
             Err(e) => self.metrics.dump_failed(e.reason()),
         }
-        self.record(s, slots, &dump);
+        self.record(s, slots, dump);
         match &dump.result {
             Ok(d) => {
                 s.dumps += 1;
                 let roster = d.states.as_ref().map(|st| &st.roster);
-                let unchanged = d.threads.is_empty()
-                    && matches!((roster, &s.threads_roster), (Some(a), Some(b)) if Roster::same(a, b));
+                let unchanged = matches!((roster, &s.threads_roster), (Some(a), Some(b)) if Roster::same(a, b))
+                    && d.threads_all_listed();
                 if !unchanged {
                     s.threads = d
                         .threads
@@ -438,7 +490,12 @@ impl Worker {
                     s.sched.abort(slot.window);
                 }
                 if let Some(done) = s.windows.remove(&slot.window) {
-                    self.send(done.window.finish(&self.jvm, s.backend.kind()));
+                    let probe = done.window.probe().clone();
+                    let (report, end) = done.window.finish_reading(&self.jvm, s.backend.kind());
+                    s.closing
+                        .retain(|(settings, ..)| *settings != done.settings);
+                    s.closing.push((done.settings, probe, end));
+                    self.send(report);
                 }
             }
         }
@@ -477,6 +534,52 @@ impl Worker {
     }
 }
 
+/// Longest run of timers-only samples the library is asked for at once: the worker hears its
+/// orders (a new plan, stop) only between requests.
+const MAX_RUN_SPAN: Duration = Duration::from_secs(1);
+
+/// The samples of a run that starts with the timers-only sample of `first` (due now): each one
+/// after it the timetable has due within [`MAX_RUN_SPAN`], up to the first that reads stacks or
+/// opens a window, and ending with one that closes a window (its report goes out at once). Each
+/// entry: when, after the first; whether it reads the totals; the slots it serves (taken from
+/// the timetable).
+fn plan_run(
+    sched: &mut Scheduler,
+    start: Duration,
+    first: &[Slot],
+    totals: bool,
+) -> Vec<(Duration, bool, Vec<Slot>)> {
+    let mut run = vec![(Duration::ZERO, totals, first.to_vec())];
+    if first.iter().any(|slot| slot.closes) {
+        return run;
+    }
+    while run.len() < MAX_RUN_SAMPLES {
+        let Some(due) = sched.next_due() else {
+            break;
+        };
+        let offset = due.saturating_sub(start);
+        if offset > MAX_RUN_SPAN {
+            break;
+        }
+        let mut ahead = sched.clone();
+        let next = ahead.take(due);
+        let timers_only = !next.is_empty()
+            && next
+                .iter()
+                .all(|slot| !slot.opens && !slot.settings.reads_stacks(slot.index));
+        if !timers_only {
+            break;
+        }
+        *sched = ahead;
+        let closes = next.iter().any(|slot| slot.closes);
+        run.push((offset, closes, next));
+        if closes {
+            break;
+        }
+    }
+    run
+}
+
 fn ended_by(e: &DumpError, dumps: u64) -> WorkerEnd {
     match e {
         DumpError::Attach(AttachError::Gone { .. }) => WorkerEnd::Gone,
@@ -484,5 +587,84 @@ fn ended_by(e: &DumpError, dumps: u64) -> WorkerEnd {
             error: e.to_string(),
             dumps,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slots of the timetable's next sample, as the worker's loop takes them.
+    fn next(sched: &mut Scheduler) -> (Duration, Vec<Slot>) {
+        let due = sched.next_due().expect("a sample due");
+        (due, sched.take(due))
+    }
+
+    #[test]
+    fn a_run_spans_the_timers_only_samples_up_to_the_next_stacks_or_window_edge() {
+        // Continuous watching: 20 samples 100 ms apart, stacks at 0 and 10.
+        let mut sched = Scheduler::default();
+        sched.set_wanted(Duration::ZERO, &[SamplingSettings::CONTINUOUS]);
+        let (_, first) = next(&mut sched);
+        assert!(first[0].opens, "sample 0 opens the window with stacks");
+        let (at, slots) = next(&mut sched);
+        assert_eq!((at, slots[0].index), (Duration::from_millis(100), 1));
+        let run = plan_run(&mut sched, at, &slots, false);
+        // Samples 1..=9, 100 ms apart, none with totals; sample 10 reads stacks.
+        let offsets: Vec<u64> = run.iter().map(|(d, _, _)| d.as_millis() as u64).collect();
+        assert_eq!(offsets, (0..9).map(|i| i * 100).collect::<Vec<_>>());
+        assert!(run.iter().all(|(_, totals, _)| !totals));
+        let indices: Vec<u32> = run.iter().map(|(_, _, s)| s[0].index).collect();
+        assert_eq!(indices, (1..=9).collect::<Vec<_>>());
+        let (at, slots) = next(&mut sched);
+        assert_eq!((at, slots[0].index), (Duration::from_millis(1000), 10));
+        // After the second stack sample, the run ends with the window's last sample, its totals
+        // read there.
+        let (at, slots) = next(&mut sched);
+        let run = plan_run(&mut sched, at, &slots, false);
+        assert_eq!(run.len(), 9);
+        let (_, totals, last) = run.last().unwrap();
+        assert!(*totals && last[0].closes && last[0].index == 19);
+        // The next window opens with stacks, outside any run.
+        let (_, slots) = next(&mut sched);
+        assert!(slots[0].opens && slots[0].index == 0);
+    }
+
+    #[test]
+    fn a_run_stops_at_a_classic_window_and_at_its_span() {
+        // A classic group (stacks at every sample) beside a continuous one: no sample of the
+        // classic window may go into a run.
+        let mut sched = Scheduler::default();
+        let classic = SamplingSettings {
+            samples: 100,
+            delay_ms: 250,
+            interval_ms: 60_000,
+            stacks_every: 1,
+        };
+        sched.set_wanted(Duration::ZERO, &[SamplingSettings::CONTINUOUS, classic]);
+        let (_, first) = next(&mut sched);
+        assert_eq!(first.len(), 2);
+        let (at, slots) = next(&mut sched);
+        assert_eq!(at, Duration::from_millis(100));
+        let run = plan_run(&mut sched, at, &slots, false);
+        // 100 (given) and 200 ms; the classic group's 250 ms sample reads stacks.
+        assert_eq!(run.len(), 2);
+        let (at, slots) = next(&mut sched);
+        assert_eq!(at, Duration::from_millis(250));
+        assert!(slots.iter().all(|s| s.settings == classic));
+        // A timers-only group whose samples go on for more than a second: runs of a second.
+        let slow_stacks = SamplingSettings {
+            samples: 200,
+            delay_ms: 50,
+            interval_ms: 10_000,
+            stacks_every: 100,
+        };
+        let mut sched = Scheduler::default();
+        sched.set_wanted(Duration::ZERO, &[slow_stacks]);
+        next(&mut sched);
+        let (at, slots) = next(&mut sched);
+        let run = plan_run(&mut sched, at, &slots, false);
+        assert_eq!(run.last().unwrap().0, MAX_RUN_SPAN);
+        assert_eq!(run.len(), 21);
     }
 }

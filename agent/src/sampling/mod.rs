@@ -12,6 +12,6 @@ pub mod tally;
 pub mod window;
 
 pub use window::{
-    classify_dump, sample, take_dump, take_sample, tally_dump, DumpStats, Progress, SampleSettings,
-    TakenDump, Window, MAX_CONSECUTIVE_FAILURES,
+    classify_dump, sample, take_dump, take_run, take_sample, tally_dump, DumpStats, Progress,
+    SampleSettings, TakenDump, Window, MAX_CONSECUTIVE_FAILURES,
 };

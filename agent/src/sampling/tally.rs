@@ -197,7 +197,8 @@ impl Tally {
         for (i, ((thread, identity), reading)) in
             roster.threads.iter().zip(&states.readings).enumerate()
         {
-            if !include.get(i).copied().unwrap_or(false) {
+            // A thread whose stack was read is counted from the sample's threads.
+            if reading.stacked || !include.get(i).copied().unwrap_or(false) {
                 continue;
             }
             let slot = match slots[i] {
@@ -938,7 +939,11 @@ mod tests {
             (1_200, Some(RunningTimer::Idle), None),
             (1_300, None, Some(last)),
         ] {
-            let state = StateReading { running, totals };
+            let state = StateReading {
+                running,
+                totals,
+                stacked: false,
+            };
             let sample = StateSample {
                 roster: roster.clone(),
                 at_ms,
@@ -968,6 +973,47 @@ mod tests {
             ),
             (Some(1_000), Some(1_100))
         );
+    }
+
+    #[test]
+    fn a_stacked_thread_of_the_states_is_counted_once_from_its_stack() {
+        use crate::backends::dump::{DumpThread, Roster, StateSample};
+        use bpmon_proto::inprocess::StateReading;
+        let thread = |name: &str, id| DumpThread::stackless(name.into(), id, None);
+        let roster = Arc::new(Roster::new([
+            thread("Map (1/2)#0", 60),
+            thread("Map (2/2)#0", 61),
+        ]));
+        let idle = StateReading {
+            running: Some(RunningTimer::Idle),
+            totals: None,
+            stacked: false,
+        };
+        let stacked = StateReading {
+            running: None,
+            totals: None,
+            stacked: true,
+        };
+        let mut tally = Tally::new();
+        // A busy-stacks sample: thread 60 busy, its stack in the sample's threads; 61 idle.
+        let r = reading(1_000, None, 0);
+        let mut busy = ts("Map (1/2)#0", 60, 1.0, SampleClass::Busy);
+        busy.timers = Some(&r);
+        tally.add_dump(&[busy], 0);
+        tally.add_states(
+            &StateSample {
+                roster: roster.clone(),
+                at_ms: 1_000,
+                readings: vec![stacked, idle],
+            },
+            &[true, true],
+        );
+        let tasks = tally.into_tasks(5);
+        let counts: Vec<_> = tasks
+            .iter()
+            .map(|t| (t.samples, t.busy, t.waiting))
+            .collect();
+        assert_eq!(counts, [(1, 1, 0), (1, 0, 1)], "{tasks:?}");
     }
 
     #[test]

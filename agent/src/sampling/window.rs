@@ -6,6 +6,7 @@
 //! it is given into a report. The one-shot [`sample`] runs one window; the daemon runs many, one
 //! per settings group, feeding each dump to every window it serves.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpmon_proto::{Activity, JvmInfo, SampleCost, SampleReport};
@@ -180,6 +181,47 @@ pub fn take_sample(
     }
 }
 
+/// Timers-only samples at `at` after now (totals where marked), taken as one run by the
+/// in-process library ([`Backend::fetch_run`]): one [`TakenDump`] per entry, each timed at its
+/// own instant with the library's time for it. The run's safepoints (none are expected: timer
+/// reads need none) are counted at its last sample.
+pub fn take_run(
+    probe: Option<&SafepointProbe>,
+    backend: &mut Backend,
+    at: &[(Duration, bool)],
+) -> Vec<TakenDump> {
+    let read_counters = || probe.and_then(SafepointProbe::read);
+    let before = read_counters();
+    let t0 = Instant::now();
+    let results = backend.fetch_run(at);
+    let after = before.and_then(|_| read_counters());
+    let safepoints = match (before, after) {
+        (Some(b), Some(a)) => Some(b.delta(&a)),
+        _ => None,
+    };
+    let n = results.len();
+    results
+        .into_iter()
+        .zip(at)
+        .enumerate()
+        .map(|(i, (result, (offset, _)))| TakenDump {
+            at: t0 + *offset,
+            took: result
+                .as_ref()
+                .ok()
+                .and_then(|d| d.inside_us)
+                .map_or(Duration::ZERO, Duration::from_micros),
+            safepoints: if i + 1 == n {
+                safepoints
+            } else {
+                safepoints.map(|_| (0, 0.0))
+            },
+            parse: Duration::ZERO,
+            result,
+        })
+        .collect()
+}
+
 /// What recording a dump did to a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -210,15 +252,30 @@ pub struct Window {
     safepoints: Option<(u64, f64)>,
     failures_in_row: u32,
     /// What the JVM, its cgroup and its host spend: read when the window opens and closes.
-    resources: ResourceProbe,
+    resources: Arc<ResourceProbe>,
     resources_at_start: ResourceReading,
 }
 
 impl Window {
     /// A window of `samples` dumps `delay` apart, starting now.
     pub fn new(jvm: &JvmProcess, samples: u32, delay: Duration, top_frames: usize) -> Window {
-        let resources = ResourceProbe::open(jvm);
-        let resources_at_start = resources.read();
+        let resources = Arc::new(ResourceProbe::open(jvm));
+        Window::with_probe(jvm, samples, delay, top_frames, resources, None)
+    }
+
+    /// [`Window::new`] reading the JVM's resources with a probe opened before, from
+    /// `resources_at_start` when given (the reading that closed the previous window of a
+    /// continuous series: reading a JVM's CPU time sums all its threads in the kernel, and a
+    /// probe's opening finds its cgroup).
+    pub fn with_probe(
+        jvm: &JvmProcess,
+        samples: u32,
+        delay: Duration,
+        top_frames: usize,
+        resources: Arc<ResourceProbe>,
+        resources_at_start: Option<ResourceReading>,
+    ) -> Window {
+        let resources_at_start = resources_at_start.unwrap_or_else(|| resources.read());
         Window {
             samples,
             delay,
@@ -238,6 +295,11 @@ impl Window {
             resources,
             resources_at_start,
         }
+    }
+
+    /// The probe this window reads the JVM's resources with.
+    pub fn probe(&self) -> &Arc<ResourceProbe> {
+        &self.resources
     }
 
     /// Sample slots recorded so far (successful or failed).
@@ -319,7 +381,17 @@ impl Window {
     }
 
     /// The window's report.
-    pub fn finish(mut self, jvm: &JvmProcess, backend: BackendKind) -> SampleReport {
+    pub fn finish(self, jvm: &JvmProcess, backend: BackendKind) -> SampleReport {
+        self.finish_reading(jvm, backend).0
+    }
+
+    /// The window's report, and the resource reading it ended with.
+    pub fn finish_reading(
+        mut self,
+        jvm: &JvmProcess,
+        backend: BackendKind,
+    ) -> (SampleReport, ResourceReading) {
+        let resources_at_end = self.resources.read();
         let dumps = self.dump_us.len() as u32;
         let cost = SampleCost {
             dumps,
@@ -332,7 +404,8 @@ impl Window {
             inside_us_p50: (!self.inside_us.is_empty()).then(|| median(&mut self.inside_us)),
         };
         let (tasks, stack_frames) = self.tally.into_tasks_and_frames(self.top_frames);
-        SampleReport {
+        let resources = Some(self.resources_at_start.delta(&resources_at_end));
+        let report = SampleReport {
             pid: jvm.pid,
             backend: backend.as_str().to_string(),
             jvm: JvmInfo {
@@ -351,9 +424,10 @@ impl Window {
             tasks,
             cost,
             errors: self.errors,
-            resources: Some(self.resources_at_start.delta(&self.resources.read())),
+            resources,
             stack_frames,
-        }
+        };
+        (report, resources_at_end)
     }
 }
 
