@@ -176,6 +176,9 @@ fn batch(seq: u64) -> ReportBatch {
             ],
             cost: SampleCost {
                 dumps: 100,
+                // The attach backend's dumps held the JVM 300 safepoints, 125 ms in all.
+                safepoints: Some(300),
+                safepoint_ms_total: Some(125.0),
                 ..SampleCost::default()
             },
             errors: Vec::new(),
@@ -733,6 +736,258 @@ async fn a_jvm_matching_no_taskmanager_says_why_in_agents_and_status() {
                 && why.contains("JVM 4242 of agent agent-a")
                 && why.contains("the JVM's resource id is 10.1.0.9:6122-ffffff"),
             "{why}"
+        );
+    }
+}
+
+/// A label value as PromQL and promtool's series notation write it.
+fn quoted(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The shipped alerting rules and Grafana dashboard, run by `promtool` over this collector's
+/// own scrape (every sample held for ten minutes): one alert for the bottleneck, named with its
+/// job, vertex and cause, none for its back-pressured victim and none of the health alerts; the
+/// dashboard's queries all parse, use only what the collector exports, and its bottleneck table
+/// and level timeline show this job's bottleneck and levels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_raise_one_alert_for_the_bottleneck_of_a_real_scrape() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/prometheus/bpmon-alerts.yml")
+        .canonicalize()
+        .unwrap();
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    assert!(
+        promtool.is_ok_and(|o| o.status.success()),
+        "promtool is needed (Debian's prometheus package; scripts/test installs it)"
+    );
+    let svc = start("alerts").await;
+    let body = serde_json::to_vec(&batch(1)).unwrap();
+    assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
+    let (text, s) = scrape(&svc.url).await;
+    let bottleneck = find(&s, "bpmon_bottleneck", &[("job_id", JOB)]);
+    assert_eq!(bottleneck.len(), 1, "{text}");
+    assert_eq!(bottleneck[0].labels.get("vertex_id"), Some(SINK));
+    let cause = bottleneck[0].labels.get("cause").unwrap().to_string();
+    // The sampling pause the batch reported, in seconds, by agent.
+    let paused = one(
+        &s,
+        &text,
+        "bpmon_sampling_jvm_pause_seconds_total",
+        &[("agent_id", "agent-a")],
+    );
+    assert!((paused - 0.125).abs() < 1e-9, "{paused}");
+
+    let mut series = String::new();
+    for x in &s.samples {
+        let (Value::Gauge(v) | Value::Counter(v) | Value::Untyped(v)) = x.value else {
+            continue;
+        };
+        let mut labels: Vec<String> = x
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quoted(v)))
+            .collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", x.metric, labels.join(","));
+        series.push_str(&format!(
+            "      - series: {}\n        values: '{v}x40'\n",
+            quoted(&name).replace('\'', "''")
+        ));
+    }
+    // The dashboard's queries: each must parse (checked below as recording rules), and the two
+    // that say where the trouble is must find it in this scrape.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../packaging/grafana/bpmon-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // What this scrape exports, and what the exposition's reference (the table atop
+    // `service/scrape.rs`) lists: a family without series this time (no cause shares from an
+    // agent that read no activity) has no HELP line.
+    let reference = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/service/scrape.rs"),
+    )
+    .unwrap();
+    let documented: Vec<&str> = reference
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .flat_map(|l| l.split('`').skip(1).step_by(2))
+        .filter(|n| n.starts_with("bpmon_"))
+        .collect();
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .chain(documented)
+        .collect();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$job", ".*")
+                .replace("$__rate_interval", "1m");
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("bpmon_") {
+                    assert!(
+                        exported.contains(name),
+                        "the dashboard's {:?} uses {name}, which the collector does not export",
+                        p["title"]
+                    );
+                }
+            }
+            queries.push((p["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    let query = |title: &str| {
+        queries
+            .iter()
+            .find(|(t, _)| t == title)
+            .map(|(_, e)| e.clone())
+            .unwrap()
+    };
+    let mut expr_tests = format!(
+        "      - expr: {}\n        eval_time: 2m\n        exp_samples:\n          - labels: '{{job_id={}, job_name={}, vertex_id={}, vertex_name={}, cause={}}}'\n            value: 1\n",
+        quoted(&query("Bottlenecks now")),
+        quoted(JOB),
+        quoted(JOB_NAME),
+        quoted(SINK),
+        quoted(SINK_NAME),
+        quoted(&cause),
+    );
+    expr_tests.push_str(&format!(
+        "      - expr: {}\n        eval_time: 2m\n        exp_samples:\n",
+        quoted(&query("Back-pressure level by vertex"))
+    ));
+    for (vertex, name) in [(SOURCE, SOURCE_NAME), (SINK, SINK_NAME)] {
+        let level = one(
+            &s,
+            &text,
+            "bpmon_vertex_backpressure_level",
+            &[("job_id", JOB), ("vertex_id", vertex)],
+        );
+        expr_tests.push_str(&format!(
+            "          - labels: '{{job_id={}, job_name={}, vertex_id={}, vertex_name={}}}'\n            value: {level}\n",
+            quoted(JOB),
+            quoted(JOB_NAME),
+            quoted(vertex),
+            quoted(name),
+        ));
+    }
+    let recorded: String = queries
+        .iter()
+        .enumerate()
+        .map(|(i, (_, e))| {
+            format!(
+                "      - record: bpmon:dashboard:query{i}\n        expr: {}\n",
+                quoted(e)
+            )
+        })
+        .collect();
+    let summary = format!("{JOB_NAME}: {SINK_NAME} is the bottleneck ({cause})");
+    let description = format!(
+        "Flink job {JOB_NAME} ({JOB}) is back-pressured and {SINK_NAME} is what holds it back; \
+         bpmon's first-ranked cause is {cause}. `bpmon-collector diagnose {JOB}` says why, with \
+         the evidence and what to do."
+    );
+    let test = format!(
+        r#"rule_files:
+  - {rules}
+evaluation_interval: 15s
+tests:
+  - interval: 15s
+    input_series:
+{series}    alert_rule_test:
+      - eval_time: 2m
+        alertname: BpmonBottleneck
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              job_id: {job}
+              job_name: {job_name}
+              vertex_id: {sink}
+              vertex_name: {sink_name}
+              cause: {cause}
+            exp_annotations:
+              summary: {summary}
+              description: {description}
+      - eval_time: 2m
+        alertname: BpmonJobStale
+        exp_alerts: []
+      - eval_time: 2m
+        alertname: BpmonSamplingCostly
+        exp_alerts: []
+    promql_expr_test:
+{expr_tests}"#,
+        rules = quoted(&rules.display().to_string()),
+        job = quoted(JOB),
+        job_name = quoted(JOB_NAME),
+        sink = quoted(SINK),
+        sink_name = quoted(SINK_NAME),
+        summary = quoted(&summary),
+        description = quoted(&description),
+    );
+    let dir = std::env::temp_dir().join(format!("bpmon-alert-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("scrape.test.yml");
+    std::fs::write(&file, &test).unwrap();
+    let dashboard_rules = dir.join("dashboard.rules.yml");
+    std::fs::write(
+        &dashboard_rules,
+        format!("groups:\n  - name: dashboard\n    rules:\n{recorded}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&dashboard_rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the dashboard's queries do not all parse:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool test rules over the scrape failed:\n{}{}\n--- test file:\n{test}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shipped rules are valid and pass their own unit tests (`bpmon-alerts.test.yml`).
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/prometheus");
+    for args in [
+        ["check", "rules", "bpmon-alerts.yml"],
+        ["test", "rules", "bpmon-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }

@@ -304,3 +304,79 @@ impl AgentProc {
         })
     }
 }
+
+/// A real Prometheus (Debian's `prometheus`) scraping collectors every second and evaluating
+/// the shipped alerting rules (`packaging/prometheus/bpmon-alerts.yml`) every second, on a free
+/// loopback port with its own storage; killed by PID when dropped.
+pub struct PrometheusProc {
+    pub daemon: Daemon,
+    pub url: String,
+}
+
+impl PrometheusProc {
+    /// Starts it scraping `targets` (`host:port` of collectors) into `dir`.
+    pub fn start(dir: &Path, targets: &[&str]) -> Result<PrometheusProc> {
+        std::fs::create_dir_all(dir)?;
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/prometheus/bpmon-alerts.yml")
+            .canonicalize()?;
+        let config = dir.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [\"{}\"]\n\
+                 scrape_configs:\n  - job_name: bpmon-collector\n    static_configs: [{{targets: [{}]}}]\n",
+                rules.display(),
+                targets.join(", ")
+            ),
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(File::create(&log)?)
+            .stderr(File::create(dir.join("prometheus.err"))?)
+            .spawn()
+            .context(
+                "starting prometheus (Debian's prometheus package; scripts/test installs it)",
+            )?;
+        let p = PrometheusProc {
+            daemon: Daemon {
+                child,
+                log: dir.join("prometheus.err"),
+                name: "prometheus".into(),
+            },
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let ready = format!("{}/-/ready", p.url);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success()) {
+                return Ok(p);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "prometheus not ready within 30 s: {}",
+                p.daemon.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The alerts as its API lists them: labels and state (`pending`, `firing`) each.
+    pub fn alerts(&self) -> Result<Vec<serde_json::Value>> {
+        let v: serde_json::Value =
+            reqwest::blocking::get(format!("{}/api/v1/alerts", self.url))?.json()?;
+        Ok(v["data"]["alerts"].as_array().cloned().unwrap_or_default())
+    }
+}

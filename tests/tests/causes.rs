@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpmon_e2e::cgroup::CpuLimit;
-use bpmon_e2e::services::{AgentProc, CollectorProc};
+use bpmon_e2e::services::{AgentProc, CollectorProc, PrometheusProc};
 use bpmon_e2e::{
     one_cluster_at_a_time, wait_for, work_dir, ClusterOptions, FlinkCluster, FlinkDist, FlinkRest,
     TaskManagerLaunch, TestJobs,
@@ -134,6 +134,65 @@ fn said(collector: &CollectorProc, case: &Case) -> Result<Said> {
 }
 
 /// `kind share, kind share, …` of a finding's causes.
+/// Waits until Prometheus fires, for every case, the one `BpmonBottleneck` alert of its job: the
+/// case's vertex with its first cause; and never more than one for a job (its back-pressured
+/// vertices upstream are victims, not alerts).
+fn alerts_name_each_bottleneck(
+    t0: Instant,
+    prometheus: &PrometheusProc,
+    cases: &[&Case],
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let alerts = prometheus.alerts()?;
+        let mut missing = Vec::new();
+        for case in cases {
+            let job = format!("bpmon-{}", case.name);
+            let of_job: Vec<&Value> = alerts
+                .iter()
+                .filter(|a| a["labels"]["alertname"] == "BpmonBottleneck")
+                .filter(|a| a["labels"]["job_name"] == job.as_str())
+                .collect();
+            ensure!(
+                of_job.len() <= 1,
+                "{job}: {} bottleneck alerts: {of_job:?}",
+                of_job.len()
+            );
+            let named = of_job.first().is_some_and(|a| {
+                a["state"] == "firing"
+                    && a["labels"]["cause"] == case.first
+                    && a["labels"]["vertex_name"]
+                        .as_str()
+                        .is_some_and(|v| v.contains(case.vertex))
+            });
+            if !named {
+                missing.push(format!("{job}: {of_job:?}"));
+            }
+        }
+        if missing.is_empty() {
+            let others: Vec<String> = alerts
+                .iter()
+                .filter(|a| a["labels"]["alertname"] != "BpmonBottleneck")
+                .map(|a| format!("{} {}", a["labels"]["alertname"], a["state"]))
+                .collect();
+            log(
+                t0,
+                format!(
+                    "Prometheus fires one BpmonBottleneck alert per job, each naming its \
+                     bottleneck and cause; other alerts: {others:?}"
+                ),
+            );
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "Prometheus did not fire the bottleneck alerts within 180 s: {missing:#?}\n{}",
+            prometheus.daemon.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 fn causes_line(f: &Value) -> String {
     f["causes"]
         .as_array()
@@ -338,6 +397,12 @@ fn causes_on_flink_2_3() -> Result<()> {
         &["--poll-interval", "1s"],
     )?;
     collector.set_test_sampling()?;
+    // A real Prometheus scraping the collector with the shipped alerting rules: it must raise
+    // one alert per job, for the bottleneck with its cause (checked after phase 1).
+    let prometheus = PrometheusProc::start(
+        &dir.join("prometheus"),
+        &[collector.url.trim_start_matches("http://")],
+    )?;
     let agent = AgentProc::start(
         &collector.url,
         "causes-agent",
@@ -431,6 +496,11 @@ fn causes_on_flink_2_3() -> Result<()> {
         &[&remote, &lock, &io, &slept, &hotkey, &cpu],
     )?;
     log(t0, "phase 1 named every cause");
+    alerts_name_each_bottleneck(
+        t0,
+        &prometheus,
+        &[&remote, &lock, &io, &slept, &hotkey, &cpu],
+    )?;
     // `jobs` shows each job's bottleneck with its first cause.
     let out = collector.cli(&["jobs"])?;
     let table = String::from_utf8_lossy(&out.stdout);

@@ -366,7 +366,10 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
     // Stacks of the busy tasks only: the same thread list as the timers-only samples, each busy
     // thread marked in it and sampled with its stack, every other one by a letter.
     let (_, dump) = jvmti.sample_with(SampleMode::BusyStacks { totals: false })?;
-    let states = dump.states.as_ref().context("busy stacks without timer states")?;
+    let states = dump
+        .states
+        .as_ref()
+        .context("busy stacks without timer states")?;
     ensure!(
         bpmon_agent::backends::Roster::same(&states.roster, &roster_of_run),
         "a busy-stacks sample changed the thread list"

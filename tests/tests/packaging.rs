@@ -393,8 +393,19 @@ fn packages_hold_binaries_units_conffiles_docs_and_scripts() -> Result<()> {
     for f in ["run-as-flink.conf", "jcmd-backend.conf"] {
         ensure!(agent_files.contains_key(&format!("/usr/share/doc/bpmon-agent/examples/{f}")));
     }
-    ensure!(contents(&debs.collector)?
-        .contains_key("/usr/share/doc/bpmon-collector/examples/credentials.conf"));
+    // The collector's examples, and what Prometheus and Grafana load.
+    let collector_files = contents(&debs.collector)?;
+    for f in [
+        "/usr/share/doc/bpmon-collector/examples/credentials.conf",
+        "/usr/share/bpmon-collector/prometheus/bpmon-alerts.yml",
+        "/usr/share/bpmon-collector/grafana/bpmon-dashboard.json",
+        "/usr/share/doc/bpmon-collector/examples/grafana-dashboards.yml",
+    ] {
+        ensure!(
+            collector_files.contains_key(f),
+            "the collector package lacks {f}"
+        );
+    }
     Ok(())
 }
 

@@ -111,8 +111,8 @@ struct Session {
     roster_settings: Option<(Arc<Roster>, u64, Vec<SamplingSettings>)>,
     /// Good dumps so far.
     dumps: u64,
-    /// The JVM's resource probe, and when it was opened (reopened now and then: the JVM may
-    /// have been moved to another cgroup).
+    /// The JVM's resource probe, and when it was opened: reopened when the JVM moved to
+    /// another cgroup, and every [`PROBE_REOPEN`] (its perf data file may have been replaced).
     resources: Option<(Instant, Arc<ResourceProbe>)>,
     /// The resource reading each settings group's last window closed with: the next window of
     /// a continuous group starts from it.
@@ -298,7 +298,11 @@ impl Worker {
     fn serve(&self, s: &mut Session, slots: &[Slot]) -> Option<WorkerEnd> {
         for slot in slots.iter().filter(|slot| slot.opens) {
             let probe = match &s.resources {
-                Some((opened, probe)) if opened.elapsed() < PROBE_REOPEN => probe.clone(),
+                Some((opened, probe))
+                    if opened.elapsed() < PROBE_REOPEN && probe.still_placed() =>
+                {
+                    probe.clone()
+                }
                 _ => {
                     let probe = Arc::new(ResourceProbe::open(&self.jvm));
                     s.resources = Some((Instant::now(), probe.clone()));

@@ -70,6 +70,13 @@ pub struct ResourceProbe {
     ticks_per_second: u64,
     gc: Option<GcProbe>,
     cgroup: Option<CgroupSource>,
+    /// `/proc/PID/cgroup` as it was when the probe was opened.
+    membership: Option<String>,
+}
+
+/// The cgroups a process is in, as `/proc/PID/cgroup` lists them.
+fn membership(proc_root: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()
 }
 
 /// Every figure at one instant. A figure of the JVM is `None` once the JVM is gone.
@@ -85,7 +92,8 @@ pub struct ResourceReading {
 impl ResourceProbe {
     /// A probe for `jvm`, through the host's `/proc`. Never fails: what cannot be read now is
     /// left out of every reading. The JVM's perf data and cgroup are found once, here: a JVM
-    /// that changes cgroups later is still read in the one it was in.
+    /// that changes cgroups later is still read in the one it was in, until
+    /// [`ResourceProbe::still_placed`] says so and a new probe is opened.
     pub fn open(jvm: &JvmProcess) -> ResourceProbe {
         ResourceProbe::open_at(Path::new("/proc"), jvm)
     }
@@ -111,8 +119,15 @@ impl ResourceProbe {
             starttime,
             ticks_per_second,
             gc,
+            membership: membership(proc_root, jvm.pid),
             cgroup: starttime.and_then(|_| CgroupSource::locate(proc_root, jvm.pid)),
         }
+    }
+
+    /// Whether the JVM is still in the cgroups it was in when the probe was opened (one small
+    /// read of `/proc/PID/cgroup`; finding the cgroup again means reading the mount table).
+    pub fn still_placed(&self) -> bool {
+        membership(&self.proc_root, self.pid) == self.membership
     }
 
     /// The cgroup the JVM was found in, if any.
@@ -241,5 +256,30 @@ mod tests {
                 .wall_ms,
             0
         );
+    }
+
+    #[test]
+    fn a_probe_knows_when_its_jvm_moved_to_another_cgroup() {
+        let root = std::env::temp_dir().join(format!("bpmon-probe-moved-{}", std::process::id()));
+        let dir = root.join("42");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup"), "4:cpu,cpuacct:/\n0::/\n").unwrap();
+        let probe = ResourceProbe {
+            proc_root: root.clone(),
+            pid: 42,
+            starttime: None,
+            ticks_per_second: 100,
+            gc: None,
+            cgroup: None,
+            membership: membership(&root, 42),
+        };
+        assert!(probe.still_placed());
+        // Put under a CPU quota, as a noisy neighbour's container limits would.
+        std::fs::write(dir.join("cgroup"), "4:cpu,cpuacct:/trial\n0::/\n").unwrap();
+        assert!(!probe.still_placed());
+        // Gone: not where it was either.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!probe.still_placed());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -87,6 +87,11 @@ impl Collector {
             }
         }
         let seq = batch.seq;
+        let paused_ms: f64 = batch
+            .reports
+            .iter()
+            .filter_map(|r| r.cost.safepoint_ms_total)
+            .sum();
         let windows = placement.windows;
         let observed = observations(&windows);
         let mut jobs: Vec<String> = windows.iter().map(|w| w.job_id.clone()).collect();
@@ -98,6 +103,7 @@ impl Collector {
             .await?;
         if new {
             self.metrics.stored(n, placement.unplaced.len());
+            self.metrics.sampling_paused(&batch.agent_id, paused_ms);
             lock(&self.misplaced).note(&batch, &placement.unplaced, placement.jvms, now_ms());
             self.note_levels(observed);
             lock(&self.pending).mark(jobs);

@@ -22,6 +22,7 @@ use super::episodes::EpisodeChange;
 
 pub(super) type Labels = Vec<(&'static str, String)>;
 pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// What an agent's batch came to.
@@ -72,6 +73,8 @@ pub struct ServiceMetrics {
     per_subtask: AtomicBool,
     /// Episodes that started and ended.
     episodes: Family<Labels, Counter>,
+    /// Time the agents' sampling held JVMs at safepoints, s, by agent.
+    sampling_pause: Family<Labels, FloatCounter>,
     /// The API's token check, whose refusals are exported (set when auth is configured).
     auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
     /// The listener's connection counts (set when it serves).
@@ -90,6 +93,7 @@ impl ServiceMetrics {
             poll_success: Family::default(),
             per_subtask: AtomicBool::new(true),
             episodes: Family::default(),
+            sampling_pause: Family::default(),
             auth: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),
         };
@@ -146,6 +150,14 @@ impl ServiceMetrics {
         self.unplaced.inc_by(unplaced as u64);
     }
 
+    /// What an agent's stored windows say their sampling paused the JVMs (the safepoints during
+    /// its dumps, from the JVMs' own counters), ms.
+    pub fn sampling_paused(&self, agent_id: &str, ms: f64) {
+        self.sampling_pause
+            .get_or_create(&vec![("agent_id", agent_id.to_string())])
+            .inc_by(ms / 1000.0);
+    }
+
     /// One poll of a cluster: how long it took, whether it yielded a usable snapshot, and
     /// whether anything in it failed.
     pub fn poll(&self, url: &str, took: Duration, usable: bool, errors: bool, at_ms: u64) {
@@ -169,6 +181,11 @@ impl ServiceMetrics {
             "backpressure_episodes",
             "Back-pressure episodes of vertices that started and ended (change = started, ended)",
             self.episodes.clone(),
+        );
+        r.register(
+            "sampling_jvm_pause_seconds",
+            "Time agents' sampling held TaskManager JVMs at safepoints (attach and jcmd dumps; the in-process sampler takes none), by agent",
+            self.sampling_pause.clone(),
         );
         r.register(
             "ingest_batches",
