@@ -991,3 +991,105 @@ fn the_alert_rules_pass_promtool() {
         );
     }
 }
+
+/// A redeployed job (a new id, the same name) keeps the sampling settings the operator gave the
+/// earlier one, as the collector sees it in its poll: stored, served by `config get` as its own,
+/// and planned for the agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeployed_job_keeps_its_sampling_settings() {
+    use axum::extract::State;
+    let current = Arc::new(std::sync::Mutex::new(JOB.to_string()));
+    async fn redeploying(
+        State(current): State<Arc<std::sync::Mutex<String>>>,
+        req: Request,
+    ) -> Response {
+        let jid = current.lock().unwrap().clone();
+        let start = (now_ms() - 60_000) as i64;
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["config"] => Json(json!({"flink-version": "2.3.0"})).into_response(),
+            ["jobs", "overview"] => Json(json!({"jobs": [
+                {"jid": jid, "name": JOB_NAME, "state": "RUNNING", "start-time": start}
+            ]}))
+            .into_response(),
+            ["taskmanagers"] => Json(json!({"taskmanagers": [
+                {"id": TM, "path": "pekko.tcp://flink@127.0.0.1:6122/user/rpc/taskmanager_0", "dataPort": 6121}
+            ]}))
+            .into_response(),
+            ["jobs", j] if *j == jid => Json(json!({
+                "jid": jid, "name": JOB_NAME, "state": "RUNNING", "start-time": start,
+                "vertices": [{"id": SINK, "name": SINK_NAME, "parallelism": 1}],
+                "plan": {"nodes": [{"id": SINK}]},
+            }))
+            .into_response(),
+            ["jobs", j, "vertices", _] if *j == jid => Json(json!({"subtasks": [
+                {"subtask": 0, "attempt": 0, "status": "RUNNING", "taskmanager-id": TM,
+                 "endpoint": "127.0.0.1:6122", "start-time": start + 100}
+            ]}))
+            .into_response(),
+            ["jobs", j, "vertices", _, "metrics"] if *j == jid => Json(json!([])).into_response(),
+            _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+    let flink_url = listen(
+        Router::new()
+            .fallback(redeploying)
+            .with_state(Arc::clone(&current)),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("bpmon-metrics-redeploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = TempDir(dir.clone());
+    let mut config = CollectorConfig {
+        data_dir: dir,
+        ..CollectorConfig::default()
+    };
+    config.flink.urls = vec![flink_url];
+    let collector = service::build(&config).unwrap();
+    collector.poll(0).await;
+    let url = listen(service::app(Arc::clone(&collector), &config)).await;
+    let client = reqwest::Client::new();
+    let config_of = |job: &str| {
+        let (client, url, job) = (client.clone(), url.clone(), job.to_string());
+        async move {
+            let r = client
+                .get(format!("{url}/api/v1/config/{job}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    // The operator watches the job continuously, by its name.
+    let r = client
+        .put(format!(
+            "{url}/api/v1/config/{}",
+            JOB_NAME.replace(' ', "%20")
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"continuous": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        reqwest::StatusCode::OK,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(config_of(JOB).await["settings"]["interval_ms"], 2000);
+    // Redeployed: the old job is gone, a new id runs under the same name.
+    let redeployed = "fedcba9876543210fedcba9876543210";
+    *current.lock().unwrap() = redeployed.to_string();
+    collector.poll(0).await;
+    let c = config_of(redeployed).await;
+    assert_eq!(c["inherited"], false, "{c}");
+    assert_eq!(c["settings"]["interval_ms"], 2000, "{c}");
+    assert_eq!(c["settings"]["stacks_every"], 10, "{c}");
+    // And by its name, which now means the running one.
+    let c = config_of(&JOB_NAME.replace(' ', "%20")).await;
+    assert_eq!(c["scope"], redeployed, "{c}");
+    assert_eq!(c["settings"]["interval_ms"], 2000, "{c}");
+}

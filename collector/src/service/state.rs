@@ -130,7 +130,23 @@ impl Collector {
         };
         let url = snap.flink_url.clone();
         let stored = self
-            .blocking(move |me| store_jobs(&mut me.writer.lock(), &snap))
+            .blocking(move |me| {
+                let mut store = me.writer.lock();
+                let inherited = store_jobs(&mut store, &snap)?;
+                if !inherited.is_empty() {
+                    me.settings.reload(&store)?;
+                    me.status_cache.clear();
+                }
+                for (job_id, name, from) in inherited {
+                    tracing::info!(
+                        job_id = %job_id,
+                        job = %name,
+                        from_job_id = %from,
+                        "a new job took the sampling settings of the earlier job of its name (a redeploy)"
+                    );
+                }
+                Ok::<(), StoreError>(())
+            })
             .await;
         match stored {
             Ok(Ok(())) => {}
@@ -153,10 +169,22 @@ impl Collector {
     }
 }
 
-/// Records the jobs of a snapshot and their vertices.
-fn store_jobs(store: &mut Store, snap: &ClusterSnapshot) -> Result<(), StoreError> {
+/// Records the jobs of a snapshot and their vertices. A job seen for the first time takes the
+/// sampling settings of the earlier job of its name, if that one had its own: returns each
+/// (job id, name, the earlier job's id).
+fn store_jobs(
+    store: &mut Store,
+    snap: &ClusterSnapshot,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut inherited = Vec::new();
     for job in &snap.jobs {
+        let new = !store.has_job(&job.job_id)?;
         store.upsert_job(&job.job_id, &job.name, &snap.flink_url, snap.fetched_at_ms)?;
+        if new {
+            if let Some(from) = store.inherit_settings(&job.job_id, &job.name, &snap.flink_url)? {
+                inherited.push((job.job_id.clone(), job.name.clone(), from));
+            }
+        }
         let vertices: Vec<VertexRow> = job
             .vertices
             .iter()
@@ -168,5 +196,5 @@ fn store_jobs(store: &mut Store, snap: &ClusterSnapshot) -> Result<(), StoreErro
             .collect();
         store.upsert_vertices(&job.job_id, &vertices)?;
     }
-    Ok(())
+    Ok(inherited)
 }

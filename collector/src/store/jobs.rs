@@ -27,6 +27,14 @@ pub struct VertexRow {
 }
 
 impl Store {
+    /// Whether the job was recorded before.
+    pub fn has_job(&self, job_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = ?1)")
+            .and_then(|mut s| s.query_row(params![job_id], |r| r.get(0)))
+            .map_err(sql("look up the job", &self.path))
+    }
+
     /// Records a job, or updates its name, URL and last-seen time (which never goes back).
     pub fn upsert_job(
         &mut self,

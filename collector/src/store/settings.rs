@@ -93,6 +93,47 @@ impl Store {
         Ok(found.map(|r| r.settings).unwrap_or_default())
     }
 
+    /// Gives a job seen for the first time the settings of the latest job of the same name on the
+    /// same cluster that has settings of its own: a redeployed job (a new job id, from a
+    /// savepoint or not) is still the job the operator configured. Returns that job's id, or
+    /// `None` when `job_id` has settings already or no namesake has any.
+    pub fn inherit_settings(
+        &mut self,
+        job_id: &str,
+        name: &str,
+        flink_url: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let path = &self.path;
+        let from: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT s.scope FROM settings s JOIN jobs j ON j.job_id = s.scope
+                 WHERE j.name = ?1 AND j.flink_url = ?2 AND j.job_id <> ?3
+                   AND NOT EXISTS (SELECT 1 FROM settings WHERE scope = ?3)
+                 ORDER BY j.last_seen_ms DESC, s.updated_at_ms DESC
+                 LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![name, flink_url, job_id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(sql("look up a namesake's sampling settings", path))?;
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let now = to_i64("now", now_ms())?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO settings
+                     (scope, samples, delay_ms, interval_ms, updated_at_ms, stacks_every)
+                 SELECT ?1, samples, delay_ms, interval_ms, ?3, stacks_every
+                 FROM settings WHERE scope = ?2",
+            )
+            .and_then(|mut s| s.execute(params![job_id, from, now]))
+            .map_err(sql("store inherited sampling settings", path))?;
+        Ok(Some(from))
+    }
+
     /// Every stored setting: the default first, then the job overrides by job id.
     pub fn all_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
         self.conn

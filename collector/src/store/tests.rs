@@ -769,3 +769,57 @@ fn episodes_are_saved_as_they_change_and_read_back_by_period() {
     store.prune(1_000_000).unwrap();
     assert_eq!(store.episodes("j", 0).unwrap(), [other]);
 }
+
+#[test]
+fn a_redeployed_job_takes_the_settings_of_the_earlier_job_of_its_name() {
+    let dir = TempDir::new("inherit");
+    let mut store = Store::open(&dir.0).unwrap();
+    let url = "http://jm:8081";
+    let continuous = SamplingSettings::CONTINUOUS;
+    store.upsert_job("old", "etl", url, 1_000).unwrap();
+    store
+        .set_settings(&Scope::Job("old".into()), continuous)
+        .unwrap();
+    // The same job deployed again: a new id, the same name, the same cluster.
+    store.upsert_job("new", "etl", url, 2_000).unwrap();
+    assert_eq!(
+        store.inherit_settings("new", "etl", url).unwrap(),
+        Some("old".to_string())
+    );
+    assert_eq!(store.settings_for("new").unwrap(), continuous);
+    // Once it has its own, nothing is taken again (a later `config set` or `reset` stands).
+    assert_eq!(store.inherit_settings("new", "etl", url).unwrap(), None);
+    // Another name, or the same name on another cluster: nothing to take.
+    store.upsert_job("other", "ingest", url, 2_000).unwrap();
+    assert_eq!(
+        store.inherit_settings("other", "ingest", url).unwrap(),
+        None
+    );
+    store
+        .upsert_job("elsewhere", "etl", "http://jm2:8081", 2_000)
+        .unwrap();
+    assert_eq!(
+        store
+            .inherit_settings("elsewhere", "etl", "http://jm2:8081")
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.settings_for("elsewhere").unwrap(),
+        SamplingSettings::default()
+    );
+    // Of several namesakes, the one seen last gives its settings.
+    let fast = SamplingSettings {
+        samples: 10,
+        interval_ms: 5_000,
+        ..SamplingSettings::default()
+    };
+    store.set_settings(&Scope::Job("new".into()), fast).unwrap();
+    store.upsert_job("newest", "etl", url, 3_000).unwrap();
+    assert_eq!(
+        store.inherit_settings("newest", "etl", url).unwrap(),
+        Some("new".to_string())
+    );
+    assert_eq!(store.settings_for("newest").unwrap(), fast);
+    assert!(store.has_job("newest").unwrap() && !store.has_job("never").unwrap());
+}
