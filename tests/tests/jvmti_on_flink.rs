@@ -374,14 +374,7 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
         bpmon_agent::backends::Roster::same(&states.roster, &roster_of_run),
         "a busy-stacks sample changed the thread list"
     );
-    let stacked: HashSet<Option<u64>> = states
-        .roster
-        .threads
-        .iter()
-        .zip(&states.readings)
-        .filter(|(_, r)| r.stacked)
-        .map(|((t, _), _)| t.java_id)
-        .collect();
+    let stacked: HashSet<Option<u64>> = dump.stacked_ids().into_iter().collect();
     for t in &dump.threads {
         // A legacy source thread has no timers of its own: its stack is read as before.
         let legacy = t.name.starts_with("Legacy Source Thread");

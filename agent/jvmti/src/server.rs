@@ -573,6 +573,23 @@ mod tests {
         }
     }
 
+    /// Serves `listener` with a fresh [`Fake`] on a thread of its own until a stop; gives back
+    /// how it ended and the fake, for what it was asked.
+    fn serve_fake(
+        listener: Listener,
+        stop: &Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<(Exit, Fake)> {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut fake = Fake {
+                samples: 0,
+                stopped: false,
+            };
+            let exit = serve(&listener, &mut fake, &stop);
+            (exit, fake)
+        })
+    }
+
     /// A directory of the test's own, removed when dropped.
     struct TempDir(PathBuf);
 
@@ -640,17 +657,7 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut fake = Fake {
-                    samples: 0,
-                    stopped: false,
-                };
-                let exit = serve(&listener, &mut fake, &stop);
-                (exit, fake.samples, fake.stopped)
-            })
-        };
+        let server = serve_fake(listener, &stop);
 
         // Hello first; garbage keeps the connection; a sample answers.
         let mut c = Client::connect(&path);
@@ -702,10 +709,10 @@ mod tests {
         ));
         assert_eq!(c.ask(r#"{"op":"stop"}"#), Some(Response::Stopping));
         assert!(!path.exists());
-        let (exit, samples, stopped) = server.join().unwrap();
+        let (exit, fake) = server.join().unwrap();
         assert!(matches!(exit, Exit::StopRequested), "{exit}");
-        assert_eq!(samples, 3);
-        assert!(stopped);
+        assert_eq!(fake.samples, 3);
+        assert!(fake.stopped);
     }
 
     #[test]
@@ -714,17 +721,7 @@ mod tests {
         let path = dir.join("run.sock");
         let listener = Listener::bind(&path).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut fake = Fake {
-                    samples: 0,
-                    stopped: false,
-                };
-                serve(&listener, &mut fake, &stop);
-                fake.samples
-            })
-        };
+        let server = serve_fake(listener, &stop);
         let mut c = Client::connect(&path);
         assert!(matches!(
             c.ask(r#"{"op":"hello","protocol":1}"#),
@@ -798,7 +795,7 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
         assert!(error_text(r).contains("stopping"));
         raise.join().unwrap();
-        assert_eq!(server.join().unwrap(), 3 + 1 + 1 + 1);
+        assert_eq!(server.join().unwrap().1.samples, 3 + 1 + 1 + 1);
     }
 
     #[test]
@@ -807,23 +804,14 @@ mod tests {
         let path = dir.join("flag.sock");
         let listener = Listener::bind(&path).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut fake = Fake {
-                    samples: 0,
-                    stopped: false,
-                };
-                serve(&listener, &mut fake, &stop)
-            })
-        };
+        let server = serve_fake(listener, &stop);
         let mut c = Client::connect(&path);
         assert!(matches!(
             c.ask(r#"{"op":"hello","protocol":1}"#),
             Some(Response::Hello(_))
         ));
         stop.store(true, Ordering::Release);
-        let exit = server.join().unwrap();
+        let (exit, _) = server.join().unwrap();
         assert!(matches!(exit, Exit::Stopped));
         assert!(c.read().is_none());
         assert!(!path.exists());

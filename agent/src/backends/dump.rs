@@ -88,23 +88,26 @@ pub struct ClassifiedDump {
 }
 
 impl ClassifiedDump {
+    /// The Java ids of the states' threads marked stacked (their sample is in `threads`).
+    pub fn stacked_ids(&self) -> Vec<Option<u64>> {
+        self.states
+            .iter()
+            .flat_map(|st| st.roster.threads.iter().zip(&st.readings))
+            .filter(|(_, r)| r.stacked)
+            .map(|((t, _), _)| t.java_id)
+            .collect()
+    }
+
     /// Whether every thread of `threads` is one of the states' stacked threads: the sample
     /// brings no thread its roster does not list.
     pub fn threads_all_listed(&self) -> bool {
         if self.threads.is_empty() {
             return true;
         }
-        let Some(st) = &self.states else {
+        if self.states.is_none() {
             return false;
-        };
-        let mut stacked: Vec<Option<u64>> = st
-            .roster
-            .threads
-            .iter()
-            .zip(&st.readings)
-            .filter(|(_, r)| r.stacked)
-            .map(|((t, _), _)| t.java_id)
-            .collect();
+        }
+        let mut stacked = self.stacked_ids();
         if stacked.len() != self.threads.len() {
             return false;
         }

@@ -119,6 +119,38 @@ struct Session {
     closing: Vec<(SamplingSettings, Arc<ResourceProbe>, ResourceReading)>,
 }
 
+impl Session {
+    /// The resource probe for a window of `settings` opening now, and the reading it starts
+    /// from: the JVM's probe (reopened when the JVM moved to another cgroup or every
+    /// [`PROBE_REOPEN`]); a window that follows its group's last one at once starts from that
+    /// one's closing reading.
+    fn resources_for(
+        &mut self,
+        jvm: &JvmProcess,
+        settings: SamplingSettings,
+    ) -> (Arc<ResourceProbe>, Option<ResourceReading>) {
+        let probe = match &self.resources {
+            Some((opened, probe)) if opened.elapsed() < PROBE_REOPEN && probe.still_placed() => {
+                probe.clone()
+            }
+            _ => {
+                let probe = Arc::new(ResourceProbe::open(jvm));
+                self.resources = Some((Instant::now(), probe.clone()));
+                probe
+            }
+        };
+        let delay = Duration::from_millis(settings.delay_ms);
+        let start = self
+            .closing
+            .iter()
+            .position(|(s, ..)| *s == settings)
+            .map(|i| self.closing.swap_remove(i))
+            .filter(|(_, p, r)| Arc::ptr_eq(p, &probe) && r.at.elapsed() <= delay * 2)
+            .map(|(_, _, r)| r);
+        (probe, start)
+    }
+}
+
 /// How long one resource probe serves a JVM's windows.
 const PROBE_REOPEN: Duration = Duration::from_secs(60);
 
@@ -297,27 +329,8 @@ impl Worker {
     /// permanent error ends the worker.
     fn serve(&self, s: &mut Session, slots: &[Slot]) -> Option<WorkerEnd> {
         for slot in slots.iter().filter(|slot| slot.opens) {
-            let probe = match &s.resources {
-                Some((opened, probe))
-                    if opened.elapsed() < PROBE_REOPEN && probe.still_placed() =>
-                {
-                    probe.clone()
-                }
-                _ => {
-                    let probe = Arc::new(ResourceProbe::open(&self.jvm));
-                    s.resources = Some((Instant::now(), probe.clone()));
-                    probe
-                }
-            };
             let delay = Duration::from_millis(slot.settings.delay_ms);
-            // A window that follows its group's last one at once starts from that one's end.
-            let start = s
-                .closing
-                .iter()
-                .position(|(settings, ..)| *settings == slot.settings)
-                .map(|i| s.closing.swap_remove(i))
-                .filter(|(_, p, r)| Arc::ptr_eq(p, &probe) && r.at.elapsed() <= delay * 2)
-                .map(|(_, _, r)| r);
+            let (probe, start) = s.resources_for(&self.jvm, slot.settings);
             s.windows.insert(
                 slot.window,
                 OpenWindow {
