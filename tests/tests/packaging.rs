@@ -98,8 +98,16 @@ fn debs() -> Result<&'static Debs> {
 fn build_debs() -> Result<Debs> {
     let t0 = Instant::now();
     let root = repo_root();
-    run(Command::new(root.join("scripts/package")).current_dir(&root))
-        .context("scripts/package")?;
+    // Packaged from the profile this test was built with: a debug test run packages the debug
+    // binaries it has already compiled instead of building the workspace again for release.
+    let mut package = Command::new(root.join("scripts/package"));
+    let release = std::env::current_exe()?
+        .ancestors()
+        .any(|d| d.file_name().is_some_and(|n| n == "release"));
+    if !release {
+        package.args(["--profile", "dev"]);
+    }
+    run(package.current_dir(&root)).context("scripts/package")?;
     let arch = stdout(&run(Command::new("dpkg").arg("--print-architecture"))?)
         .trim()
         .to_string();

@@ -728,6 +728,7 @@ mod tests {
             Some(Response::Hello(h)) if h.runs
         ));
         let t0 = std::time::Instant::now();
+        let sent_ms = bpmon_proto::time::now_ms();
         let reply =
             match c.ask(r#"{"op":"run","max_depth":7,"at_us":[0,40000,80000],"totals":[2]}"#) {
                 Some(Response::Run(r)) => r,
@@ -743,7 +744,12 @@ mod tests {
         let totals: Vec<_> = reply.samples.iter().map(|s| s.cpu_us).collect();
         assert_eq!(totals, [Some(0), Some(0), Some(1)]);
         let at: Vec<u64> = reply.samples.iter().map(|s| s.taken_at_ms).collect();
-        assert!(at[1] >= at[0] + 39 && at[2] >= at[1] + 39, "{at:?}");
+        // Each sample no earlier than its slot after the request. Slots are kept from the run's
+        // start, not from the previous sample, so a late sample does not push the next one.
+        assert!(
+            at[0] >= sent_ms && at[1] >= sent_ms + 40 && at[2] >= sent_ms + 80,
+            "sent at {sent_ms}, taken at {at:?}"
+        );
         // A sample that fails ends the run with the reason; nothing after it is taken.
         let reply = match c.ask(r#"{"op":"run","max_depth":999,"at_us":[0,10000]}"#) {
             Some(Response::Run(r)) => r,
