@@ -7,6 +7,9 @@
 //! | `GET /api/v1/jobs` | [`JobsView`] |
 //! | `GET /api/v1/jobs/{job}/status` | [`StatusView`] (`job`: id or name) |
 //! | `GET /api/v1/jobs/{job}/history?since_ms=…&vertex=…` | [`HistoryView`] |
+//! | `GET /api/v1/jobs/{job}/episodes?since_ms=…` | [`EpisodesView`] |
+//! | `GET /api/v1/jobs/{job}/timeline?since_ms=…&until_ms=…&points=…` | [`TimelineView`] |
+//! | `GET /api/v1/jobs/{job}/flame?vertex=…&since_ms=…&until_ms=…` | [`FlameView`]; with `&format=folded`, the folded text flame graph tools read |
 //! | `GET /api/v1/config/{job}` | [`ConfigView`] (`job`: id, name, or `*` for the default) |
 //! | `PUT /api/v1/config/{job}` | body [`ConfigUpdate`], answers [`ConfigView`] |
 //! | `DELETE /api/v1/config/{job}` | the job falls back to the default; answers [`ConfigView`] |
@@ -21,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cause::CauseKind;
 use crate::diagnosis::Finding;
-use crate::merge::{RatioSource, SplitRule};
-use crate::model::SubtaskMetrics;
+use crate::merge::{FoldedStack, RatioSource, SplitRule};
+use crate::model::{Edge, SubtaskMetrics};
 
 /// `GET /api/v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +61,11 @@ pub struct JobSummary {
     /// That cause in one sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause_summary: Option<String>,
+    /// Since when the job has been as it is (ms since the Unix epoch): back-pressured since
+    /// its oldest episode under way started, or OK since its last episode ended. `None` when
+    /// no episode says (a job never back-pressured while watched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_since_ms: Option<u64>,
 }
 
 /// `GET /api/v1/jobs/{job}/status`.
@@ -80,6 +88,10 @@ pub struct StatusView {
     pub settings: SamplingSettings,
     /// In topological order (sources first).
     pub vertices: Vec<VertexStatus>,
+    /// The job graph's edges, by vertex id (what feeds what); empty when Flink no longer lists
+    /// the job (the stored topology keeps only the vertices).
+    #[serde(default)]
+    pub edges: Vec<Edge>,
     pub diagnosis: Vec<Finding>,
 }
 
@@ -196,6 +208,56 @@ pub struct EpisodeBottleneck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<f64>,
     pub summary: String,
+}
+
+/// `GET /api/v1/jobs/{job}/timeline`: each vertex's back-pressure over a period, in at most
+/// `points` buckets of `bucket_ms`, with the episodes under way in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineView {
+    pub job_id: String,
+    pub job_name: String,
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub bucket_ms: u64,
+    /// In the job's order; a vertex without windows in the period has no points.
+    pub vertices: Vec<VertexTimeline>,
+    pub episodes: Vec<Episode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VertexTimeline {
+    pub vertex_id: String,
+    pub name: String,
+    /// Oldest first; buckets without windows are left out.
+    pub points: Vec<TimelinePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// The bucket's start, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The highest ratio of any of the vertex's subtask windows in the bucket.
+    pub ratio: Option<f64>,
+    /// Their worst level.
+    pub level: Option<Level>,
+    /// How many subtask windows the bucket holds.
+    pub windows: u32,
+}
+
+/// `GET /api/v1/jobs/{job}/flame`: a vertex's busy samples' stacks over a period, summed over
+/// its subtasks (the bottleneck's when no vertex is named).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlameView {
+    pub job_id: String,
+    pub job_name: String,
+    pub vertex_id: String,
+    pub vertex: String,
+    pub since_ms: u64,
+    pub until_ms: u64,
+    /// Busy samples with a stack.
+    pub samples: u64,
+    /// Most samples first; past a bound, the rest summed as `(other stacks)`.
+    pub stacks: Vec<FoldedStack>,
 }
 
 /// `GET /api/v1/config/{job}`.

@@ -221,6 +221,18 @@ pub struct MergedWindow {
     /// What the agent saw besides the counts: the cause of a bottleneck is named from it.
     #[serde(default)]
     pub evidence: WindowEvidence,
+    /// The busy samples' stacks, folded (stored for flame graphs; not read back with the
+    /// window).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<FoldedStack>,
+}
+
+/// Busy samples that showed one stack, folded as flame graph tools read it: frames root first,
+/// joined by `;`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldedStack {
+    pub folded: String,
+    pub samples: u32,
 }
 
 /// What the agent reported about a subtask's window besides its counts (all absent from older
@@ -284,6 +296,7 @@ impl MergedWindow {
             metrics,
             top_frames,
             evidence: WindowEvidence::default(),
+            stacks: Vec::new(),
         }
     }
 

@@ -825,6 +825,7 @@ mod tests {
             ],
             metrics_fetched_at_ms: Some(NOW - 14_000),
             settings: SamplingSettings::default(),
+            edges: Vec::new(),
             vertices: vec![
                 VertexStatus {
                     vertex_id: "v1".into(),
@@ -986,6 +987,7 @@ mod tests {
                 cause: None,
                 cause_share: None,
                 cause_summary: None,
+                level_since_ms: None,
             }],
         };
         assert!(jobs(&low, true, NOW).contains("\x1b[33mLOW\x1b[0m"));
@@ -1066,6 +1068,7 @@ mod tests {
                 cause: None,
                 cause_share: None,
                 cause_summary: None,
+                level_since_ms: None,
             }],
         };
         let text = jobs(&j, false, NOW);
@@ -1124,6 +1127,7 @@ mod tests {
             cause: Some(CauseKind::Cpu),
             cause_share: Some(0.71),
             cause_summary: Some("71% running user code".into()),
+            level_since_ms: None,
         };
         let view = JobsView {
             jobs: vec![
@@ -1179,6 +1183,7 @@ mod tests {
                 cause,
                 cause_share: share,
                 cause_summary: cause.map(|c| format!("{} it is", c.as_str())),
+                level_since_ms: None,
             };
         // The cell under the header's column, to the end of the cell.
         let cell = |j: JobSummary| {

@@ -92,6 +92,7 @@ fn status_view() -> StatusView {
                 subtasks: vec![subtask(0, Some(Level::Ok), Some(0.02))],
             },
         ],
+        edges: Vec::new(),
         diagnosis: vec![Finding {
             kind: FindingKind::Bottleneck,
             vertex_id: "v2".into(),
@@ -124,6 +125,7 @@ fn jobs_view() -> JobsView {
             cause: Some(CauseKind::Lock),
             cause_share: Some(0.71),
             cause_summary: Some("71% waiting for a lock on a com.acme.Shared".into()),
+            level_since_ms: None,
         }],
     }
 }

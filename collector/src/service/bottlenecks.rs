@@ -290,6 +290,7 @@ mod tests {
             metrics_fetched_at_ms: None,
             settings: SamplingSettings::default(),
             vertices: vec![vertex("v1", "Source: Kafka"), vertex("v2", "Map")],
+            edges: Vec::new(),
             diagnosis,
         }
     }

@@ -316,6 +316,7 @@ mod tests {
             stale_reasons: vec![],
             metrics_fetched_at_ms: None,
             settings: SamplingSettings::CONTINUOUS,
+            edges: Vec::new(),
             vertices: vec![
                 vertex(
                     "src",

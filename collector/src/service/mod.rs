@@ -24,6 +24,7 @@ pub mod settings;
 pub mod state;
 pub mod status;
 pub mod status_cache;
+pub mod timeline;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -142,7 +143,7 @@ pub fn build(config: &CollectorConfig) -> Result<Arc<Collector>> {
     Ok(collector)
 }
 
-/// The whole HTTP API: agents' side and the query side.
+/// The whole HTTP API, agents' side and the query side, and the web view on top of it.
 pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router {
     let limits = IngestLimits {
         max_body_bytes: config.ingest.max_body_bytes,
@@ -152,7 +153,9 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
         server::router(Service(Arc::clone(&collector)), limits),
         collector.shared_metrics(),
     );
-    agents_side.merge(routes::router(collector))
+    agents_side
+        .merge(routes::router(collector))
+        .merge(crate::web::router())
 }
 
 /// Starts the pollers, the bottleneck check and the pruner in the background; abort them to stop.

@@ -6,7 +6,7 @@ use bpmon_proto::{JvmResources, ReportBatch, SampleReport, TaskSamples};
 
 use crate::locate::{locate, JvmClues, Located, NotLocated};
 use crate::mapping::{resolve_exact, resolve_tasks, Resolution, SubtaskRef};
-use crate::merge::{merge_subtask, MergedWindow, SampleCounts, WindowEvidence};
+use crate::merge::{merge_subtask, FoldedStack, MergedWindow, SampleCounts, WindowEvidence};
 use crate::model::{ClusterSnapshot, SubtaskSnapshot};
 
 /// A task thread that got no window, and why.
@@ -95,6 +95,7 @@ fn place_report(
                 };
                 let mut row =
                     merged_window(task, &at, subtask, start, end, report.resources.as_ref());
+                row.stacks = folded_stacks(report, task);
                 row.taskmanager_id = subtask
                     .taskmanager_id
                     .clone()
@@ -202,6 +203,28 @@ fn merged_window(
         stack_samples: task.stack_samples,
     };
     row
+}
+
+/// The task's busy stacks, folded, samples of one stack seen with different activities summed.
+/// A stack naming a frame the report does not hold is left out (and logged): the report's counts
+/// still stand.
+fn folded_stacks(report: &SampleReport, task: &TaskSamples) -> Vec<FoldedStack> {
+    let Some(stacks) = report.folded_stacks(task) else {
+        tracing::warn!(
+            agent_pid = report.pid,
+            thread = %task.thread,
+            "a report's stacks name frames it does not hold; its stacks are left out"
+        );
+        return Vec::new();
+    };
+    let mut by_stack: Vec<FoldedStack> = Vec::with_capacity(stacks.len());
+    for (folded, _activity, samples) in stacks {
+        match by_stack.iter_mut().find(|s| s.folded == folded) {
+            Some(s) => s.samples = s.samples.saturating_add(samples),
+            None => by_stack.push(FoldedStack { folded, samples }),
+        }
+    }
+    by_stack
 }
 
 fn find_subtask<'a>(cluster: &'a ClusterSnapshot, at: &SubtaskRef) -> Option<&'a SubtaskSnapshot> {

@@ -48,6 +48,9 @@ pub enum QueryError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot encode the status: {0}")]
     Encode(serde_json::Error),
+    /// A flame graph of "the bottleneck" of a job that has none now.
+    #[error("job {0} has no bottleneck now: name a vertex (vertex=…)")]
+    NoBottleneck(String),
 }
 
 impl QueryError {
@@ -55,7 +58,7 @@ impl QueryError {
     pub fn status(&self) -> StatusCode {
         match self {
             QueryError::NoJob(_) | QueryError::NoJobForSettings(_) => StatusCode::NOT_FOUND,
-            QueryError::BadUpdate(_) => StatusCode::BAD_REQUEST,
+            QueryError::BadUpdate(_) | QueryError::NoBottleneck(_) => StatusCode::BAD_REQUEST,
             QueryError::Store(e) => match e {
                 StoreError::AmbiguousJob { .. } => StatusCode::CONFLICT,
                 StoreError::UnknownVertex { .. } | StoreError::UnknownJob { .. } => {
@@ -71,7 +74,7 @@ impl QueryError {
 
 impl Collector {
     /// The stored job with this id or name (of same-named jobs, the one still running).
-    fn find_job(&self, store: &Store, job: &str) -> Result<JobRow, QueryError> {
+    pub(super) fn find_job(&self, store: &Store, job: &str) -> Result<JobRow, QueryError> {
         store
             .find_job_preferring(job, |id| self.clusters.live_job(id).is_some())?
             .ok_or_else(|| QueryError::NoJob(job.to_string()))
@@ -129,7 +132,11 @@ impl Collector {
         .await?
     }
 
-    fn cached_status(&self, row: JobRow, store: &Store) -> Result<CachedStatus, QueryError> {
+    pub(super) fn cached_status(
+        &self,
+        row: JobRow,
+        store: &Store,
+    ) -> Result<CachedStatus, QueryError> {
         if let Some(c) = self.status_cache.fresh(&row.job_id) {
             return Ok(c);
         }
@@ -164,9 +171,20 @@ impl Collector {
     pub async fn jobs(self: &Arc<Self>) -> Result<JobsView, QueryError> {
         self.blocking(move |me| {
             let store = lock(&me.reader);
+            let open = me.open_episodes();
             let mut jobs = Vec::new();
             for row in store.jobs()? {
-                jobs.push(summary(&me.cached_status(row, &store)?.view));
+                let mut job = summary(&me.cached_status(row, &store)?.view);
+                job.level_since_ms = match job.level {
+                    Some(l) if l > bpmon_proto::Level::Ok => open
+                        .iter()
+                        .filter(|e| e.job_id == job.job_id)
+                        .map(|e| e.started_at_ms)
+                        .min(),
+                    Some(_) => store.last_episode_end(&job.job_id)?,
+                    None => None,
+                };
+                jobs.push(job);
             }
             Ok(JobsView { jobs })
         })

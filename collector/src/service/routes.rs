@@ -12,6 +12,7 @@ use crate::api::{ConfigUpdate, ErrorBody};
 
 use super::queries::QueryError;
 use super::state::Collector;
+use super::timeline::{folded_text, period_now};
 
 /// Largest body the query API takes (`PUT /api/v1/config/{job}`).
 pub const MAX_QUERY_BODY_BYTES: usize = 64 * 1024;
@@ -22,6 +23,8 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/api/v1/jobs/{job}/status", get(status))
         .route("/api/v1/jobs/{job}/history", get(history))
         .route("/api/v1/jobs/{job}/episodes", get(episodes))
+        .route("/api/v1/jobs/{job}/timeline", get(timeline))
+        .route("/api/v1/jobs/{job}/flame", get(flame))
         .route(
             "/api/v1/config/{job}",
             get(config_get).put(config_set).delete(config_reset),
@@ -92,6 +95,78 @@ async fn episodes(
     Query(q): Query<EpisodesQuery>,
 ) -> Response {
     c.episodes(job, q.since_ms).await.map(Json).into_response()
+}
+
+#[derive(Deserialize)]
+struct TimelineQuery {
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    #[serde(default = "default_points")]
+    points: u32,
+}
+
+fn default_points() -> u32 {
+    super::timeline::DEFAULT_POINTS
+}
+
+async fn timeline(
+    State(c): C,
+    Path(job): Path<String>,
+    Query(q): Query<TimelineQuery>,
+) -> Response {
+    let period = period_now(q.since_ms, q.until_ms);
+    c.timeline(job, period, q.points)
+        .await
+        .map(Json)
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct FlameQuery {
+    vertex: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    /// `folded` for the text flame graph tools read; JSON otherwise.
+    format: Option<String>,
+}
+
+async fn flame(State(c): C, Path(job): Path<String>, Query(q): Query<FlameQuery>) -> Response {
+    let folded = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("folded") => true,
+        Some(other) => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                Json(ErrorBody {
+                    error: format!("format={other:?}: use json or folded"),
+                }),
+            )
+                .into_response()
+        }
+    };
+    let period = period_now(q.since_ms, q.until_ms);
+    let view = match c.flame(job, q.vertex, period).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    if !folded {
+        return Json(view).into_response();
+    }
+    let name = format!("bpmon-{}-{}.folded", view.job_id, view.vertex_id);
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        folded_text(&view.stacks),
+    )
+        .into_response()
 }
 
 async fn config_get(State(c): C, Path(job): Path<String>) -> Response {

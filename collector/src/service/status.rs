@@ -84,6 +84,7 @@ pub fn status_view(i: &StatusInputs<'_>) -> StatusView {
         metrics_fetched_at_ms: i.health.fetched_at_ms,
         settings: i.settings,
         vertices,
+        edges: job.edges.clone(),
         diagnosis,
     }
 }
@@ -207,6 +208,7 @@ pub fn summary(s: &StatusView) -> JobSummary {
         cause: cause.map(|c| c.kind),
         cause_share: cause.and_then(|c| c.share),
         cause_summary: cause.map(|c| c.summary.clone()),
+        level_since_ms: None,
     }
 }
 

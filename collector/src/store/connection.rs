@@ -33,6 +33,9 @@ pub struct Store {
     /// Saves lookups per inserted window. Cleared when a transaction that may have added to it
     /// fails, and when pruning deletes subtasks.
     pub(super) ids: Ids,
+    /// Folded stack → its id in `stacks`, as [`ids`](Self::ids) (emptied when it grows past
+    /// a bound, and when pruning deletes stacks).
+    pub(super) stack_ids: HashMap<String, i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -77,6 +80,7 @@ impl Store {
             conn,
             path,
             ids: HashMap::new(),
+            stack_ids: HashMap::new(),
         })
     }
 

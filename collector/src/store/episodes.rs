@@ -69,6 +69,15 @@ impl Store {
             .map_err(sql("read episodes", &self.path))
     }
 
+    /// When the job's last ended episode ended, if it had one.
+    pub fn last_episode_end(&self, job_id: &str) -> Result<Option<u64>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT MAX(ended_at_ms) FROM episodes WHERE job_id = ?1")
+            .and_then(|mut s| s.query_row(params![job_id], |r| r.get::<_, Option<i64>>(0)))
+            .map(|end| end.and_then(|e| u64::try_from(e).ok()))
+            .map_err(sql("read episodes", &self.path))
+    }
+
     /// Every episode not ended, of every job: what a restarted collector resumes.
     pub fn open_episodes(&self) -> Result<Vec<Episode>, StoreError> {
         self.conn

@@ -10,7 +10,9 @@
 //!   highest seq per agent, so gaps show ([`AgentSeq`]), in `agents`;
 //! - the sampling settings: a default (scope [`DEFAULT_SCOPE`]) and per-job overrides, in
 //!   `settings`;
-//! - each vertex's back-pressure episodes ([`Episode`](crate::api::Episode)), in `episodes`.
+//! - each vertex's back-pressure episodes ([`Episode`](crate::api::Episode)), in `episodes`;
+//! - the busy samples' folded stacks of each window (for flame graphs), each distinct stack once
+//!   in `stacks`, named by `window_stacks`.
 //!
 //! Opening a connection is in `connection`, the schema and its migrations in `schema`, deleting
 //! what is past the retention in `retention`; `error` and `columns` are shared by all of them.
@@ -32,6 +34,8 @@ mod jobs;
 mod retention;
 mod schema;
 mod settings;
+mod stacks;
+mod timeline;
 mod windows;
 
 pub use agents::AgentSeq;
@@ -40,6 +44,8 @@ pub use error::StoreError;
 pub use jobs::{JobRow, VertexRow};
 pub use schema::DB_SCHEMA_VERSION;
 pub use settings::SettingsRow;
+pub use stacks::{FlameStacks, MAX_FLAME_STACKS};
+pub use timeline::TimelineBucket;
 
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,7 @@ fn window(job: &str, vertex: &str, subtask: u32, start_ms: u64) -> MergedWindow 
             activity: None,
         }],
         evidence: Default::default(),
+        stacks: Vec::new(),
     }
 }
 
@@ -822,4 +823,118 @@ fn a_redeployed_job_takes_the_settings_of_the_earlier_job_of_its_name() {
     );
     assert_eq!(store.settings_for("newest").unwrap(), fast);
     assert!(store.has_job("newest").unwrap() && !store.has_job("never").unwrap());
+}
+
+fn stack(folded: &str, samples: u32) -> crate::merge::FoldedStack {
+    crate::merge::FoldedStack {
+        folded: folded.into(),
+        samples,
+    }
+}
+
+#[test]
+fn stacks_are_stored_once_summed_per_vertex_and_period_and_pruned_with_their_windows() {
+    let dir = TempDir::new("stacks");
+    let mut store = Store::open(&dir.0).unwrap();
+    let hot = "java.lang.Thread.run;com.acme.Enrich.map;com.acme.Cache.get";
+    let cold = "java.lang.Thread.run;com.acme.Enrich.map;java.util.HashMap.get";
+    let mut rows = Vec::new();
+    for (start, subtask) in [(1_000, 0), (1_000, 1), (6_000, 0), (11_000, 0)] {
+        let mut w = window("j1", "v2", subtask, start);
+        w.stacks = vec![stack(hot, 5), stack(cold, 1)];
+        rows.push(w);
+    }
+    // Another vertex's stacks are not this one's.
+    let mut other = window("j1", "v1", 0, 1_000);
+    other.stacks = vec![stack("java.lang.Thread.run;com.acme.Source.poll", 9)];
+    rows.push(other);
+    store.insert_windows(&rows).unwrap();
+    // Storing a window again replaces its samples instead of adding them.
+    store.insert_windows(&rows[..1]).unwrap();
+
+    let distinct: i64 = store
+        .conn
+        .query_row("SELECT COUNT(*) FROM stacks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(distinct, 3, "each distinct stack stored once");
+
+    let all = store.flame_stacks("j1", "v2", 0, u64::MAX >> 2).unwrap();
+    assert_eq!(all.samples, 24);
+    assert_eq!(all.stacks, [stack(hot, 20), stack(cold, 4)]);
+    // The period is [since, until) over the windows' starts.
+    let early = store.flame_stacks("j1", "v2", 1_000, 6_000).unwrap();
+    assert_eq!(early.stacks, [stack(hot, 10), stack(cold, 2)]);
+    assert!(store
+        .flame_stacks("j1", "v9", 0, 20_000)
+        .unwrap()
+        .stacks
+        .is_empty());
+
+    // A fresh connection finds the stored ids instead of storing the stacks again.
+    drop(store);
+    let mut store = Store::open(&dir.0).unwrap();
+    let mut w = window("j1", "v2", 0, 16_000);
+    w.stacks = vec![stack(hot, 1)];
+    store.insert_windows(&[w]).unwrap();
+    let count = |store: &Store, table: &str| -> i64 {
+        store
+            .conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&store, "stacks"), 3);
+
+    // Pruning before 11 000 drops the stacks of the older windows, and the source's stack,
+    // which no window names any more; the newer windows keep theirs.
+    store.prune(11_000).unwrap();
+    assert_eq!(count(&store, "stacks"), 2);
+    let left = store.flame_stacks("j1", "v2", 0, u64::MAX >> 2).unwrap();
+    assert_eq!(left.stacks, [stack(hot, 6), stack(cold, 1)]);
+}
+
+#[test]
+fn the_timeline_sums_windows_into_buckets_per_vertex_keeping_the_worst() {
+    let dir = TempDir::new("timeline");
+    let mut store = Store::open(&dir.0).unwrap();
+    let mut rows = Vec::new();
+    // v2: subtask 0 HIGH at 0.7 and subtask 1 OK at 0.05 in the first 10 s bucket; LOW in the
+    // second; v1 only in the second. A window outside the period is left out.
+    for (vertex, subtask, start, ratio, level) in [
+        ("v2", 0, 1_000, 0.7, Level::High),
+        ("v2", 1, 6_000, 0.05, Level::Ok),
+        ("v2", 0, 12_000, 0.3, Level::Low),
+        ("v1", 0, 13_000, 0.0, Level::Ok),
+        ("v2", 0, 40_000, 0.9, Level::High),
+    ] {
+        let mut w = window("j1", vertex, subtask, start);
+        w.ratio = Some(ratio);
+        w.level = Some(level);
+        rows.push(w);
+    }
+    store.insert_windows(&rows).unwrap();
+    let t = store.timeline("j1", 0, 20_000, 10_000).unwrap();
+    let got: Vec<_> = t
+        .iter()
+        .map(|b| {
+            (
+                b.vertex_id.as_str(),
+                b.start_ms,
+                b.ratio,
+                b.level,
+                b.windows,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("v1", 10_000, Some(0.0), Some(Level::Ok), 1),
+            ("v2", 0, Some(0.7), Some(Level::High), 2),
+            ("v2", 10_000, Some(0.3), Some(Level::Low), 1),
+        ]
+    );
+    assert!(store
+        .timeline("nope", 0, 20_000, 10_000)
+        .unwrap()
+        .is_empty());
 }

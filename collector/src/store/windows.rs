@@ -15,6 +15,7 @@ use super::agents::insert_batch;
 use super::columns::{get_u64, parse_col, to_i64};
 use super::connection::{Ids, JobIds, Store};
 use super::error::{sql, StoreError};
+use super::stacks::insert_stacks;
 
 /// Columns of a [`MergedWindow`], in the order [`window_from_row`] reads them.
 const WINDOW_COLUMNS: &str = "k.job_id, s.vertex_id, s.subtask, w.attempt, w.window_start_ms, \
@@ -58,7 +59,7 @@ impl Store {
             for (agent_id, seq, rows) in batches {
                 let new = insert_batch(&tx, agent_id, *seq, now, path)?;
                 if new {
-                    insert_rows(&tx, &mut self.ids, rows, path)?;
+                    insert_rows(&tx, &mut self.ids, &mut self.stack_ids, rows, path)?;
                 }
                 out.push(new);
             }
@@ -69,8 +70,9 @@ impl Store {
             Ok(out)
         });
         if result.is_err() {
-            // The rolled-back transaction may have created ids the cache now holds.
+            // The rolled-back transaction may have created ids the caches now hold.
             self.ids.clear();
+            self.stack_ids.clear();
         }
         result
     }
@@ -91,7 +93,7 @@ impl Store {
                     return Ok(false);
                 }
             }
-            insert_rows(&tx, &mut self.ids, rows, path)?;
+            insert_rows(&tx, &mut self.ids, &mut self.stack_ids, rows, path)?;
             Ok(true)
         })();
         let result = stored.and_then(|new| {
@@ -99,8 +101,9 @@ impl Store {
             Ok(new)
         });
         if result.is_err() {
-            // The rolled-back transaction may have created ids the cache now holds.
+            // The rolled-back transaction may have created ids the caches now hold.
             self.ids.clear();
+            self.stack_ids.clear();
         }
         result
     }
@@ -194,6 +197,7 @@ pub(super) fn history_sql() -> String {
 fn insert_rows(
     tx: &Transaction<'_>,
     ids: &mut Ids,
+    stack_ids: &mut HashMap<String, i64>,
     rows: &[MergedWindow],
     path: &Path,
 ) -> Result<(), StoreError> {
@@ -259,6 +263,13 @@ fn insert_rows(
         latest
             .execute(params![subtask_id, start, r.attempt])
             .map_err(sql("store windows", path))?;
+        insert_stacks(
+            tx,
+            stack_ids,
+            (job_key, start, subtask_id, r.attempt),
+            &r.stacks,
+            path,
+        )?;
     }
     Ok(())
 }
@@ -389,5 +400,6 @@ fn window_from_row(r: &Row<'_>) -> rusqlite::Result<MergedWindow> {
             Some(_) => parse_col(r, 18, true)?,
             None => WindowEvidence::default(),
         },
+        stacks: Vec::new(),
     })
 }
