@@ -1093,3 +1093,103 @@ async fn a_redeployed_job_keeps_its_sampling_settings() {
     assert_eq!(c["scope"], redeployed, "{c}");
     assert_eq!(c["settings"]["interval_ms"], 2000, "{c}");
 }
+
+/// What the web view draws from, through the API of a collector that stored a batch with busy
+/// stacks: the job's edges in `status`, a timeline with a point per vertex, and the flame graph
+/// of the bottleneck by default, as JSON and as the folded text flame graph tools read.
+#[tokio::test]
+async fn the_web_views_data_comes_from_the_stored_windows() {
+    let svc = start("webdata").await;
+    let mut b = batch(1);
+    let report = &mut b.reports[0];
+    report.stack_frames = vec![
+        "java.lang.Thread.run".into(),
+        "com.acme.Sink.invoke".into(),
+        "com.acme.Sink.write".into(),
+        "com.acme.Sink.flush".into(),
+    ];
+    let sink = report
+        .tasks
+        .iter_mut()
+        .find(|t| t.identity.task == SINK_NAME)
+        .unwrap();
+    sink.stacks = vec![
+        bpmon_proto::StackCount {
+            frames: vec![0, 1, 2],
+            samples: 70,
+            activity: None,
+        },
+        bpmon_proto::StackCount {
+            frames: vec![0, 1, 3],
+            samples: 30,
+            activity: None,
+        },
+    ];
+    let started = report.started_at_ms;
+    assert_eq!(
+        post(&svc.url, serde_json::to_vec(&b).unwrap()).await,
+        reqwest::StatusCode::OK
+    );
+    let base = svc.url.clone();
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            let status = r.status();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let (_, status) = get(format!("/api/v1/jobs/{JOB}/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["edges"][0]["source"], SOURCE, "{status}");
+    assert_eq!(status["edges"][0]["target"], SINK, "{status}");
+
+    let (code, flame) = get(format!("/api/v1/jobs/{JOB}/flame")).await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{flame}");
+    let flame: serde_json::Value = serde_json::from_str(&flame).unwrap();
+    assert_eq!(
+        flame["vertex_id"], SINK,
+        "the bottleneck's by default: {flame}"
+    );
+    assert_eq!(flame["samples"], 100);
+    assert_eq!(
+        flame["stacks"][0]["folded"],
+        "java.lang.Thread.run;com.acme.Sink.invoke;com.acme.Sink.write"
+    );
+    let (code, folded) = get(format!("/api/v1/jobs/{JOB}/flame?format=folded")).await;
+    assert_eq!(code, reqwest::StatusCode::OK);
+    assert_eq!(
+        folded,
+        "java.lang.Thread.run;com.acme.Sink.invoke;com.acme.Sink.write 70\n\
+         java.lang.Thread.run;com.acme.Sink.invoke;com.acme.Sink.flush 30\n"
+    );
+    // A vertex without busy stacks, by name; a period before the window: nothing.
+    let (_, src) = get(format!(
+        "/api/v1/jobs/{JOB}/flame?vertex={}",
+        SOURCE_NAME.replace(' ', "%20").replace('>', "%3E")
+    ))
+    .await;
+    assert!(src.contains(r#""samples":0"#), "{src}");
+    let (_, early) = get(format!(
+        "/api/v1/jobs/{JOB}/flame?since_ms=0&until_ms={}",
+        started - 1
+    ))
+    .await;
+    assert!(early.contains(r#""stacks":[]"#), "{early}");
+    let (code, bad) = get(format!("/api/v1/jobs/{JOB}/flame?format=svg")).await;
+    assert_eq!(code, reqwest::StatusCode::BAD_REQUEST, "{bad}");
+    let (code, _) = get(format!("/api/v1/jobs/{JOB}/flame?vertex=nope")).await;
+    assert_eq!(code, reqwest::StatusCode::NOT_FOUND);
+
+    let (code, timeline) = get(format!("/api/v1/jobs/{JOB}/timeline?points=60")).await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{timeline}");
+    let t: serde_json::Value = serde_json::from_str(&timeline).unwrap();
+    assert_eq!(t["bucket_ms"], 15_000, "15 min in 60 points: {t}");
+    let vertices = t["vertices"].as_array().unwrap();
+    assert_eq!(vertices.len(), 2, "{t}");
+    let source = vertices.iter().find(|v| v["vertex_id"] == SOURCE).unwrap();
+    // The source's worst subtask: 80 of 100 samples blocked.
+    assert_eq!(source["points"].as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(source["points"][0]["level"], "high", "{t}");
+    assert_eq!(source["points"][0]["windows"], 2, "{t}");
+}

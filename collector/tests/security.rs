@@ -541,3 +541,55 @@ async fn each_token_may_do_what_its_role_allows_and_no_more() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The web view with tokens configured: the page and its assets (which hold no data) load
+/// without a token, each with the security headers; every figure it shows comes from the API,
+/// which still refuses a request without one.
+#[tokio::test]
+async fn the_web_view_loads_without_a_token_but_its_data_does_not() {
+    let dir = temp_dir("web");
+    let auth = Arc::new(Auth::from_file(&token_file(&dir)).unwrap());
+    let url = serve_in_process(&dir, auth).await;
+    let http = reqwest::Client::new();
+    for asset in bpmon_collector::web::ASSETS {
+        let r = http
+            .get(format!("{url}{}", asset.path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", asset.path);
+        let h = r.headers().clone();
+        assert_eq!(h["content-type"], asset.content_type, "{}", asset.path);
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'")
+                && csp.contains("frame-ancestors 'none'")
+                && !csp.contains("unsafe"),
+            "{}: {csp}",
+            asset.path
+        );
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), asset.body);
+    }
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/j/timeline",
+        "/api/v1/jobs/j/flame?format=folded",
+    ] {
+        let r = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let r = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(CLI_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        // With the token: answered (no such job yet, but not refused).
+        assert!(
+            r.status() == StatusCode::OK || r.status() == StatusCode::NOT_FOUND,
+            "{path}: {}",
+            r.status()
+        );
+    }
+}

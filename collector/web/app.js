@@ -302,7 +302,11 @@ function showJob(r) {
   }).then(() => every(SLOW_REFRESH_MS, async () => {
     const until = Date.now();
     const since = until - range[1];
-    const q = '?since_ms=' + Math.floor(since) + '&until_ms=' + Math.floor(until) + '&points=240';
+    // Buckets no shorter than the sampling interval, so that a vertex sampled every 60 s
+    // reads as a line, not as isolated bars.
+    const interval = state.job.status ? state.job.status.settings.interval_ms : 1000;
+    const points = Math.max(1, Math.min(240, Math.floor(range[1] / Math.max(1000, interval))));
+    const q = '?since_ms=' + Math.floor(since) + '&until_ms=' + Math.floor(until) + '&points=' + points;
     state.job.timeline = await api('/api/v1/jobs/' + encodeURIComponent(r.job) + '/timeline' + q);
     renderTimeline(parts, state.job.timeline);
     // The bottleneck card says since when, from the timeline's episodes.

@@ -55,6 +55,10 @@ pub struct SampleRequest {
     /// needs at its first and last sample only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub totals: bool,
+    /// With `stacks`: the busy threads' whole stacks too, folded ([`SampledThread::stack`]), for
+    /// flame graphs. Older libraries ignore it and send top frames only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub folded: bool,
 }
 
 impl SampleRequest {
@@ -65,6 +69,7 @@ impl SampleRequest {
             stacks: true,
             states: false,
             totals: false,
+            folded: false,
         }
     }
 }
@@ -120,6 +125,7 @@ impl SampleRun {
             stacks: false,
             states: true,
             totals: self.totals.contains(&(i as u32)),
+            folded: false,
         }
     }
 }
@@ -229,6 +235,13 @@ pub struct SampledThread {
     /// busy): no stack was read, so a busy sample has no frame and no activity.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stackless: bool,
+    /// For busy samples, when the request asked `folded`: the whole stack, folded root first
+    /// (`bpmon_stacks::collapse`). Sent once per connection: after that, only its `stack_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// The connection's number for `stack` ([`Introduced::compact`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
 }
 
 /// Main task threads read by their task's timers alone, one letter each: at 20 samples a second
@@ -377,7 +390,14 @@ pub struct Introduced {
     /// ids are the JVM's own, nothing an attacker picks).
     ids: FxHashSet<u64>,
     roster: Vec<u64>,
+    /// Folded stacks sent, by their number. A busy task shows the same few stacks sample after
+    /// sample; each is a few KB.
+    stacks: FxHashMap<String, u32>,
 }
+
+/// Stacks remembered per connection before starting over (numbers then restart at 0, and each
+/// stack is sent again with its new number).
+const MAX_STACKS: usize = 20_000;
 
 /// Threads remembered per connection before starting over (a TaskManager's task threads come
 /// and go with every deployment; starting over only sends names again).
@@ -403,10 +423,24 @@ impl Introduced {
                 states.totals = None;
             }
         }
+        if self.stacks.len() > MAX_STACKS {
+            self.stacks.clear();
+        }
         for t in &mut sample.threads {
             if !self.ids.insert(t.java_id) {
                 t.name.clear();
                 t.task = None;
+            }
+            if let Some(stack) = t.stack.take() {
+                let next = self.stacks.len() as u32;
+                match self.stacks.get(&stack) {
+                    Some(id) => t.stack_id = Some(*id),
+                    None => {
+                        self.stacks.insert(stack.clone(), next);
+                        t.stack_id = Some(next);
+                        t.stack = Some(stack);
+                    }
+                }
             }
         }
         if let Some(states) = &mut sample.timer_states {
@@ -425,6 +459,9 @@ impl Introduced {
 pub struct Known {
     threads: FxHashMap<u64, (String, Option<TaskRef>)>,
     roster: Vec<u64>,
+    /// Folded stacks by their number on this connection (a number sent with a stack again is
+    /// bound to the new one: the library started over).
+    stacks: FxHashMap<u32, String>,
 }
 
 impl Known {
@@ -449,6 +486,19 @@ impl Known {
             } else {
                 self.threads
                     .insert(t.java_id, (t.name.clone(), t.task.clone()));
+            }
+            match (&t.stack, t.stack_id) {
+                (Some(stack), Some(id)) => {
+                    self.stacks.insert(id, stack.clone());
+                }
+                (None, Some(id)) => {
+                    let stack = self
+                        .stacks
+                        .get(&id)
+                        .ok_or_else(|| format!("stack #{id} was never sent"))?;
+                    t.stack = Some(stack.clone());
+                }
+                _ => {}
             }
         }
         if let Some(states) = &mut sample.timer_states {
@@ -491,6 +541,8 @@ mod tests {
             cpu_ns: None,
             timers: None,
             stackless: false,
+            stack: None,
+            stack_id: None,
             task: task.then(|| TaskRef {
                 job_id: "j".into(),
                 vertex_id: "v".into(),
@@ -544,6 +596,8 @@ mod tests {
             cpu_ns: None,
             timers: None,
             stackless: true,
+            stack: None,
+            stack_id: None,
             task: None,
         };
         let states = |threads: Vec<u64>, letters: &str| TimerStates {
@@ -654,6 +708,8 @@ mod tests {
                 cpu_ns: None,
                 timers: None,
                 stackless: false,
+                stack: None,
+                stack_id: None,
                 task: Some(TaskRef {
                     job_id: "j".into(),
                     vertex_id: "v".into(),
@@ -678,5 +734,86 @@ mod tests {
                 message: "no".into()
             }
         );
+    }
+
+    #[test]
+    fn a_folded_stack_crosses_once_per_connection_then_by_its_number() {
+        let busy = |id: u64, stack: &str| SampledThread {
+            name: format!("Map (1/2)#{id}"),
+            java_id: id,
+            class: SampleClass::Busy,
+            top_frame: None,
+            task: None,
+            activity: None,
+            lock: None,
+            cpu_ns: None,
+            timers: None,
+            stackless: false,
+            stack: Some(stack.to_string()),
+            stack_id: None,
+        };
+        let hot = "java.lang.Thread.run;com.acme.Map.map;com.acme.Cache.get";
+        let (mut lib, mut agent) = (Introduced::default(), Known::default());
+        let mut first = InProcessSample {
+            threads: vec![busy(1, hot), busy(2, hot)],
+            ..Default::default()
+        };
+        lib.compact(&mut first);
+        // Thread 2 shows the stack thread 1 just sent: its number only.
+        assert_eq!(first.threads[0].stack.as_deref(), Some(hot));
+        assert_eq!(first.threads[1].stack, None);
+        assert_eq!(first.threads[0].stack_id, first.threads[1].stack_id);
+        let mut second = InProcessSample {
+            threads: vec![busy(1, hot)],
+            ..Default::default()
+        };
+        lib.compact(&mut second);
+        let line = serde_json::to_string(&second).unwrap();
+        assert!(!line.contains("Cache.get"), "{line}");
+        // The agent puts the text back in both samples.
+        let mut first: InProcessSample =
+            serde_json::from_str(&serde_json::to_string(&first).unwrap()).unwrap();
+        let mut second: InProcessSample = serde_json::from_str(&line).unwrap();
+        agent.expand(&mut first).unwrap();
+        agent.expand(&mut second).unwrap();
+        for t in first.threads.iter().chain(&second.threads) {
+            assert_eq!(t.stack.as_deref(), Some(hot));
+        }
+        // A number never sent is an error, not a guess.
+        let mut stray = InProcessSample {
+            threads: vec![SampledThread {
+                stack: None,
+                stack_id: Some(99),
+                ..busy(1, hot)
+            }],
+            ..Default::default()
+        };
+        let err = agent.expand(&mut stray).unwrap_err();
+        assert!(err.contains("stack #99"), "{err}");
+        // Past its bound the library starts over: numbers restart, each stack is sent again
+        // with its new number, and the agent rebinds it.
+        for i in 0..=MAX_STACKS {
+            let mut s = InProcessSample {
+                threads: vec![busy(1, &format!("a;b{i}"))],
+                ..Default::default()
+            };
+            lib.compact(&mut s);
+            agent.expand(&mut s).unwrap();
+        }
+        let mut again = InProcessSample {
+            threads: vec![busy(1, hot)],
+            ..Default::default()
+        };
+        lib.compact(&mut again);
+        assert_eq!(again.threads[0].stack.as_deref(), Some(hot), "sent again");
+        agent.expand(&mut again).unwrap();
+        let mut by_number = InProcessSample {
+            threads: vec![busy(1, hot)],
+            ..Default::default()
+        };
+        lib.compact(&mut by_number);
+        assert_eq!(by_number.threads[0].stack, None);
+        agent.expand(&mut by_number).unwrap();
+        assert_eq!(by_number.threads[0].stack.as_deref(), Some(hot));
     }
 }

@@ -18,10 +18,13 @@
 //! * [`readings`]: Flink's own per-subtask view (time metrics, pool usages, `/backpressure`).
 //! * [`services`]: bpmon's own daemons (`bpmon-collector serve`, `bpmon-agent run`) as child
 //!   processes, and the collector's CLI.
+//! * [`browser`] and [`webview`]: a headless Chromium driven over WebDriver, and what it reads
+//!   off the collector's web view.
 //! * [`jobs`]: compiles and packages the Java test jobs (`tests/flink-jobs`) and describes
 //!   their vertices and expected behaviour.
 
 pub mod bench;
+pub mod browser;
 pub mod cgroup;
 pub mod cluster;
 pub mod conf;
@@ -35,6 +38,7 @@ pub mod proxy;
 pub mod readings;
 pub mod rest;
 pub mod services;
+pub mod webview;
 
 pub use cluster::{
     jdk25_home, one_cluster_at_a_time, verify_cluster_identity, ClusterIdentity, ClusterOptions,

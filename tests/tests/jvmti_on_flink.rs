@@ -209,6 +209,23 @@ fn compare(
                 key.0,
                 at.top_frames
             );
+            // Its whole stacks, folded for flame graphs: read past the shallow first read
+            // (these stacks are over 20 frames deep), from the thread's root to that frame.
+            let stacks = jvmti
+                .folded_stacks(jt)
+                .context("jvmti stacks naming frames the report lacks")?;
+            let (stack, _, _) = stacks
+                .first()
+                .with_context(|| format!("{}: busy, but no folded stack from jvmti", key.0))?;
+            let frames: Vec<&str> = stack.split(';').collect();
+            let method = top.split('(').next().unwrap_or(top);
+            ensure!(
+                frames.len() > 10
+                    && frames.first() == Some(&"java.lang.Thread.run")
+                    && frames.contains(&method),
+                "{}: jvmti's busiest stack is not the whole stack down to {method}: {stack}",
+                key.0
+            );
         }
     }
     Ok((agreeing, compared))

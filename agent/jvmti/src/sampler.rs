@@ -14,6 +14,7 @@ use bpmon_proto::ThreadRole;
 use bpmon_proto::{timer_class, TimerReading};
 use bpmon_stacks::activity::{activity, Activity};
 use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
+use bpmon_stacks::collapse::{self, collapse};
 use bpmon_stacks::threaddump::{Frame, ThreadState};
 use jni::Env;
 
@@ -263,11 +264,27 @@ impl Sampler {
             } else {
                 (None, None)
             };
+            let top_frame = classification.top_frame.map(|f| f.to_string());
+            let class = classification.class;
+            // A busy sample's whole stack for flame graphs, when asked: read in full if the
+            // shallow read decided the class (on failure, the frames read so far).
+            let stack = if request.folded && class == SampleClass::Busy {
+                let full = if keys.len() == shallow && shallow < depth {
+                    self.stacks
+                        .read(env, methods, t.thread.as_obj(), depth)
+                        .unwrap_or_else(|_| keys.clone())
+                } else {
+                    keys.clone()
+                };
+                Some(collapse(&methods.frames(&full), collapse::MAX_DEPTH))
+            } else {
+                None
+            };
             out.threads.push(SampledThread {
                 name: t.name.clone(),
                 java_id: t.java_id,
-                class: classification.class,
-                top_frame: classification.top_frame.map(|f| f.to_string()),
+                class,
+                top_frame,
                 task: match &t.identity {
                     Identity::Known(task) => Some(task.clone()),
                     _ => None,
@@ -277,6 +294,8 @@ impl Sampler {
                 cpu_ns,
                 timers: timer_reading,
                 stackless: false,
+                stack,
+                stack_id: None,
             });
         }
         monitors.release(env);
@@ -493,6 +512,8 @@ fn timers_only(
         cpu_ns,
         timers: Some(reading),
         stackless: true,
+        stack: None,
+        stack_id: None,
     });
     TimersOnly::Sampled
 }

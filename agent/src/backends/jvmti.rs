@@ -250,8 +250,12 @@ impl JvmtiClient {
         &mut self,
         mode: SampleMode,
     ) -> Result<(InProcessSample, ClassifiedDump), JvmtiError> {
+        // Stack samples ask for the busy threads' folded stacks too (for flame graphs).
         let request = match mode {
-            SampleMode::Stacks => SampleRequest::stacks(self.options.max_depth),
+            SampleMode::Stacks => SampleRequest {
+                folded: true,
+                ..SampleRequest::stacks(self.options.max_depth)
+            },
             SampleMode::Timers { totals } => SampleRequest {
                 stacks: false,
                 states: true,
@@ -261,6 +265,7 @@ impl JvmtiClient {
             SampleMode::BusyStacks { totals } => SampleRequest {
                 states: true,
                 totals,
+                folded: true,
                 ..SampleRequest::stacks(self.options.max_depth)
             },
         };
@@ -632,8 +637,8 @@ fn to_classified(s: &InProcessSample) -> ClassifiedDump {
                     activity,
                     lock,
                     cpu_ms: t.cpu_ns.map(|ns| ns as f64 / 1e6),
-                    // The library reads the top frames only.
-                    stack: None,
+                    // Busy threads' whole stacks, from libraries asked for them.
+                    stack: t.stack.clone().filter(|_| t.class == SampleClass::Busy),
                     timers: t.timers,
                     stackless: t.stackless,
                 }
@@ -694,6 +699,8 @@ mod tests {
                 cpu_ns: None,
                 timers: None,
                 stackless: false,
+                stack: None,
+                stack_id: None,
                 task: Some(TaskRef {
                     job_id: "j".into(),
                     vertex_id: "v".into(),
@@ -735,6 +742,8 @@ mod tests {
             cpu_ns: None,
             timers: None,
             stackless: false,
+            stack: None,
+            stack_id: None,
         }
     }
 

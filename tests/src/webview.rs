@@ -1,0 +1,104 @@
+//! What a person sees on the collector's web view, read off a real browser ([`Browser`]): the
+//! jobs page's rows, and a job page's bottleneck card, graph nodes, timeline and flame graph.
+//! The tests decide what must be there; `web-shots` keeps screenshots of the same pages.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::browser::Browser;
+
+/// How long a page may take to show its data (it fetches after loading).
+pub const PAGE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A row of the jobs page.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobRowSeen {
+    pub job: String,
+    /// The row's text as shown (level, name, bottleneck, cause, since…).
+    pub text: String,
+}
+
+/// A vertex of a job page's graph.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeSeen {
+    pub vertex: String,
+    /// `ok`, `low`, `high` or `none`: the node's colour class.
+    pub level: String,
+    /// The node's text lines, joined by ` | `: name, level word and ratio, role.
+    pub text: String,
+    pub bottleneck: bool,
+}
+
+/// A job page once its data is in.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobPageSeen {
+    /// The bottleneck card's vertex and cause (empty without a bottleneck).
+    pub bottleneck: String,
+    pub cause: String,
+    /// "Back-pressure since …", when the card says it.
+    pub since: Option<String>,
+    pub nodes: Vec<NodeSeen>,
+    /// Bars in the timeline.
+    pub points: u64,
+    /// The frames drawn in the flame graph.
+    pub frames: Vec<String>,
+}
+
+/// Opens the jobs page and returns its rows once there are `at_least` of them.
+pub fn jobs_page(browser: &Browser, collector: &str, at_least: usize) -> Result<Vec<JobRowSeen>> {
+    browser.open(&format!("{collector}/"))?;
+    let v = browser.wait_for(
+        "the jobs page's rows",
+        &format!(
+            "const rows = [...document.querySelectorAll('#jobs tr.job')];
+             return rows.length >= {at_least}
+                 ? rows.map(r => ({{job: r.dataset.job, text: r.innerText}})) : null;"
+        ),
+        PAGE_DEADLINE,
+    )?;
+    serde_json::from_value(v).context("the jobs page's rows")
+}
+
+/// Opens a job's page and returns what it shows once the graph, the timeline and the flame
+/// graph are drawn.
+pub fn job_page(browser: &Browser, collector: &str, job_id: &str) -> Result<JobPageSeen> {
+    browser.open(&format!("{collector}/#/job/{job_id}"))?;
+    let v = browser.wait_for(
+        "the job page's graph, timeline and flame graph",
+        r#"const text = (sel) => { const e = document.querySelector(sel); return e ? e.textContent : null; };
+           const nodes = [...document.querySelectorAll('#graph g.node')];
+           const chart = document.querySelector('#timeline svg.chart');
+           const frames = [...document.querySelectorAll('#flame g[data-frame]')];
+           if (!nodes.length || !chart || !(frames.length || document.querySelector('#flame-empty'))) return null;
+           return {
+             bottleneck: text('#bottleneck-vertex') || '',
+             cause: text('#bottleneck-cause') || '',
+             since: text('#bottleneck-since'),
+             nodes: nodes.map(g => ({vertex: g.dataset.vertex, level: g.dataset.level,
+                text: [...g.querySelectorAll('text')].map(t => t.textContent).join(' | '),
+                bottleneck: g.classList.contains('bottleneck')})),
+             points: Number(chart.dataset.points),
+             frames: frames.map(g => g.dataset.frame),
+           };"#,
+        PAGE_DEADLINE,
+    )?;
+    serde_json::from_value(v).context("the job page")
+}
+
+/// The console's errors since the last look (a failed request, an exception, a CSP refusal).
+pub fn console_errors(browser: &Browser) -> Result<Vec<String>> {
+    Ok(browser
+        .console()?
+        .into_iter()
+        .filter(|m| m.level == "SEVERE")
+        .map(|m| m.message)
+        .collect())
+}
+
+/// Saves the page as shown now.
+pub fn shoot(browser: &Browser, path: &Path) -> Result<()> {
+    browser.screenshot(path)
+}
