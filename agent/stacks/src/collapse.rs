@@ -4,6 +4,10 @@
 //! replaced by one `…` frame, so that every stack stays bounded.
 //!
 //! Java names cannot contain `;` (JVMS §4.2.2), so the separator is unambiguous.
+//!
+//! A lambda's class is named per JVM and per run (`Task$$Lambda$953/0x00007fc90b695818`, or
+//! `Task$$Lambda/0x…` on JDK 21+); folded, it is `Task$$Lambda`, so that the same code path on
+//! two TaskManagers, or before and after a restart, is one path of the flame graph.
 
 use std::borrow::Borrow;
 
@@ -31,9 +35,28 @@ pub fn collapse<F: Borrow<Frame>>(frames: &[F], max_depth: usize) -> String {
         if !out.is_empty() {
             out.push(';');
         }
-        out.push_str(f.borrow().qualified_method());
+        push_stable(&mut out, f.borrow().qualified_method());
     }
     out
+}
+
+const LAMBDA: &str = "$$Lambda";
+
+/// Appends `method` (`class.method`) with a lambda class's per-run suffix left out.
+fn push_stable(out: &mut String, method: &str) {
+    let Some(at) = method.find(LAMBDA) else {
+        out.push_str(method);
+        return;
+    };
+    let end = at + LAMBDA.len();
+    // The suffix runs to the method's dot: `$953/0x…` or `/0x…` (hex and digits only).
+    let rest = &method[end..];
+    let suffix = rest
+        .find('.')
+        .filter(|&dot| rest[..dot].starts_with(['$', '/']))
+        .unwrap_or(0);
+    out.push_str(&method[..end]);
+    out.push_str(&rest[suffix..]);
 }
 
 #[cfg(test)]
@@ -56,6 +79,21 @@ mod tests {
         assert_eq!(
             collapse(&f, MAX_DEPTH),
             "java.lang.Thread.run;a.Middle.call;a.Inner.work"
+        );
+    }
+
+    #[test]
+    fn lambda_classes_lose_their_per_run_names() {
+        let f = frames(&[
+            "org.apache.flink.runtime.taskmanager.Task$$Lambda$953/0x00007fc90b695818.run",
+            "org.apache.flink.streaming.runtime.tasks.StreamTask$$Lambda/0x00007f123b60e5.run",
+            "a.Plain$$Inner.call",
+        ]);
+        assert_eq!(
+            collapse(&f, MAX_DEPTH),
+            "a.Plain$$Inner.call;\
+             org.apache.flink.streaming.runtime.tasks.StreamTask$$Lambda.run;\
+             org.apache.flink.runtime.taskmanager.Task$$Lambda.run"
         );
     }
 
