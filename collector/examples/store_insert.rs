@@ -2,8 +2,9 @@
 //!
 //! Stores `WINDOWS` windows of a job with `SUBTASKS` subtasks (default 50 × 1,000) into a fresh
 //! store in a temp dir, `ROWS_PER_TX` rows per transaction (default: a whole window, as when the
-//! collector stores one merge round; an agent's batch covers fewer subtasks), then times the
-//! queries `status` and `history` make and a retention prune of the older half.
+//! collector stores one merge round; an agent's batch covers fewer subtasks), each with a few
+//! busy stacks, then times the queries `status`, `history` and the web view's timeline and
+//! flame graph make, and a retention prune of the older half.
 //!
 //! ```text
 //! cargo run --release -p bpmon-collector --example store_insert [WINDOWS] [SUBTASKS] [ROWS_PER_TX]
@@ -98,6 +99,23 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
+    let until = t0 + windows * INTERVAL_MS;
+    let bucket = (windows * INTERVAL_MS).div_ceil(240).max(1_000);
+    let timeline = store.timeline(job, t0, until, bucket)?;
+    println!(
+        "timeline of the whole job, all windows in 240 buckets: {} points in {:.1} ms",
+        timeline.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let flame = store.flame_stacks(job, &vertices[2].vertex_id, t0, until)?;
+    println!(
+        "flame graph of one vertex, all windows: {} stacks of {} samples in {:.1} ms",
+        flame.stacks.len(),
+        flame.samples,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
     let pruned = store.prune(t0 + windows / 2 * INTERVAL_MS)?;
     println!(
         "prune of the older half: {pruned} rows in {:.2} s",
@@ -159,6 +177,22 @@ fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) 
         attempt: 0,
     };
     let mut r = MergedWindow::new(&at, start, start + 4_950, &merged, metrics, top_frames);
+    // Three of 24 distinct stacks, 40 frames deep, as a busy task shows window after window.
+    let base: Vec<String> = (0..38)
+        .map(|d| format!("org.apache.flink.Frame{d}.run"))
+        .collect();
+    r.stacks = (0..3u32)
+        .map(|k| {
+            let leaf = (i + k * 5 + (start / INTERVAL_MS) as u32 % 2) % 24;
+            bpmon_collector::merge::FoldedStack {
+                folded: format!(
+                    "{};com.example.Enricher.lookup;com.example.Leaf{leaf}.call",
+                    base.join(";")
+                ),
+                samples: counts.busy / (k + 1) + 1,
+            }
+        })
+        .collect();
     r.taskmanager_id = Some(format!("10.0.{}.{}:6122-{:06x}", i / 250, i % 250, i));
     r.host = Some(format!("10.0.{}.{}", i / 250, i % 250));
     r

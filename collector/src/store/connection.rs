@@ -35,7 +35,7 @@ pub struct Store {
     pub(super) ids: Ids,
     /// Folded stack → its id in `stacks`, as [`ids`](Self::ids) (emptied when it grows past
     /// a bound, and when pruning deletes stacks).
-    pub(super) stack_ids: HashMap<String, i64>,
+    pub(super) stack_ids: HashMap<String, super::stacks::CachedStack>,
 }
 
 impl std::fmt::Debug for Store {

@@ -32,30 +32,17 @@ impl Store {
             cutoff,
             chunk,
         )?;
-        // Their stacks: the window rows, then the stacks no window names any more.
-        let window_stacks = self.delete_in_chunks(
-            // WITHOUT ROWID: rows are named by their key.
-            "DELETE FROM window_stacks
-             WHERE (job_key, window_start_ms, subtask_id, attempt, stack_id) IN (
-                 SELECT job_key, window_start_ms, subtask_id, attempt, stack_id
-                 FROM window_stacks WHERE window_start_ms < ?1 LIMIT ?2)",
-            cutoff,
+        // The stacks no window names any more: a stack's `last_used_ms` lags its newest window
+        // by less than TOUCH_EVERY_MS, so the stacks last used that much before the cutoff.
+        let stacks = self.delete_in_chunks(
+            "DELETE FROM stacks WHERE id IN (
+                 SELECT id FROM stacks WHERE last_used_ms < ?1 LIMIT ?2)",
+            cutoff.saturating_sub(super::stacks::TOUCH_EVERY_MS as i64),
             chunk,
         )?;
-        let stacks = if window_stacks > 0 {
+        if stacks > 0 {
             self.stack_ids.clear();
-            self.delete_in_chunks(
-                "DELETE FROM stacks WHERE id IN (
-                     SELECT id FROM stacks
-                     WHERE ?1 = ?1 AND NOT EXISTS (SELECT 1 FROM window_stacks
-                                                   WHERE stack_id = stacks.id)
-                     LIMIT ?2)",
-                cutoff,
-                chunk,
-            )?
-        } else {
-            0
-        };
+        }
         let batches = self.delete_in_chunks(
             "DELETE FROM batches WHERE rowid IN (
                  SELECT rowid FROM batches WHERE received_at_ms < ?1 LIMIT ?2)",
@@ -117,17 +104,7 @@ impl Store {
         if subtasks > 0 {
             self.ids.clear();
         }
-        tracing::debug!(
-            windows,
-            window_stacks,
-            stacks,
-            batches,
-            subtasks,
-            jobs,
-            agents,
-            episodes,
-            "pruned"
-        );
+        tracing::debug!(windows, stacks, batches, subtasks, jobs, agents, episodes, "pruned");
         Ok(windows + batches + jobs + agents + episodes)
     }
 

@@ -884,12 +884,32 @@ fn stacks_are_stored_once_summed_per_vertex_and_period_and_pruned_with_their_win
     };
     assert_eq!(count(&store, "stacks"), 3);
 
-    // Pruning before 11 000 drops the stacks of the older windows, and the source's stack,
-    // which no window names any more; the newer windows keep theirs.
+    // Pruning before 11 000 drops the older windows and so their stacks' samples; the stacks
+    // themselves were used just now and stay.
     store.prune(11_000).unwrap();
-    assert_eq!(count(&store, "stacks"), 2);
+    assert_eq!(count(&store, "stacks"), 3);
     let left = store.flame_stacks("j1", "v2", 0, u64::MAX >> 2).unwrap();
     assert_eq!(left.stacks, [stack(hot, 6), stack(cold, 1)]);
+    // A stack last used more than an hour before the cutoff names no window any more: gone.
+    store
+        .conn
+        .execute(
+            "UPDATE stacks SET last_used_ms = 5 WHERE folded LIKE '%Source.poll'",
+            [],
+        )
+        .unwrap();
+    store.prune(super::stacks::TOUCH_EVERY_MS + 10).unwrap();
+    assert_eq!(count(&store, "stacks"), 2);
+    // Stored again after its row went, a stack gets a new one (the cache was emptied).
+    let mut w = window("j1", "v1", 0, 20_000);
+    w.stacks = vec![stack("java.lang.Thread.run;com.acme.Source.poll", 2)];
+    store.insert_windows(&[w]).unwrap();
+    assert_eq!(count(&store, "stacks"), 3);
+    let src = store.flame_stacks("j1", "v1", 0, u64::MAX >> 2).unwrap();
+    assert_eq!(
+        src.stacks,
+        [stack("java.lang.Thread.run;com.acme.Source.poll", 2)]
+    );
 }
 
 #[test]

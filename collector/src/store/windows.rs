@@ -15,7 +15,7 @@ use super::agents::insert_batch;
 use super::columns::{get_u64, parse_col, to_i64};
 use super::connection::{Ids, JobIds, Store};
 use super::error::{sql, StoreError};
-use super::stacks::insert_stacks;
+use super::stacks::{encode, stack_ids, CachedStack};
 
 /// Columns of a [`MergedWindow`], in the order [`window_from_row`] reads them.
 const WINDOW_COLUMNS: &str = "k.job_id, s.vertex_id, s.subtask, w.attempt, w.window_start_ms, \
@@ -197,7 +197,7 @@ pub(super) fn history_sql() -> String {
 fn insert_rows(
     tx: &Transaction<'_>,
     ids: &mut Ids,
-    stack_ids: &mut HashMap<String, i64>,
+    stack_cache: &mut HashMap<String, CachedStack>,
     rows: &[MergedWindow],
     path: &Path,
 ) -> Result<(), StoreError> {
@@ -205,9 +205,9 @@ fn insert_rows(
         .prepare_cached(
             "INSERT OR REPLACE INTO windows (job_key, subtask_id, attempt, window_start_ms,
                  window_end_ms, taskmanager_id, host, samples, blocked, soft, idle, busy, ratio,
-                 level, split, metrics, top_frames, evidence)
+                 level, split, metrics, top_frames, evidence, stacks)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)",
+                 ?18, ?19)",
         )
         .map_err(sql("store windows", path))?;
     let mut latest = tx
@@ -258,18 +258,12 @@ fn insert_rows(
                 metrics,
                 frames,
                 evidence,
+                encode(&stack_ids(tx, stack_cache, &r.stacks, path)?),
             ])
             .map_err(sql("store windows", path))?;
         latest
             .execute(params![subtask_id, start, r.attempt])
             .map_err(sql("store windows", path))?;
-        insert_stacks(
-            tx,
-            stack_ids,
-            (job_key, start, subtask_id, r.attempt),
-            &r.stacks,
-            path,
-        )?;
     }
     Ok(())
 }
