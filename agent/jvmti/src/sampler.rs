@@ -269,14 +269,15 @@ impl Sampler {
             // A busy sample's whole stack for flame graphs, when asked: read in full if the
             // shallow read decided the class (on failure, the frames read so far).
             let stack = if request.folded && class == SampleClass::Busy {
-                let full = if keys.len() == shallow && shallow < depth {
+                let deeper = if keys.len() == shallow && shallow < depth {
                     self.stacks
                         .read(env, methods, t.thread.as_obj(), depth)
-                        .unwrap_or_else(|_| keys.clone())
+                        .ok()
                 } else {
-                    keys.clone()
+                    None
                 };
-                Some(collapse(&methods.frames(&full), collapse::MAX_DEPTH))
+                let full = deeper.as_ref().unwrap_or(&keys);
+                Some(collapse(&methods.frames(full), collapse::MAX_DEPTH))
             } else {
                 None
             };

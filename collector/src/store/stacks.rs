@@ -199,9 +199,7 @@ fn stack_id(
     let now_i = to_i64("now", now)?;
     if let Some(c) = cache.get_mut(folded) {
         if now.saturating_sub(c.touched_ms) >= TOUCH_EVERY_MS {
-            tx.prepare_cached("UPDATE stacks SET last_used_ms = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![c.id, now_i]))
-                .map_err(sql("store a stack", path))?;
+            touch(tx, c.id, now_i, path)?;
             c.touched_ms = now;
         }
         return Ok(c.id);
@@ -213,9 +211,7 @@ fn stack_id(
         .map_err(sql("look up a stack", path))?;
     let id = match found {
         Some(id) => {
-            tx.prepare_cached("UPDATE stacks SET last_used_ms = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, now_i]))
-                .map_err(sql("store a stack", path))?;
+            touch(tx, id, now_i, path)?;
             id
         }
         None => {
@@ -238,6 +234,14 @@ fn stack_id(
         },
     );
     Ok(id)
+}
+
+/// Marks a stack as used now, for retention.
+fn touch(tx: &Transaction<'_>, id: i64, now_ms: i64, path: &Path) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE stacks SET last_used_ms = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, now_ms]))
+        .map(|_| ())
+        .map_err(sql("store a stack", path))
 }
 
 /// A 64-bit hash of the text, as SQLite's signed integer. Only an index key: a hash that
