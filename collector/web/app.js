@@ -534,8 +534,8 @@ async function loadFlame(parts, r, since, until) {
   const b = s && bottleneckOf(s);
   const vertex = r.vertex || (b && b.vertex_id);
   if (!vertex) {
-    parts.flameHead.replaceChildren(el('span', { class: 'muted' }, 'No bottleneck now: click a vertex to see where its busy time went.'));
-    parts.flame.replaceChildren();
+    parts.flameHead.replaceChildren();
+    parts.flame.replaceChildren(el('p', { class: 'muted', id: 'flame-empty' }, 'No bottleneck now: click a vertex to see where its busy time went.'));
     return;
   }
   const q = '?vertex=' + encodeURIComponent(vertex) + '&since_ms=' + Math.floor(since) + '&until_ms=' + Math.floor(until);
