@@ -10,7 +10,12 @@
 //! 2. Flink 1.13–1.14 has one `backPressuredTimeMsPerSecond` (soft and hard together). Its soft
 //!    part is what remains after the hard share the samples saw, and the share is
 //!    `soft / (soft + idle)`.
-//! 3. Otherwise (1.10–1.12, or time metrics missing): the output tells. The subtask is
+//!
+//!    Rules 1 and 2 apply only when Flink saw the task wait at least [`MIN_WAITING_MS`] per
+//!    second. A hard-back-pressured source on Flink 2.3 read `idle` 5–27 ms/s and `soft` 0 in
+//!    its first seconds: a split of that sliver called all 20 waiting samples of a window idle,
+//!    where the task had waited between two blocked emits with its output pool full.
+//! 3. Otherwise (1.10–1.12, time metrics missing, or too little waiting): the output tells. The subtask is
 //!    back-pressured when `isBackPressured` is true or its `outPoolUsage` is at least 0.99 (output
 //!    pool exhausted); then all of its waiting counts as soft, else all of it counts as idle.
 //!
@@ -33,6 +38,11 @@ use crate::model::SubtaskMetrics;
 
 /// `outPoolUsage` at or above which a subtask's output counts as exhausted.
 pub const OUT_POOL_EXHAUSTED: f64 = 0.99;
+
+/// The waiting time (soft + idle, ms per second) below which Flink's time metrics do not split
+/// the waiting samples. Below it, even counting all of it as soft moves the ratio by less than
+/// the OK threshold: the split carries less than the output pool's state does.
+pub const MIN_WAITING_MS: f64 = 100.0;
 
 /// What the agent counted for one subtask in one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -108,7 +118,7 @@ pub fn waiting_back_pressured_share(counts: &SampleCounts, m: &SubtaskMetrics) -
         return (0.0, SplitRule::NothingWaiting);
     }
     if let (Some(soft), Some(idle)) = (m.soft_back_pressured_ms, m.idle_ms) {
-        if soft + idle > 0.0 {
+        if soft + idle >= MIN_WAITING_MS {
             return (
                 (soft / (soft + idle)).clamp(0.0, 1.0),
                 SplitRule::SoftIdleTime,
@@ -124,7 +134,7 @@ pub fn waiting_back_pressured_share(counts: &SampleCounts, m: &SubtaskMetrics) -
             0.0
         };
         let soft = (bp - hard_ms).max(0.0);
-        if soft + idle > 0.0 {
+        if soft + idle >= MIN_WAITING_MS {
             return (
                 (soft / (soft + idle)).clamp(0.0, 1.0),
                 SplitRule::BackPressuredIdleTime,
@@ -453,6 +463,39 @@ mod tests {
         assert!((m.ratio - 0.6).abs() < 1e-9);
         assert_eq!(m.level, Some(Level::High));
         assert_eq!(m.split, SplitRule::BackPressuredIdleTime);
+    }
+
+    #[test]
+    fn a_sliver_of_waiting_time_does_not_split_the_waiting_samples() {
+        // Measured on Flink 2.3, a hard-back-pressured source in its first seconds.
+        let metrics = SubtaskMetrics {
+            idle_ms: Some(22.0),
+            soft_back_pressured_ms: Some(0.0),
+            hard_back_pressured_ms: Some(1000.0),
+            out_pool_usage: Some(1.0),
+            ..Default::default()
+        };
+        let m = merge_subtask(&counts(20, 20, 0), &metrics);
+        assert_eq!((m.soft, m.idle), (20, 0));
+        assert_eq!(m.split, SplitRule::OutputExhausted);
+        assert_eq!(m.level, Some(Level::High));
+        // The same sliver on a task whose output is free: idle, as before.
+        let free = SubtaskMetrics {
+            out_pool_usage: Some(0.1),
+            ..metrics
+        };
+        let m = merge_subtask(&counts(20, 20, 0), &free);
+        assert_eq!(
+            (m.soft, m.idle, m.split),
+            (0, 20, SplitRule::OutputAvailable)
+        );
+        // Enough waiting for the split to speak: it does.
+        let waits = SubtaskMetrics {
+            idle_ms: Some(150.0),
+            ..metrics
+        };
+        let m = merge_subtask(&counts(20, 20, 0), &waits);
+        assert_eq!((m.soft, m.idle, m.split), (0, 20, SplitRule::SoftIdleTime));
     }
 
     #[test]

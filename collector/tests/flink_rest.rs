@@ -734,6 +734,37 @@ fn malformed_json_is_reported_and_the_rest_is_returned() -> Result<()> {
     Ok(())
 }
 
+/// A connection cut between `/config` and `/jobs/overview` (a restarting JobManager, a proxy)
+/// once left a snapshot with the TaskManagers and no jobs, which `status` read as "the job is not
+/// running in Flink any more". Without the job list the poll has failed.
+#[test]
+fn a_poll_without_the_job_list_has_failed() -> Result<()> {
+    let server = CannedServer::start(vec![
+        ("/config".into(), 200, r#"{"flink-version":"2.3.0"}"#.into()),
+        (
+            "/taskmanagers".into(),
+            200,
+            r#"{"taskmanagers":[{"id":"tm0","path":"pekko.tcp://flink@h1:6122/user/rpc/taskmanager_0","dataPort":1}]}"#.into(),
+        ),
+        ("/jobs/overview".into(), 500, r#"{"errors":["Internal server error."]}"#.into()),
+    ])?;
+    let client = FlinkRestClient::new(&server.url, Duration::from_secs(2))?;
+    let snap = runtime()?.block_on(client.snapshot());
+    ensure!(
+        snap.outcome() == bpmon_collector::model::PollOutcome::Failed,
+        "{:?} from {snap:?}",
+        snap.outcome()
+    );
+    ensure!(snap.jobs.is_empty() && snap.taskmanagers.is_empty());
+    ensure!(
+        snap.errors.len() == 1
+            && snap.errors[0].starts_with(&format!("GET {}/jobs/overview: HTTP 500", server.url)),
+        "{:?}",
+        snap.errors
+    );
+    Ok(())
+}
+
 #[test]
 fn jobs_list_falls_back_to_jobs() -> Result<()> {
     let server = CannedServer::start(vec![

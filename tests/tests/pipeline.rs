@@ -235,11 +235,16 @@ fn pipeline_on_flink(version: &str) -> Result<()> {
                 let i = st["subtask"].as_u64().unwrap_or(99) as u32;
                 ensure!(
                     st["level"] == expect(name, i),
-                    "{} / {name} #{i}: bpmon says {} (ratio {}), expected {}",
+                    "{} / {name} #{i}: bpmon says {} (ratio {}), expected {}; the window: {}",
                     j.name,
                     st["level"],
                     st["ratio"],
-                    expect(name, i)
+                    expect(name, i),
+                    serde_json::json!({
+                        "samples": st["samples"], "blocked": st["blocked"], "soft": st["soft"],
+                        "idle": st["idle"], "busy": st["busy"], "split": st["split"],
+                        "metrics": st["metrics"], "window_start_ms": st["window_start_ms"],
+                    })
                 );
             }
         }

@@ -227,8 +227,12 @@ impl FlinkRestClient {
         let listed = match listed {
             Ok(jobs) => jobs,
             Err(errs) => {
+                // Without the list nothing is known of the jobs, and a snapshot without them
+                // would say every job stopped (a connection cut between `/config` and
+                // `/jobs/overview` did). No jobs and no TaskManagers: the poll failed, and the
+                // last good snapshot stays.
                 errors.extend(errs);
-                Vec::new()
+                return self.finish(flink_version, Vec::new(), errors);
             }
         };
         let taskmanagers = match taskmanagers {

@@ -93,8 +93,12 @@ impl Clusters {
         if outcome == PollOutcome::Partial {
             tracing::warn!(flink = %url, errors = ?snap.errors, "Flink REST poll was partial");
         }
-        let snap = Arc::new(snap);
+        let mut snap = snap;
         let mut c = write(&self.clusters[i]);
+        if let Some(prev) = &c.last_good {
+            keep_known_topology(&mut snap, prev);
+        }
+        let snap = Arc::new(snap);
         if c.health.failing.is_some() {
             tracing::info!(flink = %url, "Flink REST answers again");
         }
@@ -159,5 +163,95 @@ impl Clusters {
             .find(|c| c.client.base_url() == url.trim_end_matches('/'))
             .map(|c| c.health.clone())
             .unwrap_or_default()
+    }
+}
+
+/// A job listed by the poll whose details could not be read has no vertices in `snap`: it keeps
+/// the vertices, edges and placement `prev` read of it (they change only on a restart or a
+/// rescale, which a later poll reads), so its reports are still placed and `status` still shows
+/// its graph. Its metrics are not carried over: they would be read as current.
+fn keep_known_topology(snap: &mut ClusterSnapshot, prev: &ClusterSnapshot) {
+    for job in snap.jobs.iter_mut().filter(|j| j.vertices.is_empty()) {
+        let Some(known) = prev
+            .jobs
+            .iter()
+            .find(|p| p.job_id == job.job_id && !p.vertices.is_empty())
+        else {
+            continue;
+        };
+        job.vertices = known.vertices.clone();
+        for s in job.vertices.iter_mut().flat_map(|v| v.subtasks.iter_mut()) {
+            s.metrics = Default::default();
+        }
+        job.edges = known.edges.clone();
+        tracing::debug!(job = %job.job_id, "job details unread this poll: the last read topology stays");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Edge, JobSnapshot, SubtaskMetrics, SubtaskSnapshot, VertexSnapshot};
+
+    fn job(id: &str, vertices: usize) -> JobSnapshot {
+        JobSnapshot {
+            job_id: id.into(),
+            name: format!("job {id}"),
+            state: "RUNNING".into(),
+            start_time_ms: Some(1),
+            vertices: (0..vertices)
+                .map(|v| VertexSnapshot {
+                    vertex_id: format!("v{v}"),
+                    name: format!("vertex {v}"),
+                    parallelism: 1,
+                    subtasks: vec![SubtaskSnapshot {
+                        subtask: 0,
+                        attempt: 0,
+                        status: "RUNNING".into(),
+                        taskmanager_id: Some("tm0".into()),
+                        host: Some("h1".into()),
+                        start_time_ms: Some(2),
+                        metrics: SubtaskMetrics {
+                            out_pool_usage: Some(1.0),
+                            ..Default::default()
+                        },
+                    }],
+                })
+                .collect(),
+            edges: (1..vertices)
+                .map(|v| Edge {
+                    source: format!("v{}", v - 1),
+                    target: format!("v{v}"),
+                    ship_strategy: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn snapshot(jobs: Vec<JobSnapshot>) -> ClusterSnapshot {
+        ClusterSnapshot {
+            flink_url: "http://flink:8081".into(),
+            flink_version: Some("2.3.0".into()),
+            fetched_at_ms: 10,
+            jobs,
+            taskmanagers: Vec::new(),
+            errors: vec!["GET http://flink:8081/jobs/a: connection reset".into()],
+        }
+    }
+
+    #[test]
+    fn a_job_whose_details_were_not_read_keeps_its_known_topology_without_metrics() {
+        let prev = snapshot(vec![job("a", 2), job("b", 3)]);
+        let mut snap = snapshot(vec![job("a", 0), job("b", 1), job("c", 0)]);
+        keep_known_topology(&mut snap, &prev);
+        let a = &snap.jobs[0];
+        assert_eq!(a.vertices.len(), 2);
+        assert_eq!(a.edges, prev.jobs[0].edges);
+        assert_eq!(a.vertices[0].subtasks[0].host.as_deref(), Some("h1"));
+        assert_eq!(a.vertices[0].subtasks[0].metrics, SubtaskMetrics::default());
+        // A job read this poll stays as read, even if it changed shape.
+        assert_eq!(snap.jobs[1], job("b", 1));
+        // A job never read before stays empty.
+        assert!(snap.jobs[2].vertices.is_empty());
     }
 }
