@@ -369,6 +369,7 @@ mod tests {
     fn cluster(url: &str, tms: Vec<TaskManagerRef>) -> ClusterSnapshot {
         ClusterSnapshot {
             flink_url: url.into(),
+            taskmanagers_unread: false,
             flink_version: None,
             fetched_at_ms: 0,
             jobs: Vec::new(),

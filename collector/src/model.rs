@@ -18,6 +18,10 @@ pub struct ClusterSnapshot {
     /// The cluster's TaskManagers (`GET /taskmanagers`): agents' JVMs are matched to these.
     #[serde(default)]
     pub taskmanagers: Vec<TaskManagerRef>,
+    /// `GET /taskmanagers` failed: `taskmanagers` is empty for want of an answer, not because
+    /// the cluster has none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub taskmanagers_unread: bool,
     /// What could not be read (timeouts, HTTP errors), with the endpoint: reported, never hidden.
     pub errors: Vec<String>,
 }

@@ -765,6 +765,44 @@ fn a_poll_without_the_job_list_has_failed() -> Result<()> {
     Ok(())
 }
 
+/// `/taskmanagers` failing leaves the list empty for want of an answer, and says so: the
+/// collector then keeps the TaskManagers it knew, or every agent's JVM would go unplaced.
+#[test]
+fn unread_taskmanagers_are_told_from_none() -> Result<()> {
+    let routes = |tm_status: u16, tm_body: &str| {
+        vec![
+            ("/config".into(), 200, r#"{"flink-version":"2.3.0"}"#.into()),
+            ("/taskmanagers".into(), tm_status, tm_body.to_string()),
+            (
+                "/jobs/overview".into(),
+                200,
+                r#"{"jobs":[{"jid":"j1","name":"old","state":"FINISHED","start-time":1}]}"#.into(),
+            ),
+        ]
+    };
+    let failing = CannedServer::start(routes(500, r#"{"errors":["boom"]}"#))?;
+    let client = FlinkRestClient::new(&failing.url, Duration::from_secs(2))?;
+    let snap = runtime()?.block_on(client.snapshot());
+    ensure!(
+        snap.taskmanagers_unread && snap.taskmanagers.is_empty(),
+        "{snap:?}"
+    );
+    ensure!(
+        snap.errors.len() == 1 && snap.errors[0].contains("/taskmanagers"),
+        "{:?}",
+        snap.errors
+    );
+
+    let empty = CannedServer::start(routes(200, r#"{"taskmanagers":[]}"#))?;
+    let client = FlinkRestClient::new(&empty.url, Duration::from_secs(2))?;
+    let snap = runtime()?.block_on(client.snapshot());
+    ensure!(
+        !snap.taskmanagers_unread && snap.errors.is_empty(),
+        "{snap:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn jobs_list_falls_back_to_jobs() -> Result<()> {
     let server = CannedServer::start(vec![

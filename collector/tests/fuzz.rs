@@ -35,6 +35,7 @@ fn seed_batch(samples: u64, blocked: u64, waiting: u64, start: u64, seq: u64) ->
 fn cluster() -> ClusterSnapshot {
     ClusterSnapshot {
         flink_url: "http://flink:8081".into(),
+        taskmanagers_unread: false,
         flink_version: Some("2.3.0".into()),
         fetched_at_ms: 0,
         jobs: vec![JobSnapshot {

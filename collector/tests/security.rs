@@ -592,4 +592,33 @@ async fn the_web_view_loads_without_a_token_but_its_data_does_not() {
             r.status()
         );
     }
+    // A browser asks for gzip and gets it; the bytes are the asset's. (Without asking, above,
+    // the asset came as it is.)
+    for asset in bpmon_collector::web::ASSETS {
+        let r = http
+            .get(format!("{url}{}", asset.path))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-encoding"], "gzip", "{}", asset.path);
+        let zipped = r.bytes().await.unwrap();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut plain)
+            .unwrap();
+        assert_eq!(plain, asset.body, "{}", asset.path);
+        if asset.body.len() > 4096 {
+            assert!(zipped.len() * 2 < asset.body.len(), "{}", asset.path);
+        }
+    }
+    // So does Prometheus, for the metrics (an empty job list is too short to be worth it).
+    let r = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(CLI_TOKEN)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
 }

@@ -3,8 +3,8 @@
 //! samples.
 //!
 //! Listing threads costs far more than sampling the few task threads, so the list is refreshed
-//! at most once per [`REFRESH_INTERVAL`]. A task that starts in between is picked up by the next
-//! refresh; one that ends in between shows up as `JVMTI_ERROR_THREAD_NOT_ALIVE` when sampled (or
+//! at most once per [`REFRESH_INTERVAL`], and not at the states-only samples inside a window
+//! (see `sampler`). A task that starts in between is picked up by the next refresh; one that ends in between shows up as `JVMTI_ERROR_THREAD_NOT_ALIVE` when sampled (or
 //! not [`TaskThreads::alive`]) and is dropped then (see `sampler`).
 //!
 //! A refresh names only the threads it has not seen: `GetAllThreads`, then each thread's id

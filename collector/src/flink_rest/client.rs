@@ -235,6 +235,7 @@ impl FlinkRestClient {
                 return self.finish(flink_version, Vec::new(), errors);
             }
         };
+        let taskmanagers_unread = taskmanagers.is_err();
         let taskmanagers = match taskmanagers {
             Ok(list) => {
                 let mut tms: Vec<TaskManagerRef> = list
@@ -273,6 +274,7 @@ impl FlinkRestClient {
         );
         let mut snapshot = self.finish(flink_version, jobs, errors);
         snapshot.taskmanagers = taskmanagers;
+        snapshot.taskmanagers_unread = taskmanagers_unread;
         snapshot
     }
 
@@ -288,6 +290,7 @@ impl FlinkRestClient {
             fetched_at_ms: now_ms(),
             jobs,
             taskmanagers: Vec::new(),
+            taskmanagers_unread: false,
             // What an operator reads in `status`: `GET <url>: <what happened>`.
             errors: errors.iter().map(ToString::to_string).collect(),
         }

@@ -96,7 +96,7 @@ impl Clusters {
         let mut snap = snap;
         let mut c = write(&self.clusters[i]);
         if let Some(prev) = &c.last_good {
-            keep_known_topology(&mut snap, prev);
+            keep_what_was_unread(&mut snap, prev);
         }
         let snap = Arc::new(snap);
         if c.health.failing.is_some() {
@@ -166,11 +166,16 @@ impl Clusters {
     }
 }
 
-/// A job listed by the poll whose details could not be read has no vertices in `snap`: it keeps
-/// the vertices, edges and placement `prev` read of it (they change only on a restart or a
-/// rescale, which a later poll reads), so its reports are still placed and `status` still shows
-/// its graph. Its metrics are not carried over: they would be read as current.
-fn keep_known_topology(snap: &mut ClusterSnapshot, prev: &ClusterSnapshot) {
+/// What a partial poll could not read, `prev` read. A job listed whose details could not be read
+/// has no vertices in `snap`: it keeps the vertices, edges and placement `prev` read of it (they
+/// change only on a restart or a rescale, which a later poll reads), so its reports are still
+/// placed and `status` still shows its graph; its metrics are not carried over, they would be
+/// read as current. Unread TaskManagers are the ones `prev` listed: without them every agent's
+/// JVM would go unplaced until the next poll.
+fn keep_what_was_unread(snap: &mut ClusterSnapshot, prev: &ClusterSnapshot) {
+    if snap.taskmanagers_unread && snap.taskmanagers.is_empty() {
+        snap.taskmanagers = prev.taskmanagers.clone();
+    }
     for job in snap.jobs.iter_mut().filter(|j| j.vertices.is_empty()) {
         let Some(known) = prev
             .jobs
@@ -191,7 +196,9 @@ fn keep_known_topology(snap: &mut ClusterSnapshot, prev: &ClusterSnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Edge, JobSnapshot, SubtaskMetrics, SubtaskSnapshot, VertexSnapshot};
+    use crate::model::{
+        Edge, JobSnapshot, SubtaskMetrics, SubtaskSnapshot, TaskManagerRef, VertexSnapshot,
+    };
 
     fn job(id: &str, vertices: usize) -> JobSnapshot {
         JobSnapshot {
@@ -231,6 +238,7 @@ mod tests {
     fn snapshot(jobs: Vec<JobSnapshot>) -> ClusterSnapshot {
         ClusterSnapshot {
             flink_url: "http://flink:8081".into(),
+            taskmanagers_unread: false,
             flink_version: Some("2.3.0".into()),
             fetched_at_ms: 10,
             jobs,
@@ -243,7 +251,7 @@ mod tests {
     fn a_job_whose_details_were_not_read_keeps_its_known_topology_without_metrics() {
         let prev = snapshot(vec![job("a", 2), job("b", 3)]);
         let mut snap = snapshot(vec![job("a", 0), job("b", 1), job("c", 0)]);
-        keep_known_topology(&mut snap, &prev);
+        keep_what_was_unread(&mut snap, &prev);
         let a = &snap.jobs[0];
         assert_eq!(a.vertices.len(), 2);
         assert_eq!(a.edges, prev.jobs[0].edges);
@@ -253,5 +261,31 @@ mod tests {
         assert_eq!(snap.jobs[1], job("b", 1));
         // A job never read before stays empty.
         assert!(snap.jobs[2].vertices.is_empty());
+    }
+
+    #[test]
+    fn unread_taskmanagers_are_the_ones_known() {
+        let tm = |id: &str| TaskManagerRef {
+            id: id.into(),
+            host: Some("h1".into()),
+            rpc_port: Some(6122),
+            data_port: None,
+            addresses: vec![],
+        };
+        let mut prev = snapshot(vec![job("a", 2)]);
+        prev.taskmanagers = vec![tm("tm0"), tm("tm1")];
+        let mut unread = snapshot(vec![job("a", 2)]);
+        unread.taskmanagers_unread = true;
+        keep_what_was_unread(&mut unread, &prev);
+        assert_eq!(unread.taskmanagers, prev.taskmanagers);
+        // Read, and one fewer: as read.
+        let mut read = snapshot(vec![job("a", 2)]);
+        read.taskmanagers = vec![tm("tm1")];
+        keep_what_was_unread(&mut read, &prev);
+        assert_eq!(read.taskmanagers, vec![tm("tm1")]);
+        // Read, and none: none.
+        let mut none = snapshot(vec![job("a", 2)]);
+        keep_what_was_unread(&mut none, &prev);
+        assert!(none.taskmanagers.is_empty());
     }
 }

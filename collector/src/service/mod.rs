@@ -153,9 +153,13 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
         server::router(Service(Arc::clone(&collector)), limits),
         collector.shared_metrics(),
     );
-    agents_side
-        .merge(routes::router(collector))
+    // What people and Prometheus read is gzipped for clients that ask (browsers, Prometheus):
+    // the page is a third of its size, a status or timeline a fifth. Agents' answers are a few
+    // bytes and stay as they are.
+    let readers_side = routes::router(collector)
         .merge(crate::web::router())
+        .layer(tower_http::compression::CompressionLayer::new());
+    agents_side.merge(readers_side)
 }
 
 /// Starts the pollers, the bottleneck check and the pruner in the background; abort them to stop.

@@ -275,6 +275,7 @@ mod tests {
         };
         ClusterSnapshot {
             flink_url: "http://flink".into(),
+            taskmanagers_unread: false,
             flink_version: Some("1.11.0".into()),
             fetched_at_ms: 0,
             jobs: vec![job("a", 1_000_000, 1.0), job("b", 1_030_000, 0.1)],

@@ -83,6 +83,7 @@ mod tests {
         };
         let cluster = ClusterSnapshot {
             flink_url: "http://f".into(),
+            taskmanagers_unread: false,
             flink_version: None,
             fetched_at_ms: 0,
             jobs: vec![JobSnapshot {
