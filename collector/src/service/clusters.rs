@@ -166,30 +166,55 @@ impl Clusters {
     }
 }
 
-/// What a partial poll could not read, `prev` read. A job listed whose details could not be read
-/// has no vertices in `snap`: it keeps the vertices, edges and placement `prev` read of it (they
-/// change only on a restart or a rescale, which a later poll reads), so its reports are still
-/// placed and `status` still shows its graph; its metrics are not carried over, they would be
-/// read as current. Unread TaskManagers are the ones `prev` listed: without them every agent's
-/// JVM would go unplaced until the next poll.
+/// What a partial poll could not read, `prev` read: a job's topology and placement change only
+/// on a restart or a rescale (which a later poll reads), so for one poll the last read ones are
+/// right where nothing at all would be wrong.
+/// - A listed job whose details could not be read (no vertices): its vertices, edges and
+///   placement, so its reports are still placed and `status` still shows its graph.
+/// - A vertex whose subtasks could not be read: its placement, at the same parallelism.
+/// - A job whose plan could not be read (no edges, same vertices): its edges. Without them, one
+///   poll's diagnosis would see no senders and no receivers, and lose the bottleneck.
+/// - TaskManagers that could not be listed: without them every agent's JVM would go unplaced.
+///
+/// Metrics are never carried over: they would be read as current.
 fn keep_what_was_unread(snap: &mut ClusterSnapshot, prev: &ClusterSnapshot) {
     if snap.taskmanagers_unread && snap.taskmanagers.is_empty() {
         snap.taskmanagers = prev.taskmanagers.clone();
     }
-    for job in snap.jobs.iter_mut().filter(|j| j.vertices.is_empty()) {
-        let Some(known) = prev
-            .jobs
-            .iter()
-            .find(|p| p.job_id == job.job_id && !p.vertices.is_empty())
-        else {
+    for job in snap.jobs.iter_mut() {
+        let Some(known) = prev.jobs.iter().find(|p| p.job_id == job.job_id) else {
             continue;
         };
-        job.vertices = known.vertices.clone();
-        for s in job.vertices.iter_mut().flat_map(|v| v.subtasks.iter_mut()) {
-            s.metrics = Default::default();
+        if job.vertices.is_empty() && !known.vertices.is_empty() {
+            job.vertices = known.vertices.clone();
+            for s in job.vertices.iter_mut().flat_map(|v| v.subtasks.iter_mut()) {
+                s.metrics = Default::default();
+            }
+            job.edges = known.edges.clone();
+            tracing::debug!(job = %job.job_id, "job details unread this poll: the last read topology stays");
+            continue;
         }
-        job.edges = known.edges.clone();
-        tracing::debug!(job = %job.job_id, "job details unread this poll: the last read topology stays");
+        for v in job.vertices.iter_mut().filter(|v| v.subtasks.is_empty()) {
+            let Some(kv) = known
+                .vertices
+                .iter()
+                .find(|k| k.vertex_id == v.vertex_id && k.parallelism == v.parallelism)
+            else {
+                continue;
+            };
+            v.subtasks = kv.subtasks.clone();
+            for s in &mut v.subtasks {
+                s.metrics = Default::default();
+            }
+        }
+        let same_vertices = job.vertices.len() == known.vertices.len()
+            && job
+                .vertices
+                .iter()
+                .all(|v| known.vertices.iter().any(|k| k.vertex_id == v.vertex_id));
+        if job.edges.is_empty() && !known.edges.is_empty() && same_vertices {
+            job.edges = known.edges.clone();
+        }
     }
 }
 
@@ -261,6 +286,34 @@ mod tests {
         assert_eq!(snap.jobs[1], job("b", 1));
         // A job never read before stays empty.
         assert!(snap.jobs[2].vertices.is_empty());
+    }
+
+    #[test]
+    fn unread_subtasks_and_plan_are_the_ones_known() {
+        let prev = snapshot(vec![job("a", 3)]);
+        let mut snap = snapshot(vec![job("a", 3)]);
+        snap.jobs[0].vertices[1].subtasks.clear();
+        snap.jobs[0].edges.clear();
+        keep_what_was_unread(&mut snap, &prev);
+        let a = &snap.jobs[0];
+        assert_eq!(a.edges, prev.jobs[0].edges);
+        let kept = &a.vertices[1].subtasks[0];
+        assert_eq!(kept.taskmanager_id.as_deref(), Some("tm0"));
+        assert_eq!(kept.metrics, SubtaskMetrics::default());
+        // What was read this poll keeps this poll's metrics.
+        assert_eq!(a.vertices[0].subtasks[0].metrics.out_pool_usage, Some(1.0));
+
+        // Rescaled: the old placement does not fit, and is not taken.
+        let mut rescaled = snapshot(vec![job("a", 3)]);
+        rescaled.jobs[0].vertices[1].parallelism = 4;
+        rescaled.jobs[0].vertices[1].subtasks.clear();
+        keep_what_was_unread(&mut rescaled, &prev);
+        assert!(rescaled.jobs[0].vertices[1].subtasks.is_empty());
+        // Other vertices (another job graph under the same id?): the old edges are not taken.
+        let mut other = snapshot(vec![job("a", 2)]);
+        other.jobs[0].edges.clear();
+        keep_what_was_unread(&mut other, &prev);
+        assert!(other.jobs[0].edges.is_empty());
     }
 
     #[test]
