@@ -366,8 +366,9 @@ async fn windows_follow_the_plan_per_settings_group() {
     .unwrap();
     let pid = jvm.pid();
 
-    // Three fast windows and at least one default one.
-    let enough = wait_until(Duration::from_secs(8), || {
+    // Three fast windows and at least one default one (a JVM starting on a loaded machine may
+    // take seconds of this).
+    let enough = wait_until(Duration::from_secs(15), || {
         let r = collector.reports();
         r.iter().filter(|(_, r)| r.delay_ms == 20).count() >= 3
             && r.iter().any(|(_, r)| r.delay_ms == 50)
@@ -455,10 +456,12 @@ async fn windows_follow_the_plan_per_settings_group() {
         .map(|(_, r)| r.started_at_ms)
         .collect();
     starts.sort();
+    // ±150 ms: a start is when the worker got to it, and a loaded 2-core CI machine delays a
+    // timer by tens of ms; the other groups' 1.5, 2 and 5 s stay far outside.
     for w in starts.windows(2) {
         let gap = w[1] - w[0];
         assert!(
-            (950..=1_050).contains(&gap),
+            (850..=1_150).contains(&gap),
             "fast windows {gap} ms apart: {starts:?}"
         );
     }
@@ -479,8 +482,10 @@ async fn windows_follow_the_plan_per_settings_group() {
         .filter(|r| r.delay_ms == 30)
         .min_by_key(|r| r.started_at_ms)
         .unwrap();
+    // One plan refresh (500 ms), and slack for a loaded machine: far less than the 1.5 s the
+    // new group waits between its windows, or the 5 s of the configured settings.
     assert!(
-        first_new.started_at_ms <= changed_at + 500 + 300,
+        first_new.started_at_ms <= changed_at + 500 + 500,
         "new settings took {} ms to start a window",
         first_new.started_at_ms - changed_at
     );
