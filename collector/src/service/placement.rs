@@ -93,8 +93,20 @@ fn place_report(
                 let Some(subtask) = find_subtask(cluster, &at) else {
                     continue;
                 };
-                let mut row =
-                    merged_window(task, &at, subtask, start, end, report.resources.as_ref());
+                let version = report
+                    .jvm
+                    .flink_version
+                    .as_deref()
+                    .or(cluster.flink_version.as_deref());
+                let overcount = version.is_some_and(bpmon_proto::timers::totals_overcount);
+                let mut row = merged_window(
+                    task,
+                    &at,
+                    subtask,
+                    (start, end),
+                    report.resources.as_ref(),
+                    overcount,
+                );
                 row.stacks = folded_stacks(report, task);
                 row.taskmanager_id = subtask
                     .taskmanager_id
@@ -169,20 +181,29 @@ fn exact_resolutions(
 
 /// A placed thread's counts merged with its subtask's metrics, over the report's window, with
 /// the subtask's host (the caller sets the TaskManager: Flink's, else the located one).
+/// `totals_overcount`: the task's Flink counts its timers' totals wrong
+/// ([`bpmon_proto::timers::totals_overcount`]); they are dropped, and the ratio comes from the
+/// samples, split soft and idle by the timers' states, which are right.
 fn merged_window(
     task: &TaskSamples,
     at: &SubtaskRef,
     subtask: &SubtaskSnapshot,
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
     resources: Option<&JvmResources>,
+    totals_overcount: bool,
 ) -> MergedWindow {
+    let timers = task.timers.map(|mut t| {
+        if totals_overcount {
+            t.totals = None;
+        }
+        t
+    });
     let counts = SampleCounts {
         samples: task.samples,
         blocked: task.blocked,
         waiting: task.waiting,
         busy: task.busy,
-        timers: task.timers,
+        timers,
     };
     let merged = merge_subtask(&counts, &subtask.metrics);
     let mut row = MergedWindow::new(
@@ -199,7 +220,7 @@ fn merged_window(
         locks: task.locks.clone(),
         cpu: task.cpu,
         resources: resources.cloned(),
-        timers: task.timers,
+        timers,
         stack_samples: task.stack_samples,
     };
     row
@@ -410,6 +431,65 @@ mod tests {
             p.jvms[0].misses[0].1.contains("does not listen on 6122"),
             "{:?}",
             p.jvms[0]
+        );
+    }
+
+    #[test]
+    fn timer_totals_of_a_flink_that_overcounts_them_are_not_used() {
+        use bpmon_proto::timers::{TimerCounts, TimerMethod, TimerTotals, TimerWindow};
+        let c = cluster();
+        let mut t = task(0, 100.0);
+        // 2 blocked and 8 waiting samples, 4 of them with the soft timer running; totals that
+        // add up to more than the span, as Flink 1.18's do after a long wait ends.
+        t.timers = Some(TimerWindow {
+            method: TimerMethod::Fields,
+            states: TimerCounts {
+                idle: 4,
+                soft: 4,
+                hard: 2,
+                busy: 0,
+            },
+            waiting_soft: 4,
+            totals: Some(TimerTotals {
+                span_ms: 500,
+                idle_ms: 260,
+                soft_ms: 180,
+                hard_ms: 100,
+            }),
+            back_pressured_from_ms: None,
+            back_pressured_until_ms: None,
+        });
+        let placed = |version: &str| {
+            let mut b = batch(vec![t.clone()], vec![6122]);
+            b.reports[0].jvm.flink_version = Some(version.into());
+            let p = place_batch(&b, &[&c]);
+            assert_eq!(p.windows.len(), 1, "{:?}", p.unplaced);
+            p.windows[0].clone()
+        };
+        let old = placed("1.18.1");
+        assert_eq!(old.ratio_source(), crate::merge::RatioSource::Samples);
+        assert!(old.evidence.timers.is_some_and(|t| t.totals.is_none()));
+        // (2 blocked + 4 soft) / 10 samples, the soft ones by the timers' states.
+        assert_eq!((old.soft, old.idle), (4, 4));
+        assert!(
+            old.ratio.is_some_and(|r| (r - 0.6).abs() < 1e-9),
+            "{:?}",
+            old.ratio
+        );
+        let new = placed("2.3.0");
+        assert_eq!(new.ratio_source(), crate::merge::RatioSource::Timers);
+        assert!(
+            new.ratio.is_some_and(|r| (r - 280.0 / 500.0).abs() < 1e-9),
+            "{:?}",
+            new.ratio
+        );
+        // The agent did not say: the cluster's version (1.11 here, before the totals) decides.
+        let mut b = batch(vec![t.clone()], vec![6122]);
+        b.reports[0].jvm.flink_version = None;
+        let p = place_batch(&b, &[&c]);
+        assert_eq!(
+            p.windows[0].ratio_source(),
+            crate::merge::RatioSource::Timers
         );
     }
 
