@@ -95,7 +95,7 @@ impl Clusters {
         }
         let mut snap = snap;
         let mut c = write(&self.clusters[i]);
-        if let Some(prev) = &c.last_good {
+        if let (PollOutcome::Partial, Some(prev)) = (outcome, &c.last_good) {
             keep_what_was_unread(&mut snap, prev);
         }
         let snap = Arc::new(snap);
@@ -178,7 +178,7 @@ impl Clusters {
 ///
 /// Metrics are never carried over: they would be read as current.
 fn keep_what_was_unread(snap: &mut ClusterSnapshot, prev: &ClusterSnapshot) {
-    if snap.taskmanagers_unread && snap.taskmanagers.is_empty() {
+    if snap.taskmanagers_unread {
         snap.taskmanagers = prev.taskmanagers.clone();
     }
     for job in snap.jobs.iter_mut() {
