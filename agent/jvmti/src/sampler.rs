@@ -10,8 +10,8 @@ use bpmon_proto::inprocess::{
     state_letter, InProcessSample, Introduced, SampleRequest, SampledLock, SampledThread,
     TimerStates, MAX_STACK_DEPTH, STACKED_LETTER,
 };
-use bpmon_proto::ThreadRole;
 use bpmon_proto::{timer_class, TimerReading};
+use bpmon_proto::{RunningTimer, ThreadRole};
 use bpmon_stacks::activity::{activity, Activity};
 use bpmon_stacks::classify::{is_flink_class, is_jdk_class, Classifier, SampleClass};
 use bpmon_stacks::collapse::{self, collapse};
@@ -146,13 +146,20 @@ impl Sampler {
             letters: String::with_capacity(self.threads.len()),
             sums: Vec::new(),
         });
+        // The states-only samples between a window's edges, most of continuous watching: the
+        // tasks whose timers were found and that the connection knows are read in one batch.
+        let batched = if request.states && !stacks && !request.totals {
+            self.batched_states(env, known)
+        } else {
+            Vec::new()
+        };
         let depth = max_depth.clamp(1, MAX_STACK_DEPTH) as usize;
         let mut ended = Vec::new();
         let mut monitors = Monitors::new();
         // Blocked threads whose monitor is asked of the ThreadMXBean after the loop, all at once:
         // (index in `out.threads`, Java thread id).
         let mut mx_pending: Vec<(usize, u64)> = Vec::new();
-        for t in self.threads.iter_mut() {
+        for (i, t) in self.threads.iter_mut().enumerate() {
             if t.role == ThreadRole::Main && t.identity == Identity::Unread {
                 t.identity = match read_task_ref(env, self.jvmti, &t.thread) {
                     Ok(task) => Identity::Known(task),
@@ -165,6 +172,12 @@ impl Sampler {
             }
             if !stacks && t.role == ThreadRole::LegacySource {
                 // Its task's timers are read through its main thread.
+                continue;
+            }
+            if let (Some(Some(running)), Some(st)) = (batched.get(i), states.as_mut()) {
+                t.last_state = *running;
+                st.threads.push(t.java_id);
+                st.letters.push(state_letter(*running));
                 continue;
             }
             if (!stacks || busy_stacks) && t.role == ThreadRole::Main {
@@ -339,6 +352,41 @@ impl Sampler {
             .zip(thread_cpu_ns())
             .map(|(a, b)| b.saturating_sub(a) / 1000);
         out
+    }
+
+    /// Which timer runs now for each task thread ([`TimerReader::states`]), by the thread's
+    /// index: those of main task threads whose timers were found and that `known` was
+    /// introduced to; `None` for the others, and all of them if the batch cannot be read (each
+    /// thread is then read on its own, and a failure said there).
+    fn batched_states(
+        &mut self,
+        env: &mut Env,
+        known: &Introduced,
+    ) -> Vec<Option<Option<RunningTimer>>> {
+        let mut index = Vec::with_capacity(self.threads.len());
+        let mut tasks = Vec::with_capacity(self.threads.len());
+        for (i, t) in self.threads.iter().enumerate() {
+            if let (ThreadRole::Main, Timers::Known(found)) = (t.role, &t.timers) {
+                if known.knows(t.java_id) {
+                    index.push(i);
+                    tasks.push((found, t.last_state));
+                }
+            }
+        }
+        match self.timers.states(env, &tasks) {
+            Ok(Some(states)) => {
+                let mut by_thread = vec![None; self.threads.len()];
+                for (i, state) in index.into_iter().zip(states) {
+                    by_thread[i] = Some(state);
+                }
+                by_thread
+            }
+            Ok(None) => Vec::new(),
+            Err(_) => {
+                clear_exception(env);
+                Vec::new()
+            }
+        }
     }
 
     /// Deletes the global references to the task threads; call before detaching.

@@ -251,6 +251,10 @@ impl TaskThreads {
         Ok(errors)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &TaskThread> {
+        self.threads.iter()
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut TaskThread> {
         self.threads.iter_mut()
     }
