@@ -7,9 +7,10 @@
 //! - `/metrics` shows the source HIGH while it is, with its episode under way;
 //! - `episodes` lists each slow phase as an episode of the source, its start and end within
 //!   4 s of the phase's (its times are the first and last back-pressured samples'), with the
-//!   consumer as the bottleneck and its cause (sleep).
+//!   consumer as the bottleneck and its cause (sleep); a free phase (20 s) is longer than the
+//!   quiet time an episode waits for before it ends, so each slow phase is one episode.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bpmon_e2e::one_cluster_at_a_time;
@@ -97,7 +98,21 @@ fn continuous_watching_follows_back_pressure_that_comes_and_goes() -> Result<()>
     );
 
     // Each slow phase followed is an episode of the source that started and ended with it.
-    let episodes = collector.cli_json(&["episodes", jid, "--since", "10m"])?;
+    // An episode is announced as ended once the source has stayed OK for the quiet time (6 s):
+    // the last one, a few seconds after `status` showed the source OK.
+    let episodes = bpmon_e2e::wait_for(
+        "every episode of the source to end",
+        Duration::from_secs(30),
+        || {
+            let e = collector.cli_json(&["episodes", jid, "--since", "10m"])?;
+            let open = e["episodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["vertex"] == SOURCE && e["ended_at_ms"].is_null());
+            Ok((!open).then_some(e))
+        },
+    )?;
     let text = collector.cli(&["episodes", jid, "--since", "10m"])?;
     log(
         t0,

@@ -1,8 +1,13 @@
 //! Back-pressure episodes: a vertex's level changes, turned into spans an operator paged at
 //! 03:00 can read — when it started, how bad it got, what the bottleneck was and why, when it
 //! ended. An episode opens with the first status that shows the vertex LOW or HIGH and closes
-//! with the first that shows it OK again; its times are those of the windows that showed it
-//! (with continuous watching, 2 s windows: to about a second).
+//! once the vertex has stayed OK for [`QUIET_MS`]; its times are those of the windows that
+//! showed it (with continuous watching, 2 s windows: to about a second).
+//!
+//! The quiet time is what keeps a vertex near a threshold from opening an episode every few
+//! seconds (each one logged and counted): a dip to OK shorter than that is part of the episode.
+//! The end is still the moment back-pressure stopped, in the first OK window; it is *announced*
+//! once the quiet time has passed.
 //!
 //! Pure: [`EpisodeLog::observe`] takes a job's status (computed where the bottleneck events are,
 //! see `bottlenecks`) and returns what changed; the caller stores and logs it. The open episodes
@@ -45,10 +50,26 @@ pub struct EpisodeEvent {
     pub episode: Episode,
 }
 
+/// How long a vertex stays OK before its episode ends: the OK window must start at least this
+/// long after the last window that showed the vertex back-pressured. With continuous watching
+/// (2 s windows) that is three OK windows in a row; with Flink's classic sampling, windows a
+/// minute apart, the first OK window ends it.
+pub const QUIET_MS: u64 = 6_000;
+
+/// An episode under way, and what its end waits for.
+#[derive(Debug, Clone)]
+struct Open {
+    episode: Episode,
+    /// The start of the newest window that showed the vertex LOW or HIGH.
+    last_back_pressured_ms: u64,
+    /// Where the vertex went OK, while the quiet time runs: when back-pressure stopped.
+    relief_ms: Option<u64>,
+}
+
 /// The open episode of each vertex, by (job id, vertex id).
 #[derive(Debug, Default)]
 pub struct EpisodeLog {
-    open: HashMap<(String, String), Episode>,
+    open: HashMap<(String, String), Open>,
 }
 
 impl EpisodeLog {
@@ -58,14 +79,25 @@ impl EpisodeLog {
             open: open
                 .into_iter()
                 .filter(|e| e.ended_at_ms.is_none())
-                .map(|e| ((e.job_id.clone(), e.vertex_id.clone()), e))
+                .map(|e| {
+                    let open = Open {
+                        // The last back-pressure this run knows of.
+                        last_back_pressured_ms: e.peak_at_ms.max(e.started_at_ms),
+                        relief_ms: None,
+                        episode: e,
+                    };
+                    (
+                        (open.episode.job_id.clone(), open.episode.vertex_id.clone()),
+                        open,
+                    )
+                })
                 .collect(),
         }
     }
 
     /// The episodes under way, oldest first.
     pub fn open(&self) -> Vec<Episode> {
-        let mut v: Vec<Episode> = self.open.values().cloned().collect();
+        let mut v: Vec<Episode> = self.open.values().map(|o| o.episode.clone()).collect();
         v.sort_by(|a, b| {
             (a.started_at_ms, &a.job_id, &a.vertex_id).cmp(&(
                 b.started_at_ms,
@@ -91,13 +123,10 @@ impl EpisodeLog {
                 continue;
             };
             match (level, self.open.get_mut(&key)) {
-                (Level::Ok, Some(_)) => {
-                    if let Some(mut e) = self.open.remove(&key) {
-                        e.ended_at_ms = Some(relief(v).max(e.peak_at_ms));
-                        events.push(EpisodeEvent {
-                            change: EpisodeChange::Ended,
-                            episode: e,
-                        });
+                (Level::Ok, Some(open)) => {
+                    let relief_ms = *open.relief_ms.get_or_insert_with(|| relief(v));
+                    if newest_window_start(v) >= open.last_back_pressured_ms + QUIET_MS {
+                        events.extend(self.end(&key, relief_ms));
                     }
                 }
                 (Level::Ok, None) => {}
@@ -114,13 +143,25 @@ impl EpisodeLog {
                         peak_at_ms: at,
                         bottleneck: bottleneck.map(episode_bottleneck),
                     };
-                    self.open.insert(key, e.clone());
+                    self.open.insert(
+                        key,
+                        Open {
+                            episode: e.clone(),
+                            last_back_pressured_ms: newest_window_start(v),
+                            relief_ms: None,
+                        },
+                    );
                     events.push(EpisodeEvent {
                         change: EpisodeChange::Started,
                         episode: e,
                     });
                 }
-                (_, Some(e)) => {
+                (_, Some(open)) => {
+                    // Back-pressured again within the quiet time: the same episode.
+                    open.relief_ms = None;
+                    open.last_back_pressured_ms =
+                        open.last_back_pressured_ms.max(newest_window_start(v));
+                    let e = &mut open.episode;
                     let mut changed = false;
                     let level_rose = level > e.peak_level;
                     if ratio > e.peak_ratio {
@@ -163,8 +204,8 @@ impl EpisodeLog {
         events
     }
 
-    /// The job is no longer known or no longer runs: its open episodes end at `at_ms` (or at
-    /// their peak, if later).
+    /// The job is no longer known or no longer runs: its open episodes end at `at_ms` (where
+    /// the vertex went OK if it had; at their peak, if later).
     pub fn forget(&mut self, job_id: &str, at_ms: u64) -> Vec<EpisodeEvent> {
         let keys: Vec<(String, String)> = self
             .open
@@ -185,9 +226,12 @@ impl EpisodeLog {
         jobs
     }
 
+    /// Ends an episode at `at_ms`, or where the vertex went OK if it had (and at its peak at
+    /// the earliest).
     fn end(&mut self, key: &(String, String), at_ms: u64) -> Option<EpisodeEvent> {
-        let mut e = self.open.remove(key)?;
-        e.ended_at_ms = Some(at_ms.max(e.peak_at_ms));
+        let open = self.open.remove(key)?;
+        let mut e = open.episode;
+        e.ended_at_ms = Some(open.relief_ms.unwrap_or(at_ms).max(e.peak_at_ms));
         Some(EpisodeEvent {
             change: EpisodeChange::Ended,
             episode: e,
@@ -371,8 +415,14 @@ mod tests {
             .observe(&status([0.6, 0.0], 0.0, 6_000), None)
             .is_empty());
         assert_eq!(log.open().len(), 1);
-        // OK again at t=8 s: ended then; the peak and its cause stay.
-        let e = log.observe(&status([0.0, 0.05], 0.0, 8_000), None);
+        // OK again from t=8 s: the episode ends once the quiet time has passed (the window
+        // from t=12 s starts 6 s after the last back-pressured one), at t=8 s; the peak and its
+        // cause stay.
+        for t in [8_000, 10_000] {
+            assert!(log.observe(&status([0.0, 0.05], 0.0, t), None).is_empty());
+            assert_eq!(log.open().len(), 1);
+        }
+        let e = log.observe(&status([0.0, 0.05], 0.0, 12_000), None);
         assert_eq!(e[0].change, EpisodeChange::Ended);
         assert_eq!(e[0].episode.started_at_ms, 2_050);
         assert_eq!(e[0].episode.ended_at_ms, Some(8_050));
@@ -402,8 +452,57 @@ mod tests {
         // back-pressured.
         let mut s = status([0.0, 0.05], 0.0, 6_000);
         s.vertices[0].subtasks[1].timers = Some(timers(Some(6_050), Some(6_050)));
-        let e = log.observe(&s, None);
+        assert!(log.observe(&s, None).is_empty());
+        // Still OK 6 s after the last back-pressured window: it ended at that sample.
+        let e = log.observe(&status([0.0, 0.0], 0.0, 8_000), None);
         assert_eq!(e[0].episode.ended_at_ms, Some(6_050));
+    }
+
+    #[test]
+    fn a_dip_shorter_than_the_quiet_time_is_part_of_the_episode() {
+        let mut log = EpisodeLog::default();
+        let e = log.observe(&status([0.9, 0.9], 0.0, 0), None);
+        assert_eq!(e.len(), 1);
+        // OK for one window, then HIGH again: no end, no new start.
+        assert!(log
+            .observe(&status([0.0, 0.0], 0.0, 2_000), None)
+            .is_empty());
+        assert!(log
+            .observe(&status([0.8, 0.8], 0.0, 4_000), None)
+            .is_empty());
+        assert_eq!(log.open()[0].started_at_ms, 0);
+        // OK from t=6 s: the quiet time counts from the window of t=4 s.
+        for t in [6_000, 8_000] {
+            assert!(log.observe(&status([0.0, 0.0], 0.0, t), None).is_empty());
+        }
+        let e = log.observe(&status([0.0, 0.0], 0.0, 10_000), None);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].change, EpisodeChange::Ended);
+        assert_eq!(
+            (e[0].episode.started_at_ms, e[0].episode.ended_at_ms),
+            (0, Some(6_050))
+        );
+        assert!(log.open().is_empty());
+    }
+
+    #[test]
+    fn windows_a_minute_apart_end_an_episode_at_the_first_ok_one() {
+        let mut log = EpisodeLog::default();
+        log.observe(&status([0.9, 0.9], 0.0, 0), None);
+        let e = log.observe(&status([0.0, 0.0], 0.0, 60_000), None);
+        assert_eq!(e[0].change, EpisodeChange::Ended);
+        assert_eq!(e[0].episode.ended_at_ms, Some(60_050));
+    }
+
+    #[test]
+    fn a_job_that_goes_during_the_quiet_time_ends_where_it_went_ok() {
+        let mut log = EpisodeLog::default();
+        log.observe(&status([0.9, 0.9], 0.0, 0), None);
+        assert!(log
+            .observe(&status([0.0, 0.0], 0.0, 2_000), None)
+            .is_empty());
+        let e = log.forget("j", 30_000);
+        assert_eq!(e[0].episode.ended_at_ms, Some(2_050));
     }
 
     #[test]
