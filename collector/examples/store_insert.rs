@@ -4,10 +4,11 @@
 //! store in a temp dir, `ROWS_PER_TX` rows per transaction (default: a whole window, as when the
 //! collector stores one merge round; an agent's batch covers fewer subtasks), each with a few
 //! busy stacks, then times the queries `status`, `history` and the web view's timeline and
-//! flame graph make, and a retention prune of the older half.
+//! flame graph make, the rollup of windows shorter than a minute (with `INTERVAL_MS` under a
+//! minute: continuous watching), and a retention prune of the older half.
 //!
 //! ```text
-//! cargo run --release -p bpmon-collector --example store_insert [WINDOWS] [SUBTASKS] [ROWS_PER_TX]
+//! cargo run --release -p bpmon-collector --example store_insert [WINDOWS] [SUBTASKS] [ROWS_PER_TX] [INTERVAL_MS]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,17 +18,18 @@ use bpmon_collector::mapping::SubtaskRef;
 use bpmon_collector::merge::MergedWindow;
 use bpmon_collector::merge::{merge_subtask, SampleCounts};
 use bpmon_collector::model::SubtaskMetrics;
-use bpmon_collector::store::{Store, VertexRow, DB_FILE};
+use bpmon_collector::store::{Store, VertexRow, DB_FILE, ROLLUP_SPAN_MS};
 use bpmon_proto::FrameCount;
 
 const VERTICES: u32 = 5;
-const INTERVAL_MS: u64 = 60_000;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let windows: u64 = args.next().map_or(Ok(50), |a| a.parse())?;
     let subtasks: u32 = args.next().map_or(Ok(1_000), |a| a.parse())?;
     let per_tx: usize = args.next().map_or(Ok(subtasks as usize), |a| a.parse())?;
+    // Classic windows (5 s of samples) a minute apart; continuous ones 2 s long, back to back.
+    let interval: u64 = args.next().map_or(Ok(60_000), |a| a.parse())?;
     let parallelism = subtasks.div_ceil(VERTICES);
 
     let dir = std::env::temp_dir().join(format!("bpmon-store-bench-{}", std::process::id()));
@@ -48,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let t0 = 1_700_000_000_000;
     let all: Vec<MergedWindow> = (0..windows)
         .flat_map(|w| (0..subtasks).map(move |i| (w, i)))
-        .map(|(w, i)| row(job, &vertices, parallelism, i, t0 + w * INTERVAL_MS))
+        .map(|(w, i)| row(job, &vertices, parallelism, i, t0 + w * interval, interval))
         .collect();
     let batches: Vec<&[MergedWindow]> = all.chunks(per_tx.max(1)).collect();
     let rows = all.len();
@@ -76,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         (db + wal) as f64 / rows as f64
     );
 
+    let data_before = data_bytes(&dir)?;
     let t = Instant::now();
     let latest = store.latest_windows(job)?;
     println!(
@@ -83,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         latest.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
-    let since = t0 + windows.saturating_sub(10) * INTERVAL_MS;
+    let since = t0 + windows.saturating_sub(10) * interval;
     let t = Instant::now();
     let history = store.history(job, Some("Vertex 2"), since)?;
     println!(
@@ -99,8 +102,8 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
-    let until = t0 + windows * INTERVAL_MS;
-    let bucket = (windows * INTERVAL_MS).div_ceil(240).max(1_000);
+    let until = t0 + windows * interval;
+    let bucket = (windows * interval).div_ceil(240).max(1_000);
     let timeline = store.timeline(job, t0, until, bucket)?;
     println!(
         "timeline of the whole job, all windows in 240 buckets: {} points in {:.1} ms",
@@ -115,8 +118,35 @@ fn main() -> anyhow::Result<()> {
         flame.samples,
         t.elapsed().as_secs_f64() * 1e3
     );
+    if interval < ROLLUP_SPAN_MS {
+        let t = Instant::now();
+        let r = store.roll_up(t0, until + ROLLUP_SPAN_MS, ROLLUP_SPAN_MS)?;
+        println!(
+            "rollup: {} windows merged into {} in {:.2} s ({:.0} windows/s); data {} before, {} after",
+            r.windows,
+            r.merged,
+            t.elapsed().as_secs_f64(),
+            r.windows as f64 / t.elapsed().as_secs_f64(),
+            mib(data_before),
+            mib(data_bytes(&dir)?)
+        );
+        let t = Instant::now();
+        let timeline = store.timeline(job, t0, until, bucket)?;
+        println!(
+            "after the rollup, the timeline: {} points in {:.1} ms",
+            timeline.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        let t = Instant::now();
+        let flame = store.flame_stacks(job, &vertices[2].vertex_id, t0, until)?;
+        println!(
+            "after the rollup, the flame graph: {} samples in {:.1} ms",
+            flame.samples,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let t = Instant::now();
-    let pruned = store.prune(t0 + windows / 2 * INTERVAL_MS)?;
+    let pruned = store.prune(t0 + windows / 2 * interval)?;
     println!(
         "prune of the older half: {pruned} rows in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -129,10 +159,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A subtask's window: mostly realistic Flink 1.15+ metrics, a few busy frames.
-fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) -> MergedWindow {
+fn row(
+    job: &str,
+    vertices: &[VertexRow],
+    parallelism: u32,
+    i: u32,
+    start: u64,
+    interval: u64,
+) -> MergedWindow {
     let v = &vertices[(i / parallelism) as usize];
     let subtask = i % parallelism;
-    let x = f64::from((i * 7 + (start / INTERVAL_MS) as u32) % 100) / 100.0;
+    let x = f64::from((i * 7 + (start / interval) as u32) % 100) / 100.0;
     let blocked = (x * 60.0) as u32;
     let waiting = ((1.0 - x) * 30.0) as u32;
     let counts = SampleCounts {
@@ -176,14 +213,21 @@ fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) 
         subtask,
         attempt: 0,
     };
-    let mut r = MergedWindow::new(&at, start, start + 4_950, &merged, metrics, top_frames);
+    let mut r = MergedWindow::new(
+        &at,
+        start,
+        start + 4_950.min(interval - 100),
+        &merged,
+        metrics,
+        top_frames,
+    );
     // Three of 24 distinct stacks, 40 frames deep, as a busy task shows window after window.
     let base: Vec<String> = (0..38)
         .map(|d| format!("org.apache.flink.Frame{d}.run"))
         .collect();
     r.stacks = (0..3u32)
         .map(|k| {
-            let leaf = (i + k * 5 + (start / INTERVAL_MS) as u32 % 2) % 24;
+            let leaf = (i + k * 5 + (start / interval) as u32 % 2) % 24;
             bpmon_collector::merge::FoldedStack {
                 folded: format!(
                     "{};com.example.Enricher.lookup;com.example.Leaf{leaf}.call",
@@ -201,6 +245,15 @@ fn row(job: &str, vertices: &[VertexRow], parallelism: u32, i: u32, start: u64) 
 fn sizes(dir: &Path) -> (u64, u64) {
     let len = |name: String| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     (len(DB_FILE.to_owned()), len(format!("{DB_FILE}-wal")))
+}
+
+/// The database's pages in use (a deleted row's page is kept for reuse, not given back).
+fn data_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE))?;
+    let pragma = |name: &str| -> anyhow::Result<u64> {
+        Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))? as u64)
+    };
+    Ok((pragma("page_count")? - pragma("freelist_count")?) * pragma("page_size")?)
 }
 
 fn mib(bytes: u64) -> String {

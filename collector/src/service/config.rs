@@ -96,6 +96,10 @@ pub struct StorageConfig {
     /// Merged windows older than this are deleted.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Windows shorter than a minute (continuous watching) are kept as they came for this
+    /// long, then merged into one per subtask and minute; zero keeps them as they came.
+    #[serde(with = "humantime_serde")]
+    pub full_resolution: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +179,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
+            full_resolution: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -394,6 +399,7 @@ mod tests {
         assert_eq!(c.flink.poll_interval, d.flink.poll_interval);
         assert_eq!(c.flink.timeout, d.flink.timeout);
         assert_eq!(c.storage.retention, d.storage.retention);
+        assert_eq!(c.storage.full_resolution, d.storage.full_resolution);
         assert_eq!(c.flink.urls, vec!["http://localhost:8081".to_string()]);
         assert_eq!(c.token_file(), Ok(None));
         assert!(c.tls.cert_file.is_none() && c.tls.key_file.is_none());

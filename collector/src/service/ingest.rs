@@ -93,6 +93,7 @@ impl Collector {
             .filter_map(|r| r.cost.safepoint_ms_total)
             .sum();
         let windows = placement.windows;
+        let oldest = windows.iter().map(|w| w.window_start_ms).min();
         let observed = observations(&windows);
         let mut jobs: Vec<String> = windows.iter().map(|w| w.job_id.clone()).collect();
         jobs.dedup();
@@ -102,6 +103,12 @@ impl Collector {
             .store_batch(batch.agent_id.clone(), seq, windows)
             .await?;
         if new {
+            // Windows older than where the rollup got to (an agent's spool, replayed after a
+            // long outage): the next rollup starts from them.
+            if let Some(oldest) = oldest {
+                let mut mark = lock(&self.rollup);
+                mark.stored_from_ms = Some(mark.stored_from_ms.map_or(oldest, |o| o.min(oldest)));
+            }
             self.metrics.stored(n, placement.unplaced.len());
             self.metrics.sampling_paused(&batch.agent_id, paused_ms);
             lock(&self.misplaced).note(&batch, &placement.unplaced, placement.jvms, now_ms());

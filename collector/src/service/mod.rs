@@ -39,6 +39,8 @@ use crate::flink_rest::FlinkRestClient;
 use crate::server::{self, IngestLimits};
 use crate::store::Store;
 
+use config::StorageConfig;
+
 pub use config::CollectorConfig;
 pub use ingest::Service;
 pub use state::Collector;
@@ -162,11 +164,17 @@ pub fn app(collector: Arc<Collector>, config: &CollectorConfig) -> axum::Router 
     agents_side.merge(readers_side)
 }
 
-/// Starts the pollers, the bottleneck check and the pruner in the background; abort them to stop.
+/// How often windows past the full-resolution span are rolled up (each run merges what aged
+/// since the last one: ten minutes' worth).
+const ROLLUP_EVERY: Duration = Duration::from_secs(600);
+
+/// Starts the pollers, the bottleneck check, the rollup and the pruner in the background; abort
+/// them to stop.
 pub fn spawn_background(
     collector: &Arc<Collector>,
-    retention: Duration,
+    storage: &StorageConfig,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let retention = storage.retention;
     let mut tasks = Vec::new();
     for i in 0..collector.cluster_count() {
         let c = Arc::clone(collector);
@@ -188,6 +196,27 @@ pub fn spawn_background(
             c.check_bottlenecks().await;
         }
     }));
+    if !storage.full_resolution.is_zero() {
+        let full_resolution = storage.full_resolution;
+        let c = Arc::clone(collector);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ROLLUP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match c.roll_up(full_resolution, retention).await {
+                    Ok(r) if r.windows > 0 || r.skipped > 0 => tracing::info!(
+                        windows = r.windows,
+                        into = r.merged,
+                        skipped = r.skipped,
+                        "rolled up old windows into one per subtask and minute"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "rolling up old windows failed"),
+                }
+            }
+        }));
+    }
     let c = Arc::clone(collector);
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -218,7 +247,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     warn_if_exposed(local, &auth, tls.is_some());
-    let background = spawn_background(&collector, config.storage.retention);
+    let background = spawn_background(&collector, &config.storage);
     let flink: Vec<String> = config
         .flink
         .urls

@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::merge::MergedWindow;
 use bpmon_proto::Scope;
 
-use crate::store::{JobRow, Store, StoreError};
+use crate::store::{JobRow, Rollup, Store, StoreError, ROLLUP_SPAN_MS};
 
 use super::locks::lock;
 use super::state::Collector;
@@ -302,6 +302,57 @@ impl Collector {
         .await?
     }
 
+    /// Merges the windows older than `full_resolution` into one per subtask and minute
+    /// ([`Store::roll_up`](crate::store::Store::roll_up)), from where the last rollup stopped;
+    /// never those older than `retention`, which retention deletes (a window from a clock in
+    /// 1970 must not make it walk every minute since). The writer is taken one minute at a
+    /// time, so agents' batches go in between.
+    pub async fn roll_up(
+        self: &Arc<Self>,
+        full_resolution: Duration,
+        retention: Duration,
+    ) -> Result<Rollup, QueryError> {
+        let now = now_ms();
+        let before = now.saturating_sub(full_resolution.as_millis() as u64);
+        let kept_from = now.saturating_sub(retention.as_millis() as u64);
+        self.blocking(move |me| {
+            let span = ROLLUP_SPAN_MS;
+            let (until, late) = {
+                let mut mark = lock(&me.rollup);
+                (mark.until_ms, mark.stored_from_ms.take())
+            };
+            let from = match until {
+                Some(ms) => late.map_or(ms, |l| l.min(ms)),
+                None => match me.writer.lock().oldest_window_start_ms()? {
+                    Some(ms) => ms,
+                    None => return Ok(Rollup::default()),
+                },
+            };
+            let mut total = Rollup::default();
+            let mut slot = from.max(kept_from) / span * span;
+            while slot + span <= before {
+                let r = match me.writer.lock().roll_up(slot, slot + span, span) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // What arrived behind is still to be rolled up.
+                        if let Some(l) = late {
+                            let mut mark = lock(&me.rollup);
+                            mark.stored_from_ms = Some(mark.stored_from_ms.map_or(l, |o| o.min(l)));
+                        }
+                        return Err(e.into());
+                    }
+                };
+                total.windows += r.windows;
+                total.merged += r.merged;
+                total.skipped += r.skipped;
+                slot += span;
+                lock(&me.rollup).until_ms = Some(slot);
+            }
+            Ok(total)
+        })
+        .await?
+    }
+
     /// Retention: deletes what is older than `retention`.
     pub async fn prune(self: &Arc<Self>, retention: Duration) -> Result<usize, QueryError> {
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
@@ -342,5 +393,88 @@ fn history_window(w: MergedWindow, names: &HashMap<&str, &str>) -> HistoryWindow
         ratio: w.ratio,
         level: w.level,
         taskmanager_id: w.taskmanager_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::SubtaskRef;
+    use crate::merge::{merge_subtask, SampleCounts};
+    use crate::model::SubtaskMetrics;
+    use crate::service::{build, CollectorConfig};
+
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// A 2 s window of subtask 0 from `start`.
+    fn window(start: u64) -> MergedWindow {
+        let counts = SampleCounts {
+            samples: 20,
+            blocked: 0,
+            waiting: 20,
+            busy: 0,
+            timers: None,
+        };
+        let metrics = SubtaskMetrics::default();
+        let at = SubtaskRef {
+            job_id: "j".into(),
+            vertex_id: "v".into(),
+            subtask: 0,
+            attempt: 0,
+        };
+        let merged = merge_subtask(&counts, &metrics);
+        MergedWindow::new(&at, start, start + 1_900, &merged, metrics, Vec::new())
+    }
+
+    fn stored(c: &Collector) -> usize {
+        c.writer.lock().history("j", None, 0).map_or(0, |h| h.len())
+    }
+
+    #[tokio::test]
+    async fn the_rollup_goes_on_from_where_it_stopped_and_goes_back_for_late_windows() {
+        let dir = std::env::temp_dir().join(format!(
+            "bpmon-rollup-service-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let config = CollectorConfig {
+            data_dir: dir.clone(),
+            ..CollectorConfig::default()
+        };
+        let c = build(&config).unwrap();
+        // Two minutes of 2 s windows, an hour ago.
+        let t0 = (now_ms() - 3_600_000) / ROLLUP_SPAN_MS * ROLLUP_SPAN_MS;
+        let rows: Vec<MergedWindow> = (0..60).map(|i| window(t0 + i * 2_000)).collect();
+        c.writer.lock().insert_windows(&rows).unwrap();
+        // Windows older than the retention are left to it.
+        c.writer
+            .lock()
+            .insert_windows(&[window(1_000), window(3_000)])
+            .unwrap();
+        let r = c.roll_up(Duration::ZERO, WEEK).await.unwrap();
+        assert_eq!((r.windows, r.merged), (60, 2));
+        assert_eq!(stored(&c), 4);
+        let until = lock(&c.rollup).until_ms.unwrap();
+        assert!(until >= now_ms() - ROLLUP_SPAN_MS, "stopped at {until}");
+        // Nothing new: nothing to do.
+        assert_eq!(
+            c.roll_up(Duration::ZERO, WEEK).await.unwrap(),
+            Rollup::default()
+        );
+        // Windows of the first minute arrive late (an agent's spool): the next rollup goes back
+        // for them and merges them into the minute's window.
+        let late: Vec<MergedWindow> = (0..5).map(|i| window(t0 + 10_001 + i * 2_000)).collect();
+        c.writer.lock().insert_windows(&late).unwrap();
+        lock(&c.rollup).stored_from_ms = Some(t0 + 10_001);
+        let r = c.roll_up(Duration::ZERO, WEEK).await.unwrap();
+        assert_eq!((r.windows, r.merged), (6, 1));
+        let h = c.writer.lock().history("j", None, t0).unwrap();
+        let spans: Vec<(u64, u64, u32)> = h
+            .iter()
+            .map(|w| (w.window_start_ms - t0, w.window_end_ms - t0, w.samples))
+            .collect();
+        assert_eq!(spans, [(0, 59_900, 700), (60_000, 119_900, 600)]);
+        drop(c);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -43,6 +43,19 @@ pub struct Collector {
     pub(super) pending: Mutex<Pending>,
     /// Each vertex's back-pressure episode under way.
     pub(super) episodes: Mutex<EpisodeLog>,
+    /// How far the rollup of old windows got.
+    pub(super) rollup: Mutex<RollupMark>,
+}
+
+/// How far the rollup of old windows got, and what arrived behind it.
+#[derive(Debug, Default)]
+pub(super) struct RollupMark {
+    /// Where the last rollup stopped (`None`: none yet in this run; the first starts from the
+    /// oldest window).
+    pub until_ms: Option<u64>,
+    /// The oldest window stored since the last rollup began (an agent's spool, replayed after
+    /// a long outage, may be behind `until_ms`): the next one starts there if it is earlier.
+    pub stored_from_ms: Option<u64>,
 }
 
 impl Collector {
@@ -68,6 +81,7 @@ impl Collector {
             bottlenecks: Mutex::new(BottleneckLog::default()),
             pending: Mutex::new(Pending::default()),
             episodes: Mutex::new(episodes),
+            rollup: Mutex::new(RollupMark::default()),
         })
     }
 

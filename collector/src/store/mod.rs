@@ -15,7 +15,8 @@
 //!   in `stacks`, named by `window_stacks`.
 //!
 //! Opening a connection is in `connection`, the schema and its migrations in `schema`, deleting
-//! what is past the retention in `retention`; `error` and `columns` are shared by all of them.
+//! what is past the retention in `retention`, merging old short windows into one per minute in
+//! `rollup`; `error` and `columns` are shared by all of them.
 //!
 //! The API is synchronous; the server calls it from `spawn_blocking` or a thread of its own. One
 //! process writes at a time (the collector owning the data directory); readers in other processes
@@ -32,6 +33,7 @@ mod episodes;
 mod error;
 mod jobs;
 mod retention;
+mod rollup;
 mod schema;
 mod settings;
 mod stacks;
@@ -42,6 +44,7 @@ pub use agents::AgentSeq;
 pub use connection::{Store, DB_FILE};
 pub use error::StoreError;
 pub use jobs::{JobRow, VertexRow};
+pub use rollup::{Rollup, ROLLUP_SPAN_MS};
 pub use schema::DB_SCHEMA_VERSION;
 pub use settings::SettingsRow;
 pub use stacks::{FlameStacks, MAX_FLAME_STACKS};

@@ -130,7 +130,7 @@ pub(super) fn encode(ids: &[(i64, u32)]) -> Option<String> {
 }
 
 /// The pairs of [`encode`]; a malformed pair (not written by this store) is skipped.
-fn decode(text: &str) -> impl Iterator<Item = (i64, u64)> + '_ {
+pub(super) fn decode(text: &str) -> impl Iterator<Item = (i64, u64)> + '_ {
     text.split(' ').filter_map(|pair| {
         let (id, n) = pair.split_once(':')?;
         Some((id.parse().ok()?, n.parse().ok()?))

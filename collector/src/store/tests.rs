@@ -958,3 +958,120 @@ fn the_timeline_sums_windows_into_buckets_per_vertex_keeping_the_worst() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn old_short_windows_are_rolled_up_per_subtask_and_minute_without_changing_what_is_read() {
+    let dir = TempDir::new("rollup");
+    let mut store = Store::open(&dir.0).unwrap();
+    store.upsert_job("j", "job", "http://jm:8081", 1).unwrap();
+    store
+        .upsert_vertices("j", &[vertex("v1", "Source", 2)])
+        .unwrap();
+    let hot = "java.lang.Thread.run;com.acme.Enrich.map";
+    // Continuous windows: 2 s each, 3 minutes of two subtasks, a HIGH one at 70 s; then a
+    // classic window (5 s, alone in its minute) at 200 s.
+    let mut rows = Vec::new();
+    for subtask in 0..2 {
+        for i in 0..90u64 {
+            let start = 600_000 + i * 2_000;
+            let mut w = window("j", "v1", subtask, start);
+            w.window_end_ms = start + 1_900;
+            w.samples = 20;
+            w.blocked = 0;
+            let high = subtask == 1 && i == 35;
+            w.ratio = Some(if high { 0.9 } else { 0.05 });
+            w.level = Some(if high { Level::High } else { Level::Ok });
+            w.stacks = vec![stack(hot, 2)];
+            rows.push(w);
+        }
+    }
+    rows.push(window("j", "v1", 0, 800_000));
+    store.insert_windows(&rows).unwrap();
+    let count = |store: &Store| -> i64 {
+        store
+            .conn
+            .query_row("SELECT COUNT(*) FROM windows", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&store), 181);
+    let timeline = |store: &Store| -> Vec<(u64, Option<f64>, Option<Level>)> {
+        store
+            .timeline("j", 0, 1_000_000, 60_000)
+            .unwrap()
+            .iter()
+            .map(|b| (b.start_ms, b.ratio, b.level))
+            .collect()
+    };
+    let before = timeline(&store);
+    let flame_before = store.flame_stacks("j", "v1", 0, 1_000_000).unwrap();
+    assert_eq!(store.oldest_window_start_ms().unwrap(), Some(600_000));
+
+    // Everything before 750 s: the first two minutes and a half... rounded down to whole minutes
+    // (600–720 s); the third minute and the classic window stay as they came.
+    let r = store.roll_up(600_000, 750_000, 60_000).unwrap();
+    assert_eq!(
+        r,
+        Rollup {
+            windows: 120,
+            merged: 4,
+            skipped: 0
+        }
+    );
+    assert_eq!(count(&store), 181 - 120 + 4);
+    assert_eq!(timeline(&store), before);
+    assert_eq!(
+        store.flame_stacks("j", "v1", 0, 1_000_000).unwrap(),
+        flame_before
+    );
+    let history = store.history("j", Some("v1"), 0).unwrap();
+    let first: Vec<_> = history
+        .iter()
+        .filter(|w| w.window_start_ms < 720_000)
+        .map(|w| {
+            (
+                w.subtask,
+                w.window_start_ms,
+                w.window_end_ms,
+                w.samples,
+                w.ratio,
+                w.level,
+            )
+        })
+        .collect();
+    assert_eq!(
+        first,
+        [
+            (0, 600_000, 659_900, 600, Some(0.05), Some(Level::Ok)),
+            (1, 600_000, 659_900, 600, Some(0.05), Some(Level::Ok)),
+            (0, 660_000, 719_900, 600, Some(0.05), Some(Level::Ok)),
+            (1, 660_000, 719_900, 600, Some(0.9), Some(Level::High)),
+        ]
+    );
+    // Rolling up again changes nothing; the newest windows are still each subtask's newest.
+    let again = store.roll_up(0, 750_000, 60_000).unwrap();
+    assert_eq!(again.windows, 0);
+    let latest = store.latest_windows("j").unwrap();
+    assert_eq!(
+        keys(&latest),
+        [("v1".into(), 0, 800_000), ("v1".into(), 1, 778_000)]
+    );
+}
+
+#[test]
+fn a_subtask_whose_newest_window_was_rolled_up_still_has_one() {
+    let dir = TempDir::new("rollup-latest");
+    let mut store = Store::open(&dir.0).unwrap();
+    let rows: Vec<MergedWindow> = (0..10u64)
+        .map(|i| {
+            let mut w = window("j", "v1", 0, 60_000 + i * 2_000);
+            w.window_end_ms = w.window_start_ms + 1_900;
+            w
+        })
+        .collect();
+    store.insert_windows(&rows).unwrap();
+    store.roll_up(0, 120_000, 60_000).unwrap();
+    let latest = store.latest_windows("j").unwrap();
+    assert_eq!(keys(&latest), [("v1".into(), 0, 60_000)]);
+    assert_eq!(latest[0].window_end_ms, 79_900);
+    assert_eq!(latest[0].samples, 1_000);
+}
