@@ -83,14 +83,13 @@ impl TimerCounts {
     }
 }
 
-/// Whether a Flink version's `TimerGauge` totals overcount: before FLINK-35764 (fixed in 1.20.1
-/// and 2.0.0), `markEnd` added a measurement's whole length to `accumulatedCount` although the
+/// Whether a Flink version's `TimerGauge` totals overcount: before FLINK-35764 (fixed in 1.19.2,
+/// 1.20.1 and 2.0.0), `markEnd` added a measurement's whole length to `accumulatedCount` although the
 /// metric update every few seconds had already added the part before it. A long wait (an idle
 /// task, a long back-pressure) is then counted about twice at its end; a window's totals read
 /// shares above 1 (measured on 1.18.1: 1.03–1.05 over 3 s). Checked in the bytecode of
-/// `TimerGauge.markEnd`: 1.18.1 never reads `currentUpdateTS`, 1.20.3 and 2.3.0 do. All 1.19
-/// releases count as affected (whether 1.19.2+ has the backport is not checked); versions that
-/// cannot be parsed do not. The per-sample states are read from `currentMeasurementStartTS`
+/// `TimerGauge.markEnd`: 1.18.1 and 1.19.1 never read `currentUpdateTS`; 1.19.2, 1.19.3, 1.20.3
+/// and 2.3.0 do, with the same bytecode. Versions that cannot be parsed do not count as affected. The per-sample states are read from `currentMeasurementStartTS`
 /// alone and are right on every version.
 pub fn totals_overcount(flink_version: &str) -> bool {
     let mut parts = flink_version
@@ -102,7 +101,8 @@ pub fn totals_overcount(flink_version: &str) -> bool {
     };
     let patch = parts.next().flatten().unwrap_or(0);
     match (major, minor) {
-        (1, 16..=19) => true,
+        (1, 16..=18) => true,
+        (1, 19) => patch <= 1,
         (1, 20) => patch == 0,
         _ => false,
     }
@@ -191,14 +191,14 @@ mod tests {
             "1.17.2",
             "1.18.1",
             "1.19.0",
-            "1.19.3",
+            "1.19.1",
             "1.20.0",
             "1.18-SNAPSHOT",
         ] {
             assert!(totals_overcount(v), "{v}");
         }
         for v in [
-            "1.15.4", "1.20.1", "1.20.3", "2.0.0", "2.3.0", "", "unknown", "2",
+            "1.15.4", "1.19.2", "1.19.3", "1.20.1", "1.20.3", "2.0.0", "2.3.0", "", "unknown", "2",
         ] {
             assert!(!totals_overcount(v), "{v}");
         }
