@@ -54,10 +54,22 @@ pub struct Followed {
     pub flink_levels: Vec<String>,
     /// Whether bpmon's ratio then came from Flink's timers (the in-process sampler).
     pub from_timers: bool,
+    /// ms from the change to the end of the window that showed the new level: the window's
+    /// part of the latency (the rest is delivery, storing and the status cache).
+    pub window_end_ms: Option<i64>,
 }
 
-/// The level and ratio source of `vertex` in a status (`GET /api/v1/jobs/{job}/status`).
-fn vertex_level(status: &Value, vertex: &str) -> Option<(String, bool)> {
+/// `vertex` as a status (`GET /api/v1/jobs/{job}/status`) shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shown {
+    pub level: String,
+    /// Whether every subtask's ratio came from Flink's timers.
+    pub timers: bool,
+    /// The end of the newest window among its subtasks', epoch ms.
+    pub window_end_ms: Option<u64>,
+}
+
+fn vertex_level(status: &Value, vertex: &str) -> Option<Shown> {
     let v = status["vertices"]
         .as_array()?
         .iter()
@@ -68,7 +80,17 @@ fn vertex_level(status: &Value, vertex: &str) -> Option<(String, bool)> {
         .into_iter()
         .flatten()
         .all(|s| s["ratio_source"] == "timers");
-    Some((level, timers))
+    let window_end_ms = v["subtasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["window_end_ms"].as_u64())
+        .max();
+    Some(Shown {
+        level,
+        timers,
+        window_end_ms,
+    })
 }
 
 /// The collector's and Flink's views of the source, polled.
@@ -108,7 +130,7 @@ impl<'a> Watch<'a> {
     }
 
     /// bpmon's level of the source now, and whether it came from timers.
-    pub fn bpmon(&self) -> Result<Option<(String, bool)>> {
+    pub fn bpmon(&self) -> Result<Option<Shown>> {
         let url = format!("{}/api/v1/jobs/{}/status", self.collector_url, self.job_id);
         let status: Value = self.http.get(&url).send()?.error_for_status()?.json()?;
         Ok(vertex_level(&status, SOURCE))
@@ -152,6 +174,7 @@ impl<'a> Watch<'a> {
                 flink_moved_ms: None,
                 flink_levels: before.iter().cloned().collect(),
                 from_timers: false,
+                window_end_ms: None,
             };
             while now_ms() < until && (f.bpmon_ms.is_none() || f.flink_ms.is_none()) {
                 let flink = self.flink();
@@ -162,10 +185,11 @@ impl<'a> Watch<'a> {
                 }
                 let polled = now_ms();
                 if f.bpmon_ms.is_none() {
-                    if let Ok(Some((level, timers))) = self.bpmon() {
-                        if level == want {
+                    if let Ok(Some(shown)) = self.bpmon() {
+                        if shown.level == want {
                             f.bpmon_ms = Some(polled - at);
-                            f.from_timers = timers;
+                            f.from_timers = shown.timers;
+                            f.window_end_ms = shown.window_end_ms.map(|e| e as i64 - at as i64);
                         }
                     }
                 }
@@ -268,7 +292,7 @@ impl PhasesRig {
         wait_for(
             "the source's first level from Flink's timers",
             Duration::from_secs(90),
-            || Ok(watch.bpmon()?.filter(|(_, timers)| *timers)),
+            || Ok(watch.bpmon()?.filter(|shown| shown.timers)),
         )
         .with_context(|| {
             format!(

@@ -58,10 +58,12 @@ fn continuous_watching_follows_back_pressure_that_comes_and_goes() -> Result<()>
         log(
             t0,
             format!(
-                "{} phase at {}: bpmon {:?} ms (timers: {}), Flink {:?} ms",
+                "{} phase at {}: bpmon {:?} ms (window ended at {:+?} ms; timers: {}), Flink \
+                 {:?} ms",
                 if f.slow { "slow" } else { "free" },
                 f.at_ms,
                 f.bpmon_ms,
+                f.window_end_ms,
                 f.from_timers,
                 f.flink_ms
             ),

@@ -53,16 +53,28 @@ fn main() -> Result<()> {
     ));
     let followed = watch.follow(a.changes, |f: &Followed| {
         say(format!(
-            "{} at {}: bpmon {:?} ms, Flink {:?} ms (moved after {:?} ms; showed {:?})",
+            "{} at {}: bpmon {:?} ms (its window ended at {:+?} ms), Flink {:?} ms (moved after \
+             {:?} ms; showed {:?})",
             if f.slow { "slow" } else { "free" },
             f.at_ms,
             f.bpmon_ms,
+            f.window_end_ms,
             f.flink_ms,
             f.flink_moved_ms,
             f.flink_levels
         ))
     })?;
     let bpmon: Vec<u64> = followed.iter().filter_map(|f| f.bpmon_ms).collect();
+    // The latency in two parts: until the window that showed the change ended, and from there
+    // to `status` (delivery, storing, the status cache, the 250 ms poll).
+    let windows: Vec<u64> = followed
+        .iter()
+        .filter_map(|f| f.window_end_ms.map(|e| e.max(0) as u64))
+        .collect();
+    let delivery: Vec<u64> = followed
+        .iter()
+        .filter_map(|f| Some((f.bpmon_ms? as i64 - f.window_end_ms?).max(0) as u64))
+        .collect();
     let flink: Vec<u64> = followed.iter().filter_map(|f| f.flink_ms).collect();
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1} s", v as f64 / 1000.0));
     println!(
@@ -77,6 +89,13 @@ fn main() -> Result<()> {
         ms(bpmon.iter().max().copied()),
         bpmon.len(),
         followed.len()
+    );
+    println!(
+        "    of which until its window ended:     p50 {}  p90 {}; then to `status`: p50 {}  p90 {}",
+        ms(quantile(&windows, 0.5)),
+        ms(quantile(&windows, 0.9)),
+        ms(quantile(&delivery, 0.5)),
+        ms(quantile(&delivery, 0.9)),
     );
     println!(
         "  Flink /backpressure:                   p50 {}  p90 {}  max {}  ({} of {} seen within their phase)",
