@@ -342,9 +342,7 @@ impl Collector {
                         return Err(e.into());
                     }
                 };
-                total.windows += r.windows;
-                total.merged += r.merged;
-                total.skipped += r.skipped;
+                total += r;
                 slot += span;
                 lock(&me.rollup).until_ms = Some(slot);
             }

@@ -19,6 +19,7 @@ use super::columns::to_i64;
 use super::connection::Store;
 use super::error::{sql, StoreError};
 use super::stacks::{decode, encode};
+use super::windows::INSERT_WINDOW;
 
 /// The slot old short windows are merged into: a minute.
 pub const ROLLUP_SPAN_MS: u64 = 60_000;
@@ -80,6 +81,14 @@ impl Stored {
     }
 }
 
+impl std::ops::AddAssign for Rollup {
+    fn add_assign(&mut self, r: Rollup) {
+        self.windows += r.windows;
+        self.merged += r.merged;
+        self.skipped += r.skipped;
+    }
+}
+
 impl Store {
     /// The start of the oldest window stored, if any.
     pub fn oldest_window_start_ms(&self) -> Result<Option<u64>, StoreError> {
@@ -106,10 +115,7 @@ impl Store {
         let end = before_ms / span * span;
         let mut total = Rollup::default();
         while slot < end {
-            let r = self.roll_up_slot(slot, span)?;
-            total.windows += r.windows;
-            total.merged += r.merged;
-            total.skipped += r.skipped;
+            total += self.roll_up_slot(slot, span)?;
             slot += span;
         }
         if total.windows > 0 {
@@ -166,37 +172,31 @@ impl Store {
                     .execute(params![r.rowid])
                     .map_err(sql("roll up windows", path))?;
             }
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO windows (job_key, subtask_id, attempt, window_start_ms,
-                     window_end_ms, taskmanager_id, host, samples, blocked, soft, idle, busy,
-                     ratio, level, split, metrics, top_frames, evidence, stacks)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17, ?18, ?19)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    m.job_key,
-                    m.subtask_id,
-                    m.attempt,
-                    m.start,
-                    m.end,
-                    m.taskmanager_id,
-                    m.host,
-                    m.counts[0],
-                    m.counts[1],
-                    m.counts[2],
-                    m.counts[3],
-                    m.counts[4],
-                    m.ratio,
-                    m.level,
-                    m.split,
-                    m.metrics,
-                    m.top_frames,
-                    m.evidence,
-                    m.stacks,
-                ])
-            })
-            .map_err(sql("roll up windows", path))?;
+            tx.prepare_cached(INSERT_WINDOW)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        m.job_key,
+                        m.subtask_id,
+                        m.attempt,
+                        m.start,
+                        m.end,
+                        m.taskmanager_id,
+                        m.host,
+                        m.counts[0],
+                        m.counts[1],
+                        m.counts[2],
+                        m.counts[3],
+                        m.counts[4],
+                        m.ratio,
+                        m.level,
+                        m.split,
+                        m.metrics,
+                        m.top_frames,
+                        m.evidence,
+                        m.stacks,
+                    ])
+                })
+                .map_err(sql("roll up windows", path))?;
             // A subtask whose newest window was merged points at the merged one.
             let last = group.iter().map(|r| r.start).max().unwrap_or(m.start);
             tx.prepare_cached(

@@ -17,6 +17,14 @@ use super::connection::{Ids, JobIds, Store};
 use super::error::{sql, StoreError};
 use super::stacks::{encode, stack_ids, CachedStack};
 
+/// Stores one window row (replacing the one of the same subtask, attempt and start), its
+/// columns in this order.
+pub(super) const INSERT_WINDOW: &str = "INSERT OR REPLACE INTO windows (job_key, subtask_id,
+         attempt, window_start_ms, window_end_ms, taskmanager_id, host, samples, blocked, soft,
+         idle, busy, ratio, level, split, metrics, top_frames, evidence, stacks)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+         ?19)";
+
 /// Columns of a [`MergedWindow`], in the order [`window_from_row`] reads them.
 const WINDOW_COLUMNS: &str = "k.job_id, s.vertex_id, s.subtask, w.attempt, w.window_start_ms, \
      w.window_end_ms, w.taskmanager_id, w.host, w.samples, w.blocked, w.soft, w.idle, w.busy, \
@@ -202,13 +210,7 @@ fn insert_rows(
     path: &Path,
 ) -> Result<(), StoreError> {
     let mut insert = tx
-        .prepare_cached(
-            "INSERT OR REPLACE INTO windows (job_key, subtask_id, attempt, window_start_ms,
-                 window_end_ms, taskmanager_id, host, samples, blocked, soft, idle, busy, ratio,
-                 level, split, metrics, top_frames, evidence, stacks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19)",
-        )
+        .prepare_cached(INSERT_WINDOW)
         .map_err(sql("store windows", path))?;
     let mut latest = tx
         .prepare_cached(
