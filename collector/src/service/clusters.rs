@@ -155,6 +155,16 @@ impl Clusters {
         })
     }
 
+    /// Whether this run can say what the cluster at `url` runs: it has read it at least once,
+    /// or watches no cluster at that address (nothing will ever read it).
+    pub fn can_tell(&self, url: &str) -> bool {
+        self.clusters
+            .iter()
+            .map(read)
+            .find(|c| c.client.base_url() == url.trim_end_matches('/'))
+            .is_none_or(|c| c.last_good.is_some())
+    }
+
     /// The health of the cluster at `url`.
     pub fn health_of(&self, url: &str) -> ClusterHealth {
         self.clusters

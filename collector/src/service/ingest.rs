@@ -194,8 +194,15 @@ impl Collector {
         for job_id in jobs {
             match self.job_status(&job_id) {
                 Ok(Some(status)) => {
+                    let live = self.clusters.live_job(&job_id).is_some();
+                    if !live && !self.clusters.can_tell(&status.flink_url) {
+                        // Its cluster not read yet (a collector just restarted): whether the
+                        // job still runs is not known, and its open episodes must not end.
+                        lock(&self.pending).mark([job_id]);
+                        continue;
+                    }
                     let now = bottleneck_of(&status);
-                    if self.clusters.live_job(&job_id).is_some() {
+                    if live {
                         episodes.extend(lock(&self.episodes).observe(&status, now.as_ref()));
                     } else {
                         let at = status.updated_at_ms;

@@ -475,4 +475,54 @@ mod tests {
         drop(c);
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[tokio::test]
+    async fn a_restarted_collector_keeps_the_open_episodes_until_it_has_read_flink() {
+        use crate::api::Episode;
+        use bpmon_proto::Level;
+        let dir = std::env::temp_dir().join(format!(
+            "bpmon-restart-episodes-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        // What the collector left: a job of a cluster, its last window, an episode under way.
+        let flink = "http://127.0.0.1:9";
+        let now = now_ms();
+        {
+            let mut store = Store::open(&dir).unwrap();
+            store.upsert_job("j", "job", flink, now).unwrap();
+            store.insert_windows(&[window(now - 2_000)]).unwrap();
+            store
+                .save_episode(&Episode {
+                    job_id: "j".into(),
+                    vertex_id: "v".into(),
+                    vertex: "v".into(),
+                    started_at_ms: now - 60_000,
+                    ended_at_ms: None,
+                    peak_level: Level::High,
+                    peak_ratio: 0.9,
+                    peak_at_ms: now - 60_000,
+                    bottleneck: None,
+                })
+                .unwrap();
+        }
+        // Restarted, watching that cluster, not read yet (nothing answers there): the job may
+        // still run, so its episode stays open.
+        let mut config = CollectorConfig {
+            data_dir: dir.clone(),
+            ..CollectorConfig::default()
+        };
+        config.flink.urls = vec![flink.into()];
+        let c = build(&config).unwrap();
+        c.check_bottlenecks().await;
+        assert_eq!(lock(&c.episodes).open().len(), 1);
+        drop(c);
+        // Watching no cluster at that address, nothing will ever say it runs: it ends.
+        config.flink.urls = Vec::new();
+        let c = build(&config).unwrap();
+        c.check_bottlenecks().await;
+        assert!(lock(&c.episodes).open().is_empty());
+        drop(c);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
