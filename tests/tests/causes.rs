@@ -749,13 +749,24 @@ fn causes_on_flink_2_3() -> Result<()> {
     cpu.name = "host";
     cpu.first = "host";
     settle(t0, &collector, &[&cpu])?;
-    let c = first_cause(&cpu)?;
-    ensure!(
-        c["evidence"][0]
-            .as_str()
-            .is_some_and(|e| e.contains("bpmon-causes-")),
-        "{c}"
-    );
+    // The windows right after the limit may still read the host cause from the browser's load
+    // (run-queue waits) before the cgroup's throttling shows: the limit's evidence comes first
+    // once its windows are in.
+    wait_for(
+        "the cpu job's host cause to name the cgroup",
+        Duration::from_secs(60),
+        || {
+            let c = first_cause(&cpu)?;
+            let cgroup = c["evidence"][0]
+                .as_str()
+                .is_some_and(|e| e.contains("bpmon-causes-"));
+            if cgroup {
+                Ok(Some(()))
+            } else {
+                Err(anyhow::anyhow!("{c}"))
+            }
+        },
+    )?;
     // The alert follows the cause: one event saying the cpu job's first cause went to host.
     let event = wait_for("the cause-change event", Duration::from_secs(30), || {
         let log = std::fs::read_to_string(&collector.daemon.log)?;
