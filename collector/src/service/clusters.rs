@@ -155,24 +155,23 @@ impl Clusters {
         })
     }
 
-    /// Whether this run can say what the cluster at `url` runs: it has read it at least once,
-    /// or watches no cluster at that address (nothing will ever read it).
-    pub fn can_tell(&self, url: &str) -> bool {
+    /// The state of the watched cluster at `url`, if one is there.
+    fn at(&self, url: &str) -> Option<std::sync::RwLockReadGuard<'_, ClusterState>> {
         self.clusters
             .iter()
             .map(read)
             .find(|c| c.client.base_url() == url.trim_end_matches('/'))
-            .is_none_or(|c| c.last_good.is_some())
+    }
+
+    /// Whether this run can say what the cluster at `url` runs: it has read it at least once,
+    /// or watches no cluster at that address (nothing will ever read it).
+    pub fn can_tell(&self, url: &str) -> bool {
+        self.at(url).is_none_or(|c| c.last_good.is_some())
     }
 
     /// The health of the cluster at `url`.
     pub fn health_of(&self, url: &str) -> ClusterHealth {
-        self.clusters
-            .iter()
-            .map(read)
-            .find(|c| c.client.base_url() == url.trim_end_matches('/'))
-            .map(|c| c.health.clone())
-            .unwrap_or_default()
+        self.at(url).map(|c| c.health.clone()).unwrap_or_default()
     }
 }
 
