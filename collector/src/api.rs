@@ -66,6 +66,10 @@ pub struct JobSummary {
     /// no episode says (a job never back-pressured while watched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level_since_ms: Option<u64>,
+    /// When bpmon's oldest window of the job ended: a `level_since_ms` before it means the
+    /// level held from the first window on, so it may have held longer ("since at least").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watched_since_ms: Option<u64>,
 }
 
 /// `GET /api/v1/jobs/{job}/status`.
@@ -222,6 +226,9 @@ pub struct TimelineView {
     /// In the job's order; a vertex without windows in the period has no points.
     pub vertices: Vec<VertexTimeline>,
     pub episodes: Vec<Episode>,
+    /// When bpmon's oldest window of the job ended (see [`JobSummary::watched_since_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watched_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -988,6 +988,7 @@ mod tests {
                 cause_share: None,
                 cause_summary: None,
                 level_since_ms: None,
+                watched_since_ms: None,
             }],
         };
         assert!(jobs(&low, true, NOW).contains("\x1b[33mLOW\x1b[0m"));
@@ -1069,6 +1070,7 @@ mod tests {
                 cause_share: None,
                 cause_summary: None,
                 level_since_ms: None,
+                watched_since_ms: None,
             }],
         };
         let text = jobs(&j, false, NOW);
@@ -1128,6 +1130,7 @@ mod tests {
             cause_share: Some(0.71),
             cause_summary: Some("71% running user code".into()),
             level_since_ms: None,
+            watched_since_ms: None,
         };
         let view = JobsView {
             jobs: vec![
@@ -1184,6 +1187,7 @@ mod tests {
                 cause_share: share,
                 cause_summary: cause.map(|c| format!("{} it is", c.as_str())),
                 level_since_ms: None,
+                watched_since_ms: None,
             };
         // The cell under the header's column, to the end of the cell.
         let cell = |j: JobSummary| {

@@ -126,6 +126,7 @@ fn jobs_view() -> JobsView {
             cause_share: Some(0.71),
             cause_summary: Some("71% waiting for a lock on a com.acme.Shared".into()),
             level_since_ms: None,
+            watched_since_ms: None,
         }],
     }
 }

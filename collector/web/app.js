@@ -118,6 +118,8 @@ async function api(path, asText) {
   if (r.status === 401) throw new AuthNeeded(state.token ? 'that token was refused' : '');
   let body;
   try { body = asText ? await r.text() : await r.json(); } catch (e) { body = null; }
+  // A valid token of a role that may not read (an agent's): ask for another, saying why.
+  if (r.status === 403) throw new AuthNeeded('that token may not read: ' + (body && body.error ? body.error : '403 Forbidden'));
   if (!r.ok) {
     const msg = body && body.error ? body.error : r.status + ' ' + r.statusText;
     throw new Error(msg);
@@ -139,6 +141,14 @@ $('login').addEventListener('submit', (e) => {
   state.token = $('token').value.trim();
   sessionStorage.setItem('bpmon.token', state.token);
   $('login').hidden = true;
+  route();
+});
+
+// Forgets the tab's token (a shared screen, another role): the next read asks again.
+$('forget').addEventListener('click', () => {
+  state.token = '';
+  sessionStorage.removeItem('bpmon.token');
+  $('token').value = '';
   route();
 });
 
@@ -198,6 +208,7 @@ function jobHash(job, vertex, range) {
 function route() {
   stopTimers();
   $('banner').hidden = true;
+  $('forget').hidden = !state.token;
   const r = parseRoute();
   const sameJob = state.route && state.route.page === 'job' && r.page === 'job' && state.route.job === r.job;
   state.route = r;
@@ -233,9 +244,11 @@ function showJobs() {
   });
   const summary = el('span', { class: 'muted' });
   const table = el('table', { id: 'jobs' });
-  main.replaceChildren(el('h1', { text: 'Jobs' }), el('div', { class: 'toolbar' }, filter, summary), table);
+  const trouble = el('div', { id: 'trouble', class: 'trouble-cards' });
+  main.replaceChildren(el('h1', { text: 'Jobs' }), trouble, el('div', { class: 'toolbar' }, filter, summary), table);
   let jobs = [];
   function render() {
+    troubleCards(trouble, jobs);
     const f = state.filter.toLowerCase();
     const shown = jobs.filter((j) => !f || [j.job_name, j.job_id, j.bottleneck, j.cause, j.cause_summary, j.state]
       .some((x) => x && String(x).toLowerCase().includes(f)));
@@ -244,8 +257,8 @@ function showJobs() {
       const x = col[2](a); const y = col[2](b);
       return (x < y ? -1 : x > y ? 1 : 0) * state.sort.dir || a.job_name.localeCompare(b.job_name);
     });
-    const trouble = jobs.filter((j) => j.level === 'low' || j.level === 'high').length;
-    summary.textContent = jobs.length + ' job' + (jobs.length === 1 ? '' : 's') + ', ' + trouble + ' back-pressured'
+    const pressed = jobs.filter(backPressured).length;
+    summary.textContent = jobs.length + ' job' + (jobs.length === 1 ? '' : 's') + ', ' + pressed + ' back-pressured'
       + (shown.length < jobs.length ? ', ' + shown.length + ' shown' : '');
     const head = el('tr', {}, JOB_COLUMNS.map(([key, name]) => el('th', {
       class: 'sortable' + (state.sort.key === key ? (state.sort.dir > 0 ? ' sorted-asc' : ' sorted-desc') : ''),
@@ -258,7 +271,8 @@ function showJobs() {
     el('td', {}, el('a', { href: jobHash(j.job_id) }, j.job_name), el('div', { class: 'muted' }, el('code', {}, j.job_id))),
     el('td', {}, j.bottleneck || el('span', { class: 'muted' }, '—')),
     el('td', {}, j.cause ? el('div', {}, el('b', {}, causeText({ kind: j.cause, share: j.cause_share })), el('div', { class: 'muted' }, j.cause_summary || '')) : ''),
-    el('td', { title: j.level_since_ms ? dateTime(j.level_since_ms) : '' }, j.level_since_ms ? (LEVEL[levelKey(j.level)].word + ' for ' + ago(j.level_since_ms)) : el('span', { class: 'muted' }, '—')),
+    el('td', { title: j.level_since_ms ? dateTime(j.level_since_ms) + (atLeast(j.level_since_ms, j.watched_since_ms) ? ' ' + FIRST_WINDOW : '') : '' },
+      j.level_since_ms ? (LEVEL[levelKey(j.level)].word + ' for ' + (atLeast(j.level_since_ms, j.watched_since_ms) ? '≥ ' : '') + ago(j.level_since_ms)) : el('span', { class: 'muted' }, '—')),
     el('td', { title: j.updated_at_ms ? dateTime(j.updated_at_ms) : '' }, j.updated_at_ms ? ago(j.updated_at_ms) + ' ago' : 'never'),
     el('td', {}, j.state || el('span', { class: 'muted' }, 'gone'))));
     if (!rows.length) {
@@ -271,6 +285,43 @@ function showJobs() {
     jobs = (await api('/api/v1/jobs')).jobs;
     render();
   });
+}
+
+const FIRST_WINDOW = '(so in bpmon\'s first window of this job: it may have begun earlier)';
+
+// A level that held in bpmon's oldest window of the job began before bpmon saw it, or then.
+function atLeast(since, watchedSince) { return !!watchedSince && since < watchedSince; }
+
+function sinceText(what, since, watchedSince) {
+  return atLeast(since, watchedSince)
+    ? what + ' since at least ' + clock(since) + ' (' + ago(since) + '): so in bpmon\'s first window of it'
+    : what + ' since ' + clock(since) + ' (' + ago(since) + ')';
+}
+
+function backPressured(j) { return j.level === 'low' || j.level === 'high'; }
+
+const MAX_CARDS = 12;
+
+// One card per back-pressured job, worst first, above the table: the job, its bottleneck, why
+// and since when, to be seen at a glance rather than read off a row. Each opens the job.
+function troubleCards(into, jobs) {
+  const rank = (j) => LEVEL[levelKey(j.level)].rank * 10 + (j.ratio || 0);
+  const bad = jobs.filter(backPressured).sort((a, b) => rank(b) - rank(a) || a.job_name.localeCompare(b.job_name));
+  if (!bad.length) {
+    into.replaceChildren(jobs.length ? el('div', { class: 'card calm' }, badge('ok', null), ' No job is back-pressured.') : '');
+    return;
+  }
+  const cards = bad.slice(0, MAX_CARDS).map((j) => el('a', {
+    class: 'trouble-card lvl-edge-' + levelKey(j.level) + (j.stale ? ' stale' : ''), href: jobHash(j.job_id), 'data-job': j.job_id,
+  },
+  el('div', { class: 'card-head' }, badge(j.level, j.ratio), ' ', el('b', {}, j.job_name),
+    j.stale ? el('span', { class: 'tag stale' }, 'stale') : null),
+  el('div', { class: 'card-vertex' }, j.bottleneck ? ['Bottleneck: ', el('b', {}, j.bottleneck)] : el('span', { class: 'muted' }, 'no bottleneck named yet')),
+  j.cause ? el('div', { class: 'card-cause' }, 'Why: ', el('b', {}, causeText({ kind: j.cause, share: j.cause_share })),
+    j.cause_summary ? el('div', { class: 'muted' }, j.cause_summary) : null) : null,
+  el('div', { class: 'muted' }, j.level_since_ms ? sinceText(LEVEL[levelKey(j.level)].word, j.level_since_ms, j.watched_since_ms) : '')));
+  if (bad.length > MAX_CARDS) cards.push(el('div', { class: 'card muted' }, (bad.length - MAX_CARDS) + ' more in the table below'));
+  into.replaceChildren(...cards);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,7 +391,7 @@ function renderStatus(parts, r) {
       el('div', { class: 'headline' }, 'Bottleneck: ', el('span', { id: 'bottleneck-vertex' }, vname(b.vertex_id)),
         c ? [' — ', el('span', { id: 'bottleneck-cause' }, causeText(c))] : null),
       c ? el('div', {}, c.summary) : el('div', {}, b.message),
-      since ? el('div', { id: 'bottleneck-since' }, 'Back-pressure since ' + clock(since) + ' (' + ago(since) + ')') : null,
+      since ? el('div', { id: 'bottleneck-since' }, sinceText('Back-pressure', since, state.job.timeline.watched_since_ms)) : null,
       b.victims && b.victims.length ? el('div', { class: 'muted' }, 'Back-pressured by it: ' + b.victims.map(vname).join(', ')) : null,
       c && c.advice ? el('div', { class: 'advice' }, c.advice) : null));
   } else {

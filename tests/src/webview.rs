@@ -1,5 +1,5 @@
 //! What a person sees on the collector's web view, read off a real browser ([`Browser`]): the
-//! jobs page's rows, and a job page's bottleneck card, graph nodes, timeline and flame graph.
+//! jobs page's cards and rows, and a job page's bottleneck card, graph nodes, timeline and flame graph.
 //! The tests decide what must be there; `web-shots` keeps screenshots of the same pages.
 
 use std::path::Path;
@@ -60,6 +60,15 @@ pub fn jobs_page(browser: &Browser, collector: &str, at_least: usize) -> Result<
         PAGE_DEADLINE,
     )?;
     serde_json::from_value(v).context("the jobs page's rows")
+}
+
+/// The jobs page's cards of back-pressured jobs, as shown now (the page must be open).
+pub fn trouble_cards(browser: &Browser) -> Result<Vec<JobRowSeen>> {
+    let v = browser.eval(
+        "return [...document.querySelectorAll('#trouble a.trouble-card')]
+             .map(c => ({job: c.dataset.job, text: c.innerText}));",
+    )?;
+    serde_json::from_value(v).context("the jobs page's cards")
 }
 
 /// Opens a job's page and returns what it shows once the graph, the timeline and the flame

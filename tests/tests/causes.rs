@@ -229,6 +229,7 @@ fn web_view_shows_each_bottleneck(
     let browser = Browser::start(1400, 900)?;
     let rows = retry3(|| {
         let rows = webview::jobs_page(&browser, &collector.url, cases.len())?;
+        let cards = webview::trouble_cards(&browser)?;
         let jobs = collector.cli_json(&["jobs"])?;
         for case in cases {
             let job = jobs["jobs"]
@@ -256,6 +257,20 @@ fn web_view_shows_each_bottleneck(
                 case.name,
                 cause_words(cause),
                 row.text
+            );
+            // Every case is back-pressured: a card says so above the table.
+            let card = cards
+                .iter()
+                .find(|c| c.job == case.jid)
+                .with_context(|| format!("the jobs page has no card for bpmon-{}", case.name))?;
+            ensure!(
+                card.text.contains(vertex)
+                    && card.text.contains(cause_words(cause))
+                    && card.text.contains(" since "),
+                "the card of bpmon-{} does not name {vertex:?}, {:?} and since when: {:?}",
+                case.name,
+                cause_words(cause),
+                card.text
             );
         }
         Ok(rows)

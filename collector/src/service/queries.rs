@@ -184,6 +184,9 @@ impl Collector {
                     Some(_) => store.last_episode_end(&job.job_id)?,
                     None => None,
                 };
+                if job.level_since_ms.is_some() {
+                    job.watched_since_ms = store.watched_since(&job.job_id)?;
+                }
                 jobs.push(job);
             }
             Ok(JobsView { jobs })
@@ -472,6 +475,97 @@ mod tests {
             .map(|w| (w.window_start_ms - t0, w.window_end_ms - t0, w.samples))
             .collect();
         assert_eq!(spans, [(0, 59_900, 700), (60_000, 119_900, 600)]);
+        drop(c);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_level_that_held_in_the_first_window_is_since_at_least_then() {
+        use crate::api::Episode;
+        use bpmon_proto::Level;
+        let dir = std::env::temp_dir().join(format!(
+            "bpmon-watched-since-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let now = now_ms();
+        let blocked = |job: &str, start: u64| {
+            let counts = SampleCounts {
+                samples: 20,
+                blocked: 20,
+                waiting: 0,
+                busy: 0,
+                timers: None,
+            };
+            let metrics = SubtaskMetrics::default();
+            let at = SubtaskRef {
+                job_id: job.into(),
+                vertex_id: "v".into(),
+                subtask: 0,
+                attempt: 0,
+            };
+            let merged = merge_subtask(&counts, &metrics);
+            MergedWindow::new(&at, start, start + 1_900, &merged, metrics, Vec::new())
+        };
+        let episode = |job: &str, start: u64| Episode {
+            job_id: job.into(),
+            vertex_id: "v".into(),
+            vertex: "v".into(),
+            started_at_ms: start,
+            ended_at_ms: None,
+            peak_level: Level::High,
+            peak_ratio: 1.0,
+            peak_at_ms: start,
+            bottleneck: None,
+        };
+        {
+            let mut store = Store::open(&dir).unwrap();
+            // "seen": back-pressured from bpmon's first window on; "began": OK at first (an
+            // earlier window ended before the episode started).
+            for job in ["seen", "began"] {
+                store
+                    .upsert_job(job, job, "http://127.0.0.1:9", now)
+                    .unwrap();
+                store
+                    .upsert_vertices(
+                        job,
+                        &[crate::store::VertexRow {
+                            vertex_id: "v".into(),
+                            name: "v".into(),
+                            parallelism: 1,
+                        }],
+                    )
+                    .unwrap();
+            }
+            store
+                .insert_windows(&[
+                    blocked("seen", now - 60_000),
+                    blocked("seen", now - 2_000),
+                    window(now - 60_000),
+                ])
+                .unwrap();
+            let mut ok_then_high = window(now - 60_000);
+            ok_then_high.job_id = "began".into();
+            store
+                .insert_windows(&[ok_then_high, blocked("began", now - 30_000)])
+                .unwrap();
+            store.save_episode(&episode("seen", now - 60_000)).unwrap();
+            store.save_episode(&episode("began", now - 30_000)).unwrap();
+        }
+        let config = CollectorConfig {
+            data_dir: dir.clone(),
+            ..CollectorConfig::default()
+        };
+        let c = build(&config).unwrap();
+        let jobs = c.jobs().await.unwrap().jobs;
+        let of = |id: &str| jobs.iter().find(|j| j.job_id == id).unwrap().clone();
+        let (seen, began) = (of("seen"), of("began"));
+        assert_eq!(seen.level, Some(Level::High));
+        assert_eq!(seen.level_since_ms, Some(now - 60_000));
+        assert_eq!(seen.watched_since_ms, Some(now - 60_000 + 1_900));
+        assert!(seen.level_since_ms < seen.watched_since_ms, "{seen:?}");
+        assert_eq!(began.level_since_ms, Some(now - 30_000));
+        assert!(began.level_since_ms >= began.watched_since_ms, "{began:?}");
         drop(c);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -209,6 +209,7 @@ pub fn summary(s: &StatusView) -> JobSummary {
         cause_share: cause.and_then(|c| c.share),
         cause_summary: cause.map(|c| c.summary.clone()),
         level_since_ms: None,
+        watched_since_ms: None,
     }
 }
 

@@ -108,6 +108,7 @@ impl Collector {
                 .into_iter()
                 .filter(|e| e.started_at_ms < period.until_ms)
                 .collect();
+            let watched_since_ms = store.watched_since(&row.job_id)?;
             Ok(TimelineView {
                 job_id: row.job_id,
                 job_name: row.name,
@@ -116,6 +117,7 @@ impl Collector {
                 bucket_ms,
                 vertices,
                 episodes,
+                watched_since_ms,
             })
         })
         .await?

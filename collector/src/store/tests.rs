@@ -1,5 +1,5 @@
 use super::schema::user_version;
-use super::windows::{history_sql, latest_sql, split_str};
+use super::windows::{history_sql, latest_sql, split_str, WATCHED_SINCE_SQL};
 use super::*;
 use crate::clock::now_ms;
 use crate::mapping::SubtaskRef;
@@ -636,9 +636,29 @@ fn queries_use_the_indexes() {
         history.contains("windows_by_job (job_key=? AND window_start_ms>?)"),
         "{history}"
     );
-    for p in [latest, history] {
+    let watched = plan(WATCHED_SINCE_SQL, params!["j"]);
+    assert!(watched.contains("windows_by_job (job_key=?)"), "{watched}");
+    for p in [latest, history, watched] {
         assert!(!p.contains("SCAN"), "{p}");
     }
+}
+
+#[test]
+fn a_job_is_watched_since_its_oldest_window_held_ended() {
+    let dir = TempDir::new("watched");
+    let mut store = Store::open(&dir.0).unwrap();
+    assert_eq!(store.watched_since("j").unwrap(), None);
+    store
+        .insert_windows(&[
+            window("j", "v2", 1, 30_000),
+            window("j", "v1", 0, 20_000),
+            window("j", "v1", 0, 40_000),
+            window("k", "v1", 0, 10_000),
+        ])
+        .unwrap();
+    assert_eq!(store.watched_since("j").unwrap(), Some(24_950));
+    assert_eq!(store.watched_since("k").unwrap(), Some(14_950));
+    assert_eq!(store.watched_since("nope").unwrap(), None);
 }
 
 #[test]

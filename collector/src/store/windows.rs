@@ -19,6 +19,11 @@ use super::stacks::{encode, stack_ids, CachedStack};
 
 /// Stores one window row (replacing the one of the same subtask, attempt and start), its
 /// columns in this order.
+/// The end of a job's oldest window: the first entry of its range of `windows_by_job`.
+pub(super) const WATCHED_SINCE_SQL: &str = "SELECT w.window_end_ms FROM job_keys k
+     CROSS JOIN windows w ON w.job_key = k.id
+     WHERE k.job_id = ?1 ORDER BY w.window_start_ms LIMIT 1";
+
 pub(super) const INSERT_WINDOW: &str = "INSERT OR REPLACE INTO windows (job_key, subtask_id,
          attempt, window_start_ms, window_end_ms, taskmanager_id, host, samples, blocked, soft,
          idle, busy, ratio, level, split, metrics, top_frames, evidence, stacks)
@@ -129,6 +134,19 @@ impl Store {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(sql("read the latest windows", path))?;
         Ok(rows)
+    }
+
+    /// When the oldest window held of a job ended: bpmon has watched the job since then. A
+    /// level that already held in that window may have held before it.
+    pub fn watched_since(&self, job_id: &str) -> Result<Option<u64>, StoreError> {
+        self.conn
+            .prepare_cached(WATCHED_SINCE_SQL)
+            .and_then(|mut s| {
+                s.query_row(params![job_id], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .map(|end| end.and_then(|e| u64::try_from(e).ok()))
+            .map_err(sql("read the oldest window", &self.path))
     }
 
     /// A job's windows that started at or after `since_ms`, oldest first; only one vertex's when
