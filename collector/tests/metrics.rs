@@ -766,6 +766,18 @@ async fn the_alert_rules_raise_one_alert_for_the_bottleneck_of_a_real_scrape() {
     let svc = start("alerts").await;
     let body = serde_json::to_vec(&batch(1)).unwrap();
     assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
+    // A second agent sampling in-process: no pauses; its cost is the sampler's CPU in the JVM.
+    let mut inproc = batch(1);
+    inproc.agent_id = "agent-b".into();
+    inproc.reports[0].backend = "jvmti".into();
+    inproc.reports[0].cost = SampleCost {
+        dumps: 100,
+        inside_us_p50: Some(90),
+        inside_cpu_ms_total: Some(40.0),
+        ..SampleCost::default()
+    };
+    let body = serde_json::to_vec(&inproc).unwrap();
+    assert_eq!(post(&svc.url, body).await, reqwest::StatusCode::OK);
     let (text, s) = scrape(&svc.url).await;
     let bottleneck = find(&s, "bpmon_bottleneck", &[("job_id", JOB)]);
     assert_eq!(bottleneck.len(), 1, "{text}");
@@ -779,6 +791,22 @@ async fn the_alert_rules_raise_one_alert_for_the_bottleneck_of_a_real_scrape() {
         &[("agent_id", "agent-a")],
     );
     assert!((paused - 0.125).abs() < 1e-9, "{paused}");
+    let cpu = one(
+        &s,
+        &text,
+        "bpmon_sampling_jvm_cpu_seconds_total",
+        &[("agent_id", "agent-b")],
+    );
+    assert!((cpu - 0.040).abs() < 1e-9, "{cpu}");
+    assert!(
+        find(
+            &s,
+            "bpmon_sampling_jvm_cpu_seconds_total",
+            &[("agent_id", "agent-a")]
+        )
+        .is_empty(),
+        "a dump backend has no in-process CPU: {text}"
+    );
 
     let mut series = String::new();
     for x in &s.samples {

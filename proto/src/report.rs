@@ -197,6 +197,10 @@ pub struct SampleCost {
     /// In-process backend: median time the sampler spent inside the JVM per sample, µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inside_us_p50: Option<u64>,
+    /// In-process backend: CPU time the sampler's thread spent on this window's samples inside
+    /// the JVM, ms (what sampling costs the TaskManager; it takes no safepoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside_cpu_ms_total: Option<f64>,
 }
 
 impl FrameCount {

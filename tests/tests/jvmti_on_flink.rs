@@ -517,6 +517,28 @@ fn jvmti_backend_on_flink_2_3_jdk17() -> Result<()> {
             by_jvmti.cost.dumps
         ),
     );
+    // What the collector exports as the in-process sampler's CPU: one thread's, so more than
+    // nothing and less than the window's wall time; dumps have none.
+    let cpu_ms = by_jvmti
+        .cost
+        .inside_cpu_ms_total
+        .context("the in-process window reports no CPU")?;
+    ensure!(
+        cpu_ms > 0.0 && cpu_ms <= by_jvmti.elapsed_ms as f64,
+        "in-process CPU {cpu_ms} ms over a {} ms window",
+        by_jvmti.elapsed_ms
+    );
+    ensure!(
+        by_attach.cost.inside_cpu_ms_total.is_none(),
+        "a dump backend claims in-process CPU"
+    );
+    log(
+        t0,
+        format!(
+            "in-process CPU: {cpu_ms:.1} ms over the {} ms window ({} samples with stacks)",
+            by_jvmti.elapsed_ms, by_jvmti.cost.dumps
+        ),
+    );
     if let (Some(a), Some(j)) = (a_sp, j_sp) {
         ensure!(
             a >= u64::from(by_attach.cost.dumps),

@@ -248,6 +248,8 @@ pub struct Window {
     dump_us: Vec<u64>,
     parse_us: Vec<u64>,
     inside_us: Vec<u64>,
+    /// CPU of the in-process sampler on the samples so far, µs (none from dump backends).
+    inside_cpu_us: Option<u64>,
     skipped_lines: u64,
     safepoints: Option<(u64, f64)>,
     failures_in_row: u32,
@@ -288,6 +290,7 @@ impl Window {
             dump_us: Vec::with_capacity(samples as usize),
             parse_us: Vec::with_capacity(samples as usize),
             inside_us: Vec::new(),
+            inside_cpu_us: None,
             skipped_lines: 0,
             // No perf data: no figure at all; perf data that stops being readable: no figure.
             safepoints: jvm.perf_file.as_ref().map(|_| (0, 0.0)),
@@ -336,6 +339,9 @@ impl Window {
                 self.dump_us.push(dump.took.as_micros() as u64);
                 self.parse_us.push(dump.parse.as_micros() as u64);
                 self.inside_us.extend(classified.inside_us);
+                if let Some(cpu) = classified.inside_cpu_us {
+                    *self.inside_cpu_us.get_or_insert(0) += cpu;
+                }
                 self.skipped_lines += classified.skipped_lines;
                 let samples: Vec<ThreadSample> = classified
                     .threads
@@ -402,6 +408,7 @@ impl Window {
             safepoint_ms_total: self.safepoints.map(|s| (s.1 * 1000.0).round() / 1000.0),
             skipped_lines: self.skipped_lines,
             inside_us_p50: (!self.inside_us.is_empty()).then(|| median(&mut self.inside_us)),
+            inside_cpu_ms_total: self.inside_cpu_us.map(|us| us as f64 / 1000.0),
         };
         let (tasks, stack_frames) = self.tally.into_tasks_and_frames(self.top_frames);
         let resources = Some(self.resources_at_start.delta(&resources_at_end));

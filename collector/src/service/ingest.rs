@@ -92,6 +92,11 @@ impl Collector {
             .iter()
             .filter_map(|r| r.cost.safepoint_ms_total)
             .sum();
+        let inside_cpu_ms: Option<f64> = batch
+            .reports
+            .iter()
+            .filter_map(|r| r.cost.inside_cpu_ms_total)
+            .reduce(|a, b| a + b);
         let windows = placement.windows;
         let oldest = windows.iter().map(|w| w.window_start_ms).min();
         let observed = observations(&windows);
@@ -111,6 +116,9 @@ impl Collector {
             }
             self.metrics.stored(n, placement.unplaced.len());
             self.metrics.sampling_paused(&batch.agent_id, paused_ms);
+            if let Some(ms) = inside_cpu_ms {
+                self.metrics.sampling_cpu(&batch.agent_id, ms);
+            }
             lock(&self.misplaced).note(&batch, &placement.unplaced, placement.jvms, now_ms());
             self.note_levels(observed);
             lock(&self.pending).mark(jobs);

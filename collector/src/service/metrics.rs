@@ -75,6 +75,8 @@ pub struct ServiceMetrics {
     episodes: Family<Labels, Counter>,
     /// Time the agents' sampling held JVMs at safepoints, s, by agent.
     sampling_pause: Family<Labels, FloatCounter>,
+    /// CPU the in-process sampler spent inside the JVMs, s, by agent.
+    sampling_cpu: Family<Labels, FloatCounter>,
     /// The API's token check, whose refusals are exported (set when auth is configured).
     auth: std::sync::OnceLock<Arc<crate::auth::Auth>>,
     /// The listener's connection counts (set when it serves).
@@ -94,6 +96,7 @@ impl ServiceMetrics {
             per_subtask: AtomicBool::new(true),
             episodes: Family::default(),
             sampling_pause: Family::default(),
+            sampling_cpu: Family::default(),
             auth: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),
         };
@@ -158,6 +161,14 @@ impl ServiceMetrics {
             .inc_by(ms / 1000.0);
     }
 
+    /// What an agent's stored windows say the in-process sampler's thread spent on CPU inside
+    /// the JVMs, ms.
+    pub fn sampling_cpu(&self, agent_id: &str, ms: f64) {
+        self.sampling_cpu
+            .get_or_create(&vec![("agent_id", agent_id.to_string())])
+            .inc_by(ms / 1000.0);
+    }
+
     /// One poll of a cluster: how long it took, whether it yielded a usable snapshot, and
     /// whether anything in it failed.
     pub fn poll(&self, url: &str, took: Duration, usable: bool, errors: bool, at_ms: u64) {
@@ -186,6 +197,11 @@ impl ServiceMetrics {
             "sampling_jvm_pause_seconds",
             "Time agents' sampling held TaskManager JVMs at safepoints (attach and jcmd dumps; the in-process sampler takes none), by agent",
             self.sampling_pause.clone(),
+        );
+        r.register(
+            "sampling_jvm_cpu_seconds",
+            "CPU time the in-process sampler spent on samples inside TaskManager JVMs (the attach and jcmd backends' cost is their pauses), by agent",
+            self.sampling_cpu.clone(),
         );
         r.register(
             "ingest_batches",

@@ -18,6 +18,7 @@
 //! | `bpmon_backpressure_episodes_total` | counter | change = started, ended |
 //! | `bpmon_agent_last_report_timestamp_seconds` | gauge | agent_id |
 //! | `bpmon_sampling_jvm_pause_seconds_total` (safepoints during the agent's dumps) | counter | agent_id |
+//! | `bpmon_sampling_jvm_cpu_seconds_total` (the in-process sampler's CPU inside the JVMs) | counter | agent_id |
 //! | `bpmon_ingest_batches_total` | counter | outcome = stored, duplicate, rejected, failed |
 //! | `bpmon_ingest_windows_total`, `bpmon_ingest_unplaced_threads_total` | counter | |
 //! | `bpmon_flink_poll_errors_total` | counter | flink_url |

@@ -421,6 +421,7 @@ fn make_batch(topo: &Topology, agents: usize, a: usize, seq: u64) -> ReportBatch
                     safepoint_ms_total: Some(96.5),
                     skipped_lines: 0,
                     inside_us_p50: None,
+                    inside_cpu_ms_total: None,
                 },
                 errors: Vec::new(),
                 resources: None,
