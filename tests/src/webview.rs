@@ -97,6 +97,51 @@ pub fn job_page(browser: &Browser, collector: &str, job_id: &str) -> Result<JobP
     serde_json::from_value(v).context("the job page")
 }
 
+/// What the web view says of a job whose data went stale.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StaleSeen {
+    /// The job page's banner ("Stale: " and the reasons).
+    pub banner: String,
+    /// The jobs page's row carries the "stale" tag.
+    pub row_tagged: bool,
+    /// The job's card, if it has one (back-pressured), is drawn as stale.
+    pub card: Option<bool>,
+}
+
+/// Opens a job's page until its stale banner shows (within `deadline`: the collector waits out
+/// a window's interval, length and 30 s of grace), then the jobs page until the job's row is
+/// tagged stale.
+pub fn stale_job(
+    browser: &Browser,
+    collector: &str,
+    job_id: &str,
+    deadline: Duration,
+) -> Result<StaleSeen> {
+    browser.open(&format!("{collector}/#/job/{job_id}"))?;
+    let banner = browser.wait_for(
+        "the job page's stale banner",
+        "const b = document.getElementById('banner');
+         return !b.hidden && b.textContent.startsWith('Stale: ') ? b.textContent : null;",
+        deadline,
+    )?;
+    browser.open(&format!("{collector}/"))?;
+    let v = browser.wait_for(
+        "the jobs page's stale row",
+        &format!(
+            "const row = document.querySelector('#jobs tr.job[data-job=\"{job_id}\"]');
+             if (!row || !row.querySelector('.tag.stale')) return null;
+             const card = document.querySelector('#trouble a.trouble-card[data-job=\"{job_id}\"]');
+             return {{row_tagged: true, card: card ? card.classList.contains('stale') : null}};"
+        ),
+        PAGE_DEADLINE,
+    )?;
+    Ok(StaleSeen {
+        banner: banner.as_str().unwrap_or("").to_string(),
+        row_tagged: v["row_tagged"] == true,
+        card: v["card"].as_bool(),
+    })
+}
+
 /// The console's errors since the last look (a failed request, an exception, a CSP refusal).
 pub fn console_errors(browser: &Browser) -> Result<Vec<String>> {
     Ok(browser

@@ -604,7 +604,7 @@ fn causes_on_flink_2_3() -> Result<()> {
         &dir.join("prometheus"),
         &[collector.url.trim_start_matches("http://")],
     )?;
-    let agent = AgentProc::start(
+    let mut agent = AgentProc::start(
         &collector.url,
         "causes-agent",
         &dir.join("agent-spool"),
@@ -811,6 +811,22 @@ fn causes_on_flink_2_3() -> Result<()> {
     )?;
     running(&rest, &[&gc])?;
     settle(t0, &collector, &[&gc])?;
+
+    // --- The agent gone: the web view marks the job's data stale and says why.
+    agent.daemon.kill()?;
+    let browser = Browser::start(1400, 900)?;
+    let stale = webview::stale_job(&browser, &collector.url, &gc.jid, Duration::from_secs(90))?;
+    ensure!(
+        stale.banner.contains("no window newer than") && stale.row_tagged,
+        "the web view of a job without windows: {stale:?}"
+    );
+    ensure!(
+        stale.card != Some(false),
+        "the gc job's card is not drawn stale: {stale:?}"
+    );
+    let errors = webview::console_errors(&browser)?;
+    ensure!(errors.is_empty(), "console errors: {errors:#?}");
+    log(t0, format!("web view, agent gone: {}", stale.banner));
 
     drop(agent);
     drop(collector);
