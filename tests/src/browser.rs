@@ -33,6 +33,16 @@ impl Browser {
     /// Starts ChromeDriver on a free loopback port and opens a session of a headless Chromium
     /// with a window of `width` × `height`.
     pub fn start(width: u32, height: u32) -> Result<Browser> {
+        Browser::start_with(width, height, None)
+    }
+
+    /// As [`Browser::start`], saving what the page downloads into `downloads` without asking.
+    pub fn start_with_downloads(width: u32, height: u32, downloads: &Path) -> Result<Browser> {
+        std::fs::create_dir_all(downloads)?;
+        Browser::start_with(width, height, Some(downloads))
+    }
+
+    fn start_with(width: u32, height: u32, downloads: Option<&Path>) -> Result<Browser> {
         let chromium = which("chromium").context(
             "Chromium is missing (scripts/setup-chromium installs Debian's chromium and chromium-driver)",
         )?;
@@ -76,6 +86,14 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        let prefs = match downloads {
+            Some(dir) => json!({
+                "download.default_directory": dir,
+                "download.prompt_for_download": false,
+                "download.directory_upgrade": true,
+            }),
+            None => json!({}),
+        };
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -83,6 +101,7 @@ impl Browser {
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--hide-scrollbars",
                          format!("--window-size={width},{height}")],
+                "prefs": prefs,
             },
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});

@@ -97,6 +97,43 @@ pub fn job_page(browser: &Browser, collector: &str, job_id: &str) -> Result<JobP
     serde_json::from_value(v).context("the job page")
 }
 
+/// Clicks the job page's "Download folded stacks" (the page must be open, its flame graph
+/// drawn) and returns the file the browser saved into `dir`, a browser started with
+/// [`Browser::start_with_downloads`].
+pub fn download_folded(browser: &Browser, dir: &Path) -> Result<(String, String)> {
+    let before: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    browser.eval(
+        "const b = [...document.querySelectorAll('button')]
+             .find(b => b.textContent === 'Download folded stacks');
+         if (!b) throw new Error('no download button');
+         b.click(); return true;",
+    )?;
+    let t0 = std::time::Instant::now();
+    loop {
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let path = e.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name.ends_with(".folded") && !before.contains(&path) {
+                let text = std::fs::read_to_string(&path)?;
+                return Ok((name, text));
+            }
+        }
+        anyhow::ensure!(
+            t0.elapsed() < PAGE_DEADLINE,
+            "no .folded file in {} after {PAGE_DEADLINE:?}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// What the web view says of a job whose data went stale.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StaleSeen {

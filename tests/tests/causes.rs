@@ -280,7 +280,8 @@ fn web_view_shows_each_bottleneck(
     for dir in &saved {
         webview::shoot(&browser, &dir.join("jobs.png"))?;
     }
-    let tall = Browser::start(1400, 1900)?;
+    let downloads = shots.join("downloads");
+    let tall = Browser::start_with_downloads(1400, 1900, &downloads)?;
     for case in shown {
         let (page, high, method) = retry3(|| {
             let page = webview::job_page(&tall, &collector.url, &case.jid)?;
@@ -343,17 +344,35 @@ fn web_view_shows_each_bottleneck(
         for dir in &saved {
             webview::shoot(&tall, &dir.join(format!("job-{}.png", case.name)))?;
         }
+        // The folded stacks the page offers: a file the browser saves, one stack and its count
+        // a line, the bottleneck's top frame among them.
+        let (file, folded) = webview::download_folded(&tall, &downloads)?;
+        let lines: Vec<&str> = folded.lines().collect();
+        ensure!(
+            file.starts_with(&format!("bpmon-{}-", case.jid))
+                && !lines.is_empty()
+                && lines
+                    .iter()
+                    .all(|l| l.rsplit_once(' ').is_some_and(
+                        |(stack, n)| !stack.is_empty() && n.parse::<u64>().is_ok_and(|n| n > 0)
+                    ))
+                && folded.contains(&method),
+            "bpmon-{}: the downloaded {file} is not the bottleneck's folded stacks:\n{folded}",
+            case.name
+        );
         let since = page.since.as_deref().unwrap_or("no since");
         log(
             t0,
             format!(
                 "web view of bpmon-{}: bottleneck {:?} ({}), {high} HIGH vertices as HIGH, \
-                 {since}, {} timeline points, {} flame frames with {method}",
+                 {since}, {} timeline points, {} flame frames with {method}; downloaded {file} \
+                 ({} stacks)",
                 case.name,
                 page.bottleneck,
                 page.cause,
                 page.points,
-                page.frames.len()
+                page.frames.len(),
+                lines.len()
             ),
         );
     }
