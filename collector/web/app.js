@@ -239,7 +239,7 @@ function showJobs() {
   $('crumbs').replaceChildren(el('span', { text: 'Jobs' }));
   const main = $('main');
   const filter = el('input', {
-    type: 'search', placeholder: 'filter by job, vertex or cause', value: state.filter, 'aria-label': 'filter jobs',
+    type: 'search', placeholder: 'filter by job, vertex, cause or cluster', value: state.filter, 'aria-label': 'filter jobs',
     oninput: (e) => { state.filter = e.target.value; render(); },
   });
   const summary = el('span', { class: 'muted' });
@@ -250,7 +250,7 @@ function showJobs() {
   function render() {
     troubleCards(trouble, jobs);
     const f = state.filter.toLowerCase();
-    const shown = jobs.filter((j) => !f || [j.job_name, j.job_id, j.bottleneck, j.cause, j.cause_summary, j.state]
+    const shown = jobs.filter((j) => !f || [j.job_name, j.job_id, j.bottleneck, j.cause, j.cause_summary, j.state, j.flink_url]
       .some((x) => x && String(x).toLowerCase().includes(f)));
     const col = JOB_COLUMNS.find((c) => c[0] === state.sort.key) || JOB_COLUMNS[0];
     shown.sort((a, b) => {
@@ -268,7 +268,8 @@ function showJobs() {
       class: 'job', 'data-job': j.job_id, onclick: () => { location.hash = jobHash(j.job_id); },
     },
     el('td', {}, badge(j.level, j.ratio), j.stale ? el('span', { class: 'tag stale', title: 'what is shown may no longer hold: open the job for why' }, 'stale') : null),
-    el('td', {}, el('a', { href: jobHash(j.job_id) }, j.job_name), el('div', { class: 'muted' }, el('code', {}, j.job_id))),
+    el('td', {}, el('a', { href: jobHash(j.job_id) }, j.job_name), el('div', { class: 'muted' }, el('code', {}, j.job_id)),
+      severalClusters(jobs) ? el('div', { class: 'muted cluster' }, j.flink_url) : null),
     el('td', {}, j.bottleneck || el('span', { class: 'muted' }, '—')),
     el('td', {}, j.cause ? el('div', {}, el('b', {}, causeText({ kind: j.cause, share: j.cause_share })), el('div', { class: 'muted' }, j.cause_summary || '')) : ''),
     el('td', { title: j.level_since_ms ? dateTime(j.level_since_ms) + (atLeast(j.level_since_ms, j.watched_since_ms) ? ' ' + FIRST_WINDOW : '') : '' },
@@ -298,6 +299,10 @@ function sinceText(what, since, watchedSince) {
     : what + ' since ' + clock(since) + ' (' + ago(since) + ')';
 }
 
+// Watching more than one Flink cluster, a job is also named by its cluster's address (two
+// clusters may run jobs of the same name).
+function severalClusters(jobs) { return new Set(jobs.map((j) => j.flink_url)).size > 1; }
+
 function backPressured(j) { return j.level === 'low' || j.level === 'high'; }
 
 const MAX_CARDS = 12;
@@ -316,6 +321,7 @@ function troubleCards(into, jobs) {
   },
   el('div', { class: 'card-head' }, badge(j.level, j.ratio), ' ', el('b', {}, j.job_name),
     j.stale ? el('span', { class: 'tag stale' }, 'stale') : null),
+  severalClusters(jobs) ? el('div', { class: 'muted cluster' }, j.flink_url) : null,
   el('div', { class: 'card-vertex' }, j.bottleneck ? ['Bottleneck: ', el('b', {}, j.bottleneck)] : el('span', { class: 'muted' }, 'no bottleneck named yet')),
   j.cause ? el('div', { class: 'card-cause' }, 'Why: ', el('b', {}, causeText({ kind: j.cause, share: j.cause_share })),
     j.cause_summary ? el('div', { class: 'muted' }, j.cause_summary) : null) : null,
@@ -375,7 +381,7 @@ function renderStatus(parts, r) {
   $('crumbs').replaceChildren(el('a', { href: '#/' }, 'Jobs'), el('span', { text: '›' }), el('span', { text: s.job_name }));
   parts.title.replaceChildren(el('h1', {}, s.job_name, ' ', badge(s.level,
     Math.max(...s.vertices.map((v) => v.ratio || 0)))),
-  el('div', { class: 'muted' }, el('code', {}, s.job_id), ' · ', s.state || 'not running in Flink any more',
+  el('div', { class: 'muted' }, el('code', {}, s.job_id), ' · ', s.state || 'not running in Flink any more', ' · Flink ', s.flink_url,
     ' · updated ', s.updated_at_ms ? ago(s.updated_at_ms) + ' ago (' + clock(s.updated_at_ms) + ')' : 'never',
     ' · ', s.settings.samples + ' samples every ' + (s.settings.interval_ms / 1000) + ' s'));
   const banner = $('banner');
