@@ -225,8 +225,11 @@ window.addEventListener('hashchange', route);
 // ---------------------------------------------------------------------------------------------
 // The jobs page
 
+// Worse level first, then higher ratio: how the jobs page and its cards rank jobs.
+function severity(j) { return LEVEL[levelKey(j.level)].rank * 10 + (j.ratio || 0); }
+
 const JOB_COLUMNS = [
-  ['level', 'Level', (j) => (LEVEL[levelKey(j.level)].rank * 10) + (j.ratio || 0)],
+  ['level', 'Level', severity],
   ['job_name', 'Job', (j) => j.job_name.toLowerCase()],
   ['bottleneck', 'Bottleneck', (j) => (j.bottleneck || '').toLowerCase()],
   ['cause', 'Cause', (j) => j.cause || ''],
@@ -248,7 +251,8 @@ function showJobs() {
   main.replaceChildren(el('h1', { text: 'Jobs' }), trouble, el('div', { class: 'toolbar' }, filter, summary), table);
   let jobs = [];
   function render() {
-    troubleCards(trouble, jobs);
+    const clusters = severalClusters(jobs);
+    troubleCards(trouble, jobs, clusters);
     const f = state.filter.toLowerCase();
     const shown = jobs.filter((j) => !f || [j.job_name, j.job_id, j.bottleneck, j.cause, j.cause_summary, j.state, j.flink_url]
       .some((x) => x && String(x).toLowerCase().includes(f)));
@@ -269,7 +273,7 @@ function showJobs() {
     },
     el('td', {}, badge(j.level, j.ratio), j.stale ? el('span', { class: 'tag stale', title: 'what is shown may no longer hold: open the job for why' }, 'stale') : null),
     el('td', {}, el('a', { href: jobHash(j.job_id) }, j.job_name), el('div', { class: 'muted' }, el('code', {}, j.job_id)),
-      severalClusters(jobs) ? el('div', { class: 'muted cluster' }, j.flink_url) : null),
+      clusters ? el('div', { class: 'muted cluster' }, j.flink_url) : null),
     el('td', {}, j.bottleneck || el('span', { class: 'muted' }, '—')),
     el('td', {}, j.cause ? el('div', {}, el('b', {}, causeText({ kind: j.cause, share: j.cause_share })), el('div', { class: 'muted' }, j.cause_summary || '')) : ''),
     el('td', { title: j.level_since_ms ? dateTime(j.level_since_ms) + (atLeast(j.level_since_ms, j.watched_since_ms) ? ' ' + FIRST_WINDOW : '') : '' },
@@ -309,9 +313,8 @@ const MAX_CARDS = 12;
 
 // One card per back-pressured job, worst first, above the table: the job, its bottleneck, why
 // and since when, to be seen at a glance rather than read off a row. Each opens the job.
-function troubleCards(into, jobs) {
-  const rank = (j) => LEVEL[levelKey(j.level)].rank * 10 + (j.ratio || 0);
-  const bad = jobs.filter(backPressured).sort((a, b) => rank(b) - rank(a) || a.job_name.localeCompare(b.job_name));
+function troubleCards(into, jobs, clusters) {
+  const bad = jobs.filter(backPressured).sort((a, b) => severity(b) - severity(a) || a.job_name.localeCompare(b.job_name));
   if (!bad.length) {
     into.replaceChildren(jobs.length ? el('div', { class: 'card calm' }, badge('ok', null), ' No job is back-pressured.') : '');
     return;
@@ -321,7 +324,7 @@ function troubleCards(into, jobs) {
   },
   el('div', { class: 'card-head' }, badge(j.level, j.ratio), ' ', el('b', {}, j.job_name),
     j.stale ? el('span', { class: 'tag stale' }, 'stale') : null),
-  severalClusters(jobs) ? el('div', { class: 'muted cluster' }, j.flink_url) : null,
+  clusters ? el('div', { class: 'muted cluster' }, j.flink_url) : null,
   el('div', { class: 'card-vertex' }, j.bottleneck ? ['Bottleneck: ', el('b', {}, j.bottleneck)] : el('span', { class: 'muted' }, 'no bottleneck named yet')),
   j.cause ? el('div', { class: 'card-cause' }, 'Why: ', el('b', {}, causeText({ kind: j.cause, share: j.cause_share })),
     j.cause_summary ? el('div', { class: 'muted' }, j.cause_summary) : null) : null,

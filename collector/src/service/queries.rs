@@ -407,18 +407,24 @@ mod tests {
 
     const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
-    /// A 2 s window of subtask 0 from `start`.
+    /// A 2 s window of subtask 0 of job "j" from `start`, its 20 samples waiting.
     fn window(start: u64) -> MergedWindow {
+        window_of("j", start, 0)
+    }
+
+    /// A 2 s window of subtask 0 of vertex "v" of `job` from `start`: of its 20 samples,
+    /// `blocked` blocked and the others waiting.
+    fn window_of(job: &str, start: u64, blocked: u32) -> MergedWindow {
         let counts = SampleCounts {
             samples: 20,
-            blocked: 0,
-            waiting: 20,
+            blocked,
+            waiting: 20 - blocked,
             busy: 0,
             timers: None,
         };
         let metrics = SubtaskMetrics::default();
         let at = SubtaskRef {
-            job_id: "j".into(),
+            job_id: job.into(),
             vertex_id: "v".into(),
             subtask: 0,
             attempt: 0,
@@ -489,24 +495,7 @@ mod tests {
             now_ms()
         ));
         let now = now_ms();
-        let blocked = |job: &str, start: u64| {
-            let counts = SampleCounts {
-                samples: 20,
-                blocked: 20,
-                waiting: 0,
-                busy: 0,
-                timers: None,
-            };
-            let metrics = SubtaskMetrics::default();
-            let at = SubtaskRef {
-                job_id: job.into(),
-                vertex_id: "v".into(),
-                subtask: 0,
-                attempt: 0,
-            };
-            let merged = merge_subtask(&counts, &metrics);
-            MergedWindow::new(&at, start, start + 1_900, &merged, metrics, Vec::new())
-        };
+        let blocked = |job: &str, start: u64| window_of(job, start, 20);
         let episode = |job: &str, start: u64| Episode {
             job_id: job.into(),
             vertex_id: "v".into(),
@@ -544,10 +533,11 @@ mod tests {
                     window(now - 60_000),
                 ])
                 .unwrap();
-            let mut ok_then_high = window(now - 60_000);
-            ok_then_high.job_id = "began".into();
             store
-                .insert_windows(&[ok_then_high, blocked("began", now - 30_000)])
+                .insert_windows(&[
+                    window_of("began", now - 60_000, 0),
+                    blocked("began", now - 30_000),
+                ])
                 .unwrap();
             store.save_episode(&episode("seen", now - 60_000)).unwrap();
             store.save_episode(&episode("began", now - 30_000)).unwrap();
