@@ -47,6 +47,16 @@ fn submit(browser: &Browser, token: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the jobs page is shown and the token form hidden.
+fn jobs_shown(browser: &Browser, what: &str) -> Result<()> {
+    browser.wait_for(
+        what,
+        "return !!document.getElementById('jobs') && document.getElementById('login').hidden;",
+        PAGE_DEADLINE,
+    )?;
+    Ok(())
+}
+
 /// Waits until the token form is up again with an error containing `words`.
 fn refused(browser: &Browser, words: &str) -> Result<Value> {
     browser.wait_for(
@@ -116,11 +126,7 @@ fn the_web_view_asks_for_a_reader_token() -> Result<()> {
 
     // A reader's token opens the jobs page (empty: the watched Flink is a closed port).
     submit(&browser, READER)?;
-    browser.wait_for(
-        "the jobs page after a reader's token",
-        "return !!document.getElementById('jobs') && document.getElementById('login').hidden;",
-        PAGE_DEADLINE,
-    )?;
+    jobs_shown(&browser, "the jobs page after a reader's token")?;
     let s = seen(&browser)?;
     ensure!(
         s["stored"] == READER && s["cookie"] == "" && s["forget"] == true,
@@ -137,11 +143,7 @@ fn the_web_view_asks_for_a_reader_token() -> Result<()> {
 
     // A reload in the same tab keeps it; "Forget token" drops it and asks again.
     browser.open(&base)?;
-    browser.wait_for(
-        "the jobs page after a reload",
-        "return !!document.getElementById('jobs') && document.getElementById('login').hidden;",
-        PAGE_DEADLINE,
-    )?;
+    jobs_shown(&browser, "the jobs page after a reload")?;
     browser.eval("document.getElementById('forget').click(); return true;")?;
     browser.wait_for(
         "the token form after forgetting the token",

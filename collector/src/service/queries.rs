@@ -433,17 +433,33 @@ mod tests {
         MergedWindow::new(&at, start, start + 1_900, &merged, metrics, Vec::new())
     }
 
+    /// A directory of this test's own under the system's temp dir.
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("bpmon-{name}-{}-{}", std::process::id(), now_ms()))
+    }
+
+    /// An episode of vertex "v" of `job` under way since `start`, HIGH at `peak_ratio` then.
+    fn open_episode(job: &str, start: u64, peak_ratio: f64) -> crate::api::Episode {
+        crate::api::Episode {
+            job_id: job.into(),
+            vertex_id: "v".into(),
+            vertex: "v".into(),
+            started_at_ms: start,
+            ended_at_ms: None,
+            peak_level: bpmon_proto::Level::High,
+            peak_ratio,
+            peak_at_ms: start,
+            bottleneck: None,
+        }
+    }
+
     fn stored(c: &Collector) -> usize {
         c.writer.lock().history("j", None, 0).map_or(0, |h| h.len())
     }
 
     #[tokio::test]
     async fn the_rollup_goes_on_from_where_it_stopped_and_goes_back_for_late_windows() {
-        let dir = std::env::temp_dir().join(format!(
-            "bpmon-rollup-service-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
+        let dir = scratch_dir("rollup-service");
         let config = CollectorConfig {
             data_dir: dir.clone(),
             ..CollectorConfig::default()
@@ -487,26 +503,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_level_that_held_in_the_first_window_is_since_at_least_then() {
-        use crate::api::Episode;
         use bpmon_proto::Level;
-        let dir = std::env::temp_dir().join(format!(
-            "bpmon-watched-since-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
+        let dir = scratch_dir("watched-since");
         let now = now_ms();
         let blocked = |job: &str, start: u64| window_of(job, start, 20);
-        let episode = |job: &str, start: u64| Episode {
-            job_id: job.into(),
-            vertex_id: "v".into(),
-            vertex: "v".into(),
-            started_at_ms: start,
-            ended_at_ms: None,
-            peak_level: Level::High,
-            peak_ratio: 1.0,
-            peak_at_ms: start,
-            bottleneck: None,
-        };
         {
             let mut store = Store::open(&dir).unwrap();
             // "seen": back-pressured from bpmon's first window on; "began": OK at first (an
@@ -527,11 +527,7 @@ mod tests {
                     .unwrap();
             }
             store
-                .insert_windows(&[
-                    blocked("seen", now - 60_000),
-                    blocked("seen", now - 2_000),
-                    window(now - 60_000),
-                ])
+                .insert_windows(&[blocked("seen", now - 60_000), blocked("seen", now - 2_000)])
                 .unwrap();
             store
                 .insert_windows(&[
@@ -539,8 +535,9 @@ mod tests {
                     blocked("began", now - 30_000),
                 ])
                 .unwrap();
-            store.save_episode(&episode("seen", now - 60_000)).unwrap();
-            store.save_episode(&episode("began", now - 30_000)).unwrap();
+            for (job, start) in [("seen", now - 60_000), ("began", now - 30_000)] {
+                store.save_episode(&open_episode(job, start, 1.0)).unwrap();
+            }
         }
         let config = CollectorConfig {
             data_dir: dir.clone(),
@@ -562,13 +559,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_collector_keeps_the_open_episodes_until_it_has_read_flink() {
-        use crate::api::Episode;
-        use bpmon_proto::Level;
-        let dir = std::env::temp_dir().join(format!(
-            "bpmon-restart-episodes-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
+        let dir = scratch_dir("restart-episodes");
         // What the collector left: a job of a cluster, its last window, an episode under way.
         let flink = "http://127.0.0.1:9";
         let now = now_ms();
@@ -577,17 +568,7 @@ mod tests {
             store.upsert_job("j", "job", flink, now).unwrap();
             store.insert_windows(&[window(now - 2_000)]).unwrap();
             store
-                .save_episode(&Episode {
-                    job_id: "j".into(),
-                    vertex_id: "v".into(),
-                    vertex: "v".into(),
-                    started_at_ms: now - 60_000,
-                    ended_at_ms: None,
-                    peak_level: Level::High,
-                    peak_ratio: 0.9,
-                    peak_at_ms: now - 60_000,
-                    bottleneck: None,
-                })
+                .save_episode(&open_episode("j", now - 60_000, 0.9))
                 .unwrap();
         }
         // Restarted, watching that cluster, not read yet (nothing answers there): the job may
